@@ -1,0 +1,95 @@
+"""Entry point: ``python -m phoebe_kernel_worker --connection-file F [--ready-fd N]``.
+
+Called by spawners only. Reads the 0600 connection file (the signing key never comes
+through argv or the environment), builds the session (imports PHOEBE and creates the
+default bundle), binds the channels and then reports its endpoints on the readiness
+fd and/or file, so the hub never guesses ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .worker import KernelWorker, SessionFactory
+
+DEFAULT_FACTORY = "phoebe_kernel_worker.factories:phoebe_session"
+
+
+def _load_factory(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _report_ready(args: argparse.Namespace, report: bytes) -> None:
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_bytes(report)
+        os.replace(tmp, args.ready_file)
+    if args.ready_fd is not None:
+        with os.fdopen(args.ready_fd, "wb") as f:
+            f.write(report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one worker until it is told to stop; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="phoebe_kernel_worker", description=__doc__)
+    parser.add_argument("--connection-file")
+    parser.add_argument(
+        "--list-passbands",
+        action="store_true",
+        help="print the installed passbands as JSON and exit (used by the hub)",
+    )
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--ready-file", default=None)
+    parser.add_argument(
+        "--session-factory",
+        default=DEFAULT_FACTORY,
+        help="module:callable building the command session (tests use fault-injecting ones)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="[worker %(process)d %(levelname)s %(asctime)s] %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+    os.umask(0o077)
+    if args.list_passbands:
+        from .commands import list_passbands
+        from .serialize import dumps
+
+        sys.stdout.buffer.write(dumps(list_passbands()) + b"\n")
+        return 0
+    if not args.connection_file:
+        parser.error("--connection-file is required")
+
+    info = protocol.read_connection_file(args.connection_file)
+    Path(info.session_dir).mkdir(parents=True, exist_ok=True)
+    os.chdir(info.session_dir)
+
+    factory: SessionFactory = _load_factory(args.session_factory)
+    from .serialize import dumps
+
+    session = factory(info)
+    worker = KernelWorker(info, session, dumps=dumps)
+    worker.install_signal_handlers()
+    try:
+        endpoints = worker.bind()
+        _report_ready(args, protocol.endpoints_to_json(endpoints, pid=os.getpid()))
+        logging.getLogger("phoebe_kernel_worker").info("serving session on %s", endpoints)
+        worker.serve()
+    except SystemExit:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

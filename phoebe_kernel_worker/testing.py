@@ -1,0 +1,98 @@
+"""A light command session for testing hub lifecycles without PHOEBE.
+
+Selected with ``--session-factory phoebe_kernel_worker.testing:test_session``. It
+starts in milliseconds and can misbehave on purpose (slow start, failing start,
+commands that sleep, crash, hang in C code or allocate memory), so the hub's
+timeouts, interrupts and death handling are tested against a real worker process.
+Behaviour at start is chosen through the connection file's ``extra`` dict, which only
+the hub's configuration can set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from .protocol import ConnectionInfo
+
+
+class TestSession:
+    """Commands: ping, echo, set/get (a dict), sleep, spin, crash, hang, allocate, env."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self._blobs: list[bytearray] = []
+
+    def dispatch(self, command: str, kwargs: dict[str, Any]) -> Any:
+        handler = self.COMMANDS.get(command)
+        if handler is None:
+            raise ValueError(f"API does not recognize command {command}.")
+        return handler(self, **kwargs)
+
+    def ping(self) -> dict[str, str]:
+        return {"status": "ready"}
+
+    def echo(self, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    def set_value(self, twig: str, value: Any) -> dict[str, Any]:
+        self.values[twig] = value
+        return {}
+
+    def get_value(self, twig: str) -> Any:
+        if twig not in self.values:
+            raise ValueError(f"no parameter {twig!r}")
+        return self.values[twig]
+
+    def sleep(self, seconds: float = 1.0) -> dict[str, float]:
+        """Sleep in small Python steps, so an interrupt lands promptly."""
+        end = time.monotonic() + float(seconds)
+        while time.monotonic() < end:
+            time.sleep(0.01)
+        return {"slept": float(seconds)}
+
+    def crash(self, status: int = 3) -> None:
+        os._exit(int(status))
+
+    def hang(self) -> None:
+        """Block with SIGINT ignored: only TERM or KILL end this (a 'hung' worker)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            time.sleep(1)
+
+    def allocate(self, mib: int) -> dict[str, int]:
+        for _ in range(int(mib)):
+            self._blobs.append(bytearray(os.urandom(1)) * (1024 * 1024))
+        return {"allocated_mib": len(self._blobs)}
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    COMMANDS = {
+        "ping": ping,
+        "echo": echo,
+        "set_value": set_value,
+        "get_value": get_value,
+        "sleep": sleep,
+        "crash": crash,
+        "hang": hang,
+        "allocate": allocate,
+        "env": env,
+    }
+
+
+def test_session(info: ConnectionInfo) -> TestSession:
+    """Factory: honours ``extra.start_delay`` (seconds) and ``extra.fail_start`` (message)."""
+    delay = float(info.extra.get("start_delay", 0))
+    if delay:
+        time.sleep(delay)
+    if info.extra.get("fail_start"):
+        raise SystemExit(f"test worker refused to start: {info.extra['fail_start']}")
+    return TestSession()
+
+
+test_session.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,310 @@
+"""The worker process: serves one PHOEBE session over three signed ZMQ channels.
+
+Started by a spawner as ``python -m phoebe_kernel_worker --connection-file F`` (see
+``__main__``). Threads and channels:
+
+* the **main thread** owns the *shell* ROUTER socket and the *iopub* PUB socket and
+  runs one command at a time (PHOEBE is not thread-safe);
+* a **control thread** owns the *control* ROUTER socket and answers ``status``,
+  ``interrupt`` and ``shutdown`` requests while a command runs.
+
+Interrupts are delivered as SIGINT to the main thread and turned into
+``KeyboardInterrupt`` only while the targeted command is still the one running, so a
+late interrupt can never hit the next command. A SIGINT from outside interrupts a
+running command, or ends an idle worker (like Ctrl-C). SIGTERM ends the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+import psutil
+import zmq
+
+from . import protocol
+from .protocol import ConnectionInfo, Message, ProtocolError, Signer
+
+log = logging.getLogger("phoebe_kernel_worker")
+
+POLL_MS = 100
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+MAX_LOGGED_REJECTIONS = 20
+
+
+class CommandSession(Protocol):
+    """What the worker needs of a session object (``commands.PhoebeSession`` in production)."""
+
+    def dispatch(self, command: str, kwargs: dict[str, Any]) -> Any: ...
+
+
+SessionFactory = Callable[[ConnectionInfo], CommandSession]
+Dumps = Callable[[Any], bytes]
+
+
+class KernelWorker:
+    """One worker process: binds its channels, reports readiness, serves until told to stop."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        session: CommandSession,
+        *,
+        dumps: Dumps,
+    ) -> None:
+        self.info = info
+        self.session = session
+        self._dumps = dumps
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current: tuple[str, str, float] | None = None  # (msg_id, command, start)
+        self._pending_interrupt: str | None = None
+        self._commands_done = 0
+        self._rejected = 0
+        self.ctx = zmq.Context()
+        self.shell = self._socket(zmq.ROUTER)
+        self.control = self._socket(zmq.ROUTER)
+        self.iopub = self._socket(zmq.PUB)
+        self.endpoints: dict[str, str] = {}
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        return sock
+
+    # --- start-up ---------------------------------------------------------------
+
+    def bind(self) -> dict[str, str]:
+        """Bind the three channels where the connection info says; returns the endpoints."""
+        for name, sock in (("shell", self.shell), ("control", self.control), ("iopub", self.iopub)):
+            self.endpoints[name] = self._bind_one(name, sock)
+        return self.endpoints
+
+    def _bind_one(self, name: str, sock: zmq.Socket[bytes]) -> str:
+        info = self.info
+        if info.transport == "ipc":
+            base = info.ipc_dir or info.session_dir
+            url = f"ipc://{base}/{name}"
+            sock.bind(url)
+            return url
+        addr = f"tcp://{info.ip}"
+        if info.port_range:
+            lo, hi = info.port_range
+            port = sock.bind_to_random_port(addr, min_port=lo, max_port=hi, max_tries=200)
+            return f"{addr}:{port}"
+        sock.bind(f"{addr}:0")
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT interrupts (or ends an idle worker); SIGTERM ends the worker."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        with self._lock:
+            target, self._pending_interrupt = self._pending_interrupt, None
+            current = self._current[0] if self._current else None
+        if target is not None:
+            if current == target:
+                raise KeyboardInterrupt
+            return  # a late interrupt for a command that already finished
+        if current is not None:
+            raise KeyboardInterrupt
+        self._stop.set()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._stop.set()
+        raise SystemExit(0)
+
+    # --- main loop ----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve the shell channel on this thread until a shutdown; closes everything."""
+        control_thread = threading.Thread(
+            target=self._control_loop, name="phoebe-worker-control", daemon=True
+        )
+        control_thread.start()
+        signer = Signer(self.info.key, self.info.session_id)
+        self._iopub_signer = Signer(self.info.key, self.info.session_id)
+        poller = zmq.Poller()
+        poller.register(self.shell, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not poller.poll(POLL_MS):
+                        continue
+                    frames = self.shell.recv_multipart()
+                    self._handle_shell(signer, frames)
+                except KeyboardInterrupt:
+                    continue  # an interrupt that arrived between commands
+        finally:
+            self._stop.set()
+            control_thread.join(timeout=2)
+            self.close()
+
+    def _handle_shell(self, signer: Signer, frames: list[bytes]) -> None:
+        try:
+            ids, msg = signer.deserialize(frames)
+        except ProtocolError as e:
+            self._reject("shell", e)
+            return
+        if msg.msg_type != protocol.EXECUTE_REQUEST:
+            body = {"success": False, "error": f"unknown message type {msg.msg_type!r}"}
+            self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="error")
+            return
+        try:
+            request = msg.json()
+        except orjson.JSONDecodeError:
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+            body = {"success": False, "error": "request must be an object with a 'command'"}
+            self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="error")
+            return
+        command = request.pop("command")
+        payload, status = self._run(msg.msg_id, command, request)
+        self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)
+
+    def _run(self, msg_id: str, command: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:
+        """Run one command; returns the reply content and its status (ok|error|interrupted)."""
+        start = time.monotonic()
+        self._publish("status", {"execution_state": "busy", "command": command})
+        try:
+            with self._lock:
+                self._current = (msg_id, command, start)
+            try:
+                result = self.session.dispatch(command, kwargs)
+                payload, status = self._dumps({"success": True, "result": result}), "ok"
+            finally:
+                with self._lock:
+                    self._current = None
+        except KeyboardInterrupt:
+            payload, status = self._error_payload("Interrupted", None), "interrupted"
+        except Exception as e:
+            log.info("command %s raised %s", command, type(e).__name__)
+            message = str(e) or type(e).__name__
+            payload, status = self._error_payload(message, traceback.format_exc()), "error"
+        self._commands_done += 1
+        self._publish("status", {"execution_state": "idle", "command": command})
+        return payload, status
+
+    def _error_payload(self, message: str, tb: str | None) -> bytes:
+        body: dict[str, Any] = {"success": False, "error": message}
+        if tb and self.info.debug:
+            body["traceback"] = tb
+        return orjson.dumps(body)
+
+    def _reply(
+        self,
+        signer: Signer,
+        sock: zmq.Socket[bytes],
+        ids: list[bytes],
+        msg: Message,
+        content: bytes,
+        **extra: Any,
+    ) -> None:
+        _, frames = signer.serialize(msg.reply_type(), content, parent_id=msg.msg_id, **extra)
+        sock.send_multipart([*ids, *frames], copy=len(content) < 65536)
+
+    def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Publish on iopub (main thread only: the PUB socket belongs to it)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _, frames = self._iopub_signer.serialize(msg_type, orjson.dumps(content))
+        try:
+            self.iopub.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _reject(self, channel: str, error: Exception) -> None:
+        self._rejected += 1
+        if self._rejected <= MAX_LOGGED_REJECTIONS:
+            log.warning("rejected a message on %s: %s", channel, error)
+
+    # --- control thread -------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        signer = Signer(self.info.key, self.info.session_id)
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            frames = self.control.recv_multipart()
+            try:
+                ids, msg = signer.deserialize(frames)
+            except ProtocolError as e:
+                self._reject("control", e)
+                continue
+            content = self._handle_control(msg)
+            self._reply(signer, self.control, ids, msg, orjson.dumps(content), status="ok")
+
+    def _handle_control(self, msg: Message) -> dict[str, Any]:
+        if msg.msg_type == protocol.STATUS_REQUEST:
+            return self.status()
+        if msg.msg_type == protocol.INTERRUPT_REQUEST:
+            try:
+                target = msg.json().get("msg_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                target = None
+            return {"interrupted": self.interrupt(target)}
+        if msg.msg_type == protocol.SHUTDOWN_REQUEST:
+            self.interrupt(None)
+            self._stop.set()
+            return {"shutting_down": True}
+        return {"error": f"unknown control message {msg.msg_type!r}"}
+
+    def interrupt(self, target: str | None) -> bool:
+        """Interrupt the running command (only if it is ``target`` when one is given)."""
+        with self._lock:
+            if self._current is None:
+                return False
+            if target is not None and self._current[0] != target:
+                return False
+            self._pending_interrupt = self._current[0]
+        os.kill(os.getpid(), signal.SIGINT)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """What the hub polls: busy/idle, the running command, memory of the process tree."""
+        with self._lock:
+            current = self._current
+        return {
+            "state": "busy" if current else "idle",
+            "command": current[1] if current else None,
+            "msg_id": current[0] if current else None,
+            "busy_for": time.monotonic() - current[2] if current else 0.0,
+            "pid": os.getpid(),
+            "rss_mib": process_tree_rss_mib(),
+            "uptime": time.monotonic() - self._started,
+            "commands_done": self._commands_done,
+        }
+
+    def close(self) -> None:
+        for sock in (self.shell, self.control, self.iopub):
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+def process_tree_rss_mib(pid: int | None = None) -> float:
+    """Resident memory of a process and its descendants, in MiB."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / (1024 * 1024)

@@ -1,0 +1,440 @@
+"""PhoebeSpawnerApp: configuration, command line, start-up and shutdown of the hub.
+
+Wires the services together and holds no business logic: the Store (database), the
+Authenticator (auth mode), the SessionManager (sessions and spawners) and the tornado
+application (handlers). Configuration comes from ``phoebe_spawner_config.py``,
+command-line flags, and environment variables for secrets (documented on each trait).
+
+Used by the ``phoebe-spawner`` console script and by tests, which drive
+:meth:`PhoebeSpawnerApp.setup` / :meth:`cleanup` in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import secrets
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.log import access_log
+from tornado.netutil import bind_sockets
+from tornado.web import Application as TornadoApplication
+from tornado.web import RequestHandler
+from traitlets import Bool, Integer, Unicode, default, validate
+from traitlets.config import Application, catch_config_error
+
+from ._version import __version__
+from .auth.base import Authenticator, User
+from .db import DatabaseSchemaError, Store
+from .handlers import HubContext, NotFoundHandler, routes
+from .passbands import PassbandsCache
+from .plugins import load_class
+from .sessions import SessionManager
+from .spawners.base import Spawner
+from .spawners.local import LocalProcessSpawner
+
+AUTH_GROUP = "phoebe_spawner.authenticators"
+SPAWNER_GROUP = "phoebe_spawner.spawners"
+
+
+def _log_request(handler: RequestHandler) -> None:
+    """Access log: successes at debug level, client errors at info, server errors at error."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    ms = 1000.0 * handler.request.request_time()
+    access_log.log(level, "%d %s %.1fms", status, handler._request_summary(), ms)
+
+
+class PhoebeSpawnerApp(Application):
+    """The phoebe-spawner hub."""
+
+    name = "phoebe-spawner"
+    version = __version__
+    description = "A hub that gives every user their own PHOEBE worker sessions."
+    examples = """
+    phoebe-spawner                                   # mode none, 127.0.0.1:8001, SQLite
+    phoebe-spawner --auth-mode jwt --ip 0.0.0.0      # needs PHOEBE_SPAWNER_JWT_SECRET
+    phoebe-spawner --generate-config                 # writes phoebe_spawner_config.py
+    phoebe-spawner upgrade-db
+    phoebe-spawner create-user --email ada@example.org --admin
+    """
+
+    aliases = {
+        "ip": "PhoebeSpawnerApp.ip",
+        "port": "PhoebeSpawnerApp.port",
+        "auth-mode": "PhoebeSpawnerApp.auth_mode",
+        "spawner": "PhoebeSpawnerApp.spawner_class",
+        "data-dir": "PhoebeSpawnerApp.data_dir",
+        "db": "PhoebeSpawnerApp.db_url",
+        "config": "PhoebeSpawnerApp.config_file",
+        "log-level": "Application.log_level",
+        "max-sessions": "SessionManager.max_sessions",
+        "max-sessions-per-user": "SessionManager.max_sessions_per_user",
+        "idle-timeout": "SessionManager.idle_timeout",
+    }
+    flags = {
+        "debug": (
+            {"PhoebeSpawnerApp": {"debug": True, "log_level": logging.DEBUG}},
+            "Debug logging, and tracebacks in error responses (never in production).",
+        ),
+        "generate-config": (
+            {"PhoebeSpawnerApp": {"generate_config": True}},
+            "Write a commented phoebe_spawner_config.py and exit.",
+        ),
+        "upgrade-db": (
+            {"PhoebeSpawnerApp": {"upgrade_db": True}},
+            "Upgrade the database schema at start-up if it is older than this version.",
+        ),
+        "keep-workers": (
+            {"SessionManager": {"stop_workers_on_shutdown": False}},
+            "Leave workers running on shutdown, to be re-adopted by the next start.",
+        ),
+    }
+
+    # --- configuration ------------------------------------------------------------------
+
+    config_file = Unicode(
+        "phoebe_spawner_config.py", help="The config file to load (a missing default is fine)."
+    ).tag(config=True)
+    generate_config = Bool(False, help="Write the default config file and exit.").tag(config=True)
+    debug = Bool(False, help="Tracebacks in 5xx responses and worker errors.").tag(config=True)
+    ip = Unicode(
+        "127.0.0.1",
+        help="""Address to listen on. Use 0.0.0.0 to accept remote clients (then use an
+        auth mode other than none).""",
+    ).tag(config=True)
+    port = Integer(8001, help="Port to listen on (0 picks a free one).").tag(config=True)
+    base_url = Unicode("/", help="URL prefix every route is served under.").tag(config=True)
+    auth_mode = Unicode(
+        "none", help="Authentication mode: none, jwt, external (or a registered plug-in name)."
+    ).tag(config=True)
+    authenticator_class = Unicode(
+        "", help="Authenticator class or entry-point name (overrides auth_mode)."
+    ).tag(config=True)
+    spawner_class = Unicode(
+        "local", help="Spawner backend: an entry-point name (local, docker) or a dotted class path."
+    ).tag(config=True)
+
+    data_dir = Unicode(
+        help="""Directory for the database, the hub secret, session storage and worker
+        runtime files. Default: $PHOEBE_SPAWNER_DATA_DIR or ./phoebe-spawner-data."""
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.path.abspath(os.environ.get("PHOEBE_SPAWNER_DATA_DIR", "phoebe-spawner-data"))
+
+    @validate("data_dir")
+    def _abs_data_dir(self, proposal: dict[str, Any]) -> str:
+        return os.path.abspath(os.path.expanduser(proposal["value"]))
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the database. Default: $PHOEBE_SPAWNER_DB_URL or SQLite
+        at <data_dir>/phoebe-spawner.sqlite. Never passed to workers."""
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return os.environ.get(
+            "PHOEBE_SPAWNER_DB_URL", f"sqlite:///{Path(self.data_dir) / 'phoebe-spawner.sqlite'}"
+        )
+
+    upgrade_db = Bool(False, help="Upgrade an older database schema at start-up.").tag(config=True)
+    secret_file = Unicode(
+        help="""File holding the hub secret that session keys derive from (created 0600 on
+        first start). $PHOEBE_SPAWNER_SECRET (hex) takes precedence."""
+    ).tag(config=True)
+
+    @default("secret_file")
+    def _default_secret_file(self) -> str:
+        return str(Path(self.data_dir) / "phoebe_spawner_secret")
+
+    max_body_size = Integer(
+        64 * 1024 * 1024, help="Largest request body in bytes (larger ones get 413)."
+    ).tag(config=True)
+    body_timeout = Integer(60, help="Seconds a client may take to send a request body.").tag(
+        config=True
+    )
+    idle_connection_timeout = Integer(
+        300, help="Seconds an idle keep-alive connection stays open."
+    ).tag(config=True)
+    trust_proxy_headers = Bool(
+        False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
+    ).tag(config=True)
+
+    @property
+    def classes(self) -> list[type]:  # type: ignore[override]
+        from .auth.external import ExternalAuthenticator
+        from .auth.jwt import JWTAuthenticator
+        from .auth.none import NoAuthenticator
+
+        return [
+            PhoebeSpawnerApp,
+            SessionManager,
+            Spawner,
+            LocalProcessSpawner,
+            NoAuthenticator,
+            JWTAuthenticator,
+            ExternalAuthenticator,
+        ]
+
+    subcommands = {
+        "upgrade-db": ("phoebe_spawner.app.UpgradeDB", "Create or upgrade the database schema."),
+        "create-user": ("phoebe_spawner.app.CreateUser", "Create an account (jwt mode)."),
+    }
+
+    # --- start-up -------------------------------------------------------------------------
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.subapp:
+            return
+        if self.config_file and os.path.exists(self.config_file):
+            self.load_config_file(self.config_file)
+            self.update_config(self.cli_config)  # the command line wins over the file
+        elif self.config_file != "phoebe_spawner_config.py":
+            self.log.critical("config file %s not found", self.config_file)
+            self.exit(1)
+        self.log.propagate = False
+        for name in ("tornado.access", "tornado.application", "tornado.general", "phoebe_spawner"):
+            logger = logging.getLogger(name)
+            logger.parent = self.log
+            logger.setLevel(self.log_level)
+
+    def load_secret(self) -> bytes:
+        """The hub secret: from the environment, else the secret file (created if missing)."""
+        env = os.environ.get("PHOEBE_SPAWNER_SECRET")
+        if env:
+            try:
+                return bytes.fromhex(env)
+            except ValueError:
+                raise SystemExit("PHOEBE_SPAWNER_SECRET must be hex") from None
+        path = Path(self.secret_file)
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise SystemExit(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+            return bytes.fromhex(path.read_text().strip())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex())
+        return secret
+
+    def make_authenticator(self, store: Store) -> Authenticator:
+        cls = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
+        auth: Authenticator = cls(parent=self, store=store, log=self.log)
+        return auth
+
+    async def setup(self) -> None:
+        """Build every service and start listening (tests call this in-process)."""
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store(self.db_url)
+        await self.store.init(upgrade=self.upgrade_db)
+        self.authenticator = self.make_authenticator(self.store)
+        await self.authenticator.setup()
+        spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
+        self.manager = SessionManager(
+            parent=self,
+            log=self.log,
+            store=self.store,
+            spawner_class=spawner_class,
+            secret=self.load_secret(),
+            data_dir=self.data_dir,
+            debug=self.debug,
+        )
+        await self.manager.recover(self._user_of_row)
+        self.manager.start_background_tasks()
+        port_range = list(spawner_class(parent=self.manager).port_range)
+        self.hub = HubContext(
+            manager=self.manager,
+            authenticator=self.authenticator,
+            store=self.store,
+            version=__version__,
+            debug=self.debug,
+            max_body_size=self.max_body_size,
+            port_range=port_range,
+            extra={"passbands": PassbandsCache()},
+        )
+        self.web_app = TornadoApplication(
+            routes(self.hub, self.base_url),
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"hub": self.hub},
+            log_function=_log_request,
+            debug=False,
+            compress_response=True,
+        )
+        self.http_server = HTTPServer(
+            self.web_app,
+            xheaders=self.trust_proxy_headers,
+            max_body_size=self.max_body_size * 2 + 1024,
+            body_timeout=self.body_timeout,
+            idle_connection_timeout=self.idle_connection_timeout,
+        )
+        socks = bind_sockets(self.port, self.ip)
+        self.http_server.add_sockets(socks)
+        self.bound_port = socks[0].getsockname()[1]
+        self._warn_if_exposed()
+        self.log.info(
+            "phoebe-spawner %s (auth %s, spawner %s) at http://%s:%d%s",
+            __version__,
+            self.authenticator.mode,
+            spawner_class.__name__,
+            self.ip,
+            self.bound_port,
+            self.base_url,
+        )
+
+    def _user_of_row(self, row: dict[str, Any]) -> User:
+        return User(user_id=row["user_id"], name=row.get("user_name") or row["user_id"],
+                    full_name=row.get("full_name") or "")
+
+    def _warn_if_exposed(self) -> None:
+        if self.authenticator.mode == "none" and self.ip not in ("127.0.0.1", "::1", "localhost"):
+            self.log.warning(
+                "auth mode 'none' on %s: anyone who can reach this port can run PHOEBE sessions",
+                self.ip,
+            )
+
+    async def cleanup(self) -> None:
+        """Stop listening, stop (or leave) the workers, close the database."""
+        self.http_server.stop()
+        try:
+            await asyncio.wait_for(self.http_server.close_all_connections(), 5)
+        except TimeoutError:
+            self.log.warning("some HTTP connections did not close within 5 s")
+        await self.manager.shutdown()
+        await self.store.close()
+
+    async def run(self) -> None:
+        try:
+            await self.setup()
+        except (DatabaseSchemaError, ValueError, OSError) as e:
+            self.log.critical("cannot start: %s", e)
+            raise SystemExit(1) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # set our own handlers: a service started from a non-interactive shell
+            # inherits an ignored SIGINT
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("shutting down")
+        await self.cleanup()
+
+    def start(self) -> None:
+        if self.subapp:
+            self.subapp.start()
+            return
+        if self.generate_config:
+            self.write_default_config()
+            return
+        asyncio.run(self.run())
+
+    def write_default_config(self) -> None:
+        path = Path(self.config_file)
+        if path.exists():
+            self.log.critical("%s exists; remove it or pass --config another path", path)
+            self.exit(1)
+        path.write_text(self.generate_config_file())
+        print(f"Wrote {path}")
+
+
+class _SubApp(Application):
+    """A subcommand sharing the main app's configuration."""
+
+    parent_app: PhoebeSpawnerApp
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        parent = self.parent
+        assert isinstance(parent, PhoebeSpawnerApp)
+        self.parent_app = parent
+        if parent.config_file and os.path.exists(parent.config_file):
+            parent.load_config_file(parent.config_file)
+
+
+class UpgradeDB(_SubApp):
+    """``phoebe-spawner upgrade-db``: create or upgrade the schema (backs up SQLite first)."""
+
+    description = "Create or upgrade the database schema to this version's."
+
+    def start(self) -> None:
+        async def upgrade() -> None:
+            store = Store(self.parent_app.db_url)
+            await store.init(upgrade=True)
+            await store.close()
+
+        Path(self.parent_app.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        asyncio.run(upgrade())
+        print("database schema is up to date")
+
+
+class CreateUser(_SubApp):
+    """``phoebe-spawner create-user --email E [--admin]``: create a jwt-mode account.
+
+    The password is read from $PHOEBE_SPAWNER_NEW_PASSWORD or prompted for (never argv).
+    """
+
+    description = "Create a user account for jwt mode."
+    email = Unicode("", help="The new user's email (their login name).").tag(config=True)
+    first_name = Unicode("").tag(config=True)
+    last_name = Unicode("").tag(config=True)
+    admin = Bool(False, help="Make the user an admin.").tag(config=True)
+    aliases = {
+        "email": "CreateUser.email",
+        "first-name": "CreateUser.first_name",
+        "last-name": "CreateUser.last_name",
+    }
+    flags = {"admin": ({"CreateUser": {"admin": True}}, "Make the user an admin.")}
+
+    def start(self) -> None:
+        if not self.email:
+            raise SystemExit("--email is required")
+        password = os.environ.get("PHOEBE_SPAWNER_NEW_PASSWORD") or getpass.getpass("Password: ")
+        asyncio.run(self._create(password))
+
+    async def _create(self, password: str) -> None:
+        from .auth.jwt import JWTAuthenticator
+
+        app = self.parent_app
+        Path(app.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = Store(app.db_url)
+        await store.init(upgrade=app.upgrade_db)
+        try:
+            auth = JWTAuthenticator(parent=app, store=store)
+            if len(password) < auth.min_password_length:
+                raise SystemExit(f"password must be at least {auth.min_password_length} characters")
+            row = await auth.create_user(
+                self.email.strip().lower(),
+                password,
+                first_name=self.first_name,
+                last_name=self.last_name,
+                role="admin" if self.admin else "user",
+                admin=self.admin,
+            )
+        finally:
+            await store.close()
+        if row is None:
+            raise SystemExit(f"a user {self.email} already exists")
+        print(f"created user {row['name']} (id {row['id']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``phoebe-spawner``)."""
+    app = PhoebeSpawnerApp.instance()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

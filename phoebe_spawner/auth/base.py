@@ -1,0 +1,86 @@
+"""The authenticator interface and the user model every mode produces.
+
+An authenticator turns a request into a :class:`User` or refuses it. The request
+handlers call :meth:`Authenticator.authenticate` from ``prepare()``; modes that own
+user accounts (``jwt``) also implement :meth:`register` and :meth:`login`. Modes are
+traitlets classes selected by name (entry-point group ``phoebe_spawner.authenticators``),
+so the JupyterHub mode slots in beside the standalone ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from tornado.web import RequestHandler
+from traitlets import Any as AnyTrait
+from traitlets.config import LoggingConfigurable
+
+
+class AuthError(Exception):
+    """A refused request; ``status`` is the HTTP status, ``str()`` the client-facing detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An authenticated user. ``user_id`` owns sessions; the rest is for display and roles."""
+
+    user_id: str
+    name: str
+    email: str = ""
+    full_name: str = ""
+    role: str = "user"
+    admin: bool = False
+    groups: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_api(self) -> dict[str, str]:
+        """The compatible API's user object."""
+        return {
+            "user_id": self.user_id,
+            "email": self.email,
+            "full_name": self.full_name,
+            "role": self.role,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["groups"] = list(self.groups)
+        return data
+
+
+class Authenticator(LoggingConfigurable):
+    """Base class: subclasses set ``mode`` and implement :meth:`authenticate`."""
+
+    mode: ClassVar[str] = ""
+    #: whether GET /auth/me answers (it is 404 in mode ``none``)
+    has_identity: ClassVar[bool] = True
+
+    store = AnyTrait(help="The hub's Store (set by the app, not config).")
+
+    async def setup(self) -> None:
+        """Validate configuration at start-up; raise ``ValueError`` to refuse to start."""
+
+    async def authenticate(self, handler: RequestHandler) -> User:
+        """The user making this request; raise :class:`AuthError` (401) if there is none."""
+        raise NotImplementedError
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /auth/register``: create an account, return the token response."""
+        raise AuthError(404, f"Registration is only available in jwt auth mode (mode is {self.mode})")
+
+    async def login(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /auth/login``: check credentials, return the token response."""
+        raise AuthError(404, f"Login is only available in jwt auth mode (mode is {self.mode})")
+
+    def bearer_token(self, handler: RequestHandler) -> str:
+        """The token of an ``Authorization: Bearer <t>`` header; 401 if absent."""
+        header = handler.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(401, "Missing or invalid Authorization header. Use: Bearer <token>")
+        return token.strip()

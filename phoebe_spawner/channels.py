@@ -1,0 +1,198 @@
+"""The hub side of the worker protocol: persistent async ZMQ channels per session.
+
+One :class:`WorkerChannel` per running session, created by the session manager when
+the worker is ready and closed when the session ends. It keeps one DEALER socket per
+request channel (shell, control) and one SUB socket (iopub) for the life of the
+session; replies are matched to requests by ``parent_id``, so any number of requests
+can be outstanding and a reply that arrives after its request timed out is dropped.
+Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zmq
+import zmq.asyncio
+
+from phoebe_kernel_worker import protocol
+from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
+
+log = logging.getLogger(__name__)
+MAX_LOGGED_REJECTIONS = 20
+
+
+class ChannelError(Exception):
+    """Base class of the errors a request on a channel can end with."""
+
+
+class ChannelTimeout(ChannelError):
+    """No reply within the timeout; ``msg_id`` names the request (to interrupt it)."""
+
+    def __init__(self, msg_id: str, timeout: float) -> None:
+        super().__init__(f"no reply within {timeout:g} s")
+        self.msg_id = msg_id
+
+
+class ChannelClosed(ChannelError):
+    """The channel was closed (the session ended or its worker died) while waiting."""
+
+
+@dataclass(slots=True)
+class Reply:
+    """A verified reply: its header (``status``, ``command``...) and raw content bytes."""
+
+    header: dict[str, Any]
+    content: bytes
+
+    @property
+    def status(self) -> str:
+        return str(self.header.get("status", "ok"))
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+IOPubHandler = Callable[[Message], None]
+
+
+class WorkerChannel:
+    """Persistent, signed request/reply channels to one worker."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        session_id: str,
+        key: bytes,
+        endpoints: dict[str, str],
+    ) -> None:
+        self.session_id = session_id
+        self.endpoints = endpoints
+        self._ctx = ctx
+        self._key = key
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._signers: dict[str, Signer] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._iopub_handlers: list[IOPubHandler] = []
+        self._closed: BaseException | None = None
+        self._rejected = 0
+
+    def connect(self) -> None:
+        """Open the sockets and start the reader tasks (call once, on the event loop)."""
+        for name, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)):
+            sock = self._ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(self.endpoints[name])
+            self._sockets[name] = sock
+            self._signers[name] = Signer(self._key, self.session_id)
+            self._readers.append(
+                asyncio.create_task(self._read(name, sock), name=f"channel-{name}-{self.session_id}")
+            )
+
+    def add_iopub_handler(self, handler: IOPubHandler) -> None:
+        """Call ``handler(message)`` for every verified iopub message (progress, logs, status)."""
+        self._iopub_handlers.append(handler)
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def execute(self, body: bytes, *, timeout: float | None) -> Reply:
+        """Run one command (``body`` is the JSON request) on the shell channel."""
+        msg_id, fut = await self._send("shell", protocol.EXECUTE_REQUEST, body)
+        return await self._wait(msg_id, fut, timeout)
+
+    async def control(
+        self, msg_type: str, content: dict[str, Any] | None = None, *, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """One control request (status, interrupt, shutdown); returns the parsed reply."""
+        body = orjson.dumps(content or {})
+        msg_id, fut = await self._send("control", msg_type, body)
+        reply = await self._wait(msg_id, fut, timeout)
+        result = reply.json()
+        if not isinstance(result, dict):
+            raise ChannelError("malformed control reply")
+        return result
+
+    async def _send(self, channel: str, msg_type: str, body: bytes) -> tuple[str, asyncio.Future[Reply]]:
+        self._check_open()
+        msg_id, frames = self._signers[channel].serialize(msg_type, body)
+        fut = self._register(msg_id)
+        await self._sockets[channel].send_multipart(frames, copy=len(body) < 65536)
+        return msg_id, fut
+
+    def _register(self, msg_id: str) -> asyncio.Future[Reply]:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        return fut
+
+    async def _wait(self, msg_id: str, fut: asyncio.Future[Reply], timeout: float | None) -> Reply:
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise ChannelTimeout(msg_id, timeout or 0) from None
+        finally:
+            # on success the reader already removed it; on timeout or cancellation the
+            # request is abandoned here, so a late reply finds nothing and is dropped
+            self._pending.pop(msg_id, None)
+            if not fut.done():
+                fut.cancel()
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise ChannelClosed(str(self._closed) or "channel closed")
+
+    # --- readers ------------------------------------------------------------------------
+
+    async def _read(self, name: str, sock: zmq.asyncio.Socket) -> None:
+        signer = self._signers[name]
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except (asyncio.CancelledError, zmq.ContextTerminated, zmq.error.ZMQError):
+                return
+            try:
+                _, msg = signer.deserialize(frames)
+            except ProtocolError as e:
+                self._rejected += 1
+                if self._rejected <= MAX_LOGGED_REJECTIONS:
+                    log.warning("session %s: dropped a %s message: %s", self.session_id, name, e)
+                continue
+            if name == "iopub":
+                for handler in list(self._iopub_handlers):
+                    try:
+                        handler(msg)
+                    except Exception:
+                        log.exception("iopub handler failed for session %s", self.session_id)
+                continue
+            fut = self._pending.pop(msg.parent_id or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(Reply(msg.header, msg.content))
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """End every outstanding request with ``exc`` (the worker died or the session ended)."""
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def close(self, reason: BaseException | None = None) -> None:
+        """Fail what is pending, stop the readers and close the sockets. Idempotent."""
+        if self._closed is not None:
+            return
+        self._closed = reason or ChannelClosed("session closed")
+        self.fail_pending(self._closed)
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()

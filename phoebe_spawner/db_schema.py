@@ -1,0 +1,285 @@
+"""Engine set-up and schema migrations of the hub's database (synchronous).
+
+Used by :class:`phoebe_spawner.db.Store` (on its DB thread) and by the
+``phoebe-spawner upgrade-db`` CLI; :mod:`phoebe_spawner.db` re-exports the public
+names, so import them from there.  Split out of ``db.py`` only to keep modules small.
+
+The schema is owned by the alembic migrations in ``phoebe_spawner/alembic``;
+alembic's ``alembic_version`` table is the schema version.  Alembic is imported
+only inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+__all__ = [
+    "DatabaseSchemaError",
+    "DatabaseUnavailable",
+    "make_engine",
+    "schema_status",
+    "upgrade_schema",
+]
+
+log = logging.getLogger("phoebe_spawner.db")
+
+#: Directory of the alembic environment (tests point it at a copy with extra revisions).
+ALEMBIC_DIR = Path(__file__).with_name("alembic")
+#: alembic's ``context``/``op`` proxies are module globals: one migration at a time.
+_ALEMBIC_LOCK = threading.Lock()
+_UPGRADE_HINT = "run `phoebe-spawner upgrade-db`"
+
+
+class DatabaseSchemaError(Exception):
+    """The database schema does not match this code; the message says what to do.
+
+    Raised by :meth:`Store.init` and :func:`upgrade_schema`; the hub should exit.
+    """
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be used right now (unreachable, locked, read-only, full).
+
+    Raised by every :class:`Store` coroutine in place of SQLAlchemy's
+    ``OperationalError`` & co.  The message never contains the database URL.
+    """
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a plain SQLite file URL; ``None`` for in-memory and ``file:`` URIs."""
+    db = url.database or ""
+    if db in ("", ":memory:") or db.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(db).expanduser()
+
+
+def _sqlite_on_connect(busy_timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
+    """Set the pragmas every SQLite connection of the hub needs (engine ``connect`` hook)."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def make_engine(url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 5000) -> Engine:
+    """Create the engine for ``url``; used by :class:`Store` and the ``upgrade-db`` CLI.
+
+    SQLite: the parent directory is created (``~`` is expanded) and every connection
+    gets WAL journaling, ``synchronous=NORMAL``, foreign keys and a busy timeout of
+    ``sqlite_busy_timeout_ms``.  Other databases get ``pool_pre_ping``; a bare
+    ``postgresql://`` / ``postgres://`` URL selects the psycopg (v3) driver.  Bound
+    parameters are left out of error messages (they may hold password hashes)
+    unless ``echo`` is on.
+    """
+    u = make_url(url)
+    common: dict[str, Any] = {"echo": echo, "hide_parameters": not echo}
+    if u.get_backend_name() == "sqlite":
+        path = _sqlite_file(u)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            u = u.set(database=str(path))
+        timeout = {"timeout": sqlite_busy_timeout_ms / 1000}
+        engine = sa.create_engine(u, connect_args=timeout, **common)
+        hook = functools.partial(_sqlite_on_connect, sqlite_busy_timeout_ms)
+        sa.event.listen(engine, "connect", hook)
+        return engine
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
+        connect_args["connect_timeout"] = 10  # never hang the DB thread on a dead host
+    return sa.create_engine(u, pool_pre_ping=True, connect_args=connect_args, **common)
+
+
+# ------------------------------------------------------------------------ migrations
+
+
+def _alembic_config(connection: Connection | None = None, location: str | None = None) -> Config:
+    """Build the in-code alembic config (no alembic.ini), optionally with a connection."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", (location or str(ALEMBIC_DIR)).replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@functools.lru_cache(maxsize=4)
+def _script_directory(location: str) -> ScriptDirectory:
+    """The parsed revision scripts at ``location`` (cached: they never change at runtime)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(location=location))
+
+
+class _SchemaState(NamedTuple):
+    current: str | None
+    head: str
+    known: frozenset[str]
+    tables: frozenset[str]  # tables other than alembic_version
+
+    @property
+    def fresh(self) -> bool:
+        return self.current is None and not self.tables
+
+
+def _schema_state(engine: Engine) -> _SchemaState:
+    """Read the database's revision and tables and the code's head revision."""
+    from alembic.runtime.migration import MigrationContext
+
+    script = _script_directory(str(ALEMBIC_DIR))
+    head = script.get_current_head()
+    if head is None:
+        raise DatabaseSchemaError("no migration scripts found in " + str(ALEMBIC_DIR))
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        tables = frozenset(sa.inspect(conn).get_table_names()) - {"alembic_version"}
+    known = frozenset(s.revision for s in script.walk_revisions())
+    return _SchemaState(current, head, known, tables)
+
+
+def _check_upgradable(state: _SchemaState) -> None:
+    """Raise :class:`DatabaseSchemaError` unless migrations can bring the DB to head."""
+    if state.current is None and state.tables:
+        raise DatabaseSchemaError(
+            "database is not empty but has no phoebe-spawner schema version (tables: "
+            f"{', '.join(sorted(state.tables))}); point the hub at an empty database "
+            "or at one created by phoebe-spawner"
+        )
+    if state.current is not None and state.current not in state.known:
+        raise DatabaseSchemaError(
+            f"database schema revision {state.current!r} is unknown to this phoebe-spawner "
+            f"(newest known: {state.head!r}); it was probably written by a newer version: "
+            "upgrade phoebe-spawner or restore a backup of the database"
+        )
+
+
+def schema_status(engine: Engine) -> tuple[str | None, str]:
+    """Return ``(database revision or None, code head revision)``; for the CLI and tests."""
+    state = _schema_state(engine)
+    return state.current, state.head
+
+
+def _backup_sqlite(engine: Engine) -> Path | None:
+    """Copy a SQLite file DB to ``<file>.<timestamp>.bak`` (online backup API, WAL-safe)."""
+    src_path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    if src_path is None:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    bak = src_path.with_name(f"{src_path.name}.{stamp}.bak")
+    n = 1
+    while bak.exists():
+        bak = src_path.with_name(f"{src_path.name}.{stamp}-{n}.bak")
+        n += 1
+    with engine.connect() as conn:
+        src = conn.connection.driver_connection
+        dst = sqlite3.connect(bak)
+        try:
+            src.backup(dst)  # type: ignore[union-attr]
+        finally:
+            dst.close()
+    log.info("backed up the database to %s before migrating", bak)
+    return bak
+
+
+def _run_upgrade(engine: Engine) -> None:
+    """Run ``alembic upgrade head`` on one connection of ``engine``.
+
+    On SQLite, foreign keys are switched off meanwhile: batch migrations recreate
+    tables, and dropping a parent table would otherwise cascade-delete child rows.
+    """
+    from alembic import command
+
+    is_sqlite = engine.dialect.name == "sqlite"
+    with _ALEMBIC_LOCK, engine.connect() as conn:
+        if is_sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                command.upgrade(_alembic_config(conn), "head")
+                if is_sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise DatabaseSchemaError(
+                        "migration left dangling foreign keys; restore the backup"
+                    )
+        finally:
+            if is_sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
+def upgrade_schema(engine: Engine, *, backup: bool = True) -> str:
+    """Migrate the database to the head revision and return that revision.
+
+    Called by the ``phoebe-spawner upgrade-db`` CLI and by ``Store.init(upgrade=True)``.
+    A non-fresh SQLite file is first backed up to ``<file>.<timestamp>.bak`` when
+    ``backup`` is true.  Raises :class:`DatabaseSchemaError` for a non-empty
+    unversioned DB or one from a newer phoebe-spawner.
+    """
+    state = _schema_state(engine)
+    _check_upgradable(state)
+    if state.current == state.head:
+        return state.head
+    if backup and not state.fresh:
+        _backup_sqlite(engine)
+    log.info("migrating database schema %s -> %s", state.current or "(empty)", state.head)
+    _run_upgrade(engine)
+    current, _ = schema_status(engine)
+    if current != state.head:
+        raise DatabaseSchemaError(f"migration ended at {current!r}, expected {state.head!r}")
+    return current
+
+
+def prepare_schema(engine: Engine, upgrade: bool) -> str:
+    """Bring a fresh DB to head, accept one at head, else upgrade or raise (``Store.init``)."""
+    state = _schema_state(engine)
+    if state.current == state.head:
+        return state.head
+    _check_upgradable(state)
+    if state.fresh:
+        return upgrade_schema(engine, backup=False)
+    if not upgrade:
+        raise DatabaseSchemaError(
+            f"database schema is at revision {state.current!r} but this phoebe-spawner "
+            f"needs {state.head!r}; back up the database and {_UPGRADE_HINT}"
+        )
+    return upgrade_schema(engine, backup=True)
+
+
+_NOT_OUTAGES = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means "database not usable now" rather than a bad request/bug."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or not isinstance(exc, _NOT_OUTAGES)
+    return isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | sqlite3.Error)
+
+
+def as_unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """A short :class:`DatabaseUnavailable` for ``exc`` (driver message only, no URL/SQL)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
+    return DatabaseUnavailable(f"database unavailable: {text}")

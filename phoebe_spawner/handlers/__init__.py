@@ -1,0 +1,35 @@
+"""Request handlers, one module per API area; :func:`routes` lists them for the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import api
+from .base import HubContext, NotFoundHandler
+
+SESSION_ID = r"(?P<session_id>[^/]+)"
+
+
+def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
+    """The URL table, served under ``prefix`` (``/`` standalone, the service prefix in a hub)."""
+    p = prefix.rstrip("/")
+    table: list[tuple[str, type]] = [
+        (r"/health", api.HealthHandler),
+        (r"/?", api.RootHandler),
+        (r"/auth/config", api.AuthConfigHandler),
+        (r"/auth/register", api.RegisterHandler),
+        (r"/auth/login", api.LoginHandler),
+        (r"/auth/me", api.MeHandler),
+        (r"/dash/sessions", api.SessionsHandler),
+        (r"/dash/start-session", api.StartSessionHandler),
+        (rf"/dash/end-session/{SESSION_ID}", api.EndSessionHandler),
+        (r"/dash/session-memory", api.SessionMemoryHandler),
+        (rf"/dash/session-memory/{SESSION_ID}", api.SessionMemoryHandler),
+        (r"/dash/port-status", api.PortStatusHandler),
+        (rf"/send/{SESSION_ID}", api.SendHandler),
+        (r"/system/passbands", api.PassbandsHandler),
+    ]
+    return [(p + path, handler, {"hub": hub}) for path, handler in table]
+
+
+__all__ = ["HubContext", "NotFoundHandler", "routes"]

@@ -1,0 +1,156 @@
+"""The compatible API (``API.md``): health, auth, sessions, commands, passbands.
+
+Paths, shapes and status codes here are a contract with the existing
+``phoebe_client`` and PHOEBE Lab: do not rename. Each handler parses, lets the
+base class authenticate, calls one service method and serializes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tornado.web import HTTPError
+
+from .base import ApiError, BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    """``GET /health``: liveness, no auth."""
+
+    auth_required = False
+
+    async def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class RootHandler(BaseHandler):
+    """``GET /``: service identity, no auth."""
+
+    auth_required = False
+
+    async def get(self) -> None:
+        self.write_json(
+            {"service": "phoebe-spawner", "version": self.hub.version, "status": "running"}
+        )
+
+
+class AuthConfigHandler(BaseHandler):
+    """``GET /auth/config``: which auth mode clients must speak."""
+
+    auth_required = False
+
+    async def get(self) -> None:
+        self.write_json({"mode": self.hub.authenticator.mode})
+
+
+class RegisterHandler(BaseHandler):
+    """``POST /auth/register`` (jwt mode): create an account, return a token."""
+
+    auth_required = False
+
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request body must be a JSON object")
+        self.write_json(await self.hub.authenticator.register(body))
+
+
+class LoginHandler(BaseHandler):
+    """``POST /auth/login`` (jwt mode): exchange credentials for a token."""
+
+    auth_required = False
+
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request body must be a JSON object")
+        self.write_json(await self.hub.authenticator.login(body))
+
+
+class MeHandler(BaseHandler):
+    """``GET /auth/me``: the caller (404 in mode none, which has no identities)."""
+
+    async def get(self) -> None:
+        if not self.hub.authenticator.has_identity:
+            raise ApiError(404, "Not available in current auth mode")
+        self.write_json(self.user.to_api())
+
+
+class SessionsHandler(BaseHandler):
+    """``GET /dash/sessions``: the caller's sessions by id."""
+
+    async def get(self) -> None:
+        self.write_json({s.id: s.to_api() for s in self.manager.list_for(self.user)})
+
+
+class StartSessionHandler(BaseHandler):
+    """``POST /dash/start-session``: start a worker; the body is optional metadata."""
+
+    async def post(self) -> None:
+        meta = self.json_body(allow_empty=True)
+        if meta is not None and not isinstance(meta, dict):
+            raise ApiError(400, "Session metadata must be a JSON object (or empty, or null)")
+        if meta and len(self.body) > 16 * 1024:
+            raise ApiError(413, "Session metadata is limited to 16 KiB")
+        session = await self.manager.start_session(
+            self.user,
+            meta,
+            client_ip=self.client_ip(),
+            user_agent=self.request.headers.get("User-Agent"),
+        )
+        self.write_json(session.to_api())
+
+
+class EndSessionHandler(BaseHandler):
+    """``POST /dash/end-session/{id}``: stop one of the caller's sessions (body ignored)."""
+
+    async def post(self, session_id: str) -> None:
+        await self.manager.end_session(self.user, session_id)
+        self.write_json({"success": True})
+
+
+class SessionMemoryHandler(BaseHandler):
+    """``GET /dash/session-memory`` (all of the caller's) and ``POST .../{id}`` (one)."""
+
+    async def get(self) -> None:
+        sessions = [s for s in self.manager.list_for(self.user) if s.status == "running"]
+        values = await asyncio.gather(*(self.manager.sample(s) for s in sessions))
+        self.write_json({s.id: v for s, v in zip(sessions, values, strict=True)})
+
+    async def post(self, session_id: str) -> None:
+        session = self.manager.get_owned(self.user, session_id)
+        self.write_json({"mem_used": await self.manager.sample(session)})
+
+
+class PortStatusHandler(BaseHandler):
+    """``GET /dash/port-status``: capacity in the old port-pool shape."""
+
+    async def get(self) -> None:
+        self.write_json(self.manager.capacity(self.hub.port_range))
+
+
+class SendHandler(BaseHandler):
+    """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim."""
+
+    async def post(self, session_id: str) -> None:
+        request = self.json_body()
+        if not isinstance(request, dict):
+            raise ApiError(400, "Request body must be a JSON object with a 'command'")
+        command = request.get("command")
+        if not isinstance(command, str) or not command:
+            raise ApiError(400, "Request body must name a 'command'")
+        reply = await self.manager.send(self.user, session_id, self.body, command)
+        self.set_status(200)
+        self.finish(reply.content)
+
+
+class PassbandsHandler(BaseHandler):
+    """``GET /system/passbands``: PHOEBE's installed passbands, grouped by set."""
+
+    async def get(self) -> None:
+        passbands = self.hub.extra.get("passbands")
+        if passbands is None:
+            raise HTTPError(503)
+        result: Any = await passbands.get()
+        self.write_json({"success": True, "result": result})

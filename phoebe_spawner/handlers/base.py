@@ -1,0 +1,169 @@
+"""The base of every request handler: JSON in and out, errors as ``{"detail": ...}``.
+
+Handlers stay thin: parse, authenticate in :meth:`BaseHandler.prepare`, call the
+session manager or authenticator, serialize. Errors raised by those services
+(:class:`~phoebe_spawner.sessions.SessionError`,
+:class:`~phoebe_spawner.auth.base.AuthError`) carry their status and detail and are
+written here; anything else is logged with its traceback and answered with a generic
+500 (with the traceback only when the hub runs with ``--debug``).
+
+Request bodies are streamed and counted, so an oversized body gets a JSON 413 without
+being buffered.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from tornado import httputil
+from tornado.log import gen_log
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from ..auth.base import Authenticator, AuthError, User
+from ..db import Store
+from ..sessions import SessionError, SessionManager
+
+
+class ApiError(HTTPError):
+    """An error answered as ``{"detail": detail}`` with ``status``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+@dataclass
+class HubContext:
+    """What every handler receives (``initialize(hub=...)``): the hub's services."""
+
+    manager: SessionManager
+    authenticator: Authenticator
+    store: Store
+    version: str
+    debug: bool = False
+    max_body_size: int = 64 * 1024 * 1024
+    port_range: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """JSON API handler. Subclasses set ``auth_required = False`` for public routes."""
+
+    auth_required = True
+    hub: HubContext
+
+    def initialize(self, hub: HubContext) -> None:
+        self.hub = hub
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    # --- headers and errors ------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        detail = str(exc) if isinstance(exc, SessionError | AuthError | ApiError) else None
+        if detail is None:
+            detail = httputil.responses.get(status_code, "Error")
+            if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
+                detail = exc.log_message % exc.args if exc.args else exc.log_message
+        body: dict[str, Any] = {"detail": detail}
+        if self.hub.debug and status_code >= 500 and "exc_info" in kwargs:
+            body["traceback"] = "".join(traceback.format_exception(*kwargs["exc_info"]))
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(body))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        # Service errors carry their own status and client-facing detail: answer them
+        # here (logged briefly, as client errors), and leave the rest to tornado.
+        if isinstance(e, SessionError | AuthError | ApiError):
+            status = e.status_code if isinstance(e, ApiError) else e.status
+            if self._finished:
+                return
+            gen_log.info("%d %s: %s", status, self._request_summary(), e)
+            if status == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="phoebe-spawner"')
+            self.send_error(status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+    # --- body -------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                raise ApiError(400, "Invalid Content-Length header") from None
+            if size > self.hub.max_body_size:
+                raise ApiError(
+                    413, f"Request body of {size} bytes exceeds the limit of {self.hub.max_body_size}"
+                )
+        if self.request.connection is not None:
+            self.request.connection.set_max_body_size(self.hub.max_body_size)
+        if self.auth_required:
+            self.current_user = await self.hub.authenticator.authenticate(self)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self.hub.max_body_size:
+            raise ApiError(413, f"Request body exceeds the limit of {self.hub.max_body_size} bytes")
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
+
+    def json_body(self, *, allow_empty: bool = False) -> Any:
+        """The parsed JSON body; 400 if it is not JSON (``None`` for an allowed empty body)."""
+        body = self.body
+        if not body.strip():
+            if allow_empty:
+                return None
+            raise ApiError(400, "Request body must be JSON")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"Malformed JSON body: {e.msg} at position {e.pos}") from None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @property
+    def user(self) -> User:
+        user = self.current_user
+        assert isinstance(user, User)
+        return user
+
+    @property
+    def manager(self) -> SessionManager:
+        return self.hub.manager
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def client_ip(self) -> str:
+        return self.request.remote_ip or "unknown"
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path the API does not serve: a JSON 404 (for every method)."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        raise ApiError(404, f"Not found: {self.request.path}")

@@ -1,0 +1,669 @@
+"""The session manager: registry, state machine, limits, routing, death detection, culling.
+
+One :class:`SessionManager` per hub, built by the app and handed to the request
+handlers. It owns every live session (:class:`LiveSession`): its spawner, its
+persistent channel and its state, which moves ``pending -> running -> stopping ->
+stopped`` or ends ``failed`` / ``culled``. Each transition is written to the database
+before it is acted on, so a restarted hub can rebuild the picture (:meth:`recover`).
+
+Limits are checked and reserved synchronously on the event loop (no await between
+check and reservation), so concurrent start requests cannot overshoot them. Commands
+to one session run one at a time; a command that times out is interrupted in the
+worker and the session stays usable, and a worker that ignores the interrupt is
+declared hung and stopped. Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Dict, Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+from phoebe_kernel_worker import protocol
+
+from .auth.base import User
+from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
+from .db import DatabaseUnavailable, Store
+from .spawners.base import Spawner, SpawnError
+
+ACTIVE = ("pending", "running", "stopping")
+MAX_META_BYTES = 16 * 1024
+
+
+class SessionError(Exception):
+    """A request the manager refuses; ``status`` is the HTTP status, ``str()`` the detail."""
+
+    status = 400
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        if status is not None:
+            self.status = status
+
+
+class SessionNotFound(SessionError):
+    status = 404
+
+
+class NotOwner(SessionError):
+    status = 403
+
+
+class LimitReached(SessionError):
+    status = 429
+
+
+class Unavailable(SessionError):
+    """Worker dead or failed to start, or the database is unavailable."""
+
+    status = 503
+
+
+class CommandTimedOut(SessionError):
+    status = 504
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """One session as the hub sees it while it is alive (and a while after it failed)."""
+
+    id: str
+    user: User
+    meta: dict[str, Any]
+    spawner: Spawner
+    status: str = "pending"
+    created_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.time)
+    port: int | None = None
+    mem_used: float = 0.0
+    in_flight: int = 0
+    command_count: int = 0
+    reason: str | None = None
+    channel: WorkerChannel | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stop_task: asyncio.Task[None] | None = None
+    persisted_activity: float = 0.0
+    ended_at: float | None = None
+    launched: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def project_name(self) -> str | None:
+        name = self.meta.get("project_name")
+        return str(name) if name is not None else None
+
+    def to_api(self) -> dict[str, Any]:
+        """The compatible API's session object."""
+        return {
+            "session_id": self.id,
+            "created_at": self.created_at,
+            "last_activity": self.last_activity,
+            "mem_used": round(self.mem_used, 3),
+            "port": self.port,
+            "user_id": self.user.user_id,
+            "full_name": self.user.full_name,
+            "project_name": self.project_name,
+            "status": self.status,
+            "reason": self.reason,
+            "command_count": self.command_count,
+            "metadata": self.meta,
+        }
+
+
+def describe_exit(status: int | None) -> str:
+    """A human reason for a worker's exit status."""
+    if status is None:
+        return "worker stopped"
+    if status < 0:
+        try:
+            return f"worker was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"worker was killed by signal {-status}"
+    return f"worker exited with status {status}"
+
+
+def _slug(value: str) -> str:
+    """A filesystem-safe, collision-free directory name for a user id."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:48].lstrip(".") or "_"
+    if safe == value:
+        return safe
+    return f"{safe}-{uuid.uuid5(uuid.NAMESPACE_URL, value).hex[:8]}"
+
+
+class SessionManager(LoggingConfigurable):
+    """Owns all sessions of one hub. Built by the app; called by the request handlers."""
+
+    max_sessions_per_user = Integer(
+        0, help="Sessions one user may have at once (0 = unlimited)."
+    ).tag(config=True)
+    max_sessions = Integer(
+        100, help="Sessions the hub runs at once, all users together (the capacity)."
+    ).tag(config=True)
+    idle_timeout = Float(
+        1800.0, help="Seconds without a command after which a session is culled (0 = never)."
+    ).tag(config=True)
+    cull_interval = Float(60.0, help="Seconds between idle-culling passes.").tag(config=True)
+    poll_interval = Float(
+        1.0, help="Seconds between checks that workers are alive (dead ones -> failed)."
+    ).tag(config=True)
+    memory_interval = Float(
+        30.0, help="Seconds between memory samples of each running session."
+    ).tag(config=True)
+    command_timeout = Float(
+        3600.0, help="Default seconds a command may run before it is interrupted (504)."
+    ).tag(config=True)
+    command_timeouts = Dict(
+        value_trait=Float(),
+        default_value={"ping": 30.0},
+        help="Per-command timeouts in seconds, overriding command_timeout.",
+    ).tag(config=True)
+    interrupt_grace = Float(
+        10.0,
+        help="""Seconds a worker has to stop a timed-out command after the interrupt before
+        it is declared hung and terminated.""",
+    ).tag(config=True)
+    failed_linger = Float(
+        3600.0, help="Seconds a failed session stays listed (with its reason) before it is dropped."
+    ).tag(config=True)
+    stop_workers_on_shutdown = Bool(
+        True,
+        help="""Stop all workers when the hub shuts down. If False they keep running and are
+        re-adopted when the hub starts again.""",
+    ).tag(config=True)
+    recover_ping_timeout = Float(
+        5.0, help="Seconds a re-adopted worker has to answer an authenticated ping."
+    ).tag(config=True)
+    data_dir = Unicode(help="Where session storage and runtime directories live (set by the app).")
+    debug = Bool(False, help="Ask workers for tracebacks in error replies (set by the app).")
+
+    store = AnyTrait(help="The Store (set by the app).")
+    spawner_class = AnyTrait(help="The Spawner subclass (set by the app).")
+    secret = AnyTrait(help="The hub secret bytes that session keys derive from (set by the app).")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sessions: dict[str, LiveSession] = {}
+        self.zmq_ctx = zmq.asyncio.Context()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Callable[[str, LiveSession], None]] = []
+        self._closing = False
+
+    @property
+    def _store(self) -> Store:
+        return self.store  # type: ignore[no-any-return]
+
+    # --- lifecycle of the manager --------------------------------------------------------
+
+    def start_background_tasks(self) -> None:
+        """Start the poll, memory and cull loops (the app calls this once the loop runs)."""
+        self._tasks = [
+            asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
+            asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
+            asyncio.create_task(self._every(self.cull_interval, self.cull_idle), name="cull"),
+        ]
+
+    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except Exception:
+                self.log.exception("background task %s failed; it will run again", fn.__name__)
+
+    def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
+        """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, session: LiveSession) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, session)
+            except Exception:
+                self.log.exception("session listener failed")
+
+    async def shutdown(self) -> None:
+        """Stop the loops; stop workers or leave them for re-adoption (config)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        live = [s for s in self.sessions.values() if s.status in ACTIVE]
+        if self.stop_workers_on_shutdown:
+            await asyncio.gather(
+                *(self._stop(s, "stopped", "hub shutdown") for s in live), return_exceptions=True
+            )
+        else:
+            for s in live:
+                await self._persist_activity(s)
+                if s.channel:
+                    await s.channel.close()
+            self.log.info("left %d workers running for re-adoption", len(live))
+        self.zmq_ctx.destroy(linger=0)
+
+    # --- paths and spawners ------------------------------------------------------------------
+
+    def session_dir(self, user_id: str, session_id: str) -> str:
+        return str(Path(self.data_dir) / "sessions" / _slug(user_id) / session_id)
+
+    def runtime_dir(self, session_id: str) -> str:
+        return str(Path(self.data_dir) / "runtime" / session_id)
+
+    def _make_spawner(self, session_id: str, user: User) -> Spawner:
+        spawner: Spawner = self.spawner_class(
+            parent=self,
+            session_id=session_id,
+            user=user.to_dict(),
+            key=self._key(session_id).decode(),
+            session_dir=self.session_dir(user.user_id, session_id),
+            runtime_dir=self.runtime_dir(session_id),
+            debug=self.debug,
+        )
+        return spawner
+
+    def _key(self, session_id: str) -> bytes:
+        return protocol.derive_session_key(self.secret, session_id)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def get_owned(self, user: User, session_id: str) -> LiveSession:
+        """The session if ``user`` owns it: 404 if unknown, 403 if someone else's."""
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise SessionNotFound(f"Session {session_id} not found")
+        if s.user.user_id != user.user_id:
+            raise NotOwner("Session belongs to another user")
+        return s
+
+    def list_for(self, user: User) -> list[LiveSession]:
+        return [s for s in self.sessions.values() if s.user.user_id == user.user_id]
+
+    def active(self) -> list[LiveSession]:
+        return [s for s in self.sessions.values() if s.status in ACTIVE]
+
+    def capacity(self, port_range: list[int]) -> dict[str, Any]:
+        """The compatible ``/dash/port-status`` shape, reporting session capacity."""
+        active = self.active()
+        return {
+            "total_ports": self.max_sessions,
+            "reserved_ports": len(active),
+            "available_ports": max(0, self.max_sessions - len(active)),
+            "reserved_port_list": sorted(s.port for s in active if s.port is not None),
+            "port_range": f"{port_range[0]}-{port_range[1] - 1}" if port_range else "ephemeral",
+        }
+
+    # --- start ---------------------------------------------------------------------------------
+
+    async def start_session(
+        self,
+        user: User,
+        meta: dict[str, Any] | None,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> LiveSession:
+        """Start a worker for ``user``; returns once it answers commands."""
+        meta = dict(meta or {})
+        if self._closing:
+            raise Unavailable("The hub is shutting down")
+        # check and reserve with no await in between: concurrent starts cannot overshoot
+        active = self.active()
+        if self.max_sessions and len(active) >= self.max_sessions:
+            raise LimitReached(f"Capacity reached: {self.max_sessions} sessions are running")
+        mine = [s for s in active if s.user.user_id == user.user_id]
+        if self.max_sessions_per_user and len(mine) >= self.max_sessions_per_user:
+            raise LimitReached(
+                f"Session limit reached: at most {self.max_sessions_per_user} per user"
+            )
+        session_id = str(uuid.uuid4())
+        s = LiveSession(id=session_id, user=user, meta=meta, spawner=self._make_spawner(session_id, user))
+        self.sessions[session_id] = s
+        try:
+            await self._store.create_session(
+                id=session_id,
+                user_id=user.user_id,
+                user_name=user.name,
+                full_name=user.full_name,
+                status="pending",
+                spawner_class=f"{type(s.spawner).__module__}.{type(s.spawner).__name__}",
+                meta=meta,
+                project_name=s.project_name,
+                client_ip=client_ip,
+                user_agent=(user_agent or "")[:512] or None,
+                created_at=s.created_at,
+                last_activity=s.last_activity,
+            )
+        except DatabaseUnavailable as e:
+            del self.sessions[session_id]
+            raise Unavailable(f"Database unavailable: {e}") from None
+        await self._launch(s)
+        return s
+
+    async def _launch(self, s: LiveSession) -> None:
+        try:
+            await self._launch_inner(s)
+        finally:
+            s.launched.set()
+
+    async def _launch_inner(self, s: LiveSession) -> None:
+        t0 = time.perf_counter()
+        try:
+            endpoints = await s.spawner.start()
+            s.channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoints)
+            s.channel.connect()
+            await s.channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+        except (SpawnError, ChannelError) as e:
+            await self._fail(s, f"Worker failed to start: {e}")
+            raise Unavailable(s.reason or "Worker failed to start") from None
+        except asyncio.CancelledError:
+            await self._fail(s, "Start was cancelled")
+            raise
+        except Exception:
+            self.log.exception("starting session %s failed", s.id)
+            await self._fail(s, "Worker failed to start (see the hub log)")
+            raise Unavailable(s.reason or "Worker failed to start") from None
+        port = endpoints.get("port")
+        s.port = int(port) if port and port.isdigit() else None
+        s.status = "running"
+        s.last_activity = time.time()
+        self.log.info(
+            "session %s of %s running (%.0f ms)", s.id, s.user.name, 1000 * (time.perf_counter() - t0)
+        )
+        await self._write(
+            s,
+            status="running",
+            port=s.port,
+            started_at=time.time(),
+            spawner_state=s.spawner.get_state(),
+            last_activity=s.last_activity,
+        )
+        self._emit("started", s)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def send(self, user: User, session_id: str, body: bytes, command: str) -> Reply:
+        """Route one command to the user's worker; returns the worker's reply verbatim."""
+        s = self.get_owned(user, session_id)
+        self._check_running(s)
+        timeout = self.command_timeouts.get(command, self.command_timeout)
+        deadline = time.monotonic() + timeout
+        s.in_flight += 1
+        s.last_activity = time.time()
+        started = time.time()
+        release = True
+        try:
+            try:
+                await asyncio.wait_for(s.lock.acquire(), timeout)
+            except TimeoutError:
+                raise CommandTimedOut(
+                    f"Command '{command}' waited {timeout:g} s for the session's previous command"
+                ) from None
+            try:
+                self._check_running(s)
+                assert s.channel is not None
+                reply = await s.channel.execute(body, timeout=max(0.0, deadline - time.monotonic()))
+            except ChannelTimeout as e:
+                release = False  # the recovery task owns the lock until the worker is idle again
+                asyncio.create_task(self._recover_from_timeout(s, e.msg_id, command))
+                self._log_command(s, command, started, False, "timeout")
+                raise CommandTimedOut(
+                    f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
+                ) from None
+            except ChannelClosed as e:
+                raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
+            finally:
+                if release:
+                    s.lock.release()
+        finally:
+            s.in_flight -= 1
+            s.last_activity = time.time()
+        s.command_count += 1
+        self._log_command(s, command, started, reply.status == "ok", None if reply.status == "ok" else reply.status)
+        return reply
+
+    def _check_running(self, s: LiveSession) -> None:
+        if s.status == "running" and s.channel is not None:
+            return
+        if s.status == "failed":
+            raise Unavailable(f"Session {s.id} has failed: {s.reason}")
+        raise Unavailable(f"Session {s.id} is {s.status}")
+
+    def _log_command(
+        self, s: LiveSession, command: str, started: float, success: bool, error: str | None
+    ) -> None:
+        self._store.log_command(
+            session_id=s.id,
+            user_id=s.user.user_id,
+            command=command[:64],
+            started_at=started,
+            duration_ms=1000 * (time.time() - started),
+            success=success,
+            error=error,
+        )
+
+    async def _recover_from_timeout(self, s: LiveSession, msg_id: str, command: str) -> None:
+        """Interrupt a timed-out command; stop the worker if it does not come back."""
+        try:
+            assert s.channel is not None
+            await s.channel.control(protocol.INTERRUPT_REQUEST, {"msg_id": msg_id}, timeout=5)
+            deadline = time.monotonic() + self.interrupt_grace
+            while time.monotonic() < deadline:
+                status = await s.channel.control(protocol.STATUS_REQUEST, timeout=2)
+                if status.get("msg_id") != msg_id:
+                    self.log.info("session %s: timed-out %s interrupted", s.id, command)
+                    return
+                await asyncio.sleep(0.05)
+            reason = f"worker hung: '{command}' ignored an interrupt for {self.interrupt_grace:g} s"
+        except ChannelTimeout:
+            reason = f"worker hung: no answer on the control channel after '{command}' timed out"
+        except ChannelError:
+            return  # the worker died or the session ended meanwhile
+        finally:
+            s.lock.release()
+        self.log.warning("session %s: %s; stopping it", s.id, reason)
+        await self._fail(s, reason)
+
+    # --- memory ---------------------------------------------------------------------------------
+
+    async def sample(self, s: LiveSession) -> float:
+        """Ask the worker for its process-tree memory (does not count as activity)."""
+        if s.status == "running" and s.channel is not None:
+            try:
+                status = await s.channel.control(protocol.STATUS_REQUEST, timeout=2)
+                s.mem_used = float(status.get("rss_mib", s.mem_used))
+            except ChannelError:
+                pass
+        return s.mem_used
+
+    async def sample_all(self) -> None:
+        """Memory loop: sample every running session, record it, enforce mem_limit."""
+        running = [s for s in self.sessions.values() if s.status == "running"]
+        await asyncio.gather(*(self.sample(s) for s in running))
+        now = time.time()
+        for s in running:
+            try:
+                await self._store.record_metric(s.id, now, s.mem_used)
+            except DatabaseUnavailable:
+                break
+            limit = s.spawner.mem_limit
+            if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
+                await self._fail(s, f"memory limit exceeded ({s.mem_used:.0f} MiB)")
+
+    # --- death detection and culling --------------------------------------------------------------
+
+    async def poll_all(self) -> None:
+        """Poll loop: a worker that exited marks its session failed, and drops old failures."""
+        now = time.time()
+        running = [s for s in self.sessions.values() if s.status == "running"]
+        results = await asyncio.gather(*(self._poll(s) for s in running))
+        for s, status in zip(running, results, strict=True):
+            if status is not None and s.status == "running":
+                await self._fail(s, describe_exit(status))
+        for s in list(self.sessions.values()):
+            if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
+                self.sessions.pop(s.id, None)
+
+    async def _poll(self, s: LiveSession) -> int | None:
+        try:
+            return await asyncio.wait_for(s.spawner.poll(), max(1.0, self.poll_interval * 5))
+        except TimeoutError:
+            self.log.warning("poll of session %s timed out", s.id)
+            return None
+        except Exception:
+            self.log.exception("poll of session %s failed", s.id)
+            return None
+
+    async def cull_idle(self) -> None:
+        """Cull loop: stop sessions idle for longer than ``idle_timeout``."""
+        now = time.time()
+        for s in list(self.sessions.values()):
+            if s.status == "running":
+                await self._persist_activity(s)
+            if not self.idle_timeout or s.status != "running":
+                continue
+            if s.in_flight or s.lock.locked() or now - s.last_activity < self.idle_timeout:
+                continue
+            idle = now - s.last_activity
+            self.log.info("culling session %s of %s (idle %.0f s)", s.id, s.user.name, idle)
+            try:
+                await self._stop(s, "culled", f"idle for {idle:.0f} s")
+            except Unavailable as e:
+                self.log.warning("could not cull session %s: %s", s.id, e)
+
+    async def _persist_activity(self, s: LiveSession) -> None:
+        if s.last_activity > s.persisted_activity:
+            try:
+                await self._store.update_session(s.id, last_activity=s.last_activity)
+                s.persisted_activity = s.last_activity
+            except (DatabaseUnavailable, KeyError):
+                pass
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    async def end_session(self, user: User, session_id: str) -> None:
+        """Stop the user's session (``POST /dash/end-session``)."""
+        s = self.get_owned(user, session_id)
+        if s.status in ("failed", "stopped", "culled"):
+            self.sessions.pop(s.id, None)
+            return
+        await self._stop(s, "stopped", "ended by user")
+
+    async def _stop(self, s: LiveSession, final: str, reason: str) -> None:
+        """Stop a session once; concurrent callers wait for the same stop."""
+        if s.status == "pending":
+            await s.launched.wait()  # stop what the start created, never race it
+        if s.stop_task is None:
+            if s.status not in ACTIVE:
+                return
+            try:
+                await self._store.update_session(s.id, status="stopping")
+            except DatabaseUnavailable as e:
+                raise Unavailable(f"Database unavailable: {e}") from None
+            if s.stop_task is None:
+                s.status = "stopping"
+                s.stop_task = asyncio.create_task(self._do_stop(s, final, reason))
+        await asyncio.shield(s.stop_task)
+
+    async def _do_stop(self, s: LiveSession, final: str, reason: str) -> None:
+        if s.channel is not None:
+            try:
+                await s.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
+            except ChannelError:
+                pass
+            await s.channel.close(ChannelClosed(f"session {final}: {reason}"))
+        try:
+            await s.spawner.stop()
+        except Exception:
+            self.log.exception("stopping the worker of session %s failed", s.id)
+            await s.spawner.stop(now=True)
+        s.spawner.clear_state()
+        s.status = final
+        s.reason = reason
+        s.ended_at = time.time()
+        self.sessions.pop(s.id, None)
+        await self._write(
+            s, status=final, stopped_at=s.ended_at, termination_reason=reason, spawner_state={}
+        )
+        self._emit(final, s)
+
+    async def _fail(self, s: LiveSession, reason: str) -> None:
+        """Mark a session failed with ``reason`` and clean up its worker."""
+        if s.status in ("failed", "stopped", "culled"):
+            return
+        self.log.warning("session %s of %s failed: %s", s.id, s.user.name, reason)
+        s.status = "failed"
+        s.reason = reason
+        s.ended_at = time.time()
+        if s.channel is not None:
+            await s.channel.close(ChannelClosed(reason))
+        await self._write(s, status="failed", termination_reason=reason, stopped_at=s.ended_at)
+        try:
+            await s.spawner.stop(now=True)
+        except Exception:
+            self.log.exception("cleaning up the worker of failed session %s failed", s.id)
+        s.spawner.clear_state()
+        await self._write(s, spawner_state={})
+        self._emit("failed", s)
+
+    async def _write(self, s: LiveSession, **fields: Any) -> None:
+        """Best-effort state write for transitions that already happened."""
+        try:
+            await self._store.update_session(s.id, **fields)
+        except (DatabaseUnavailable, KeyError) as e:
+            self.log.warning("could not record %s for session %s: %s", fields.get("status"), s.id, e)
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
+        """Re-adopt the workers a previous hub left running (called once at start-up).
+
+        ``users`` maps a session row to its owner. A worker is re-adopted only if its
+        spawner says it is alive *and* it answers an authenticated status request.
+        """
+        rows = await self._store.list_sessions(statuses=ACTIVE)
+        await asyncio.gather(*(self._recover_one(row, users(row)) for row in rows))
+
+    async def _recover_one(self, row: dict[str, Any], user: User) -> None:
+        sid = row["id"]
+        spawner = self._make_spawner(sid, user)
+        spawner.load_state(row.get("spawner_state") or {})
+        s = LiveSession(
+            id=sid,
+            user=user,
+            meta=row.get("meta") or {},
+            spawner=spawner,
+            status="pending",
+            created_at=row["created_at"],
+            last_activity=row.get("last_activity") or row["created_at"],
+            port=row.get("port"),
+            command_count=row.get("command_count") or 0,
+        )
+        s.persisted_activity = s.last_activity
+        s.launched.set()
+        alive = row["status"] == "running" and await spawner.poll() is None
+        endpoints = row.get("spawner_state", {}).get("endpoints") or {}
+        if alive and all(ch in endpoints for ch in protocol.CHANNELS):
+            s.channel = WorkerChannel(self.zmq_ctx, sid, self._key(sid), endpoints)
+            s.channel.connect()
+            try:
+                await s.channel.control(protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout)
+            except ChannelError:
+                self.sessions[sid] = s
+                await self._fail(s, "worker did not answer after the hub restarted")
+                return
+            s.status = "running"
+            self.sessions[sid] = s
+            self.log.info("re-adopted session %s of %s", sid, user.name)
+            self._emit("started", s)
+            return
+        self.sessions[sid] = s
+        await self._fail(s, "worker was lost while the hub was down")

@@ -1,0 +1,257 @@
+"""The Spawner contract: how the hub starts, watches and stops one worker.
+
+Modelled on JupyterHub's ``Spawner`` and jupyter_client's kernel provisioners. The
+session manager (``phoebe_spawner.sessions``) is the only caller. A spawner touches
+neither the database nor HTTP; it gets what it needs as constructor arguments and
+reports back through return values and :meth:`get_state`.
+
+Lifecycle, as the session manager drives it::
+
+    spawner = SpawnerClass(session_id=..., user=..., key=..., session_dir=..., ...)
+    endpoints = await spawner.start()     # returns once the worker's channels are bound
+    await spawner.poll()                  # None while running, an int exit status after
+    state = spawner.get_state()           # JSON-able; persisted by the manager
+    await spawner.stop()                  # idempotent; returns once the worker is gone
+
+After a hub restart a fresh spawner is built with the same arguments, then
+``load_state(state)`` re-adopts the worker; ``poll()`` says whether it is still there.
+
+Contract details every backend honours (``tests/unit/test_spawner_contract.py``
+checks them for each backend):
+
+* ``poll()`` returns ``None`` while the worker runs *or is starting*, and an ``int``
+  once it has exited or is unknown (never a string, never raises for a dead worker).
+  Before ``start()`` and after ``clear_state()`` it returns ``0``.
+* ``stop()`` may be called twice, concurrently with a failing ``start()``, or on a
+  worker that already died; it never raises for those.
+* ``start()`` raises :class:`SpawnError` with a one-line human reason when the
+  worker cannot start; it cleans up whatever it created first.
+* Subclasses that override ``get_state``/``load_state``/``clear_state`` call
+  ``super()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    TraitType,
+    Unicode,
+    default,
+)
+from traitlets.config import LoggingConfigurable
+
+from phoebe_kernel_worker.protocol import ConnectionInfo, write_connection_file
+
+
+class SpawnError(Exception):
+    """A worker could not be started; ``str()`` is the reason shown to the user."""
+
+
+class ByteSpecification(TraitType[int | None, int | str | None]):
+    """An integer number of bytes that also accepts strings like ``"512M"`` or ``"2G"``."""
+
+    info_text = "a number of bytes, or a string with a K, M, G or T suffix"
+    UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+    def validate(self, obj: Any, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            self.error(obj, value)
+        if isinstance(value, int | float):
+            return int(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])?i?B?\s*", str(value), re.I)
+        if not match:
+            raise TraitError(f"{value!r} is not a byte specification like '2G'")
+        number, unit = match.groups()
+        return int(float(number) * self.UNITS.get((unit or "").upper(), 1))
+
+
+DEFAULT_ENV_KEEP = [
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYTHONPATH",
+    "PHOEBE_ENABLE_ONLINE_PASSBANDS",
+    "PHOEBE_MULTIPROC_NPROCS",
+]
+
+
+class Spawner(LoggingConfigurable):
+    """Base class of all backends. Configure subclasses in ``phoebe_spawner_config.py``."""
+
+    # --- set by the session manager for each session (not config) -------------------
+    session_id = Unicode(help="The session this spawner serves.")
+    user = Dict(help="The owning user: user_id, name, email, full_name, role, admin.")
+    key = Unicode(help="The session's signing key (hex). Reaches the worker only via a 0600 file.")
+    session_dir = Unicode(help="The session's own storage directory on the hub's machine.")
+    runtime_dir = Unicode(help="A private (0700) directory for connection files and logs.")
+    debug = Bool(False, help="Ask the worker to include tracebacks in error replies.")
+    worker_extra = Dict(
+        help="""Extra fields for the worker's connection file, read by custom session
+        factories (the test factory's fault injection uses it).""",
+    ).tag(config=True)
+
+    # --- configuration ----------------------------------------------------------------
+    cmd = List(
+        Unicode(),
+        help="""The command that starts a worker. The spawner appends
+        ``--connection-file PATH`` and its readiness options.""",
+    ).tag(config=True)
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "phoebe_kernel_worker"]
+
+    worker_args = List(
+        Unicode(),
+        help="Extra arguments after the command, e.g. ['--log-level', 'DEBUG'].",
+    ).tag(config=True)
+
+    env_keep = List(
+        Unicode(),
+        default_value=DEFAULT_ENV_KEEP,
+        help="""Environment variables passed from the hub to workers. Everything else
+        (database URLs, secrets, tokens) is withheld.""",
+    ).tag(config=True)
+
+    environment = Dict(
+        value_trait=Unicode(),
+        help="Extra environment variables for workers (values are not secret: workers see them).",
+    ).tag(config=True)
+
+    start_timeout = Float(
+        60.0,
+        help="Seconds a worker may take from start() to bound channels before it is failed.",
+    ).tag(config=True)
+
+    mem_limit = ByteSpecification(
+        None,
+        allow_none=True,
+        help="Maximum memory of one worker (bytes or '2G'); None for no limit.",
+    ).tag(config=True)
+
+    cpu_limit = Float(
+        None,
+        allow_none=True,
+        help="CPU cores one worker may use (backends map it to threads, shares or quotas).",
+    ).tag(config=True)
+
+    ip = Unicode(
+        "127.0.0.1",
+        help="The address workers bind their channels on (must be reachable by the hub).",
+    ).tag(config=True)
+
+    port_range = List(
+        Integer(),
+        default_value=[],
+        help="""[low, high] ports workers bind within (inclusive low, exclusive high);
+        empty lets the OS choose free ports. The worker picks and reports its ports
+        itself, so a port held by another process is never mistaken for a worker.""",
+        minlen=0,
+        maxlen=2,
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._progress: list[dict[str, Any]] = []
+        self._progress_changed = asyncio.Event()
+        self._progress_done = False
+
+    # --- the contract -----------------------------------------------------------------
+
+    async def start(self) -> dict[str, str]:
+        """Start the worker; return its endpoints ``{"shell", "control", "iopub"}``.
+
+        May also include ``"port"`` (the shell port, shown to API clients). Raise
+        :class:`SpawnError` with a reason if the worker cannot start.
+        """
+        raise NotImplementedError
+
+    async def stop(self, now: bool = False) -> None:
+        """Stop the worker and everything it started; ``now`` skips the graceful steps."""
+        raise NotImplementedError
+
+    async def poll(self) -> int | None:
+        """``None`` while the worker runs (or starts); its integer exit status once gone."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-able state the manager persists to re-adopt the worker after a restart."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (called on a fresh instance)."""
+
+    def clear_state(self) -> None:
+        """Forget the worker (called after it stopped for good)."""
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Events while starting: ``{"progress": 0-100, "message": str}``, ending at ready.
+
+        Replays from the first event, so a late subscriber sees all of them.
+        """
+        index = 0
+        while True:
+            while index < len(self._progress):
+                yield self._progress[index]
+                index += 1
+            if self._progress_done:
+                return
+            self._progress_changed.clear()
+            await self._progress_changed.wait()
+
+    # --- helpers for subclasses ---------------------------------------------------------
+
+    def emit_progress(self, progress: int, message: str, *, done: bool = False) -> None:
+        """Record one progress event (and wake :meth:`progress` readers)."""
+        self._progress.append({"progress": progress, "message": message})
+        self._progress_done = self._progress_done or done
+        self._progress_changed.set()
+
+    def connection_info(self, *, session_dir: str | None = None, **kwargs: Any) -> ConnectionInfo:
+        """The connection info for this session's worker (the backend may override paths)."""
+        rng = self.port_range
+        return ConnectionInfo(
+            session_id=self.session_id,
+            key=self.key.encode(),
+            session_dir=session_dir or self.session_dir,
+            ip=self.ip,
+            port_range=(rng[0], rng[1]) if len(rng) == 2 else None,
+            debug=self.debug,
+            extra=dict(self.worker_extra),
+            **kwargs,
+        )
+
+    def write_connection_file(self, path: str, info: ConnectionInfo | None = None) -> str:
+        """Write the 0600 connection file at ``path``; returns the path."""
+        return str(write_connection_file(path, info or self.connection_info()))
+
+    def get_env(self) -> dict[str, str]:
+        """The worker's environment: the allow-listed hub variables plus ``environment``."""
+        env = {k: os.environ[k] for k in self.env_keep if k in os.environ}
+        env.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.cpu_limit:
+            threads = str(max(1, int(self.cpu_limit)))
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env.setdefault(var, threads)
+        env.update(self.environment)
+        return env

@@ -1,0 +1,189 @@
+"""Shared fixtures: in-process hubs on random ports, an HTTP helper, leak checks.
+
+Tiers (see README): ``tests/unit`` (pure logic), ``tests/worker`` (the worker alone),
+``tests/integration`` (a real hub with real worker processes: fast fault-injecting
+test sessions, and real PHOEBE sessions for the ``phoebe`` marker).
+
+Set ``PHOEBE_SPAWNER_REQUIRE_ALL=1`` (CI does) to turn every skip into a failure, so
+a missing optional component can never pass silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets.config import Config
+
+from phoebe_spawner.app import PhoebeSpawnerApp
+
+os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+
+TEST_FACTORY = ["--session-factory", "phoebe_kernel_worker.testing:test_session"]
+JWT_SECRET = "x" * 24 + "-test-secret-0123456789"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("PHOEBE_SPAWNER_REQUIRE_ALL") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but PHOEBE_SPAWNER_REQUIRE_ALL is set: {report.longrepr}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll a condition with a deadline (for conditions outside the event loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+async def async_wait_for(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return predicate()
+
+
+def child_pids() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Any:
+    """Every test must leave no worker process behind (checked after each test)."""
+    before = child_pids()
+    yield
+    assert wait_for(lambda: not (child_pids() - before), timeout=15), (
+        f"leaked child processes: {[psutil.Process(p).cmdline() for p in child_pids() - before]}"
+    )
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: Any
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def detail(self) -> str:
+        return str(self.json().get("detail"))
+
+
+class Client:
+    """A small async HTTP client for the hub's API (plain HTTP, like any old client)."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.http = AsyncHTTPClient()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = ...,
+        *,
+        body: bytes | None = None,
+        token: str | None = ...,  # type: ignore[assignment]
+        headers: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> Response:
+        hdrs = dict(headers or {})
+        tok = self.token if token is ... else token
+        if tok:
+            hdrs["Authorization"] = f"Bearer {tok}"
+        if json is not ...:
+            body = orjson.dumps(json)
+            hdrs.setdefault("Content-Type", "application/json")
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        resp = await self.http.fetch(
+            HTTPRequest(
+                self.base_url + path,
+                method=method,
+                body=body,
+                headers=hdrs,
+                request_timeout=timeout,
+                allow_nonstandard_methods=True,
+            ),
+            raise_error=False,
+        )
+        return Response(resp.code, resp.body or b"", resp.headers)
+
+    async def get(self, path: str, **kw: Any) -> Response:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, json: Any = ..., **kw: Any) -> Response:
+        return await self.request("POST", path, json, **kw)
+
+    async def send(self, session_id: str, command: str, **kwargs: Any) -> Response:
+        return await self.post(f"/send/{session_id}", {"command": command, **kwargs})
+
+
+HubFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
+    """Build in-process hubs: ``app, client = await make_hub(auth_mode="jwt", phoebe=False)``."""
+    apps: list[PhoebeSpawnerApp] = []
+
+    async def factory(
+        *, auth_mode: str = "none", phoebe: bool = False, data_dir: Any = None, **overrides: Any
+    ) -> tuple[PhoebeSpawnerApp, Client]:
+        c = Config()
+        c.PhoebeSpawnerApp.data_dir = str(data_dir or tmp_path / f"hub{len(apps)}")
+        c.PhoebeSpawnerApp.port = 0
+        c.PhoebeSpawnerApp.auth_mode = auth_mode
+        c.PhoebeSpawnerApp.config_file = ""
+        c.SessionManager.poll_interval = 0.2
+        c.SessionManager.cull_interval = 3600
+        c.SessionManager.memory_interval = 3600
+        c.LocalProcessSpawner.start_timeout = 60 if phoebe else 20
+        if not phoebe:
+            c.LocalProcessSpawner.worker_args = TEST_FACTORY
+        c.JWTAuthenticator.secret = JWT_SECRET
+        c.ExternalAuthenticator.secret = JWT_SECRET
+        for dotted, value in overrides.items():
+            cls, _, trait = dotted.partition("__")
+            setattr(getattr(c, cls), trait, value)
+        app = PhoebeSpawnerApp(config=c)
+        app.log.setLevel("DEBUG" if os.environ.get("PHOEBE_SPAWNER_TEST_DEBUG") else "WARNING")
+        await app.setup()
+        apps.append(app)
+        return app, Client(f"http://127.0.0.1:{app.bound_port}")
+
+    yield factory
+    for app in reversed(apps):
+        await app.cleanup()
+
+
+async def register(client: Client, email: str, password: str = "correct horse battery") -> str:
+    """Register a jwt-mode user and return the token."""
+    resp = await client.post("/auth/register", {"email": email, "password": password})
+    assert resp.status == 200, resp.body
+    token: str = resp.json()["access_token"]
+    return token
