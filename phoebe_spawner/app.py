@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +167,10 @@ class PhoebeSpawnerApp(Application):
     trust_proxy_headers = Bool(
         False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
     ).tag(config=True)
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
@@ -349,18 +352,28 @@ class PhoebeSpawnerApp(Application):
         print(f"Wrote {path}")
 
 
+SHARED_ALIASES = {
+    "data-dir": "PhoebeSpawnerApp.data_dir",
+    "db": "PhoebeSpawnerApp.db_url",
+    "config": "PhoebeSpawnerApp.config_file",
+}
+
+
 class _SubApp(Application):
-    """A subcommand sharing the main app's configuration."""
+    """A subcommand sharing the main app's configuration (file, then command line)."""
 
     parent_app: PhoebeSpawnerApp
+    aliases = SHARED_ALIASES
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         parent = self.parent
         assert isinstance(parent, PhoebeSpawnerApp)
         self.parent_app = parent
+        parent.update_config(self.cli_config)
         if parent.config_file and os.path.exists(parent.config_file):
             parent.load_config_file(parent.config_file)
+            parent.update_config(self.cli_config)
 
 
 class UpgradeDB(_SubApp):
@@ -391,6 +404,7 @@ class CreateUser(_SubApp):
     last_name = Unicode("").tag(config=True)
     admin = Bool(False, help="Make the user an admin.").tag(config=True)
     aliases = {
+        **SHARED_ALIASES,
         "email": "CreateUser.email",
         "first-name": "CreateUser.first_name",
         "last-name": "CreateUser.last_name",
@@ -435,6 +449,3 @@ def main(argv: list[str] | None = None) -> None:
     app.initialize(argv)
     app.start()
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -78,6 +78,35 @@ def no_leaked_processes() -> Any:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """At the end of the run, no worker started by any test may still exist anywhere.
+
+    Workers of hubs run as subprocesses are not our children once their hub is gone,
+    so this looks for any process whose command line points into this run's temporary
+    directory (test-only leak detection; the hub itself never sweeps by command line).
+    """
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+
+    def orphans() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if p.pid != os.getpid() and any(base in a for a in p.info["cmdline"] or []):
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        found.append(p)
+            except psutil.Error:
+                continue
+        return found
+
+    if not wait_for(lambda: not orphans(), timeout=10):
+        leaked = [(p.pid, p.info["cmdline"]) for p in orphans()]
+        for p in orphans():
+            p.kill()
+        pytest.fail(f"orphaned worker processes after the test run: {leaked}")
+
+
 @dataclass
 class Response:
     status: int

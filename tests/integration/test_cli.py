@@ -1,0 +1,137 @@
+"""The ``phoebe-spawner`` command as users run it: config generation, db and user
+subcommands, start-up refusals, and clean shutdown on SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import psutil
+import pytest
+
+from ..conftest import JWT_SECRET, wait_for
+
+EXE = [sys.executable, "-m", "phoebe_spawner"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(args: list[str], cwd, env=None, timeout=60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def http(method: str, url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            return http("GET", url + "/health")[0] == 200
+        except OSError:
+            return False
+
+    assert wait_for(up, timeout=timeout, interval=0.1)
+
+
+def test_generate_config(tmp_path):
+    result = run(["--generate-config"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "phoebe_spawner_config.py").read_text()
+    for trait in ("c.SessionManager.idle_timeout", "c.LocalProcessSpawner.mem_limit", "c.JWTAuthenticator.secret"):
+        assert trait in text
+    again = run(["--generate-config"], cwd=tmp_path)
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_upgrade_db_and_create_user(tmp_path):
+    data = tmp_path / "data"
+    result = run(["upgrade-db", f"--PhoebeSpawnerApp.data_dir={data}"], cwd=tmp_path)
+    assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
+    assert (data / "phoebe-spawner.sqlite").exists()
+    env = {"PHOEBE_SPAWNER_NEW_PASSWORD": "a long password"}
+    args = ["create-user", "--email", "Admin@Example.org", "--admin", f"--PhoebeSpawnerApp.data_dir={data}"]
+    result = run(args, cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "created user admin@example.org" in result.stdout, result.stderr
+    assert "a long password" not in result.stdout + result.stderr
+    dup = run(args, cwd=tmp_path, env=env)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+
+
+def test_refuses_weak_jwt_secret(tmp_path):
+    result = run(
+        ["--auth-mode", "jwt", "--port", "0", f"--data-dir={tmp_path}"],
+        cwd=tmp_path,
+        env={"PHOEBE_SPAWNER_JWT_SECRET": "test"},
+    )
+    assert result.returncode == 1 and "well-known" in result.stderr
+    assert "test" not in result.stderr.split("well-known")[0].split("secret")[-1]
+
+
+def test_unknown_spawner_is_a_clear_error(tmp_path):
+    result = run(["--spawner", "nonesuch", "--port", "0", f"--data-dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 1 and "unknown name 'nonesuch'" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serves_and_shuts_down_cleanly(tmp_path, sig):
+    port = free_port()
+    config = tmp_path / "config.py"
+    config.write_text(
+        "c.LocalProcessSpawner.worker_args = "
+        "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
+    )
+    proc = subprocess.Popen(
+        [*EXE, "--port", str(port), "--auth-mode", "jwt", f"--data-dir={tmp_path / 'data'}", f"--config={config}"],
+        cwd=tmp_path,
+        env={**os.environ, "PHOEBE_SPAWNER_JWT_SECRET": JWT_SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # like a service started from a non-interactive shell: SIGINT inherited as ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        status, data = http("POST", url + "/auth/register", orjson.dumps({"email": "c@x.org", "password": "p" * 10}))
+        assert status == 200
+        token = data["access_token"]
+        status, session = http("POST", url + "/dash/start-session", b"", token)
+        assert status == 200
+        worker = psutil.Process(proc.pid).children()[0]
+        status, reply = http("POST", url + f"/send/{session['session_id']}", b'{"command":"ping"}', token)
+        assert reply == {"success": True, "result": {"status": "ready"}}
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 < 10
+        assert wait_for(lambda: not worker.is_running(), timeout=5)
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert JWT_SECRET not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,203 @@
+"""The Spawner contract, checked for every backend (``BACKENDS``; docker and slurm add theirs).
+
+See ``phoebe_spawner.spawners.base`` for the contract itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import zmq.asyncio
+
+from phoebe_kernel_worker import protocol
+from phoebe_spawner.channels import WorkerChannel
+from phoebe_spawner.spawners.base import Spawner, SpawnError
+from phoebe_spawner.spawners.local import LocalProcessSpawner
+
+from ..conftest import TEST_FACTORY, wait_for
+
+SpawnerFactory = Callable[..., Spawner]
+
+
+def local_factory(tmp_path: Any) -> SpawnerFactory:
+    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return LocalProcessSpawner(
+            session_id=session_id,
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(tmp_path / "sessions" / session_id),
+            runtime_dir=str(tmp_path / "runtime" / session_id),
+            **kw,
+        )
+
+    return make
+
+
+BACKENDS = {"local": local_factory}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_spawner(request, tmp_path) -> SpawnerFactory:
+    return BACKENDS[request.param](tmp_path)
+
+
+async def status_of(spawner: Spawner, endpoints: dict[str, str]) -> dict[str, Any]:
+    ctx = zmq.asyncio.Context()
+    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
+    channel.connect()
+    try:
+        return await channel.control(protocol.STATUS_REQUEST, timeout=10)
+    finally:
+        await channel.close()
+        ctx.destroy(linger=0)
+
+
+async def test_start_poll_stop(make_spawner):
+    spawner = make_spawner()
+    assert await spawner.poll() == 0  # before start
+    endpoints = await spawner.start()
+    assert set(protocol.CHANNELS) <= set(endpoints)
+    assert await spawner.poll() is None
+    status = await status_of(spawner, endpoints)
+    assert status["state"] == "idle"
+    await spawner.stop()
+    code = await spawner.poll()
+    assert isinstance(code, int)
+    await spawner.stop()  # twice is fine
+    assert isinstance(await spawner.poll(), int)
+    spawner.clear_state()
+    assert await spawner.poll() == 0
+
+
+async def test_stop_now(make_spawner):
+    spawner = make_spawner()
+    await spawner.start()
+    await spawner.stop(now=True)
+    assert isinstance(await spawner.poll(), int)
+    spawner.clear_state()
+
+
+async def test_state_round_trips_and_readopts(make_spawner):
+    spawner = make_spawner()
+    endpoints = await spawner.start()
+    state = orjson.loads(orjson.dumps(spawner.get_state()))  # JSON-able
+    adopted = make_spawner()
+    adopted.load_state(state)
+    assert await adopted.poll() is None
+    assert (await status_of(adopted, {k: endpoints[k] for k in protocol.CHANNELS}))["state"] == "idle"
+    await adopted.stop()
+    assert isinstance(await adopted.poll(), int)
+    assert isinstance(await spawner.poll(), int)
+    adopted.clear_state()
+    spawner.clear_state()
+
+
+async def test_failed_start_raises_and_leaves_nothing(make_spawner):
+    spawner = make_spawner(worker_extra={"fail_start": "broken on purpose"})
+    with pytest.raises(SpawnError, match="broken on purpose"):
+        await spawner.start()
+    assert isinstance(await spawner.poll(), int)
+    await spawner.stop()
+    spawner.clear_state()
+
+
+async def test_start_timeout(make_spawner):
+    spawner = make_spawner(worker_extra={"start_delay": 30}, start_timeout=0.5)
+    with pytest.raises(SpawnError, match=r"within 0\.5 s"):
+        await spawner.start()
+    assert isinstance(await spawner.poll(), int)
+    spawner.clear_state()
+
+
+async def test_progress_replays_to_ready(make_spawner):
+    spawner = make_spawner()
+    task = asyncio.ensure_future(spawner.start())
+    events = [e async for e in spawner.progress()]
+    await task
+    assert events[-1]["progress"] == 100 and all("message" in e for e in events)
+    assert [e async for e in spawner.progress()] == events  # a late reader sees them all
+    await spawner.stop()
+    spawner.clear_state()
+
+
+async def test_a_died_worker_reports_its_status(make_spawner):
+    spawner = make_spawner()
+    await spawner.start()
+    if isinstance(spawner, LocalProcessSpawner):
+        assert spawner.pid is not None
+        os.kill(spawner.pid, signal.SIGKILL)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await spawner.poll() is None:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert await spawner.poll() == -signal.SIGKILL
+    await spawner.stop()
+    spawner.clear_state()
+
+
+# --- local backend specifics -----------------------------------------------------------------
+
+
+async def test_local_reused_pid_is_not_our_worker(tmp_path):
+    make = local_factory(tmp_path)
+    spawner = make()
+    await spawner.start()
+    state = spawner.get_state()
+    impostor = make()
+    impostor.load_state({**state, "create_time": state["create_time"] - 1000})
+    assert await impostor.poll() == 1  # same pid, different process start time
+    await impostor.stop()  # must not signal the real worker
+    assert await spawner.poll() is None
+    await spawner.stop()
+    spawner.clear_state()
+
+
+async def test_local_stop_kills_the_whole_group(tmp_path):
+    spawner = local_factory(tmp_path)(
+        cmd=["/bin/sh", "-c", 'sleep 300 & exec "$0" "$@"', os.sys.executable, "-m", "phoebe_kernel_worker"]
+    )
+    await spawner.start()
+    import psutil
+
+    children = psutil.Process(spawner.pid).children(recursive=True)
+    group = [p for p in psutil.process_iter() if _pgid(p.pid) == spawner.pid]
+    assert len(group) >= 2, (children, group)
+    await spawner.stop()
+
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_for(lambda: all(gone(p) for p in group), timeout=5)
+    spawner.clear_state()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+async def test_local_memory_limit(tmp_path):
+    spawner = local_factory(tmp_path)(mem_limit="1G")
+    endpoints = await spawner.start()
+    ctx = zmq.asyncio.Context()
+    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
+    channel.connect()
+    reply = await channel.execute(orjson.dumps({"command": "allocate", "mib": 2048}), timeout=30)
+    assert reply.json()["success"] is False and "MemoryError" in reply.json()["error"]
+    ok = await channel.execute(b'{"command": "ping"}', timeout=5)
+    assert ok.json()["success"] is True
+    await channel.close()
+    ctx.destroy(linger=0)
+    await spawner.stop()
+    spawner.clear_state()
