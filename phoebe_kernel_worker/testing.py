@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from .protocol import ConnectionInfo
 
@@ -72,7 +73,7 @@ class TestSession:
     def env(self) -> dict[str, str]:
         return dict(os.environ)
 
-    COMMANDS = {
+    COMMANDS: ClassVar[dict[str, Callable[..., Any]]] = {
         "ping": ping,
         "echo": echo,
         "set_value": set_value,

@@ -16,6 +16,7 @@ running command, or ends an idle worker (like Ctrl-C). SIGTERM ends the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -219,10 +220,8 @@ class KernelWorker:
         if threading.current_thread() is not threading.main_thread():
             return
         _, frames = self._iopub_signer.serialize(msg_type, orjson.dumps(content))
-        try:
+        with contextlib.suppress(zmq.Again):  # no subscriber keeping up: drop, never block
             self.iopub.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def _reject(self, channel: str, error: Exception) -> None:
         self._rejected += 1

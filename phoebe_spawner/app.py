@@ -210,7 +210,7 @@ class PhoebeSpawnerApp(Application):
         for name in ("tornado.access", "tornado.application", "tornado.general", "phoebe_spawner"):
             logger = logging.getLogger(name)
             logger.parent = self.log
-            logger.setLevel(self.log_level)
+            logger.setLevel(self.log.level)
 
     def load_secret(self) -> bytes:
         """The hub secret: from the environment, else the secret file (created if missing)."""
@@ -238,9 +238,12 @@ class PhoebeSpawnerApp(Application):
         auth: Authenticator = cls(parent=self, store=store, log=self.log)
         return auth
 
+    def make_data_dir(self) -> None:
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
     async def setup(self) -> None:
         """Build every service and start listening (tests call this in-process)."""
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.make_data_dir()
         self.store = Store(self.db_url)
         await self.store.init(upgrade=self.upgrade_db)
         self.authenticator = self.make_authenticator(self.store)
@@ -298,8 +301,11 @@ class PhoebeSpawnerApp(Application):
         )
 
     def _user_of_row(self, row: dict[str, Any]) -> User:
-        return User(user_id=row["user_id"], name=row.get("user_name") or row["user_id"],
-                    full_name=row.get("full_name") or "")
+        return User(
+            user_id=row["user_id"],
+            name=row.get("user_name") or row["user_id"],
+            full_name=row.get("full_name") or "",
+        )
 
     def _warn_if_exposed(self) -> None:
         if self.authenticator.mode == "none" and self.ip not in ("127.0.0.1", "::1", "localhost"):
@@ -387,7 +393,7 @@ class UpgradeDB(_SubApp):
             await store.init(upgrade=True)
             await store.close()
 
-        Path(self.parent_app.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.parent_app.make_data_dir()
         asyncio.run(upgrade())
         print("database schema is up to date")
 
@@ -421,7 +427,7 @@ class CreateUser(_SubApp):
         from .auth.jwt import JWTAuthenticator
 
         app = self.parent_app
-        Path(app.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        app.make_data_dir()
         store = Store(app.db_url)
         await store.init(upgrade=app.upgrade_db)
         try:
@@ -448,4 +454,3 @@ def main(argv: list[str] | None = None) -> None:
     app = PhoebeSpawnerApp.instance()
     app.initialize(argv)
     app.start()
-

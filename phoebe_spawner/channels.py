@@ -94,7 +94,9 @@ class WorkerChannel:
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)
             self._readers.append(
-                asyncio.create_task(self._read(name, sock), name=f"channel-{name}-{self.session_id}")
+                asyncio.create_task(
+                    self._read(name, sock), name=f"channel-{name}-{self.session_id}"
+                )
             )
 
     def add_iopub_handler(self, handler: IOPubHandler) -> None:
@@ -120,7 +122,9 @@ class WorkerChannel:
             raise ChannelError("malformed control reply")
         return result
 
-    async def _send(self, channel: str, msg_type: str, body: bytes) -> tuple[str, asyncio.Future[Reply]]:
+    async def _send(
+        self, channel: str, msg_type: str, body: bytes
+    ) -> tuple[str, asyncio.Future[Reply]]:
         self._check_open()
         msg_id, frames = self._signers[channel].serialize(msg_type, body)
         fut = self._register(msg_id)

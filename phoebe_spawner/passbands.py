@@ -19,8 +19,12 @@ from .sessions import Unavailable
 class PassbandsCache:
     """Lists passbands on first use; created by the app, used by the passbands handler."""
 
-    def __init__(self, cmd: list[str] | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        cmd: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120.0,
+    ) -> None:
         self.cmd = cmd or [sys.executable, "-m", "phoebe_kernel_worker", "--list-passbands"]
         self.env = env
         self.timeout = timeout

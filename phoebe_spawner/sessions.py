@@ -16,11 +16,12 @@ declared hung and stopped. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,7 @@ class SessionManager(LoggingConfigurable):
         self.sessions: dict[str, LiveSession] = {}
         self.zmq_ctx = zmq.asyncio.Context()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[str, LiveSession], None]] = []
         self._closing = False
 
@@ -220,6 +222,12 @@ class SessionManager(LoggingConfigurable):
             except Exception:
                 self.log.exception("background task %s failed; it will run again", fn.__name__)
 
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
         """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
         self._listeners.append(listener)
@@ -237,6 +245,7 @@ class SessionManager(LoggingConfigurable):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         live = [s for s in self.sessions.values() if s.status in ACTIVE]
         if self.stop_workers_on_shutdown:
             await asyncio.gather(
@@ -325,7 +334,9 @@ class SessionManager(LoggingConfigurable):
                 f"Session limit reached: at most {self.max_sessions_per_user} per user"
             )
         session_id = str(uuid.uuid4())
-        s = LiveSession(id=session_id, user=user, meta=meta, spawner=self._make_spawner(session_id, user))
+        s = LiveSession(
+            id=session_id, user=user, meta=meta, spawner=self._make_spawner(session_id, user)
+        )
         self.sessions[session_id] = s
         try:
             await self._store.create_session(
@@ -376,7 +387,10 @@ class SessionManager(LoggingConfigurable):
         s.status = "running"
         s.last_activity = time.time()
         self.log.info(
-            "session %s of %s running (%.0f ms)", s.id, s.user.name, 1000 * (time.perf_counter() - t0)
+            "session %s of %s running (%.0f ms)",
+            s.id,
+            s.user.name,
+            1000 * (time.perf_counter() - t0),
         )
         await self._write(
             s,
@@ -413,7 +427,7 @@ class SessionManager(LoggingConfigurable):
                 reply = await s.channel.execute(body, timeout=max(0.0, deadline - time.monotonic()))
             except ChannelTimeout as e:
                 release = False  # the recovery task owns the lock until the worker is idle again
-                asyncio.create_task(self._recover_from_timeout(s, e.msg_id, command))
+                self._spawn_task(self._recover_from_timeout(s, e.msg_id, command))
                 self._log_command(s, command, started, False, "timeout")
                 raise CommandTimedOut(
                     f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
@@ -427,7 +441,13 @@ class SessionManager(LoggingConfigurable):
             s.in_flight -= 1
             s.last_activity = time.time()
         s.command_count += 1
-        self._log_command(s, command, started, reply.status == "ok", None if reply.status == "ok" else reply.status)
+        self._log_command(
+            s,
+            command,
+            started,
+            reply.status == "ok",
+            None if reply.status == "ok" else reply.status,
+        )
         return reply
 
     def _check_running(self, s: LiveSession) -> None:
@@ -575,10 +595,8 @@ class SessionManager(LoggingConfigurable):
 
     async def _do_stop(self, s: LiveSession, final: str, reason: str) -> None:
         if s.channel is not None:
-            try:
+            with contextlib.suppress(ChannelError):  # a dead worker cannot answer
                 await s.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
-            except ChannelError:
-                pass
             await s.channel.close(ChannelClosed(f"session {final}: {reason}"))
         try:
             await s.spawner.stop()
@@ -619,7 +637,9 @@ class SessionManager(LoggingConfigurable):
         try:
             await self._store.update_session(s.id, **fields)
         except (DatabaseUnavailable, KeyError) as e:
-            self.log.warning("could not record %s for session %s: %s", fields.get("status"), s.id, e)
+            self.log.warning(
+                "could not record %s for session %s: %s", fields.get("status"), s.id, e
+            )
 
     # --- recovery ---------------------------------------------------------------------------------
 

@@ -35,7 +35,11 @@ JWT_SECRET = "x" * 24 + "-test-secret-0123456789"
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("PHOEBE_SPAWNER_REQUIRE_ALL") and report.skipped and not hasattr(report, "wasxfail"):
+    if (
+        os.environ.get("PHOEBE_SPAWNER_REQUIRE_ALL")
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
         report.outcome = "failed"
         report.longrepr = f"skipped, but PHOEBE_SPAWNER_REQUIRE_ALL is set: {report.longrepr}"
 
@@ -63,7 +67,11 @@ async def async_wait_for(
 
 def child_pids() -> set[int]:
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+        return {
+            p.pid
+            for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE
+        }
     except psutil.Error:
         return set()
 
@@ -93,9 +101,9 @@ def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
         found = []
         for p in psutil.process_iter(["cmdline"]):
             try:
-                if p.pid != os.getpid() and any(base in a for a in p.info["cmdline"] or []):
-                    if p.status() != psutil.STATUS_ZOMBIE:
-                        found.append(p)
+                ours = any(base in a for a in p.info["cmdline"] or [])
+                if ours and p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
             except psutil.Error:
                 continue
         return found
@@ -210,7 +218,7 @@ async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
         await app.cleanup()
 
 
-async def register(client: Client, email: str, password: str = "correct horse battery") -> str:
+async def register(client: Client, email: str, password: str = "correct horse battery") -> str:  # noqa: S107
     """Register a jwt-mode user and return the token."""
     resp = await client.post("/auth/register", {"email": email, "password": password})
     assert resp.status == 200, resp.body

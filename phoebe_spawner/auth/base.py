@@ -71,7 +71,9 @@ class Authenticator(LoggingConfigurable):
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /auth/register``: create an account, return the token response."""
-        raise AuthError(404, f"Registration is only available in jwt auth mode (mode is {self.mode})")
+        raise AuthError(
+            404, f"Registration is only available in jwt auth mode (mode is {self.mode})"
+        )
 
     async def login(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /auth/login``: check credentials, return the token response."""

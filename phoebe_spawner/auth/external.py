@@ -97,7 +97,11 @@ class ExternalAuthenticator(Authenticator):
         )
         if sub not in self._seen:
             await self.store.ensure_user(
-                name=sub, email=user.email or None, full_name=user.full_name, role=role, admin=user.admin
+                name=sub,
+                email=user.email or None,
+                full_name=user.full_name,
+                role=role,
+                admin=user.admin,
             )
             self._seen.add(sub)
         return user

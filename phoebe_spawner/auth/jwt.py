@@ -135,15 +135,17 @@ class JWTAuthenticator(Authenticator):
         if len(email) > 254 or not EMAIL_RE.match(email):
             raise AuthError(400, "Email address is not valid")
         if len(password) < self.min_password_length:
-            raise AuthError(
-                400, f"Password must be at least {self.min_password_length} characters"
-            )
+            raise AuthError(400, f"Password must be at least {self.min_password_length} characters")
         if len(password) > 1024:
             raise AuthError(400, "Password is too long (1024 characters at most)")
         names = {k: body.get(k) or "" for k in ("first_name", "last_name")}
         if not all(isinstance(v, str) and len(v) <= 100 for v in names.values()):
-            raise AuthError(400, "first_name and last_name must be strings of at most 100 characters")
-        row = await self.create_user(email, password, **names)
+            raise AuthError(
+                400, "first_name and last_name must be strings of at most 100 characters"
+            )
+        row = await self.create_user(
+            email, password, first_name=names["first_name"], last_name=names["last_name"]
+        )
         if row is None:
             raise AuthError(409, "A user with this email already exists")
         return self.issue(row)

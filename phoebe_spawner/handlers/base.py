@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.log import gen_log
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
@@ -109,9 +110,11 @@ class BaseHandler(RequestHandler):
                 raise ApiError(400, "Invalid Content-Length header") from None
             if size > self.hub.max_body_size:
                 raise ApiError(
-                    413, f"Request body of {size} bytes exceeds the limit of {self.hub.max_body_size}"
+                    413,
+                    f"Request body of {size} bytes exceeds the limit of {self.hub.max_body_size}",
                 )
-        if self.request.connection is not None:
+        if isinstance(self.request.connection, HTTP1Connection):
+            # a chunked body that grows past the limit is cut off while it streams
             self.request.connection.set_max_body_size(self.hub.max_body_size)
         if self.auth_required:
             self.current_user = await self.hub.authenticator.authenticate(self)

@@ -11,12 +11,13 @@ our worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 from traitlets import Float, Integer
@@ -69,9 +70,7 @@ class LocalProcessSpawner(Spawner):
     async def start(self) -> dict[str, str]:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
-        Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        Path(self.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.write_connection_file(str(self.connection_file))
+        self._prepare_files()
         self.emit_progress(10, "Starting worker process")
         read_fd, write_fd = os.pipe()
         try:
@@ -106,9 +105,8 @@ class LocalProcessSpawner(Spawner):
             "--ready-fd",
             str(write_fd),
         ]
-        self._truncate_log()
         # the worker gets its own copy of the descriptor; the hub keeps none open
-        with open(self.log_path, "ab") as log_file:
+        with self._open_log() as log_file:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -147,12 +145,18 @@ class LocalProcessSpawner(Spawner):
         finally:
             transport.close()
 
-    def _truncate_log(self) -> None:
-        try:
+    def _prepare_files(self) -> None:
+        """Private runtime dir, session dir and the 0600 connection file (local disk, fast)."""
+        Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(self.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.write_connection_file(str(self.connection_file))
+
+    def _open_log(self) -> IO[bytes]:
+        """The worker's log file, started afresh when it grew past ``log_max_bytes``."""
+        with contextlib.suppress(FileNotFoundError):
             if self.log_path.stat().st_size > self.log_max_bytes:
                 self.log_path.unlink()
-        except FileNotFoundError:
-            pass
+        return open(self.log_path, "ab")  # the caller closes it
 
     def _failure_reason(self, status: int | None) -> str:
         tail = self.log_tail().strip().splitlines()
@@ -236,10 +240,8 @@ class LocalProcessSpawner(Spawner):
         """Kill what is left of the worker's process group (grandchildren)."""
         if self.pid is None or (self.proc is None and self.create_time is None):
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     async def _wait_exit(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s for the worker to exit; its status, or None if still up."""

@@ -49,7 +49,12 @@ async def test_register_login_me(make_hub):
     _, client = await make_hub(auth_mode="jwt")
     resp = await client.post(
         "/auth/register",
-        {"email": "Ada@Example.org", "password": "analytical", "first_name": "Ada", "last_name": "L"},
+        {
+            "email": "Ada@Example.org",
+            "password": "analytical",
+            "first_name": "Ada",
+            "last_name": "L",
+        },
     )
     assert resp.status == 200
     data = resp.json()
@@ -93,23 +98,40 @@ async def test_register_duplicate_is_409(make_hub):
 async def test_login_errors(make_hub):
     app, client = await make_hub(auth_mode="jwt")
     await register(client, "u@example.org", "right password")
-    assert (await client.post("/auth/login", {"email": "u@example.org", "password": "wrong pw"})).status == 401
-    assert (await client.post("/auth/login", {"email": "nobody@example.org", "password": "whatever"})).status == 401
+    assert (
+        await client.post("/auth/login", {"email": "u@example.org", "password": "wrong pw"})
+    ).status == 401
+    assert (
+        await client.post("/auth/login", {"email": "nobody@example.org", "password": "whatever"})
+    ).status == 401
     assert (await client.post("/auth/login", {"email": "u@example.org"})).status == 400
     await app.store.set_user_active("u@example.org", False)
-    resp = await client.post("/auth/login", {"email": "u@example.org", "password": "right password"})
+    resp = await client.post(
+        "/auth/login", {"email": "u@example.org", "password": "right password"}
+    )
     assert resp.status == 403 and "disabled" in resp.detail
 
 
 async def test_register_and_login_are_404_outside_jwt_mode(make_hub):
     _, client = await make_hub()
-    assert (await client.post("/auth/register", {"email": "a@b.org", "password": "x" * 10})).status == 404
-    assert (await client.post("/auth/login", {"email": "a@b.org", "password": "x" * 10})).status == 404
+    assert (
+        await client.post("/auth/register", {"email": "a@b.org", "password": "x" * 10})
+    ).status == 404
+    assert (
+        await client.post("/auth/login", {"email": "a@b.org", "password": "x" * 10})
+    ).status == 404
     assert (await client.get("/auth/me")).status == 404
 
 
 @pytest.mark.parametrize(
-    "path", ["/auth/me", "/dash/sessions", "/dash/session-memory", "/dash/port-status", "/system/passbands"]
+    "path",
+    [
+        "/auth/me",
+        "/dash/sessions",
+        "/dash/session-memory",
+        "/dash/port-status",
+        "/system/passbands",
+    ],
 )
 async def test_token_required(make_hub, path):
     _, client = await make_hub(auth_mode="jwt")
@@ -148,10 +170,17 @@ async def test_external_mode(make_hub):
     )
     me = await client.get("/auth/me", token=token)
     assert me.status == 200
-    assert me.json() == {"user_id": "ext-42", "email": "e@x.org", "full_name": "Ext", "role": "user"}
+    assert me.json() == {
+        "user_id": "ext-42",
+        "email": "e@x.org",
+        "full_name": "Ext",
+        "role": "user",
+    }
     no_sub = jwt.encode({"exp": int(time.time()) + 60}, JWT_SECRET, algorithm="HS256")
     assert (await client.get("/auth/me", token=no_sub)).status == 401
-    assert (await client.post("/auth/login", {"email": "a@b.org", "password": "x" * 10})).status == 404
+    assert (
+        await client.post("/auth/login", {"email": "a@b.org", "password": "x" * 10})
+    ).status == 404
 
 
 async def test_weak_secret_refuses_to_start(make_hub):
@@ -169,7 +198,15 @@ async def test_start_list_end(make_hub):
     resp = await client.post("/dash/start-session", {"project_name": "Algol", "extra": [1, 2]})
     assert resp.status == 200
     s = resp.json()
-    for key in ("session_id", "created_at", "last_activity", "mem_used", "port", "user_id", "full_name"):
+    for key in (
+        "session_id",
+        "created_at",
+        "last_activity",
+        "mem_used",
+        "port",
+        "user_id",
+        "full_name",
+    ):
         assert key in s
     assert s["status"] == "running" and s["project_name"] == "Algol"
     assert isinstance(s["port"], int) and isinstance(s["last_activity"], float)
@@ -185,7 +222,9 @@ async def test_start_list_end(make_hub):
 @pytest.mark.parametrize("body", [b"", b"null", b"{}"])
 async def test_start_session_with_empty_metadata(make_hub, body):
     _, client = await make_hub()
-    resp = await client.post("/dash/start-session", body=body, headers={"Content-Type": "application/json"})
+    resp = await client.post(
+        "/dash/start-session", body=body, headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 200 and resp.json()["project_name"] is None
     await client.post(f"/dash/end-session/{resp.json()['session_id']}")
 
@@ -237,7 +276,11 @@ async def test_capacity_limit(make_hub):
     resp = await client.post("/dash/start-session", {}, token=b)
     assert resp.status == 429 and "Capacity" in resp.detail
     status = (await client.get("/dash/port-status", token=b)).json()
-    assert status["total_ports"] == 1 and status["reserved_ports"] == 1 and status["available_ports"] == 0
+    assert (
+        status["total_ports"] == 1
+        and status["reserved_ports"] == 1
+        and status["available_ports"] == 0
+    )
 
 
 async def test_worker_failing_to_start_is_503_with_reason(make_hub):
@@ -253,7 +296,8 @@ async def test_worker_failing_to_start_is_503_with_reason(make_hub):
 
 async def test_worker_start_timeout(make_hub):
     _, client = await make_hub(
-        LocalProcessSpawner__worker_extra={"start_delay": 30}, LocalProcessSpawner__start_timeout=0.5
+        LocalProcessSpawner__worker_extra={"start_delay": 30},
+        LocalProcessSpawner__start_timeout=0.5,
     )
     t0 = time.monotonic()
     resp = await client.post("/dash/start-session", {})
@@ -265,7 +309,13 @@ async def test_port_status_shape(make_hub):
     _, client = await make_hub(LocalProcessSpawner__port_range=[41000, 41200])
     sid = (await client.post("/dash/start-session", {})).json()
     status = (await client.get("/dash/port-status")).json()
-    assert set(status) == {"total_ports", "reserved_ports", "available_ports", "reserved_port_list", "port_range"}
+    assert set(status) == {
+        "total_ports",
+        "reserved_ports",
+        "available_ports",
+        "reserved_port_list",
+        "port_range",
+    }
     assert status["port_range"] == "41000-41199"
     assert status["reserved_port_list"] == [sid["port"]] and 41000 <= sid["port"] < 41200
 
@@ -312,7 +362,12 @@ async def test_traceback_only_in_debug(make_hub):
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [(b"{bad", "Malformed JSON"), (b"[]", "JSON object"), (b'{"twig": 1}', "command"), (b"", "JSON")],
+    [
+        (b"{bad", "Malformed JSON"),
+        (b"[]", "JSON object"),
+        (b'{"twig": 1}', "command"),
+        (b"", "JSON"),
+    ],
 )
 async def test_send_malformed(make_hub, body, fragment):
     _, client = await make_hub()
@@ -406,7 +461,9 @@ async def test_one_slow_session_does_not_delay_another(make_hub):
 
 
 async def test_idle_session_is_culled_but_busy_one_is_not(make_hub):
-    app, client = await make_hub(SessionManager__idle_timeout=0.5, SessionManager__cull_interval=0.2)
+    app, client = await make_hub(
+        SessionManager__idle_timeout=0.5, SessionManager__cull_interval=0.2
+    )
     idle = (await client.post("/dash/start-session", {})).json()["session_id"]
     busy = (await client.post("/dash/start-session", {})).json()["session_id"]
     work = asyncio.ensure_future(client.send(busy, "sleep", seconds=2))
@@ -438,9 +495,11 @@ async def test_worker_environment_and_key_stay_secret(make_hub, monkeypatch, tmp
 
 async def test_commands_and_transitions_are_recorded(make_hub):
     app, client = await make_hub()
-    sid = (await client.post("/dash/start-session", {"project_name": "p"}, headers={"User-Agent": "ua/1"})).json()[
-        "session_id"
-    ]
+    sid = (
+        await client.post(
+            "/dash/start-session", {"project_name": "p"}, headers={"User-Agent": "ua/1"}
+        )
+    ).json()["session_id"]
     await client.send(sid, "ping")
     await client.send(sid, "nope")
     await app.store.flush_commands()
@@ -462,7 +521,7 @@ async def test_restart_readopts_workers(make_hub, tmp_path):
     pid = app1.manager.sessions[sid].spawner.pid
     await app1.cleanup()
     assert psutil.pid_exists(pid)
-    app2, client2 = await make_hub(data_dir=data)
+    _, client2 = await make_hub(data_dir=data)
     listed = (await client2.get("/dash/sessions")).json()
     assert listed[sid]["status"] == "running" and listed[sid]["project_name"] == "keep"
     assert (await client2.send(sid, "get_value", twig="period@binary")).json()["result"] == 2.5
@@ -477,7 +536,7 @@ async def test_restart_marks_dead_workers_failed(make_hub, tmp_path):
     pid = app1.manager.sessions[sid].spawner.pid
     await app1.cleanup()
     os.kill(pid, signal.SIGKILL)
-    app2, client2 = await make_hub(data_dir=data)
+    _, client2 = await make_hub(data_dir=data)
     listed = (await client2.get("/dash/sessions")).json()
     assert listed[sid]["status"] == "failed" and "lost" in listed[sid]["reason"]
     assert (await client2.send(sid, "ping")).status == 503

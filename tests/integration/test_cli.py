@@ -28,11 +28,18 @@ def free_port() -> int:
 
 def run(args: list[str], cwd, env=None, timeout=60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*EXE, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        [*EXE, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def http(method: str, url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
+def http(
+    method: str, url: str, body: bytes | None = None, token: str | None = None
+) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body, method=method)
     req.add_header("Content-Type", "application/json")
     if token:
@@ -59,7 +66,11 @@ def test_generate_config(tmp_path):
     result = run(["--generate-config"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "phoebe_spawner_config.py").read_text()
-    for trait in ("c.SessionManager.idle_timeout", "c.LocalProcessSpawner.mem_limit", "c.JWTAuthenticator.secret"):
+    for trait in (
+        "c.SessionManager.idle_timeout",
+        "c.LocalProcessSpawner.mem_limit",
+        "c.JWTAuthenticator.secret",
+    ):
         assert trait in text
     again = run(["--generate-config"], cwd=tmp_path)
     assert again.returncode == 1 and "exists" in again.stderr
@@ -71,9 +82,17 @@ def test_upgrade_db_and_create_user(tmp_path):
     assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
     assert (data / "phoebe-spawner.sqlite").exists()
     env = {"PHOEBE_SPAWNER_NEW_PASSWORD": "a long password"}
-    args = ["create-user", "--email", "Admin@Example.org", "--admin", f"--PhoebeSpawnerApp.data_dir={data}"]
+    args = [
+        "create-user",
+        "--email",
+        "Admin@Example.org",
+        "--admin",
+        f"--PhoebeSpawnerApp.data_dir={data}",
+    ]
     result = run(args, cwd=tmp_path, env=env)
-    assert result.returncode == 0 and "created user admin@example.org" in result.stdout, result.stderr
+    assert result.returncode == 0 and "created user admin@example.org" in result.stdout, (
+        result.stderr
+    )
     assert "a long password" not in result.stdout + result.stderr
     dup = run(args, cwd=tmp_path, env=env)
     assert dup.returncode != 0 and "already exists" in dup.stderr
@@ -103,24 +122,36 @@ def test_serves_and_shuts_down_cleanly(tmp_path, sig):
         "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
     )
     proc = subprocess.Popen(
-        [*EXE, "--port", str(port), "--auth-mode", "jwt", f"--data-dir={tmp_path / 'data'}", f"--config={config}"],
+        [
+            *EXE,
+            "--port",
+            str(port),
+            "--auth-mode",
+            "jwt",
+            f"--data-dir={tmp_path / 'data'}",
+            f"--config={config}",
+        ],
         cwd=tmp_path,
         env={**os.environ, "PHOEBE_SPAWNER_JWT_SECRET": JWT_SECRET},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         # like a service started from a non-interactive shell: SIGINT inherited as ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc)
-        status, data = http("POST", url + "/auth/register", orjson.dumps({"email": "c@x.org", "password": "p" * 10}))
+        status, data = http(
+            "POST", url + "/auth/register", orjson.dumps({"email": "c@x.org", "password": "p" * 10})
+        )
         assert status == 200
         token = data["access_token"]
         status, session = http("POST", url + "/dash/start-session", b"", token)
         assert status == 200
         worker = psutil.Process(proc.pid).children()[0]
-        status, reply = http("POST", url + f"/send/{session['session_id']}", b'{"command":"ping"}', token)
+        status, reply = http(
+            "POST", url + f"/send/{session['session_id']}", b'{"command":"ping"}', token
+        )
         assert reply == {"success": True, "result": {"status": "ready"}}
         t0 = time.monotonic()
         proc.send_signal(sig)

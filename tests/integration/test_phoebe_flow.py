@@ -41,7 +41,12 @@ async def old_client_flow(client: Client, token: str | None, start_body: Any) ->
     assert await send(client, sid, "get_value", token, twig="period@binary") == 0.56
     mass = await send(client, sid, "get_value", token, twig="mass@primary")
     assert isinstance(mass, float) and mass > 0
-    assert await send(client, sid, "add_dataset", token, kind="lc", compute_times=TIMES, overwrite=True) == {}
+    assert (
+        await send(
+            client, sid, "add_dataset", token, kind="lc", compute_times=TIMES, overwrite=True
+        )
+        == {}
+    )
     model = (await send(client, sid, "run_compute", token))["model"]
     fluxes = model["lc01"]["fluxes"]
     assert len(fluxes) == len(TIMES) and all(f > 0 for f in fluxes)
@@ -49,8 +54,17 @@ async def old_client_flow(client: Client, token: str | None, start_body: Any) ->
 
     # turn the model into 'observations' and fit one parameter with the dc solver
     await send(client, sid, "set_value", token, twig="times@lc01@dataset", value=TIMES)
-    await send(client, sid, "set_value", token, twig="fluxes@lc01@dataset", value=[f * 1.01 for f in fluxes])
-    await send(client, sid, "set_value", token, twig="sigmas@lc01@dataset", value=[0.01] * len(TIMES))
+    await send(
+        client,
+        sid,
+        "set_value",
+        token,
+        twig="fluxes@lc01@dataset",
+        value=[f * 1.01 for f in fluxes],
+    )
+    await send(
+        client, sid, "set_value", token, twig="sigmas@lc01@dataset", value=[0.01] * len(TIMES)
+    )
     await send(client, sid, "set_value", token, twig="fit_parameters@dc", value=["teff@primary"])
     solution = (await send(client, sid, "run_solver", token))["solution"]
     assert solution["fit_parameters"] == ["teff@primary@star@component"]
@@ -96,11 +110,15 @@ async def test_old_client_flow_mode_none(make_hub):
 async def test_old_client_flow_mode_jwt(make_hub):
     _, client = await make_hub(auth_mode="jwt", phoebe=True)
     token = await register(client, "astro@example.org")
-    login = await client.post("/auth/login", {"email": "astro@example.org", "password": "correct horse battery"})
+    login = await client.post(
+        "/auth/login", {"email": "astro@example.org", "password": "correct horse battery"}
+    )
     assert login.status == 200
     result = await old_client_flow(client, login.json()["access_token"], None)
     expected = in_process_fluxes()
-    assert np.array_equal(np.array(result["fluxes"]), expected), "hub result differs from in-process PHOEBE"
+    assert np.array_equal(np.array(result["fluxes"]), expected), (
+        "hub result differs from in-process PHOEBE"
+    )
     assert token
 
 
@@ -137,8 +155,12 @@ async def test_constraint_expressions_cannot_run_code(make_hub, tmp_path):
     assert not marker.exists()
     # the session is intact and its constraint still works
     assert (await client.send(sid, "get_value", twig="period@binary")).json()["success"] is True
-    assert (await client.send(sid, "set_value", twig="mass@primary", value=1.2)).json()["success"] is True
-    assert (await client.send(sid, "is_parameter_constrained", twig="sma@binary")).json()["result"] is True
+    assert (await client.send(sid, "set_value", twig="mass@primary", value=1.2)).json()[
+        "success"
+    ] is True
+    assert (await client.send(sid, "is_parameter_constrained", twig="sma@binary")).json()[
+        "result"
+    ] is True
 
 
 async def test_timeout_interrupts_a_real_compute(make_hub):

@@ -90,7 +90,9 @@ async def test_state_round_trips_and_readopts(make_spawner):
     adopted = make_spawner()
     adopted.load_state(state)
     assert await adopted.poll() is None
-    assert (await status_of(adopted, {k: endpoints[k] for k in protocol.CHANNELS}))["state"] == "idle"
+    assert (await status_of(adopted, {k: endpoints[k] for k in protocol.CHANNELS}))[
+        "state"
+    ] == "idle"
     await adopted.stop()
     assert isinstance(await adopted.poll(), int)
     assert isinstance(await spawner.poll(), int)
@@ -160,7 +162,14 @@ async def test_local_reused_pid_is_not_our_worker(tmp_path):
 
 async def test_local_stop_kills_the_whole_group(tmp_path):
     spawner = local_factory(tmp_path)(
-        cmd=["/bin/sh", "-c", 'sleep 300 & exec "$0" "$@"', os.sys.executable, "-m", "phoebe_kernel_worker"]
+        cmd=[
+            "/bin/sh",
+            "-c",
+            'sleep 300 & exec "$0" "$@"',
+            os.sys.executable,
+            "-m",
+            "phoebe_kernel_worker",
+        ]
     )
     await spawner.start()
     import psutil

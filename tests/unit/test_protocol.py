@@ -76,7 +76,12 @@ def test_malformed_framing(frames, match):
 
 def test_signed_but_malformed_header_is_rejected():
     s = Signer(KEY, "s1")
-    for header in (b"not json", b"[1]", orjson.dumps({"msg_id": 1}), orjson.dumps({"msg_type": "x"})):
+    for header in (
+        b"not json",
+        b"[1]",
+        orjson.dumps({"msg_id": 1}),
+        orjson.dumps({"msg_type": "x"}),
+    ):
         with pytest.raises(ProtocolError):
             s.deserialize([protocol.DELIM, s.sign(header, b"{}"), header, b"{}"])
 
@@ -102,7 +107,13 @@ def test_other_session_and_stale_messages_are_rejected():
         Signer(KEY, "s1").deserialize(other.serialize("x")[1])
     s = Signer(KEY, "s1", max_age=5)
     header = orjson.dumps(
-        {"msg_id": "m", "msg_type": "x", "session": "s1", "date": time.time() - 60, "parent_id": None}
+        {
+            "msg_id": "m",
+            "msg_type": "x",
+            "session": "s1",
+            "date": time.time() - 60,
+            "parent_id": None,
+        }
     )
     with pytest.raises(ProtocolError, match="stale"):
         s.deserialize([protocol.DELIM, s.sign(header, b""), header, b""])
@@ -123,7 +134,9 @@ def test_derived_keys_are_stable_and_distinct():
     secret = os.urandom(32)
     assert protocol.derive_session_key(secret, "a") == protocol.derive_session_key(secret, "a")
     assert protocol.derive_session_key(secret, "a") != protocol.derive_session_key(secret, "b")
-    assert protocol.derive_session_key(secret, "a") != protocol.derive_session_key(os.urandom(32), "a")
+    assert protocol.derive_session_key(secret, "a") != protocol.derive_session_key(
+        os.urandom(32), "a"
+    )
 
 
 def test_connection_file_is_private_and_round_trips(tmp_path):
@@ -145,7 +158,11 @@ def test_connection_file_rejects_unknown_scheme(tmp_path):
 
 
 def test_readiness_report():
-    eps = {"shell": "tcp://127.0.0.1:1", "control": "tcp://127.0.0.1:2", "iopub": "tcp://127.0.0.1:3"}
+    eps = {
+        "shell": "tcp://127.0.0.1:1",
+        "control": "tcp://127.0.0.1:2",
+        "iopub": "tcp://127.0.0.1:3",
+    }
     assert protocol.endpoints_from_json(protocol.endpoints_to_json(eps, pid=7)) == (eps, 7)
     for bad in (b"", b"{}", b'{"endpoints": {"shell": "x"}, "pid": 1}', b"\xff"):
         with pytest.raises(ValueError, match="malformed"):

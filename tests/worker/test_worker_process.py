@@ -84,7 +84,7 @@ async def test_garbage_unsigned_and_missigned_messages_are_ignored(worker):
 
 async def test_replayed_message_runs_once(worker):
     _, socks, signer, _ = worker
-    msg_id, frames = signer.serialize(
+    _, frames = signer.serialize(
         protocol.EXECUTE_REQUEST, b'{"command": "set_value", "twig": "n", "value": 1}'
     )
     socks["shell"].send_multipart(frames)
@@ -109,7 +109,9 @@ async def test_signed_but_bad_requests_get_errors(worker):
 
 async def test_control_answers_while_a_command_runs(worker):
     _, socks, signer, _ = worker
-    msg_id, frames = signer.serialize(protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 20}')
+    msg_id, frames = signer.serialize(
+        protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 20}'
+    )
     socks["shell"].send_multipart(frames)
     time.sleep(0.2)
     status = request(socks["control"], signer, protocol.STATUS_REQUEST).json()
@@ -118,7 +120,9 @@ async def test_control_answers_while_a_command_runs(worker):
     other = request(socks["control"], signer, protocol.INTERRUPT_REQUEST, b'{"msg_id": "other"}')
     assert other.json() == {"interrupted": False}
     t0 = time.monotonic()
-    hit = request(socks["control"], signer, protocol.INTERRUPT_REQUEST, orjson.dumps({"msg_id": msg_id}))
+    hit = request(
+        socks["control"], signer, protocol.INTERRUPT_REQUEST, orjson.dumps({"msg_id": msg_id})
+    )
     assert hit.json() == {"interrupted": True}
     assert socks["shell"].poll(3000)
     _, reply = Signer(signer._key, "w1").deserialize(socks["shell"].recv_multipart())
@@ -144,7 +148,9 @@ async def test_sigint_interrupts_a_busy_worker_and_ends_an_idle_one(worker):
 
 async def test_shutdown_request_ends_the_worker(worker):
     spawner, socks, signer, _ = worker
-    assert request(socks["control"], signer, protocol.SHUTDOWN_REQUEST).json() == {"shutting_down": True}
+    assert request(socks["control"], signer, protocol.SHUTDOWN_REQUEST).json() == {
+        "shutting_down": True
+    }
     assert await spawner._wait_exit(5) == 0
 
 
