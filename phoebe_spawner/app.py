@@ -26,7 +26,7 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 from tornado.web import Application as TornadoApplication
 from tornado.web import RequestHandler
-from traitlets import Bool, Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
 from ._version import __version__
@@ -145,6 +145,9 @@ class PhoebeSpawnerApp(Application):
             "PHOEBE_SPAWNER_DB_URL", f"sqlite:///{Path(self.data_dir) / 'phoebe-spawner.sqlite'}"
         )
 
+    db_busy_timeout = Float(
+        5.0, help="Seconds a SQLite write waits for a lock before the request gets 503."
+    ).tag(config=True)
     upgrade_db = Bool(False, help="Upgrade an older database schema at start-up.").tag(config=True)
     secret_file = Unicode(
         help="""File holding the hub secret that session keys derive from (created 0600 on
@@ -244,7 +247,7 @@ class PhoebeSpawnerApp(Application):
     async def setup(self) -> None:
         """Build every service and start listening (tests call this in-process)."""
         self.make_data_dir()
-        self.store = Store(self.db_url)
+        self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
         self.authenticator = self.make_authenticator(self.store)
         await self.authenticator.setup()

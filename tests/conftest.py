@@ -86,6 +86,15 @@ def no_leaked_processes() -> Any:
     )
 
 
+def listening_ports() -> set[int]:
+    """TCP ports this test process listens on (hubs run in-process)."""
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """At the end of the run, no worker started by any test may still exist anywhere.
@@ -95,7 +104,10 @@ def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     directory (test-only leak detection; the hub itself never sweeps by command line).
     """
     base = str(tmp_path_factory.getbasetemp())
+    listening_before = listening_ports()
     yield
+    leaked_ports = listening_ports() - listening_before
+    assert not leaked_ports, f"the test run left ports listening: {sorted(leaked_ports)}"
 
     def orphans() -> list[psutil.Process]:
         found = []

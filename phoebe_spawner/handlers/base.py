@@ -24,7 +24,7 @@ from tornado.log import gen_log
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..auth.base import Authenticator, AuthError, User
-from ..db import Store
+from ..db import DatabaseUnavailable, Store
 from ..sessions import SessionError, SessionManager
 
 
@@ -88,6 +88,8 @@ class BaseHandler(RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         # Service errors carry their own status and client-facing detail: answer them
         # here (logged briefly, as client errors), and leave the rest to tornado.
+        if isinstance(e, DatabaseUnavailable):
+            e = ApiError(503, "Database unavailable, try again shortly")
         if isinstance(e, SessionError | AuthError | ApiError):
             status = e.status_code if isinstance(e, ApiError) else e.status
             if self._finished:

@@ -540,3 +540,33 @@ async def test_restart_marks_dead_workers_failed(make_hub, tmp_path):
     listed = (await client2.get("/dash/sessions")).json()
     assert listed[sid]["status"] == "failed" and "lost" in listed[sid]["reason"]
     assert (await client2.send(sid, "ping")).status == 503
+
+
+async def test_locked_database_is_503_not_500(make_hub, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "locked.sqlite"
+    app, client = await make_hub(
+        auth_mode="jwt",
+        PhoebeSpawnerApp__db_url=f"sqlite:///{db}",
+        PhoebeSpawnerApp__db_busy_timeout=0.3,
+    )
+    token = await register(client, "before@example.org")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = await client.post(
+            "/auth/register", {"email": "during@example.org", "password": "x" * 12}
+        )
+        assert resp.status == 503 and "Database unavailable" in resp.detail
+        resp = await client.post("/dash/start-session", {}, token=token)
+        assert resp.status == 503 and "Database unavailable" in resp.detail
+        assert app.manager.active() == []
+        assert (await client.get("/health")).status == 200
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (
+        await client.post("/auth/register", {"email": "after@example.org", "password": "x" * 12})
+    ).status == 200
+    assert (await client.post("/dash/start-session", {}, token=token)).status == 200

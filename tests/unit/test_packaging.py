@@ -20,13 +20,26 @@ def test_share_dir_found_from_source_checkout():
 def test_share_dir_found_under_an_install_prefix(tmp_path, monkeypatch):
     installed = tmp_path / "share" / "phoebe_spawner" / "examples"
     installed.mkdir(parents=True)
-    monkeypatch.setattr(_data, "candidates", lambda: [tmp_path / "nowhere", tmp_path / _data.SUBDIR])
+    monkeypatch.setattr(
+        _data, "candidates", lambda: [tmp_path / "nowhere", tmp_path / _data.SUBDIR]
+    )
     assert _data.share_dir() == tmp_path / _data.SUBDIR
 
 
 def test_wheel_contains_share_files_and_migrations(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
