@@ -1,0 +1,34 @@
+# phoebe-spawner configuration for a standalone deployment (copy, then edit).
+# `phoebe-spawner --generate-config` writes the full list of options with their help.
+# Secrets do not belong in this file: set PHOEBE_SPAWNER_JWT_SECRET (and
+# PHOEBE_SPAWNER_DB_URL if the URL holds a password) in the service's environment.
+
+c = get_config()  # noqa: F821 -- provided by traitlets when the file is loaded
+
+# --- where and how to listen -------------------------------------------------------------
+c.PhoebeSpawnerApp.ip = "0.0.0.0"
+c.PhoebeSpawnerApp.port = 8001
+c.PhoebeSpawnerApp.auth_mode = "jwt"  # accounts in the hub's database
+c.PhoebeSpawnerApp.data_dir = "/var/lib/phoebe-spawner"
+# c.PhoebeSpawnerApp.db_url = "postgresql+psycopg://phoebe@db/phoebe"
+# c.PhoebeSpawnerApp.trust_proxy_headers = True  # behind nginx/traefik
+c.PhoebeSpawnerApp.max_body_size = 64 * 1024 * 1024
+
+# --- sessions ------------------------------------------------------------------------------
+c.SessionManager.max_sessions = 120  # capacity of this machine
+c.SessionManager.max_sessions_per_user = 3
+c.SessionManager.idle_timeout = 2 * 3600  # cull after two idle hours
+c.SessionManager.command_timeout = 6 * 3600  # a run_solver may take hours
+c.SessionManager.command_timeouts = {"ping": 30, "get_value": 120}
+c.SessionManager.stop_workers_on_shutdown = True
+
+# --- workers ---------------------------------------------------------------------------------
+c.PhoebeSpawnerApp.spawner_class = "local"
+c.LocalProcessSpawner.mem_limit = "4G"  # address-space limit of each worker
+c.LocalProcessSpawner.cpu_limit = 1  # threads for BLAS/OpenMP
+c.LocalProcessSpawner.start_timeout = 60
+# c.LocalProcessSpawner.port_range = [20000, 21000]  # if a firewall needs a fixed range
+# c.LocalProcessSpawner.environment = {"PHOEBE_MULTIPROC_NPROCS": "1"}
+
+# --- tokens ----------------------------------------------------------------------------------
+c.JWTAuthenticator.expire_minutes = 12 * 60
