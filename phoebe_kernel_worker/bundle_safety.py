@@ -27,6 +27,7 @@ from phoebe_kernel_worker.errors import UnsafeInput
 from phoebe_kernel_worker.safety import (
     DATASET_KINDS,
     MAX_STRING_LENGTH,
+    META_TAGS,
     analyze_expression,
     is_quote_safe,
 )
@@ -70,21 +71,6 @@ _CHOICE_CLASSES = frozenset(
     {"ChoiceParameter", "SelectParameter", "SelectTwigParameter", "UnitParameter"}
 )
 
-_META_TAGS = (
-    "qualifier",
-    "feature",
-    "component",
-    "dataset",
-    "constraint",
-    "distribution",
-    "compute",
-    "model",
-    "solver",
-    "solution",
-    "figure",
-    "kind",
-    "context",
-)
 _ALLOWED_KEYS: frozenset[str] = frozenset(
     {
         "Class",
@@ -106,7 +92,7 @@ _ALLOWED_KEYS: frozenset[str] = frozenset(
         "in_solar_units",
         "time",
         "server",
-        *_META_TAGS,
+        *META_TAGS,
     }
 )
 _CONTEXTS = frozenset(
@@ -257,7 +243,7 @@ def _check_parameter(param: dict[str, Any], where: str, constraint_funcs: frozen
         raise UnsafeInput(f"{where}: unexpected keys {sorted(unknown)}")
     if param.get("server") is not None:
         raise UnsafeInput(f"{where}: server parameters are not allowed")
-    for tag in _META_TAGS:
+    for tag in META_TAGS:
         value = param.get(tag)
         if value is not None and (not isinstance(value, str) or not _TAG_RE.fullmatch(value)):
             raise UnsafeInput(f"{where}: invalid {tag} {value!r}")

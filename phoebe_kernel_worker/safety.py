@@ -106,28 +106,26 @@ ALLOWED_CONSTANT_NAMES: frozenset[str] = frozenset({"pi", "e"})
 #: ``getattr`` on ``phoebe.parameters.dataset``, so nothing else may pass.
 DATASET_KINDS: frozenset[str] = frozenset({"lc", "rv", "lp", "orb", "mesh"})
 
+#: The tags that label every PHOEBE parameter (a parameter dict's "meta" keys).
+META_TAGS: tuple[str, ...] = (
+    "qualifier",
+    "feature",
+    "component",
+    "dataset",
+    "constraint",
+    "distribution",
+    "compute",
+    "model",
+    "solver",
+    "solution",
+    "figure",
+    "kind",
+    "context",
+)
+
 #: Filter tags accepted wherever PHOEBE filters parameters (get_value, set_value, ...).
 #: ``server`` is left out on purpose: the worker has no server context.
-FILTER_TAGS: frozenset[str] = frozenset(
-    {
-        "twig",
-        "uniqueid",
-        "qualifier",
-        "time",
-        "feature",
-        "component",
-        "dataset",
-        "constraint",
-        "distribution",
-        "compute",
-        "model",
-        "solver",
-        "solution",
-        "figure",
-        "kind",
-        "context",
-    }
-)
+FILTER_TAGS: frozenset[str] = frozenset({"twig", "uniqueid", "time", *META_TAGS})
 
 #: Boolean switches of PHOEBE's filter calls.
 FILTER_FLAGS: frozenset[str] = frozenset(

@@ -570,3 +570,56 @@ async def test_locked_database_is_503_not_500(make_hub, tmp_path):
         await client.post("/auth/register", {"email": "after@example.org", "password": "x" * 12})
     ).status == 200
     assert (await client.post("/dash/start-session", {}, token=token)).status == 200
+
+
+async def test_external_mode_with_public_key_issuer_and_audience(make_hub, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "issuer.pem").write_bytes(pem)
+    _, client = await make_hub(
+        auth_mode="external",
+        ExternalAuthenticator__secret="",
+        ExternalAuthenticator__public_key_file=str(tmp_path / "issuer.pem"),
+        ExternalAuthenticator__issuer="https://portal.example.org",
+        ExternalAuthenticator__audience="phoebe",
+    )
+    claims = {
+        "sub": "u-7",
+        "role": "admin",
+        "iss": "https://portal.example.org",
+        "aud": "phoebe",
+        "exp": int(time.time()) + 60,
+    }
+    good = jwt.encode(claims, key, algorithm="RS256")
+    me = await client.get("/auth/me", token=good)
+    assert me.status == 200 and me.json()["role"] == "admin"
+    for bad, reason in (
+        ({**claims, "aud": "other"}, "wrong audience"),
+        ({**claims, "iss": "https://evil.example.org"}, "wrong issuer"),
+    ):
+        resp = await client.get("/auth/me", token=jwt.encode(bad, key, algorithm="RS256"))
+        assert resp.status == 401 and reason in resp.detail
+    # a token signed with the public key as an HMAC secret (algorithm confusion) is refused
+    forged = jwt.encode(claims, "x" * 64, algorithm="HS256")
+    assert (await client.get("/auth/me", token=forged)).status == 401
+
+
+async def test_memory_is_sampled_and_recorded(make_hub):
+    app, client = await make_hub(SessionManager__memory_interval=0.2)
+    sid = (await client.post("/dash/start-session", {})).json()["session_id"]
+
+    async def samples() -> list:
+        return await app.store.get_metrics(sid)
+
+    deadline = time.monotonic() + 10
+    while len(await samples()) < 2:
+        assert time.monotonic() < deadline, "no memory samples recorded"
+        await asyncio.sleep(0.1)
+    rows = await samples()
+    assert all(r["mem_used"] > 5 for r in rows)
+    assert (await client.get("/dash/sessions")).json()[sid]["mem_used"] > 5
