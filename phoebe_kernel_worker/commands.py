@@ -30,6 +30,7 @@ from typing import Any
 from phoebe_kernel_worker import command_args
 from phoebe_kernel_worker.bundle_safety import validate_bundle_json
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.progress import install_phoebe_progress
 from phoebe_kernel_worker.safety import check_filter_kwargs, check_uniqueid
 
 __all__ = ["COMMANDS", "CommandError", "PhoebeSession", "UnsafeInput", "list_passbands"]
@@ -57,9 +58,9 @@ def _phoebe() -> Any:
 def configure_phoebe_process() -> None:
     """Put the process-wide PHOEBE state the worker relies on in place (idempotent).
 
-    Called by :class:`PhoebeSession`: no multiprocessing pools, no progress bars on
-    stderr, the custom ``ui`` context registered, and the run-time guards of
-    :mod:`phoebe_kernel_worker.guards` installed.
+    Called by :class:`PhoebeSession`: no multiprocessing pools, progress bars reported
+    to the hub instead of drawn on stderr, the custom ``ui`` context registered, and the
+    run-time guards of :mod:`phoebe_kernel_worker.guards` installed.
     """
     global _process_configured
     with _process_lock:
@@ -69,7 +70,7 @@ def configure_phoebe_process() -> None:
         from phoebe_kernel_worker.guards import install_phoebe_guards
 
         phoebe.multiprocessing_off()
-        phoebe.progressbars_off()
+        install_phoebe_progress()  # progress to the hub, nothing drawn on stderr
         _ensure_ui_context()
         install_phoebe_guards()
         _process_configured = True

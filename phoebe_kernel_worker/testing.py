@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from .progress import ProgressBar
 from .protocol import ConnectionInfo
 
 
 class TestSession:
-    """Commands: ping, echo, set/get (a dict), sleep, spin, crash, hang, allocate, env."""
+    """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env."""
 
     __test__ = False  # not a pytest test class
 
@@ -56,6 +57,18 @@ class TestSession:
             time.sleep(0.01)
         return {"slept": float(seconds)}
 
+    def steps(self, n: int = 10, delay: float = 0.05, fail: bool = False) -> dict[str, int]:
+        """Report progress through the same progress bars PHOEBE's backends use, and print
+        one line per step; ``fail`` raises at the end."""
+        for i in ProgressBar(range(int(n)), desc="stepping"):
+            print(f"step {i + 1} of {n}", flush=True)
+            end = time.monotonic() + float(delay)
+            while time.monotonic() < end:
+                time.sleep(0.005)
+        if fail:
+            raise RuntimeError(f"failed after {n} steps")
+        return {"steps": int(n)}
+
     def crash(self, status: int = 3) -> None:
         os._exit(int(status))
 
@@ -79,6 +92,7 @@ class TestSession:
         "set_value": set_value,
         "get_value": get_value,
         "sleep": sleep,
+        "steps": steps,
         "crash": crash,
         "hang": hang,
         "allocate": allocate,

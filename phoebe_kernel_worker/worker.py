@@ -20,9 +20,11 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,7 +32,8 @@ import orjson
 import psutil
 import zmq
 
-from . import protocol
+from . import progress, protocol
+from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
 
 log = logging.getLogger("phoebe_kernel_worker")
@@ -68,6 +71,7 @@ class KernelWorker:
         self._lock = threading.Lock()
         self._current: tuple[str, str, float] | None = None  # (msg_id, command, start)
         self._pending_interrupt: str | None = None
+        self._early_interrupts: deque[str] = deque(maxlen=256)
         self._commands_done = 0
         self._rejected = 0
         self.ctx = zmq.Context()
@@ -171,22 +175,47 @@ class KernelWorker:
             self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="error")
             return
         command = request.pop("command")
-        payload, status = self._run(msg.msg_id, command, request)
+        if self._take_early_interrupt(msg.msg_id):
+            payload, status = self._error_payload("Interrupted", None), "interrupted"
+        else:
+            payload, status = self._run(msg.msg_id, command, request)
         self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)
 
     def _run(self, msg_id: str, command: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:
-        """Run one command; returns the reply content and its status (ok|error|interrupted)."""
+        """Run one command; returns the reply content and its status (ok|error|interrupted).
+
+        While it runs, PHOEBE's progress and the command's output lines are published on
+        iopub with ``parent_id`` = the command's msg_id.
+        """
         start = time.monotonic()
-        self._publish("status", {"execution_state": "busy", "command": command})
+        self._publish("status", {"execution_state": "busy", "command": command}, msg_id)
+        tees = [
+            LineTee(
+                sys.stdout, "stdout", lambda name, line: self._publish_line(msg_id, name, line)
+            ),
+            LineTee(
+                sys.stderr, "stderr", lambda name, line: self._publish_line(msg_id, name, line)
+            ),
+        ]
         try:
             with self._lock:
                 self._current = (msg_id, command, start)
+            progress.set_sink(
+                lambda fraction, message: self._publish_progress(
+                    msg_id, fraction, message or command
+                )
+            )
+            sys.stdout, sys.stderr = tees  # type: ignore[assignment]
             try:
                 result = self.session.dispatch(command, kwargs)
                 payload, status = self._dumps({"success": True, "result": result}), "ok"
             finally:
+                sys.stdout, sys.stderr = tees[0]._stream, tees[1]._stream
+                progress.set_sink(None)
                 with self._lock:
                     self._current = None
+                for tee in tees:
+                    tee.finish()
         except KeyboardInterrupt:
             payload, status = self._error_payload("Interrupted", None), "interrupted"
         except Exception as e:
@@ -194,8 +223,14 @@ class KernelWorker:
             message = str(e) or type(e).__name__
             payload, status = self._error_payload(message, traceback.format_exc()), "error"
         self._commands_done += 1
-        self._publish("status", {"execution_state": "idle", "command": command})
+        self._publish("status", {"execution_state": "idle", "command": command}, msg_id)
         return payload, status
+
+    def _publish_progress(self, msg_id: str, fraction: float, message: str) -> None:
+        self._publish("progress", {"fraction": round(fraction, 6), "message": message}, msg_id)
+
+    def _publish_line(self, msg_id: str, name: str, line: str) -> None:
+        self._publish("stream", {"name": name, "text": line}, msg_id)
 
     def _error_payload(self, message: str, tb: str | None) -> bytes:
         body: dict[str, Any] = {"success": False, "error": message}
@@ -215,11 +250,15 @@ class KernelWorker:
         _, frames = signer.serialize(msg.reply_type(), content, parent_id=msg.msg_id, **extra)
         sock.send_multipart([*ids, *frames], copy=len(content) < 65536)
 
-    def _publish(self, msg_type: str, content: dict[str, Any]) -> None:
+    def _publish(
+        self, msg_type: str, content: dict[str, Any], parent_id: str | None = None
+    ) -> None:
         """Publish on iopub (main thread only: the PUB socket belongs to it)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        _, frames = self._iopub_signer.serialize(msg_type, orjson.dumps(content))
+        _, frames = self._iopub_signer.serialize(
+            msg_type, orjson.dumps(content), parent_id=parent_id
+        )
         with contextlib.suppress(zmq.Again):  # no subscriber keeping up: drop, never block
             self.iopub.send_multipart(frames, flags=zmq.NOBLOCK)
 
@@ -262,15 +301,27 @@ class KernelWorker:
         return {"error": f"unknown control message {msg.msg_type!r}"}
 
     def interrupt(self, target: str | None) -> bool:
-        """Interrupt the running command (only if it is ``target`` when one is given)."""
+        """Interrupt the running command (only if it is ``target`` when one is given).
+
+        An interrupt for a command that has not started yet (still queued in the shell
+        socket) is remembered, and that command is answered "Interrupted" without
+        running; so an interrupt sent right after its command can never be lost.
+        """
         with self._lock:
-            if self._current is None:
-                return False
-            if target is not None and self._current[0] != target:
+            if self._current is None or (target is not None and self._current[0] != target):
+                if target is not None:
+                    self._early_interrupts.append(target)
                 return False
             self._pending_interrupt = self._current[0]
         os.kill(os.getpid(), signal.SIGINT)
         return True
+
+    def _take_early_interrupt(self, msg_id: str) -> bool:
+        with self._lock:
+            if msg_id in self._early_interrupts:
+                self._early_interrupts.remove(msg_id)
+                return True
+            return False
 
     def status(self) -> dict[str, Any]:
         """What the hub polls: busy/idle, the running command, memory of the process tree."""

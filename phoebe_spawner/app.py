@@ -32,7 +32,9 @@ from traitlets.config import Application, catch_config_error
 from ._version import __version__
 from .auth.base import Authenticator, User
 from .db import DatabaseSchemaError, Store
+from .events import UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
+from .jobs import JobManager
 from .passbands import PassbandsCache
 from .plugins import load_class
 from .sessions import SessionManager
@@ -167,6 +169,14 @@ class PhoebeSpawnerApp(Application):
     idle_connection_timeout = Integer(
         300, help="Seconds an idle keep-alive connection stays open."
     ).tag(config=True)
+    sse_keepalive = Float(
+        15.0, help="Seconds between keep-alive comments on idle event streams."
+    ).tag(config=True)
+    compress_responses = Bool(
+        False,
+        help="""gzip responses for clients that accept it (saves bandwidth on large
+        models, costs hub CPU on every response).""",
+    ).tag(config=True)
     trust_proxy_headers = Bool(
         False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
     ).tag(config=True)
@@ -184,6 +194,7 @@ class PhoebeSpawnerApp(Application):
         return [
             PhoebeSpawnerApp,
             SessionManager,
+            JobManager,
             Spawner,
             LocalProcessSpawner,
             NoAuthenticator,
@@ -261,6 +272,16 @@ class PhoebeSpawnerApp(Application):
             data_dir=self.data_dir,
             debug=self.debug,
         )
+        self.user_events = UserEvents()
+        self.manager.add_listener(self.user_events.on_session_event)
+        self.jobs = JobManager(
+            parent=self,
+            log=self.log,
+            manager=self.manager,
+            store=self.store,
+            user_events=self.user_events,
+        )
+        await self.jobs.recover()
         await self.manager.recover(self._user_of_row)
         self.manager.start_background_tasks()
         port_range = list(spawner_class(parent=self.manager).port_range)
@@ -272,6 +293,10 @@ class PhoebeSpawnerApp(Application):
             debug=self.debug,
             max_body_size=self.max_body_size,
             port_range=port_range,
+            base_url=self.base_url,
+            jobs=self.jobs,
+            user_events=self.user_events,
+            sse_keepalive=self.sse_keepalive,
             extra={"passbands": PassbandsCache()},
         )
         self.web_app = TornadoApplication(
@@ -280,7 +305,7 @@ class PhoebeSpawnerApp(Application):
             default_handler_args={"hub": self.hub},
             log_function=_log_request,
             debug=False,
-            compress_response=True,
+            compress_response=self.compress_responses,
         )
         self.http_server = HTTPServer(
             self.web_app,
@@ -324,6 +349,7 @@ class PhoebeSpawnerApp(Application):
             await asyncio.wait_for(self.http_server.close_all_connections(), 5)
         except TimeoutError:
             self.log.warning("some HTTP connections did not close within 5 s")
+        await self.jobs.shutdown()
         await self.manager.shutdown()
         await self.store.close()
 

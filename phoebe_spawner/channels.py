@@ -105,9 +105,21 @@ class WorkerChannel:
 
     # --- requests ---------------------------------------------------------------------
 
-    async def execute(self, body: bytes, *, timeout: float | None) -> Reply:
-        """Run one command (``body`` is the JSON request) on the shell channel."""
+    async def execute(
+        self,
+        body: bytes,
+        *,
+        timeout: float | None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Run one command (``body`` is the JSON request) on the shell channel.
+
+        ``on_sent(msg_id)`` is called as soon as the request is sent, before the reply:
+        iopub messages of the command carry that id as their ``parent_id``.
+        """
         msg_id, fut = await self._send("shell", protocol.EXECUTE_REQUEST, body)
+        if on_sent is not None:
+            on_sent(msg_id)
         return await self._wait(msg_id, fut, timeout)
 
     async def control(
@@ -128,7 +140,11 @@ class WorkerChannel:
         self._check_open()
         msg_id, frames = self._signers[channel].serialize(msg_type, body)
         fut = self._register(msg_id)
-        await self._sockets[channel].send_multipart(frames, copy=len(body) < 65536)
+        try:
+            await self._sockets[channel].send_multipart(frames, copy=len(body) < 65536)
+        except BaseException:
+            self._pending.pop(msg_id, None)
+            raise
         return msg_id, fut
 
     def _register(self, msg_id: str) -> asyncio.Future[Reply]:

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from . import orm
-from .db_commands import CommandBuffer
+from .db_commands import BatchBuffer
+from .db_jobs import JobQueries
 from .db_schema import (
     DatabaseSchemaError,
     DatabaseUnavailable,
@@ -91,14 +92,16 @@ def _truncate(value: str | None, length: int) -> str | None:
 # --------------------------------------------------------------------------- store
 
 
-class Store:
+class Store(JobQueries):
     """Async facade over the database; the hub creates one at start-up and awaits it.
 
     Owns one single-thread executor: every public coroutine runs its SQL there, so
     the event loop never blocks and SQLite sees a single writer per process.  Rows
     come back as plain dicts.  Outages raise :class:`DatabaseUnavailable`.
-    :meth:`log_command` is synchronous and only buffers; a flusher task started by
-    :meth:`init` writes the buffer in batches.
+    :meth:`log_command` and :meth:`log_job_event` are synchronous and only buffer;
+    flusher tasks started by :meth:`init` write the buffers in batches
+    (``command_flush_interval``/``command_batch_max`` apply to both).  The job
+    methods come from :class:`~phoebe_spawner.db_jobs.JobQueries`.
     """
 
     def __init__(
@@ -122,9 +125,14 @@ class Store:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phoebe-spawner-db")
         self._engine: Engine | None = None
         self._sm: sessionmaker[OrmSession] | None = None
-        self._commands = CommandBuffer(
-            self._write_commands, interval=command_flush_interval, batch_max=command_batch_max
+        self._commands = BatchBuffer(
+            self._write_commands,
+            name="command log",
+            interval=command_flush_interval,
+            batch_max=command_batch_max,
+            skip_reason="unknown session",
         )
+        self._init_job_events(interval=command_flush_interval, batch_max=command_batch_max)
         self._closing = False
         self._closed = False
 
@@ -193,7 +201,7 @@ class Store:
         return prepare_schema(self._engine, upgrade)
 
     async def init(self, *, upgrade: bool = False) -> None:
-        """Connect, check/create the schema and start the command-log flusher.
+        """Connect, check/create the schema and start the command-log/job-event flushers.
 
         Called once by the hub at start-up (calling it again only re-checks).  A
         fresh/empty DB is migrated to head; an older one is upgraded when ``upgrade``
@@ -205,9 +213,10 @@ class Store:
         revision = await self._submit(self._init_sync, upgrade)
         log.debug("database schema at revision %s", revision)
         self._commands.start()
+        self._job_events.start()
 
     async def close(self) -> None:
-        """Flush pending command logs, stop the flusher, dispose the engine, stop the thread.
+        """Flush pending command logs and job events, stop the flushers and the engine.
 
         Called by the hub on shutdown; safe to call twice.
         """
@@ -215,15 +224,8 @@ class Store:
             return
         self._closing = True
         try:
-            await self._commands.stop()
-            if self._sm is not None and self._commands.pending:
-                try:
-                    await self._commands.flush()
-                except Exception as exc:
-                    n = self._commands.pending
-                    log.warning("lost %d command log rows on shutdown: %s", n, exc)
-            self._commands.discard()
-            self._commands.closed = True
+            for buffer in (self._job_events, self._commands):
+                await buffer.shutdown(final_flush=self._sm is not None)
             if self._engine is not None:
                 await self._submit(self._engine.dispose)
         finally:

@@ -1,11 +1,13 @@
-"""The in-memory buffer behind ``Store.log_command`` and its background flusher.
+"""The bounded in-memory row buffer behind the store's fire-and-forget logs.
 
-:class:`phoebe_spawner.db.Store` owns one :class:`CommandBuffer`; nothing else uses
-it.  Logging a command must never block or fail the caller (the command proxy), so
-rows are only appended here and a flusher task writes them in batches through a
-``write`` callable the store supplies (which runs on the store's DB thread).  During
-an outage rows are kept, bounded, and retried.  Split out of ``db.py`` only to keep
-modules small; it knows nothing about SQL.
+:class:`phoebe_spawner.db.Store` owns two :class:`BatchBuffer` instances: one for
+``Store.log_command`` (the per-session command log) and one for
+``Store.log_job_event`` (the event history of async jobs, see
+:mod:`phoebe_spawner.db_jobs`); nothing else uses them.  Logging must never block or
+fail the caller, so rows are only appended here and a flusher task writes them in
+batches through a ``write`` callable the store supplies (which runs on the store's
+DB thread).  During an outage rows are kept, bounded, and retried.  Split out of
+``db.py`` only to keep modules small; it knows nothing about SQL.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from .db_schema import DatabaseUnavailable
 
-__all__ = ["CommandBuffer"]
+__all__ = ["BatchBuffer", "WriteBatch"]
 
 log = logging.getLogger("phoebe_spawner.db")
 
@@ -31,9 +33,11 @@ Row = dict[str, Any]
 WriteBatch = Callable[[list[Row]], "asyncio.Future[int]"]
 
 
-class CommandBuffer:
-    """Bounded FIFO of command-log rows plus the task that flushes it.
+class BatchBuffer:
+    """Bounded FIFO of rows to insert plus the task that flushes it.
 
+    ``name`` (e.g. ``"command log"``) only appears in log messages and the task
+    name; ``skip_reason`` says in the log why the ``write`` callable skipped rows.
     ``add`` is synchronous and O(1).  The flusher (``start``) writes every
     ``interval`` seconds, or at once when ``batch_max`` rows are waiting, in
     transactions of at most ``batch_max`` rows.  A failed write
@@ -41,12 +45,22 @@ class CommandBuffer:
     rows the oldest are dropped and counted in :attr:`dropped`.
     """
 
-    def __init__(self, write: WriteBatch, *, interval: float, batch_max: int) -> None:
+    def __init__(
+        self,
+        write: WriteBatch,
+        *,
+        name: str,
+        interval: float,
+        batch_max: int,
+        skip_reason: str = "rejected by the database",
+    ) -> None:
         self._write = write
+        self.name = name
+        self.skip_reason = skip_reason
         self.interval = interval
         self.batch_max = batch_max
         self.cap = 10 * batch_max
-        #: Rows lost: buffer overflow, unknown session, unwritable, or added after stop.
+        #: Rows lost: buffer overflow, skipped by ``write``, unwritable, or added after stop.
         self.dropped = 0
         self._rows: deque[Row] = deque()
         self._lock = asyncio.Lock()
@@ -70,7 +84,11 @@ class CommandBuffer:
         return self._lock.locked()
 
     def add(self, row: Row) -> None:
-        """Append a row (``Store.log_command``); wakes the flusher at ``batch_max`` rows."""
+        """Append a row (``Store.log_command``, ``Store.log_job_event``).
+
+        Wakes the flusher once ``batch_max`` rows are waiting; after :meth:`shutdown`
+        the row is only counted as dropped.
+        """
         if self.closed:
             self.dropped += 1
             return
@@ -88,7 +106,7 @@ class CommandBuffer:
         self.dropped += over
         if not self._drop_warned:
             self._drop_warned = True
-            log.warning("command log buffer full (%d rows); dropping the oldest", self.cap)
+            log.warning("%s buffer full (%d rows); dropping the oldest", self.name, self.cap)
 
     def _wake_up(self) -> None:
         loop = self._loop
@@ -104,14 +122,31 @@ class CommandBuffer:
         if self._task is None:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
-            self._task = self._loop.create_task(self._run(), name="phoebe-spawner-db-flusher")
+            self._task = self._loop.create_task(
+                self._run(), name=f"phoebe-spawner-db-flusher ({self.name})"
+            )
 
     async def stop(self) -> None:
-        """Stop the flusher after its current flush (``Store.close``); then flush yourself."""
+        """Stop the flusher after its current flush (:meth:`shutdown`); then flush yourself."""
         self._stopping = True
         if self._task is not None:
             self._wake.set()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def shutdown(self, *, final_flush: bool) -> None:
+        """Stop the flusher, write what is left (if ``final_flush``), then refuse rows.
+
+        Called by ``Store.close`` for each buffer; rows that cannot be written are
+        logged as lost and counted in :attr:`dropped`.
+        """
+        await self.stop()
+        if final_flush and self._rows:
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("lost %d %s rows on shutdown: %s", len(self._rows), self.name, exc)
+        self.discard()
+        self.closed = True
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -125,15 +160,16 @@ class CommandBuffer:
             except DatabaseUnavailable as exc:
                 if self._failures % 20 == 1:  # first failure, then every 20th
                     log.warning(
-                        "command log flush failed (%s); keeping %d rows, will retry",
+                        "%s flush failed (%s); keeping %d rows, will retry",
+                        self.name,
                         exc,
                         len(self._rows),
                     )
             except Exception:
-                log.exception("command log flush failed unexpectedly")
+                log.exception("%s flush failed unexpectedly", self.name)
 
     async def flush(self) -> None:
-        """Write the rows buffered now, in batches (flusher, ``Store.flush_commands``).
+        """Write the rows buffered now, in batches (flusher, ``Store.flush_*``).
 
         On :class:`DatabaseUnavailable` the failed batch goes back to the front of
         the buffer and the error is raised.  Rows added meanwhile wait for next time.
@@ -157,13 +193,13 @@ class CommandBuffer:
                     raise
                 except Exception:
                     self.dropped += n
-                    log.exception("dropping %d command log rows that could not be written", n)
+                    log.exception("dropping %d %s rows that could not be written", n, self.name)
                     raise
                 if skipped:
                     self.dropped += skipped
-                    log.warning("dropped %d command log rows of unknown sessions", skipped)
+                    log.warning("dropped %d %s rows: %s", skipped, self.name, self.skip_reason)
                 if self._failures:
-                    log.info("command log writes work again")
+                    log.info("%s writes work again", self.name)
                 self._failures = 0
                 self._drop_warned = False
 
@@ -176,7 +212,7 @@ class CommandBuffer:
         self._trim()
 
     def discard(self) -> int:
-        """Drop everything still buffered (``Store.close`` after a failed final flush)."""
+        """Drop everything still buffered (:meth:`shutdown` after a failed final flush)."""
         n = len(self._rows)
         self._rows.clear()
         self.dropped += n

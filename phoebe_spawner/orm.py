@@ -1,9 +1,10 @@
 """SQLAlchemy models of the hub's database.
 
-These declarative classes describe the four tables the hub keeps: users, sessions,
-per-session memory/CPU samples and the per-session command log.  Only
-:mod:`phoebe_spawner.db` (the :class:`~phoebe_spawner.db.Store`) and the alembic
-migrations import this module; the rest of the hub sees rows as plain dicts.
+These declarative classes describe the tables the hub keeps: users, sessions,
+per-session memory/CPU samples, the per-session command log, and async jobs with
+their event history.  Only :mod:`phoebe_spawner.db` and :mod:`phoebe_spawner.db_jobs`
+(the :class:`~phoebe_spawner.db.Store`) and the alembic migrations import this
+module; the rest of the hub sees rows as plain dicts.
 
 The schema itself is created and changed only by the alembic migrations in
 ``phoebe_spawner/alembic/versions``; never call ``Base.metadata.create_all`` on a
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     false,
@@ -31,8 +34,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "JOB_STATUSES",
+    "JOB_TERMINAL_STATUSES",
     "SESSION_STATUSES",
     "Base",
+    "Job",
+    "JobEvent",
     "Session",
     "SessionCommand",
     "SessionMetric",
@@ -41,6 +48,10 @@ __all__ = [
 
 #: Values of ``sessions.status``; the spawner/hub moves a session through them.
 SESSION_STATUSES = ("pending", "running", "stopping", "stopped", "failed", "culled")
+#: Values of ``jobs.status``; the hub's job manager moves a job through them.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: The statuses a job never leaves.
+JOB_TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 #: Deterministic constraint names, so later (batch) migrations can address them.
 NAMING_CONVENTION = {
@@ -158,3 +169,58 @@ class SessionCommand(Base):
     duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
     success: Mapped[bool] = mapped_column(Boolean, nullable=False)
     error: Mapped[str | None] = mapped_column(String(1000))
+
+
+class Job(Base):
+    """One long command (e.g. PHOEBE ``run_compute``) submitted to a session asynchronously.
+
+    Written by the hub's job manager through ``Store.create_job`` / ``update_job``;
+    kept after the job ends so its status, result and event history survive a hub
+    restart.  ``request`` is the JSON request body and ``result`` the worker's reply,
+    both as raw bytes (possibly many MB; the store loads them only on demand).
+    ``status`` is one of :data:`JOB_STATUSES`; ``last_event_id`` is the highest
+    ``seq`` of the job's rows in ``job_events`` (kept by the event flusher).
+    ``user_id`` is the API's user id string, as in :class:`Session`.
+    """
+
+    __tablename__ = "jobs"
+    # Serves "a user's jobs, newest first" and every other lookup by user_id.
+    __table_args__ = (Index("ix_jobs_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("sessions.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    command: Mapped[str] = mapped_column(String(64), nullable=False)
+    request: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    status: Mapped[str] = mapped_column(
+        String(16), index=True, default="queued", server_default="queued"
+    )
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    progress: Mapped[float | None] = mapped_column(Float)  # 0..1
+    message: Mapped[str | None] = mapped_column(String(512))
+    error: Mapped[str | None] = mapped_column(String(2000))
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    result_size: Mapped[int | None] = mapped_column(Integer)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class JobEvent(Base):
+    """One event of a job (progress, log line, terminal event), numbered by ``seq``.
+
+    Written in batches by the store's job-event flusher (``Store.log_job_event``);
+    ``data`` is the event's JSON as raw bytes.
+    """
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[float] = mapped_column(Float, nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -32,6 +32,7 @@ from traitlets import Bool, Dict, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
+from phoebe_kernel_worker.protocol import Message
 
 from .auth.base import User
 from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
@@ -196,8 +197,9 @@ class SessionManager(LoggingConfigurable):
         self.sessions: dict[str, LiveSession] = {}
         self.zmq_ctx = zmq.asyncio.Context()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._listeners: list[Callable[[str, LiveSession], None]] = []
+        self._iopub_listeners: list[Callable[[LiveSession, Message], None]] = []
         self._closing = False
 
     @property
@@ -222,7 +224,7 @@ class SessionManager(LoggingConfigurable):
             except Exception:
                 self.log.exception("background task %s failed; it will run again", fn.__name__)
 
-    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""
         task = asyncio.create_task(coro)
         self._background.add(task)
@@ -231,6 +233,22 @@ class SessionManager(LoggingConfigurable):
     def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
         """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
         self._listeners.append(listener)
+
+    def add_iopub_listener(self, listener: Callable[[LiveSession, Message], None]) -> None:
+        """Call ``listener(session, message)`` for every iopub message of every session."""
+        self._iopub_listeners.append(listener)
+
+    def _connect(self, s: LiveSession, endpoints: dict[str, str]) -> WorkerChannel:
+        """Open the session's channel and route its iopub messages to the listeners."""
+        channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoints)
+        channel.connect()
+        channel.add_iopub_handler(lambda msg: self._dispatch_iopub(s, msg))
+        s.channel = channel
+        return channel
+
+    def _dispatch_iopub(self, s: LiveSession, msg: Message) -> None:
+        for listener in self._iopub_listeners:
+            listener(s, msg)
 
     def _emit(self, event: str, session: LiveSession) -> None:
         for listener in list(self._listeners):
@@ -369,18 +387,17 @@ class SessionManager(LoggingConfigurable):
         t0 = time.perf_counter()
         try:
             endpoints = await s.spawner.start()
-            s.channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoints)
-            s.channel.connect()
-            await s.channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+            channel = self._connect(s, endpoints)
+            await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except (SpawnError, ChannelError) as e:
-            await self._fail(s, f"Worker failed to start: {e}")
+            await self.fail(s, f"Worker failed to start: {e}")
             raise Unavailable(s.reason or "Worker failed to start") from None
         except asyncio.CancelledError:
-            await self._fail(s, "Start was cancelled")
+            await self.fail(s, "Start was cancelled")
             raise
         except Exception:
             self.log.exception("starting session %s failed", s.id)
-            await self._fail(s, "Worker failed to start (see the hub log)")
+            await self.fail(s, "Worker failed to start (see the hub log)")
             raise Unavailable(s.reason or "Worker failed to start") from None
         port = endpoints.get("port")
         s.port = int(port) if port and port.isdigit() else None
@@ -405,11 +422,43 @@ class SessionManager(LoggingConfigurable):
     # --- commands ---------------------------------------------------------------------------
 
     async def send(self, user: User, session_id: str, body: bytes, command: str) -> Reply:
-        """Route one command to the user's worker; returns the worker's reply verbatim."""
+        """Route one command to the user's worker; returns the worker's reply verbatim.
+
+        ``ping`` is answered from the control channel (the worker's status), so it does
+        not wait behind a long command; every other command waits its turn.
+        """
         s = self.get_owned(user, session_id)
-        self._check_running(s)
+        self.check_running(s)
+        if command == "ping" and s.lock.locked():
+            return await self._control_ping(s)
         timeout = self.command_timeouts.get(command, self.command_timeout)
-        deadline = time.monotonic() + timeout
+        return await self.execute(s, body, command, timeout=timeout)
+
+    async def _control_ping(self, s: LiveSession) -> Reply:
+        assert s.channel is not None
+        try:
+            await s.channel.control(protocol.STATUS_REQUEST, timeout=5)
+        except ChannelError as e:
+            raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
+        return Reply({"status": "ok"}, b'{"success":true,"result":{"status":"ready"}}')
+
+    async def execute(
+        self,
+        s: LiveSession,
+        body: bytes,
+        command: str,
+        *,
+        timeout: float | None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Run one command on ``s`` after the commands before it (``/send`` and jobs).
+
+        ``timeout`` counts the wait for earlier commands; ``None`` waits for ever (jobs
+        are cancelled instead). On a timeout the command is interrupted in the worker and
+        :class:`CommandTimedOut` raised. ``on_sent(msg_id)`` is called once the command
+        is on its way to the worker.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         s.in_flight += 1
         s.last_activity = time.time()
         started = time.time()
@@ -422,12 +471,13 @@ class SessionManager(LoggingConfigurable):
                     f"Command '{command}' waited {timeout:g} s for the session's previous command"
                 ) from None
             try:
-                self._check_running(s)
+                self.check_running(s)
                 assert s.channel is not None
-                reply = await s.channel.execute(body, timeout=max(0.0, deadline - time.monotonic()))
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                reply = await s.channel.execute(body, timeout=remaining, on_sent=on_sent)
             except ChannelTimeout as e:
                 release = False  # the recovery task owns the lock until the worker is idle again
-                self._spawn_task(self._recover_from_timeout(s, e.msg_id, command))
+                self.spawn_task(self._recover_from_timeout(s, e.msg_id, command))
                 self._log_command(s, command, started, False, "timeout")
                 raise CommandTimedOut(
                     f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
@@ -441,16 +491,12 @@ class SessionManager(LoggingConfigurable):
             s.in_flight -= 1
             s.last_activity = time.time()
         s.command_count += 1
-        self._log_command(
-            s,
-            command,
-            started,
-            reply.status == "ok",
-            None if reply.status == "ok" else reply.status,
-        )
+        ok = reply.status == "ok"
+        self._log_command(s, command, started, ok, None if ok else reply.status)
         return reply
 
-    def _check_running(self, s: LiveSession) -> None:
+    def check_running(self, s: LiveSession) -> None:
+        """Raise 503 unless the session is running with a connected channel."""
         if s.status == "running" and s.channel is not None:
             return
         if s.status == "failed":
@@ -490,7 +536,7 @@ class SessionManager(LoggingConfigurable):
         finally:
             s.lock.release()
         self.log.warning("session %s: %s; stopping it", s.id, reason)
-        await self._fail(s, reason)
+        await self.fail(s, reason)
 
     # --- memory ---------------------------------------------------------------------------------
 
@@ -516,7 +562,7 @@ class SessionManager(LoggingConfigurable):
                 break
             limit = s.spawner.mem_limit
             if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-                await self._fail(s, f"memory limit exceeded ({s.mem_used:.0f} MiB)")
+                await self.fail(s, f"memory limit exceeded ({s.mem_used:.0f} MiB)")
 
     # --- death detection and culling --------------------------------------------------------------
 
@@ -527,7 +573,7 @@ class SessionManager(LoggingConfigurable):
         results = await asyncio.gather(*(self._poll(s) for s in running))
         for s, status in zip(running, results, strict=True):
             if status is not None and s.status == "running":
-                await self._fail(s, describe_exit(status))
+                await self.fail(s, describe_exit(status))
         for s in list(self.sessions.values()):
             if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
                 self.sessions.pop(s.id, None)
@@ -590,6 +636,8 @@ class SessionManager(LoggingConfigurable):
                 raise Unavailable(f"Database unavailable: {e}") from None
             if s.stop_task is None:
                 s.status = "stopping"
+                s.reason = reason
+                self._emit("stopping", s)
                 s.stop_task = asyncio.create_task(self._do_stop(s, final, reason))
         await asyncio.shield(s.stop_task)
 
@@ -613,7 +661,7 @@ class SessionManager(LoggingConfigurable):
         )
         self._emit(final, s)
 
-    async def _fail(self, s: LiveSession, reason: str) -> None:
+    async def fail(self, s: LiveSession, reason: str) -> None:
         """Mark a session failed with ``reason`` and clean up its worker."""
         if s.status in ("failed", "stopped", "culled"):
             return
@@ -672,13 +720,12 @@ class SessionManager(LoggingConfigurable):
         alive = row["status"] == "running" and await spawner.poll() is None
         endpoints = row.get("spawner_state", {}).get("endpoints") or {}
         if alive and all(ch in endpoints for ch in protocol.CHANNELS):
-            s.channel = WorkerChannel(self.zmq_ctx, sid, self._key(sid), endpoints)
-            s.channel.connect()
+            channel = self._connect(s, endpoints)
             try:
-                await s.channel.control(protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout)
+                await channel.control(protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout)
             except ChannelError:
                 self.sessions[sid] = s
-                await self._fail(s, "worker did not answer after the hub restarted")
+                await self.fail(s, "worker did not answer after the hub restarted")
                 return
             s.status = "running"
             self.sessions[sid] = s
@@ -686,4 +733,4 @@ class SessionManager(LoggingConfigurable):
             self._emit("started", s)
             return
         self.sessions[sid] = s
-        await self._fail(s, "worker was lost while the hub was down")
+        await self.fail(s, "worker was lost while the hub was down")

@@ -16,6 +16,10 @@ from tornado.web import RequestHandler
 from traitlets import Any as AnyTrait
 from traitlets.config import LoggingConfigurable
 
+#: Cookie holding the token for browsers' GET streams (set at login in jwt mode).
+TOKEN_COOKIE = "phoebe-spawner-token"  # noqa: S105 - a cookie name, not a secret
+SAFE_METHODS = ("GET", "HEAD")
+
 
 class AuthError(Exception):
     """A refused request; ``status`` is the HTTP status, ``str()`` the client-facing detail."""
@@ -80,9 +84,18 @@ class Authenticator(LoggingConfigurable):
         raise AuthError(404, f"Login is only available in jwt auth mode (mode is {self.mode})")
 
     def bearer_token(self, handler: RequestHandler) -> str:
-        """The token of an ``Authorization: Bearer <t>`` header; 401 if absent."""
+        """The token of an ``Authorization: Bearer <t>`` header; 401 if absent.
+
+        For GET/HEAD only, the token cookie set at login is accepted too, so a browser's
+        ``EventSource`` can authenticate; state-changing requests always need the header,
+        so the cookie cannot be used for cross-site writes.
+        """
         header = handler.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError(401, "Missing or invalid Authorization header. Use: Bearer <token>")
-        return token.strip()
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        if not header and handler.request.method in SAFE_METHODS:
+            cookie = handler.get_cookie(TOKEN_COOKIE)
+            if cookie:
+                return cookie
+        raise AuthError(401, "Missing or invalid Authorization header. Use: Bearer <token>")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api
+from . import api, jobs, streams
 from .base import HubContext, NotFoundHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
+JOB_ID = r"(?P<job_id>[^/]+)"
 
 
 def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
@@ -28,6 +29,15 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
         (r"/dash/port-status", api.PortStatusHandler),
         (rf"/send/{SESSION_ID}", api.SendHandler),
         (r"/system/passbands", api.PassbandsHandler),
+        # extended API
+        (r"/auth/logout", api.LogoutHandler),
+        (r"/api/v1/events", streams.UserEventsHandler),
+        (rf"/api/v1/sessions/{SESSION_ID}/jobs", jobs.SessionJobsHandler),
+        (r"/api/v1/jobs", jobs.JobListHandler),
+        (rf"/api/v1/jobs/{JOB_ID}", jobs.JobHandler),
+        (rf"/api/v1/jobs/{JOB_ID}/cancel", jobs.JobCancelHandler),
+        (rf"/api/v1/jobs/{JOB_ID}/result", jobs.JobResultHandler),
+        (rf"/api/v1/jobs/{JOB_ID}/events", jobs.JobEventsHandler),
     ]
     return [(p + path, handler, {"hub": hub}) for path, handler in table]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tornado.web import HTTPError
 
+from ..auth.base import TOKEN_COOKIE
 from .base import ApiError, BaseHandler
 
 
@@ -53,7 +54,9 @@ class RegisterHandler(BaseHandler):
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
-        self.write_json(await self.hub.authenticator.register(body))
+        response = await self.hub.authenticator.register(body)
+        self.set_token_cookie(response["access_token"])
+        self.write_json(response)
 
 
 class LoginHandler(BaseHandler):
@@ -65,7 +68,19 @@ class LoginHandler(BaseHandler):
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
-        self.write_json(await self.hub.authenticator.login(body))
+        response = await self.hub.authenticator.login(body)
+        self.set_token_cookie(response["access_token"])
+        self.write_json(response)
+
+
+class LogoutHandler(BaseHandler):
+    """``POST /auth/logout``: forget the browser's token cookie (tokens expire on their own)."""
+
+    auth_required = False
+
+    async def post(self) -> None:
+        self.clear_cookie(TOKEN_COOKIE, path=self.hub.base_url)
+        self.write_json({"success": True})
 
 
 class MeHandler(BaseHandler):

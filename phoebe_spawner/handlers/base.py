@@ -23,7 +23,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.log import gen_log
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from ..auth.base import Authenticator, AuthError, User
+from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
 from ..db import DatabaseUnavailable, Store
 from ..sessions import SessionError, SessionManager
 
@@ -50,6 +50,11 @@ class HubContext:
     debug: bool = False
     max_body_size: int = 64 * 1024 * 1024
     port_range: list[int] = field(default_factory=list)
+    base_url: str = "/"
+    jobs: Any = None
+    user_events: Any = None
+    sse_keepalive: float = 15.0
+    cookie_max_age_days: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +165,18 @@ class BaseHandler(RequestHandler):
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def set_token_cookie(self, token: str) -> None:
+        """Set the token cookie browsers use for GET streams (EventSource cannot send headers)."""
+        self.set_cookie(
+            TOKEN_COOKIE,
+            token,
+            path=self.hub.base_url,
+            httponly=True,
+            samesite="Strict",
+            secure=self.request.protocol == "https",
+            expires_days=self.hub.cookie_max_age_days,
+        )
 
     def client_ip(self) -> str:
         return self.request.remote_ip or "unknown"

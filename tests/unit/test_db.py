@@ -29,15 +29,15 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import Base
 
-HEAD = "0001"
+HEAD = "0002"
 StoreFactory = Callable[..., Awaitable[Store]]
 
-MIGRATION_0002 = '''"""Test-only revision: recreates `sessions` (batch) and adds a column."""
+MIGRATION_TEST = '''"""Test-only revision: recreates `sessions` (batch) and adds a column."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0099"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -192,16 +192,16 @@ def test_migrations_match_models(url: str) -> None:
 
 
 @pytest.fixture
-def alembic_with_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
-    """Returns a switch that makes the code's head a test revision 0002."""
+def alembic_with_test_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Returns a switch that makes the code's head a test revision 0099 (after 0002)."""
     copy = tmp_path / "alembic"
     shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "versions" / "0002_test.py").write_text(MIGRATION_0002)
+    (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)
     return lambda: monkeypatch.setattr(db_schema, "ALEMBIC_DIR", copy)
 
 
 async def test_older_schema_needs_upgrade(
-    make_store: StoreFactory, db_path: Path, alembic_with_0002: Callable[[], None]
+    make_store: StoreFactory, db_path: Path, alembic_with_test_head: Callable[[], None]
 ) -> None:
     old = await make_store(metrics_keep=10)
     await new_session(old)
@@ -209,16 +209,16 @@ async def test_older_schema_needs_upgrade(
     log(old)
     await old.close()
 
-    alembic_with_0002()
+    alembic_with_test_head()
     with pytest.raises(DatabaseSchemaError, match="upgrade-db"):
         await make_store()
     assert list(db_path.parent.glob("*.bak")) == []
 
     new = await make_store(upgrade=True)
-    assert schema_status(new.engine) == ("0002", "0002")
+    assert schema_status(new.engine) == ("0099", "0099")
     backups = list(db_path.parent.glob("hub.sqlite.*.bak"))
     assert len(backups) == 1
-    assert query(backups[0], "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert query(backups[0], "SELECT version_num FROM alembic_version") == [(HEAD,)]
     # the batch migration recreated `sessions`; child rows must not have cascaded away
     assert (await row(new.get_session("s1")))["command_count"] == 1
     assert len(await new.get_metrics("s1")) == 1

@@ -162,3 +162,26 @@ async def test_sigterm_ends_a_busy_worker(worker):
     time.sleep(0.2)
     os.kill(spawner.pid, signal.SIGTERM)
     assert await spawner._wait_exit(5) == 0
+
+
+async def test_interrupt_before_the_command_starts_is_not_lost(worker):
+    _, socks, signer, _ = worker
+    busy_id, busy = signer.serialize(protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 0.3}')
+    queued_id, queued = signer.serialize(protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 20}')
+    socks["shell"].send_multipart(busy)
+    socks["shell"].send_multipart(queued)
+    time.sleep(0.05)
+    # the second command is still waiting in the socket: the interrupt is remembered
+    early = request(socks["control"], signer, protocol.INTERRUPT_REQUEST, orjson.dumps({"msg_id": queued_id}))
+    assert early.json() == {"interrupted": False}
+    t0 = time.monotonic()
+    replies = {}
+    verifier = Signer(signer._key, "w1")
+    for _ in range(2):
+        assert socks["shell"].poll(5000)
+        _, reply = verifier.deserialize(socks["shell"].recv_multipart())
+        replies[reply.parent_id] = reply
+    assert replies[busy_id].header["status"] == "ok"
+    assert replies[queued_id].header["status"] == "interrupted"
+    assert time.monotonic() - t0 < 2
+    assert_alive(socks, signer)
