@@ -280,6 +280,7 @@ class PhoebeSpawnerApp(Application):
             manager=self.manager,
             store=self.store,
             user_events=self.user_events,
+            url_prefix=self.base_url.rstrip("/"),
         )
         await self.jobs.recover()
         await self.manager.recover(self._user_of_row)

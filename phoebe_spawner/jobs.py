@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from traitlets import Any as AnyTrait
-from traitlets import Float, Integer
+from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
@@ -143,6 +143,7 @@ class JobManager(LoggingConfigurable):
         20000, help="Events of one job kept in memory (all of them are in the database)."
     ).tag(config=True)
 
+    url_prefix = Unicode("", help="The hub's base URL without its trailing slash (set by the app).")
     manager = AnyTrait(help="The SessionManager (set by the app).")
     store = AnyTrait(help="The Store (set by the app).")
     user_events = AnyTrait(help="The UserEvents bus for job-finished events (set by the app).")
@@ -340,7 +341,7 @@ class JobManager(LoggingConfigurable):
             self._by_msg.pop(job.msg_id, None)
         data: dict[str, Any] = {"status": status}
         if status == "succeeded":
-            data["result_url"] = f"/api/v1/jobs/{job.id}/result"
+            data["result_url"] = job.to_api(self.url_prefix)["links"]["result"]
         else:
             data["detail"] = error
         self._emit(job, status, data)

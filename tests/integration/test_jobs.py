@@ -373,3 +373,19 @@ async def test_phoebe_compute_job_progress_and_cancel(make_hub):
     }
     models = (await client.send(sid, "get_value", twig="fluxes@second@model")).json()
     assert models["success"] is False  # no half-added model
+
+
+async def test_links_follow_the_base_url(make_hub):
+    _, client = await make_hub(PhoebeSpawnerApp__base_url="/services/phoebe/")
+    resp = await client.post("/services/phoebe/dash/start-session", {})
+    sid = resp.json()["session_id"]
+    job = (
+        await client.post(f"/services/phoebe/api/v1/sessions/{sid}/jobs", {"command": "echo"})
+    ).json()
+    assert job["links"]["events"] == f"/services/phoebe/api/v1/jobs/{job['job_id']}/events"
+    stream = await SSEStream.open(client.base_url, job["links"]["events"])
+    events = await stream.events_until_end()
+    await stream.close()
+    assert events[-1]["data"]["result_url"] == job["links"]["result"]
+    assert (await client.get(job["links"]["result"])).json()["success"] is True
+    assert (await client.get("/dash/sessions")).status == 404

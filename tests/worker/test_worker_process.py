@@ -166,13 +166,19 @@ async def test_sigterm_ends_a_busy_worker(worker):
 
 async def test_interrupt_before_the_command_starts_is_not_lost(worker):
     _, socks, signer, _ = worker
-    busy_id, busy = signer.serialize(protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 0.3}')
-    queued_id, queued = signer.serialize(protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 20}')
+    busy_id, busy = signer.serialize(
+        protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 0.3}'
+    )
+    queued_id, queued = signer.serialize(
+        protocol.EXECUTE_REQUEST, b'{"command": "sleep", "seconds": 20}'
+    )
     socks["shell"].send_multipart(busy)
     socks["shell"].send_multipart(queued)
     time.sleep(0.05)
     # the second command is still waiting in the socket: the interrupt is remembered
-    early = request(socks["control"], signer, protocol.INTERRUPT_REQUEST, orjson.dumps({"msg_id": queued_id}))
+    early = request(
+        socks["control"], signer, protocol.INTERRUPT_REQUEST, orjson.dumps({"msg_id": queued_id})
+    )
     assert early.json() == {"interrupted": False}
     t0 = time.monotonic()
     replies = {}
