@@ -36,15 +36,10 @@ from phoebe_kernel_worker.protocol import Message
 from .auth.base import User
 from .channels import ChannelError
 from .db import DatabaseUnavailable, Store
+from .errors import LimitReached, SessionError, SessionNotFound, Unavailable
 from .events import Event, EventLog
-from .sessions import (
-    LimitReached,
-    LiveSession,
-    SessionError,
-    SessionManager,
-    SessionNotFound,
-    Unavailable,
-)
+from .session import LiveSession
+from .sessions import SessionManager
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", *TERMINAL})

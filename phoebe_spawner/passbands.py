@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .sessions import Unavailable
+from .errors import Unavailable
 
 
 class PassbandsCache:

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import signal
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,109 +34,9 @@ from phoebe_kernel_worker.protocol import Message
 from .auth.base import User
 from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
 from .db import DatabaseUnavailable, Store
+from .errors import CommandTimedOut, LimitReached, NotOwner, SessionNotFound, Unavailable
+from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
 from .spawners.base import Spawner, SpawnError
-
-ACTIVE = ("pending", "running", "stopping")
-MAX_META_BYTES = 16 * 1024
-
-
-class SessionError(Exception):
-    """A request the manager refuses; ``status`` is the HTTP status, ``str()`` the detail."""
-
-    status = 400
-
-    def __init__(self, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        if status is not None:
-            self.status = status
-
-
-class SessionNotFound(SessionError):
-    status = 404
-
-
-class NotOwner(SessionError):
-    status = 403
-
-
-class LimitReached(SessionError):
-    status = 429
-
-
-class Unavailable(SessionError):
-    """Worker dead or failed to start, or the database is unavailable."""
-
-    status = 503
-
-
-class CommandTimedOut(SessionError):
-    status = 504
-
-
-@dataclass(eq=False)
-class LiveSession:
-    """One session as the hub sees it while it is alive (and a while after it failed)."""
-
-    id: str
-    user: User
-    meta: dict[str, Any]
-    spawner: Spawner
-    status: str = "pending"
-    created_at: float = field(default_factory=time.time)
-    last_activity: float = field(default_factory=time.time)
-    port: int | None = None
-    mem_used: float = 0.0
-    in_flight: int = 0
-    command_count: int = 0
-    reason: str | None = None
-    channel: WorkerChannel | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    stop_task: asyncio.Task[None] | None = None
-    persisted_activity: float = 0.0
-    ended_at: float | None = None
-    launched: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def project_name(self) -> str | None:
-        name = self.meta.get("project_name")
-        return str(name) if name is not None else None
-
-    def to_api(self) -> dict[str, Any]:
-        """The compatible API's session object."""
-        return {
-            "session_id": self.id,
-            "created_at": self.created_at,
-            "last_activity": self.last_activity,
-            "mem_used": round(self.mem_used, 3),
-            "port": self.port,
-            "user_id": self.user.user_id,
-            "full_name": self.user.full_name,
-            "project_name": self.project_name,
-            "status": self.status,
-            "reason": self.reason,
-            "command_count": self.command_count,
-            "metadata": self.meta,
-        }
-
-
-def describe_exit(status: int | None) -> str:
-    """A human reason for a worker's exit status."""
-    if status is None:
-        return "worker stopped"
-    if status < 0:
-        try:
-            return f"worker was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"worker was killed by signal {-status}"
-    return f"worker exited with status {status}"
-
-
-def _slug(value: str) -> str:
-    """A filesystem-safe, collision-free directory name for a user id."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:48].lstrip(".") or "_"
-    if safe == value:
-        return safe
-    return f"{safe}-{uuid.uuid5(uuid.NAMESPACE_URL, value).hex[:8]}"
 
 
 class SessionManager(LoggingConfigurable):
@@ -280,7 +177,7 @@ class SessionManager(LoggingConfigurable):
     # --- paths and spawners ------------------------------------------------------------------
 
     def session_dir(self, user_id: str, session_id: str) -> str:
-        return str(Path(self.data_dir) / "sessions" / _slug(user_id) / session_id)
+        return str(Path(self.data_dir) / "sessions" / user_dir_name(user_id) / session_id)
 
     def runtime_dir(self, session_id: str) -> str:
         return str(Path(self.data_dir) / "runtime" / session_id)

@@ -149,12 +149,7 @@ class SendHandler(BaseHandler):
     """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim."""
 
     async def post(self, session_id: str) -> None:
-        request = self.json_body()
-        if not isinstance(request, dict):
-            raise ApiError(400, "Request body must be a JSON object with a 'command'")
-        command = request.get("command")
-        if not isinstance(command, str) or not command:
-            raise ApiError(400, "Request body must name a 'command'")
+        command = self.command_request()
         reply = await self.manager.send(self.user, session_id, self.body, command)
         self.set_status(200)
         self.finish(reply.content)

@@ -25,7 +25,8 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
 from ..db import DatabaseUnavailable, Store
-from ..sessions import SessionError, SessionManager
+from ..errors import SessionError
+from ..sessions import SessionManager
 
 
 class ApiError(HTTPError):
@@ -149,6 +150,16 @@ class BaseHandler(RequestHandler):
             return orjson.loads(body)
         except orjson.JSONDecodeError as e:
             raise ApiError(400, f"Malformed JSON body: {e.msg} at position {e.pos}") from None
+
+    def command_request(self) -> str:
+        """The ``command`` of a ``{"command": name, ...kwargs}`` body (400 otherwise)."""
+        request = self.json_body()
+        if not isinstance(request, dict):
+            raise ApiError(400, "Request body must be a JSON object with a 'command'")
+        command = request.get("command")
+        if not isinstance(command, str) or not command:
+            raise ApiError(400, "Request body must name a 'command'")
+        return command
 
     # --- helpers ------------------------------------------------------------------------
 

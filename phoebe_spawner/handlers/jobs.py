@@ -28,12 +28,7 @@ class SessionJobsHandler(JobsBase):
     """``POST /api/v1/sessions/{id}/jobs`` body ``{"command": ..., ...}`` -> 202 job."""
 
     async def post(self, session_id: str) -> None:
-        request = self.json_body()
-        if not isinstance(request, dict):
-            raise ApiError(400, "Request body must be a JSON object with a 'command'")
-        command = request.get("command")
-        if not isinstance(command, str) or not command:
-            raise ApiError(400, "Request body must name a 'command'")
+        command = self.command_request()
         job = await self.jobs.submit(self.user, session_id, self.body, command)
         body = job.to_api(self.prefix)
         self.set_header("Location", body["links"]["self"])

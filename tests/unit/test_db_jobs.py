@@ -28,28 +28,10 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import Base
 
+from .test_db import MIGRATION_TEST
+
 HEAD = "0002"
 StoreFactory = Callable[..., Awaitable[Store]]
-
-RECREATE_SESSIONS = '''"""Test-only revision after 0002: recreates `sessions` (batch)."""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0099"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    with op.batch_alter_table("sessions", recreate="always") as batch:
-        batch.add_column(sa.Column("test_col", sa.String(32), nullable=True))
-
-
-def downgrade():
-    with op.batch_alter_table("sessions") as batch:
-        batch.drop_column("test_col")
-'''
 
 
 @pytest.fixture
@@ -472,7 +454,7 @@ async def test_later_batch_migration_keeps_jobs(
 
     copy = tmp_path / "alembic"
     shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "versions" / "0099_test.py").write_text(RECREATE_SESSIONS)
+    (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)
     monkeypatch.setattr(db_schema, "ALEMBIC_DIR", copy)
     new = await make_store(upgrade=True)
     assert schema_status(new.engine) == ("0099", "0099")

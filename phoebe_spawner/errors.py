@@ -1,0 +1,41 @@
+"""Errors the hub's services raise for requests they refuse.
+
+Each carries the HTTP status the handlers answer with and a client-facing detail
+(``str()``); the handlers' base class turns them into ``{"detail": ...}`` responses.
+Raised by the session manager, the job manager and the passbands cache.
+"""
+
+from __future__ import annotations
+
+
+class SessionError(Exception):
+    """A request the manager refuses; ``status`` is the HTTP status, ``str()`` the detail."""
+
+    status = 400
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        if status is not None:
+            self.status = status
+
+
+class SessionNotFound(SessionError):
+    status = 404
+
+
+class NotOwner(SessionError):
+    status = 403
+
+
+class LimitReached(SessionError):
+    status = 429
+
+
+class Unavailable(SessionError):
+    """Worker dead or failed to start, or the database is unavailable."""
+
+    status = 503
+
+
+class CommandTimedOut(SessionError):
+    status = 504
