@@ -10,6 +10,7 @@ the hub's configuration can set.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -49,6 +50,17 @@ class TestSession:
         if twig not in self.values:
             raise ValueError(f"no parameter {twig!r}")
         return self.values[twig]
+
+    def get_bundle(self) -> dict[str, str]:
+        """The values as a 'bundle' string, like PHOEBE's get_bundle; the value named
+        ``fail_get_bundle`` makes it fail (to test what a failed checkpoint does)."""
+        if self.values.get("fail_get_bundle"):
+            raise RuntimeError("get_bundle failed on purpose")
+        return {"bundle": json.dumps(self.values, sort_keys=True)}
+
+    def load_bundle(self, bundle: str) -> dict[str, Any]:
+        self.values = dict(json.loads(bundle))
+        return {}
 
     def sleep(self, seconds: float = 1.0) -> dict[str, float]:
         """Sleep in small Python steps, so an interrupt lands promptly."""
@@ -93,6 +105,8 @@ class TestSession:
         "get_value": get_value,
         "sleep": sleep,
         "steps": steps,
+        "get_bundle": get_bundle,
+        "load_bundle": load_bundle,
         "crash": crash,
         "hang": hang,
         "allocate": allocate,

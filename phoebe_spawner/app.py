@@ -31,6 +31,7 @@ from traitlets.config import Application, catch_config_error
 
 from ._version import __version__
 from .auth.base import Authenticator, User
+from .checkpoints import CheckpointManager
 from .db import DatabaseSchemaError, Store
 from .events import UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
@@ -195,6 +196,7 @@ class PhoebeSpawnerApp(Application):
             PhoebeSpawnerApp,
             SessionManager,
             JobManager,
+            CheckpointManager,
             Spawner,
             LocalProcessSpawner,
             NoAuthenticator,
@@ -282,6 +284,16 @@ class PhoebeSpawnerApp(Application):
             user_events=self.user_events,
             url_prefix=self.base_url.rstrip("/"),
         )
+        self.checkpoints = CheckpointManager(
+            parent=self,
+            log=self.log,
+            data_dir=self.data_dir,
+            url_prefix=self.base_url.rstrip("/"),
+            store=self.store,
+            manager=self.manager,
+            user_events=self.user_events,
+        )
+        self.manager.before_stop = self.checkpoints.before_stop
         await self.jobs.recover()
         await self.manager.recover(self._user_of_row)
         self.manager.start_background_tasks()
@@ -296,6 +308,7 @@ class PhoebeSpawnerApp(Application):
             port_range=port_range,
             base_url=self.base_url,
             jobs=self.jobs,
+            checkpoints=self.checkpoints,
             user_events=self.user_events,
             sse_keepalive=self.sse_keepalive,
             extra={"passbands": PassbandsCache()},

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from . import orm
+from .db_checkpoints import CheckpointQueries
 from .db_commands import BatchBuffer
 from .db_jobs import JobQueries
 from .db_schema import (
@@ -92,7 +93,7 @@ def _truncate(value: str | None, length: int) -> str | None:
 # --------------------------------------------------------------------------- store
 
 
-class Store(JobQueries):
+class Store(JobQueries, CheckpointQueries):
     """Async facade over the database; the hub creates one at start-up and awaits it.
 
     Owns one single-thread executor: every public coroutine runs its SQL there, so
@@ -101,7 +102,8 @@ class Store(JobQueries):
     :meth:`log_command` and :meth:`log_job_event` are synchronous and only buffer;
     flusher tasks started by :meth:`init` write the buffers in batches
     (``command_flush_interval``/``command_batch_max`` apply to both).  The job
-    methods come from :class:`~phoebe_spawner.db_jobs.JobQueries`.
+    methods come from :class:`~phoebe_spawner.db_jobs.JobQueries`, the checkpoint
+    methods from :class:`~phoebe_spawner.db_checkpoints.CheckpointQueries`.
     """
 
     def __init__(

@@ -1,10 +1,11 @@
 """SQLAlchemy models of the hub's database.
 
 These declarative classes describe the tables the hub keeps: users, sessions,
-per-session memory/CPU samples, the per-session command log, and async jobs with
-their event history.  Only :mod:`phoebe_spawner.db` and :mod:`phoebe_spawner.db_jobs`
-(the :class:`~phoebe_spawner.db.Store`) and the alembic migrations import this
-module; the rest of the hub sees rows as plain dicts.
+per-session memory/CPU samples, the per-session command log, async jobs with
+their event history, and the metadata of saved bundle checkpoints.  Only
+:mod:`phoebe_spawner.db`, :mod:`phoebe_spawner.db_jobs` and
+:mod:`phoebe_spawner.db_checkpoints` (the :class:`~phoebe_spawner.db.Store`) and the
+alembic migrations import this module; the rest of the hub sees rows as plain dicts.
 
 The schema itself is created and changed only by the alembic migrations in
 ``phoebe_spawner/alembic/versions``; never call ``Base.metadata.create_all`` on a
@@ -34,10 +35,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "CHECKPOINT_REASONS",
     "JOB_STATUSES",
     "JOB_TERMINAL_STATUSES",
     "SESSION_STATUSES",
     "Base",
+    "Checkpoint",
     "Job",
     "JobEvent",
     "Session",
@@ -52,6 +55,9 @@ SESSION_STATUSES = ("pending", "running", "stopping", "stopped", "failed", "cull
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 #: The statuses a job never leaves.
 JOB_TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+#: Values of ``checkpoints.reason``: why the hub saved the bundle (user request,
+#: idle cull, hub shutdown, session stop).
+CHECKPOINT_REASONS = ("manual", "cull", "shutdown", "stop")
 
 #: Deterministic constraint names, so later (batch) migrations can address them.
 NAMING_CONVENTION = {
@@ -224,3 +230,32 @@ class JobEvent(Base):
     ts: Mapped[float] = mapped_column(Float, nullable=False)
     type: Mapped[str] = mapped_column(String(32), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class Checkpoint(Base):
+    """Metadata of one saved copy of a session's PHOEBE bundle (the file is on disk).
+
+    Written by the hub through ``Store.create_checkpoint`` after it has written the
+    bundle's JSON file; ``path`` is that file's path relative to the hub's data
+    directory, ``size`` its length in bytes and ``sha256`` its hex digest.
+    ``reason`` is one of :data:`CHECKPOINT_REASONS`; ``name`` is an optional user
+    label.  ``session_id`` is deliberately not a foreign key: a checkpoint outlives
+    the deletion of its session's row (it is how a user gets the bundle back).
+    ``user_id`` is the API's user id string, as in :class:`Session`.
+    """
+
+    __tablename__ = "checkpoints"
+    # Serves "a user's checkpoints, newest/oldest first" and the per-user usage sums.
+    __table_args__ = (Index("ix_checkpoints_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    session_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str | None] = mapped_column(String(255))
+    project_name: Mapped[str | None] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)
+    # 64-bit: a bundle file is far below 2 GiB, but nothing is lost by not betting on it.
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -86,6 +86,13 @@ class SessionManager(LoggingConfigurable):
     debug = Bool(False, help="Ask workers for tracebacks in error replies (set by the app).")
 
     store = AnyTrait(help="The Store (set by the app).")
+    before_stop = AnyTrait(
+        None,
+        allow_none=True,
+        help="""Coroutine function ``(session, reason)`` run before the hub stops a running
+        session itself (cull, shutdown): the app sets the checkpoint manager's. If it
+        raises, a cull is not carried out.""",
+    )
     spawner_class = AnyTrait(help="The Spawner subclass (set by the app).")
     secret = AnyTrait(help="The hub secret bytes that session keys derive from (set by the app).")
 
@@ -163,6 +170,13 @@ class SessionManager(LoggingConfigurable):
         await asyncio.gather(*self._background, return_exceptions=True)
         live = [s for s in self.sessions.values() if s.status in ACTIVE]
         if self.stop_workers_on_shutdown:
+            if self.before_stop is not None:
+                results = await asyncio.gather(
+                    *(self.before_stop(s, "shutdown") for s in live), return_exceptions=True
+                )
+                for s, result in zip(live, results, strict=True):
+                    if isinstance(result, BaseException):
+                        self.log.error("no checkpoint of session %s at shutdown: %s", s.id, result)
             await asyncio.gather(
                 *(self._stop(s, "stopped", "hub shutdown") for s in live), return_exceptions=True
             )
@@ -347,17 +361,19 @@ class SessionManager(LoggingConfigurable):
         *,
         timeout: float | None,
         on_sent: Callable[[str], None] | None = None,
+        activity: bool = True,
     ) -> Reply:
         """Run one command on ``s`` after the commands before it (``/send`` and jobs).
 
         ``timeout`` counts the wait for earlier commands; ``None`` waits for ever (jobs
         are cancelled instead). On a timeout the command is interrupted in the worker and
         :class:`CommandTimedOut` raised. ``on_sent(msg_id)`` is called once the command
-        is on its way to the worker.
+        is on its way to the worker. ``activity=False`` (the hub's own commands, e.g.
+        checkpoints) leaves the session's idle time alone.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         s.in_flight += 1
-        s.last_activity = time.time()
+        last_activity = s.last_activity
         started = time.time()
         release = True
         try:
@@ -386,7 +402,7 @@ class SessionManager(LoggingConfigurable):
                     s.lock.release()
         finally:
             s.in_flight -= 1
-            s.last_activity = time.time()
+            s.last_activity = time.time() if activity else last_activity
         s.command_count += 1
         ok = reply.status == "ok"
         self._log_command(s, command, started, ok, None if ok else reply.status)
@@ -497,6 +513,14 @@ class SessionManager(LoggingConfigurable):
                 continue
             idle = now - s.last_activity
             self.log.info("culling session %s of %s (idle %.0f s)", s.id, s.user.name, idle)
+            if self.before_stop is not None:
+                try:
+                    await self.before_stop(s, "cull")
+                except Exception as e:
+                    self.log.warning("not culling session %s: checkpoint failed: %s", s.id, e)
+                    continue
+                if s.in_flight or s.lock.locked() or s.status != "running":
+                    continue  # the user came back while the checkpoint was written
             try:
                 await self._stop(s, "culled", f"idle for {idle:.0f} s")
             except Unavailable as e:

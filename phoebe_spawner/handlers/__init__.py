@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, jobs, streams
+from . import api, checkpoints, jobs, streams
 from .base import HubContext, NotFoundHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
 JOB_ID = r"(?P<job_id>[^/]+)"
+CHECKPOINT_ID = r"(?P<checkpoint_id>[^/]+)"
 
 
 def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
@@ -38,6 +39,10 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
         (rf"/api/v1/jobs/{JOB_ID}/cancel", jobs.JobCancelHandler),
         (rf"/api/v1/jobs/{JOB_ID}/result", jobs.JobResultHandler),
         (rf"/api/v1/jobs/{JOB_ID}/events", jobs.JobEventsHandler),
+        (rf"/api/v1/sessions/{SESSION_ID}/checkpoints", checkpoints.SessionCheckpointsHandler),
+        (r"/api/v1/checkpoints", checkpoints.CheckpointListHandler),
+        (rf"/api/v1/checkpoints/{CHECKPOINT_ID}", checkpoints.CheckpointHandler),
+        (rf"/api/v1/checkpoints/{CHECKPOINT_ID}/bundle", checkpoints.CheckpointBundleHandler),
     ]
     return [(p + path, handler, {"hub": hub}) for path, handler in table]
 

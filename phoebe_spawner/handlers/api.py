@@ -100,7 +100,10 @@ class SessionsHandler(BaseHandler):
 
 
 class StartSessionHandler(BaseHandler):
-    """``POST /dash/start-session``: start a worker; the body is optional metadata."""
+    """``POST /dash/start-session``: start a worker; the body is optional metadata.
+
+    With ``"checkpoint_id"`` in the metadata the session starts from that checkpoint.
+    """
 
     async def post(self) -> None:
         meta = self.json_body(allow_empty=True)
@@ -108,12 +111,16 @@ class StartSessionHandler(BaseHandler):
             raise ApiError(400, "Session metadata must be a JSON object (or empty, or null)")
         if meta and len(self.body) > 16 * 1024:
             raise ApiError(413, "Session metadata is limited to 16 KiB")
-        session = await self.manager.start_session(
-            self.user,
-            meta,
-            client_ip=self.client_ip(),
-            user_agent=self.request.headers.get("User-Agent"),
-        )
+        kwargs = {
+            "client_ip": self.client_ip(),
+            "user_agent": self.request.headers.get("User-Agent"),
+        }
+        if meta and meta.get("checkpoint_id") is not None:
+            if not isinstance(meta["checkpoint_id"], str):
+                raise ApiError(400, "checkpoint_id must be a string")
+            session = await self.hub.checkpoints.start_session(self.user, meta, **kwargs)
+        else:
+            session = await self.manager.start_session(self.user, meta, **kwargs)
         self.write_json(session.to_api())
 
 

@@ -53,6 +53,7 @@ class HubContext:
     port_range: list[int] = field(default_factory=list)
     base_url: str = "/"
     jobs: Any = None
+    checkpoints: Any = None
     user_events: Any = None
     sse_keepalive: float = 15.0
     cookie_max_age_days: float = 1.0

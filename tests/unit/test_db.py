@@ -29,7 +29,7 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import Base
 
-HEAD = "0002"
+HEAD = "0003"
 StoreFactory = Callable[..., Awaitable[Store]]
 
 MIGRATION_TEST = '''"""Test-only revision: recreates `sessions` (batch) and adds a column."""
@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0099"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -193,7 +193,7 @@ def test_migrations_match_models(url: str) -> None:
 
 @pytest.fixture
 def alembic_with_test_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
-    """Returns a switch that makes the code's head a test revision 0099 (after 0002)."""
+    """Returns a switch that makes the code's head a test revision 0099 (after 0003)."""
     copy = tmp_path / "alembic"
     shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)

@@ -30,7 +30,7 @@ from phoebe_spawner.orm import Base
 
 from .test_db import MIGRATION_TEST
 
-HEAD = "0002"
+HEAD = "0003"
 StoreFactory = Callable[..., Awaitable[Store]]
 
 
