@@ -137,6 +137,7 @@ class Store(JobQueries, CheckpointQueries):
         self._init_job_events(interval=command_flush_interval, batch_max=command_batch_max)
         self._closing = False
         self._closed = False
+        self.last_outage: float | None = None
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -163,8 +164,14 @@ class Store(JobQueries, CheckpointQueries):
             return fn(*args)
         except Exception as exc:
             if is_outage(exc):
+                self.last_outage = time.time()
                 raise as_unavailable(exc) from exc
             raise
+
+    def recently_unavailable(self, within: float = 30.0) -> bool:
+        """Whether an operation failed for lack of the database in the last ``within`` s
+        (health checks: a read may succeed while writes are locked out)."""
+        return self.last_outage is not None and time.time() - self.last_outage < within
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         if self._closed:

@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Float, Integer, Unicode
+from traitlets import Bool, Dict, Float, Integer, Set, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
@@ -52,6 +53,17 @@ class SessionManager(LoggingConfigurable):
         1800.0, help="Seconds without a command after which a session is culled (0 = never)."
     ).tag(config=True)
     cull_interval = Float(60.0, help="Seconds between idle-culling passes.").tag(config=True)
+    max_age = Float(
+        0.0,
+        help="""Seconds after which a session is culled however busy its user is (after a
+        checkpoint, and never in the middle of a command); 0 = no maximum age.""",
+    ).tag(config=True)
+    cull_exempt_users = Set(
+        Unicode(), help="User names (or ids) whose sessions are never culled."
+    ).tag(config=True)
+    cull_exempt_groups = Set(
+        Unicode(), help="Groups whose members' sessions are never culled."
+    ).tag(config=True)
     poll_interval = Float(
         1.0, help="Seconds between checks that workers are alive (dead ones -> failed)."
     ).tag(config=True)
@@ -104,6 +116,8 @@ class SessionManager(LoggingConfigurable):
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners: list[Callable[[str, LiveSession], None]] = []
         self._iopub_listeners: list[Callable[[LiveSession, Message], None]] = []
+        #: open user event streams per user id (the stream handler counts them)
+        self.watchers: Counter[str] = Counter()
         self._closing = False
 
     @property
@@ -502,29 +516,48 @@ class SessionManager(LoggingConfigurable):
             return None
 
     async def cull_idle(self) -> None:
-        """Cull loop: stop sessions idle for longer than ``idle_timeout``."""
+        """Cull loop: stop sessions idle for ``idle_timeout`` (or older than ``max_age``).
+
+        Idle means no command, no queued or running job (both count in ``in_flight``) and
+        no open event stream of the owner (``watchers``: a page is watching). Each cull
+        is preceded by ``before_stop`` (a checkpoint); if that fails the session is left
+        alone.
+        """
         now = time.time()
         for s in list(self.sessions.values()):
             if s.status == "running":
                 await self._persist_activity(s)
-            if not self.idle_timeout or s.status != "running":
+            reason = self._cull_reason(s, now)
+            if reason is None:
                 continue
-            if s.in_flight or s.lock.locked() or now - s.last_activity < self.idle_timeout:
-                continue
-            idle = now - s.last_activity
-            self.log.info("culling session %s of %s (idle %.0f s)", s.id, s.user.name, idle)
+            self.log.info("culling session %s of %s (%s)", s.id, s.user.name, reason)
             if self.before_stop is not None:
                 try:
                     await self.before_stop(s, "cull")
                 except Exception as e:
                     self.log.warning("not culling session %s: checkpoint failed: %s", s.id, e)
                     continue
-                if s.in_flight or s.lock.locked() or s.status != "running":
+                if self._cull_reason(s, time.time()) is None:
                     continue  # the user came back while the checkpoint was written
             try:
-                await self._stop(s, "culled", f"idle for {idle:.0f} s")
+                await self._stop(s, "culled", reason)
             except Unavailable as e:
                 self.log.warning("could not cull session %s: %s", s.id, e)
+
+    def _cull_reason(self, s: LiveSession, now: float) -> str | None:
+        """Why ``s`` should be culled now, or None."""
+        if s.status != "running" or s.in_flight or s.lock.locked():
+            return None
+        if s.user.name in self.cull_exempt_users or s.user.user_id in self.cull_exempt_users:
+            return None
+        if self.cull_exempt_groups.intersection(s.user.groups):
+            return None
+        if self.max_age and now - s.created_at > self.max_age:
+            return f"older than {self.max_age:g} s"
+        watched = self.watchers[s.user.user_id] > 0
+        if self.idle_timeout and not watched and now - s.last_activity >= self.idle_timeout:
+            return f"idle for {now - s.last_activity:.0f} s"
+        return None
 
     async def _persist_activity(self, s: LiveSession) -> None:
         if s.last_activity > s.persisted_activity:

@@ -17,12 +17,24 @@ from .base import ApiError, BaseHandler
 
 
 class HealthHandler(BaseHandler):
-    """``GET /health``: liveness, no auth."""
+    """``GET /health``: liveness, no auth.
+
+    Always 200 while the hub serves requests (a database outage must not get a
+    healthy hub restarted); ``{"status": "degraded", "database": "unavailable"}`` when
+    the database does not answer within a second or refused work in the last 30 s.
+    """
 
     auth_required = False
 
     async def get(self) -> None:
-        self.write_json({"status": "ok"})
+        try:
+            db_ok = await asyncio.wait_for(self.hub.store.ping(), 1.0)
+        except TimeoutError:
+            db_ok = False
+        if db_ok and not self.hub.store.recently_unavailable():
+            self.write_json({"status": "ok"})
+        else:
+            self.write_json({"status": "degraded", "database": "unavailable"})
 
 
 class RootHandler(BaseHandler):

@@ -92,9 +92,17 @@ class EventStreamHandler(BaseHandler):
 class UserEventsHandler(EventStreamHandler):
     """``GET /api/v1/events``: the caller's session and job events, live.
 
-    Without ``Last-Event-ID`` (or ``from_beginning``) only new events are sent.
+    Without ``Last-Event-ID`` (or ``from_beginning``) only new events are sent. While a
+    user has one open (a page is watching), their sessions are not culled as idle.
     """
 
     async def get(self) -> None:
         log = self.hub.user_events.log(self.user.user_id)
-        await self.stream(log, self.start_after(default=log.last_seq))
+        watchers = self.manager.watchers
+        watchers[self.user.user_id] += 1  # a watched user's sessions are not idle
+        try:
+            await self.stream(log, self.start_after(default=log.last_seq))
+        finally:
+            watchers[self.user.user_id] -= 1
+            if not watchers[self.user.user_id]:
+                del watchers[self.user.user_id]

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from ..conftest import JWT_SECRET, async_wait_for, register
+from ..sse import SSEStream
 
 
 async def test_public_routes(make_hub):
@@ -413,7 +414,9 @@ async def test_locked_database_is_503_not_500(make_hub, tmp_path):
         resp = await client.post("/dash/start-session", {}, token=token)
         assert resp.status == 503 and "Database unavailable" in resp.detail
         assert app.manager.active() == []
-        assert (await client.get("/health")).status == 200
+        health = await client.get("/health")
+        assert health.status == 200
+        assert health.json() == {"status": "degraded", "database": "unavailable"}
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -437,3 +440,34 @@ async def test_memory_is_sampled_and_recorded(make_hub):
     rows = await samples()
     assert all(r["mem_used"] > 5 for r in rows)
     assert (await client.get("/dash/sessions")).json()[sid]["mem_used"] > 5
+
+
+async def test_culling_understands_work(make_hub):
+    app, client = await make_hub(
+        SessionManager__idle_timeout=0.4,
+        SessionManager__cull_interval=0.1,
+        SessionManager__cull_exempt_users={"anonymous"},
+    )
+    exempt = (await client.post("/dash/start-session", {})).json()["session_id"]
+    await asyncio.sleep(1.0)
+    assert app.manager.sessions[exempt].status == "running"  # exempt user
+
+    app2, client2 = await make_hub(
+        SessionManager__idle_timeout=0.4, SessionManager__cull_interval=0.1
+    )
+    watched = (await client2.post("/dash/start-session", {})).json()["session_id"]
+    stream = await SSEStream.open(client2.base_url, "/api/v1/events")  # a page is watching
+    await asyncio.sleep(1.0)
+    assert app2.manager.sessions[watched].status == "running"
+    await stream.close()
+    assert await async_wait_for(lambda: watched not in app2.manager.sessions, timeout=5)
+
+    app3, client3 = await make_hub(SessionManager__max_age=0.5, SessionManager__cull_interval=0.1)
+    busy = (await client3.post("/dash/start-session", {})).json()["session_id"]
+    for _ in range(10):  # activity does not keep an old session alive
+        await client3.send(busy, "ping")
+        await asyncio.sleep(0.1)
+    assert await async_wait_for(lambda: busy not in app3.manager.sessions, timeout=5)
+    row = await app3.store.get_session(busy)
+    assert row["status"] == "culled" and "older than" in row["termination_reason"]
+    assert app.manager.sessions[exempt].status == "running"
