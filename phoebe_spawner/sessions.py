@@ -676,7 +676,18 @@ class SessionManager(LoggingConfigurable):
         if alive and all(ch in endpoints for ch in protocol.CHANNELS):
             channel = self._connect(s, endpoints)
             try:
-                await channel.control(protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout)
+                status = await channel.control(
+                    protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout
+                )
+                if status.get("state") == "busy" and status.get("msg_id"):
+                    # a command of the previous hub (its job was marked failed): stop it, so
+                    # the user's next command does not queue behind work nobody follows
+                    self.log.info(
+                        "interrupting an orphaned %s in session %s", status.get("command"), sid
+                    )
+                    await channel.control(
+                        protocol.INTERRUPT_REQUEST, {"msg_id": status["msg_id"]}, timeout=5
+                    )
             except ChannelError:
                 self.sessions[sid] = s
                 await self.fail(s, "worker did not answer after the hub restarted")

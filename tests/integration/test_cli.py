@@ -166,3 +166,67 @@ def test_serves_and_shuts_down_cleanly(tmp_path, sig):
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
+    """SIGKILL the hub with three live sessions (one mid-job), start it again."""
+    port = free_port()
+    config = tmp_path / "config.py"
+    config.write_text(
+        "c.LocalProcessSpawner.worker_args = "
+        "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
+    )
+    argv = [*EXE, "--port", str(port), f"--data-dir={tmp_path / 'data'}", f"--config={config}"]
+    url = f"http://127.0.0.1:{port}"
+
+    def launch() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        wait_healthy(url, proc)
+        return proc
+
+    hub = launch()
+    workers = []
+    try:
+        sids = []
+        for i in range(3):
+            status, session = http("POST", url + "/dash/start-session", b"{}")
+            assert status == 200
+            sids.append(session["session_id"])
+            body = orjson.dumps({"command": "set_value", "twig": "n", "value": i})
+            assert http("POST", url + f"/send/{sids[-1]}", body)[1]["success"]
+        workers = psutil.Process(hub.pid).children()
+        status, job = http(
+            "POST", url + f"/api/v1/sessions/{sids[2]}/jobs", b'{"command": "sleep", "seconds": 60}'
+        )
+        assert status == 202
+        assert wait_for(
+            lambda: http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]["status"] == "running"
+        )
+        hub.kill()
+        hub.wait()
+        assert all(w.is_running() for w in workers)  # the workers outlive the hub
+
+        hub = launch()
+        listed = http("GET", url + "/dash/sessions")[1]
+        assert sorted(listed) == sorted(sids) and all(
+            s["status"] == "running" for s in listed.values()
+        )
+        for i, sid in enumerate(sids):
+            t0 = time.monotonic()
+            reply = http("POST", url + f"/send/{sid}", b'{"command": "get_value", "twig": "n"}')[1]
+            assert reply == {"success": True, "result": i}
+            assert time.monotonic() - t0 < 5  # the orphaned sleep was interrupted
+        lost = http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]
+        assert lost["status"] == "failed" and "restarted" in lost["error"]
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
+        for w in workers:
+            if w.is_running():
+                w.kill()
