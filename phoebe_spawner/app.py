@@ -51,7 +51,8 @@ def _log_request(handler: RequestHandler) -> None:
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
     ms = 1000.0 * handler.request.request_time()
-    access_log.log(level, "%d %s %.1fms", status, handler._request_summary(), ms)
+    # the URI and address are the client's: bounded, so no request can flood the log
+    access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)
 
 
 class PhoebeSpawnerApp(Application):

@@ -27,6 +27,16 @@ class NotOwner(SessionError):
     status = 403
 
 
+class RateLimited(SessionError):
+    """Too many requests of one kind; ``retry_after`` says when to try again (seconds)."""
+
+    status = 429
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class LimitReached(SessionError):
     status = 429
 

@@ -35,7 +35,15 @@ from phoebe_kernel_worker.protocol import Message
 from .auth.base import User
 from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
 from .db import DatabaseUnavailable, Store
-from .errors import CommandTimedOut, LimitReached, NotOwner, SessionNotFound, Unavailable
+from .errors import (
+    CommandTimedOut,
+    LimitReached,
+    NotOwner,
+    RateLimited,
+    SessionNotFound,
+    Unavailable,
+)
+from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
 from .spawners.base import Spawner, SpawnError
 
@@ -46,6 +54,10 @@ class SessionManager(LoggingConfigurable):
     max_sessions_per_user = Integer(
         0, help="Sessions one user may have at once (0 = unlimited)."
     ).tag(config=True)
+    start_rate_per_minute = Float(
+        30.0, help="Session starts a user may make per minute, on average (0 = unlimited)."
+    ).tag(config=True)
+    start_burst = Integer(10, help="Session starts a user may make at once.").tag(config=True)
     max_sessions = Integer(
         100, help="Sessions the hub runs at once, all users together (the capacity)."
     ).tag(config=True)
@@ -118,6 +130,7 @@ class SessionManager(LoggingConfigurable):
         self._iopub_listeners: list[Callable[[LiveSession, Message], None]] = []
         #: open user event streams per user id (the stream handler counts them)
         self.watchers: Counter[str] = Counter()
+        self._start_limiter = RateLimiter(self.start_rate_per_minute, self.start_burst)
         self._closing = False
 
     @property
@@ -267,6 +280,9 @@ class SessionManager(LoggingConfigurable):
         meta = dict(meta or {})
         if self._closing:
             raise Unavailable("The hub is shutting down")
+        wait = self._start_limiter.hit(user.user_id)
+        if wait:
+            raise RateLimited(f"Too many session starts; try again in {wait:.0f} s", wait)
         # check and reserve with no await in between: concurrent starts cannot overshoot
         active = self.active()
         if self.max_sessions and len(active) >= self.max_sessions:

@@ -209,6 +209,7 @@ async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
         c.PhoebeSpawnerApp.auth_mode = auth_mode
         c.PhoebeSpawnerApp.config_file = ""
         c.SessionManager.poll_interval = 0.2
+        c.SessionManager.start_rate_per_minute = 0  # load tests start hundreds of sessions
         c.SessionManager.cull_interval = 3600
         c.SessionManager.memory_interval = 3600
         c.LocalProcessSpawner.start_timeout = 60 if phoebe else 20

@@ -24,10 +24,11 @@ SAFE_METHODS = ("GET", "HEAD")
 class AuthError(Exception):
     """A refused request; ``status`` is the HTTP status, ``str()`` the client-facing detail."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +80,9 @@ class Authenticator(LoggingConfigurable):
             404, f"Registration is only available in jwt auth mode (mode is {self.mode})"
         )
 
-    async def login(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /auth/login``: check credentials, return the token response."""
+    async def login(self, body: dict[str, Any], client: str = "") -> dict[str, Any]:
+        """``POST /auth/login``: check credentials (``client`` is the caller's address, for
+        rate limits), return the token response."""
         raise AuthError(404, f"Login is only available in jwt auth mode (mode is {self.mode})")
 
     def bearer_token(self, handler: RequestHandler) -> str:

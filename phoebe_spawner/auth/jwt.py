@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from tornado.web import RequestHandler
 from traitlets import Float, Integer, Unicode, default
 
+from ..ratelimit import RateLimiter
 from .base import Authenticator, AuthError, User
 from .tokens import check_secret, decode
 
@@ -49,6 +50,12 @@ class JWTAuthenticator(Authenticator):
     min_password_length = Integer(8, help="Shortest password /auth/register accepts.").tag(
         config=True
     )
+    failed_logins_per_minute = Float(
+        1.0,
+        help="""Failed logins allowed per minute, on average, per account and per client
+        address, after a burst of failed_login_burst; beyond that logins get 429.""",
+    ).tag(config=True)
+    failed_login_burst = Integer(5, help="Failed logins allowed at once.").tag(config=True)
     user_cache_seconds = Float(
         30.0,
         help="""Seconds a verified user is cached, so requests do not read the database
@@ -60,6 +67,7 @@ class JWTAuthenticator(Authenticator):
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash("phoebe-spawner timing equaliser")
         self._cache: dict[str, tuple[float, User]] = {}
+        self._failed = RateLimiter(self.failed_logins_per_minute, self.failed_login_burst)
 
     async def setup(self) -> None:
         check_secret(self.secret, source="The jwt secret (PHOEBE_SPAWNER_JWT_SECRET)")
@@ -172,12 +180,18 @@ class JWTAuthenticator(Authenticator):
         )
         return row
 
-    async def login(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def login(self, body: dict[str, Any], client: str = "") -> dict[str, Any]:
         email, password = self._credentials(body)
+        keys = [f"account:{email}", f"client:{client}"]
+        wait = max(self._failed.wait_time(key) for key in keys)
+        if wait:
+            raise AuthError(429, f"Too many failed logins; try again in {wait:.0f} s", wait)
         row = await self.store.get_user_by_name(email)
         hashed = (row or {}).get("password_hash") or self._dummy_hash
         ok = await self._verify(hashed, password)
         if not row or not row.get("password_hash") or not ok:
+            for key in keys:
+                self._failed.hit(key)
             raise AuthError(401, "Invalid email or password")
         if not row.get("is_active"):
             raise AuthError(403, "Account is disabled")

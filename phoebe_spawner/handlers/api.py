@@ -80,7 +80,7 @@ class LoginHandler(BaseHandler):
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
-        response = await self.hub.authenticator.login(body)
+        response = await self.hub.authenticator.login(body, client=self.client_ip())
         self.set_token_cookie(response["access_token"])
         self.write_json(response)
 

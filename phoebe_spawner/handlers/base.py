@@ -86,6 +86,12 @@ class BaseHandler(RequestHandler):
             detail = httputil.responses.get(status_code, "Error")
             if isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
                 detail = exc.log_message % exc.args if exc.args else exc.log_message
+        # send_error cleared the headers: set the ones this error needs here
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            self.set_header("Retry-After", str(max(1, round(retry_after))))
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="phoebe-spawner"')
         body: dict[str, Any] = {"detail": detail}
         if self.hub.debug and status_code >= 500 and "exc_info" in kwargs:
             body["traceback"] = "".join(traceback.format_exception(*kwargs["exc_info"]))
@@ -101,9 +107,7 @@ class BaseHandler(RequestHandler):
             status = e.status_code if isinstance(e, ApiError) else e.status
             if self._finished:
                 return
-            gen_log.info("%d %s: %s", status, self._request_summary(), e)
-            if status == 401:
-                self.set_header("WWW-Authenticate", 'Bearer realm="phoebe-spawner"')
+            gen_log.info("%d %.300s: %.300s", status, self._request_summary(), e)
             self.send_error(status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)

@@ -471,3 +471,26 @@ async def test_culling_understands_work(make_hub):
     row = await app3.store.get_session(busy)
     assert row["status"] == "culled" and "older than" in row["termination_reason"]
     assert app.manager.sessions[exempt].status == "running"
+
+
+async def test_session_starts_are_rate_limited_per_user(make_hub):
+    _, client = await make_hub(
+        auth_mode="jwt", SessionManager__start_rate_per_minute=1, SessionManager__start_burst=2
+    )
+    alice = await register(client, "alice@example.org")
+    bob = await register(client, "bob@example.org")
+    for _ in range(2):
+        sid = (await client.post("/dash/start-session", {}, token=alice)).json()["session_id"]
+        await client.post(f"/dash/end-session/{sid}", token=alice)
+    resp = await client.post("/dash/start-session", {}, token=alice)
+    assert resp.status == 429 and "Too many session starts" in resp.detail
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert (await client.post("/dash/start-session", {}, token=bob)).status == 200
+
+
+async def test_long_client_strings_stay_out_of_the_log(make_hub, caplog):
+    _, client = await make_hub()
+    long_id = "x" * 5000
+    with caplog.at_level("INFO"):
+        assert (await client.send(long_id, "ping")).status == 404
+    assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000

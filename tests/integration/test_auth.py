@@ -102,6 +102,7 @@ async def test_token_required(make_hub, path):
     _, client = await make_hub(auth_mode="jwt")
     resp = await client.get(path)
     assert resp.status == 401 and "Bearer" in resp.detail
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     resp = await client.get(path, token="not-a-jwt")
     assert resp.status == 401 and resp.detail == "Invalid token"
 
@@ -190,3 +191,28 @@ async def test_external_mode_with_public_key_issuer_and_audience(make_hub, tmp_p
     # a token signed with the public key as an HMAC secret (algorithm confusion) is refused
     forged = jwt.encode(claims, "x" * 64, algorithm="HS256")
     assert (await client.get("/auth/me", token=forged)).status == 401
+
+
+async def test_failed_logins_are_rate_limited(make_hub):
+    _, client = await make_hub(
+        auth_mode="jwt",
+        JWTAuthenticator__failed_login_burst=3,
+        JWTAuthenticator__failed_logins_per_minute=1,
+    )
+    await register(client, "target@example.org", "the real password")
+    for _ in range(3):
+        wrong = await client.post(
+            "/auth/login", {"email": "target@example.org", "password": "guess..."}
+        )
+        assert wrong.status == 401
+    blocked = await client.post(
+        "/auth/login", {"email": "target@example.org", "password": "the real password"}
+    )
+    assert blocked.status == 429 and "Too many failed logins" in blocked.detail
+    assert 1 <= int(blocked.headers["Retry-After"]) <= 60
+    # the same client address is limited for other accounts too (password spraying)
+    await register(client, "other@example.org", "other password")
+    resp = await client.post(
+        "/auth/login", {"email": "other@example.org", "password": "other password"}
+    )
+    assert resp.status == 429
