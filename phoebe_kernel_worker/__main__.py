@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .worker import KernelWorker, SessionFactory
+from .worker import EXIT_NO_FREE_PORT, KernelWorker, NoFreePort, SessionFactory
 
 DEFAULT_FACTORY = "phoebe_kernel_worker.factories:phoebe_session"
 
@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     worker = KernelWorker(info, session, dumps=dumps)
     worker.install_signal_handlers()
     try:
-        endpoints = worker.bind()
+        try:
+            endpoints = worker.bind()
+        except NoFreePort as e:
+            logging.getLogger("phoebe_kernel_worker").error("%s", e)
+            worker.close()
+            return EXIT_NO_FREE_PORT
         _report_ready(args, protocol.endpoints_to_json(endpoints, pid=os.getpid()))
         logging.getLogger("phoebe_kernel_worker").info("serving session on %s", endpoints)
         worker.serve()

@@ -17,8 +17,10 @@ running command, or ends an idle worker (like Ctrl-C). SIGTERM ends the worker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -41,6 +43,14 @@ log = logging.getLogger("phoebe_kernel_worker")
 POLL_MS = 100
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_LOGGED_REJECTIONS = 20
+
+
+#: Exit status of a worker that found no free port in its range (the pool is full).
+EXIT_NO_FREE_PORT = 75  # EX_TEMPFAIL
+
+
+class NoFreePort(Exception):
+    """Every port of the configured range is taken."""
 
 
 class CommandSession(Protocol):
@@ -104,8 +114,15 @@ class KernelWorker:
         addr = f"tcp://{info.ip}"
         if info.port_range:
             lo, hi = info.port_range
-            port = sock.bind_to_random_port(addr, min_port=lo, max_port=hi, max_tries=200)
-            return f"{addr}:{port}"
+            start = random.randrange(lo, hi) if hi > lo else lo  # noqa: S311 - spreads load only
+            for port in [*range(start, hi), *range(lo, start)]:
+                try:
+                    sock.bind(f"{addr}:{port}")
+                    return f"{addr}:{port}"
+                except zmq.ZMQError as e:
+                    if e.errno != errno.EADDRINUSE:
+                        raise
+            raise NoFreePort(f"no free port in {lo}-{hi - 1} for the {name} channel")
         sock.bind(f"{addr}:0")
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 

@@ -275,6 +275,7 @@ class PhoebeSpawnerApp(Application):
             data_dir=self.data_dir,
             debug=self.debug,
         )
+        self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
         self.manager.add_listener(self.user_events.on_session_event)
         self.jobs = JobManager(
@@ -298,7 +299,6 @@ class PhoebeSpawnerApp(Application):
         await self.jobs.recover()
         await self.manager.recover(self._user_of_row)
         self.manager.start_background_tasks()
-        port_range = list(spawner_class(parent=self.manager).port_range)
         self.hub = HubContext(
             manager=self.manager,
             authenticator=self.authenticator,
@@ -306,7 +306,6 @@ class PhoebeSpawnerApp(Application):
             version=__version__,
             debug=self.debug,
             max_body_size=self.max_body_size,
-            port_range=port_range,
             base_url=self.base_url,
             jobs=self.jobs,
             checkpoints=self.checkpoints,

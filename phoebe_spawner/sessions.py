@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq.asyncio
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Float, Integer, Set, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
@@ -45,7 +45,7 @@ from .errors import (
 )
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
-from .spawners.base import Spawner, SpawnError
+from .spawners.base import SpawnCapacityError, Spawner, SpawnError
 
 
 class SessionManager(LoggingConfigurable):
@@ -118,6 +118,7 @@ class SessionManager(LoggingConfigurable):
         raises, a cull is not carried out.""",
     )
     spawner_class = AnyTrait(help="The Spawner subclass (set by the app).")
+    port_range = List(Integer(), help="The spawners' port range, if any (set by the app).")
     secret = AnyTrait(help="The hub secret bytes that session keys derive from (set by the app).")
 
     def __init__(self, **kwargs: Any) -> None:
@@ -255,15 +256,27 @@ class SessionManager(LoggingConfigurable):
     def active(self) -> list[LiveSession]:
         return [s for s in self.sessions.values() if s.status in ACTIVE]
 
-    def capacity(self, port_range: list[int]) -> dict[str, Any]:
+    @property
+    def capacity_limit(self) -> int:
+        """Sessions that can run at once: ``max_sessions``, and at most a third of a
+        configured port range (each worker binds three ports)."""
+        ports = self.port_range
+        if len(ports) == 2:
+            return min(self.max_sessions, max(0, (ports[1] - ports[0]) // len(protocol.CHANNELS)))
+        return self.max_sessions
+
+    def capacity(self) -> dict[str, Any]:
         """The compatible ``/dash/port-status`` shape, reporting session capacity."""
         active = self.active()
+        total = self.capacity_limit
         return {
-            "total_ports": self.max_sessions,
+            "total_ports": total,
             "reserved_ports": len(active),
-            "available_ports": max(0, self.max_sessions - len(active)),
+            "available_ports": max(0, total - len(active)),
             "reserved_port_list": sorted(s.port for s in active if s.port is not None),
-            "port_range": f"{port_range[0]}-{port_range[1] - 1}" if port_range else "ephemeral",
+            "port_range": (
+                f"{self.port_range[0]}-{self.port_range[1] - 1}" if self.port_range else "ephemeral"
+            ),
         }
 
     # --- start ---------------------------------------------------------------------------------
@@ -285,8 +298,8 @@ class SessionManager(LoggingConfigurable):
             raise RateLimited(f"Too many session starts; try again in {wait:.0f} s", wait)
         # check and reserve with no await in between: concurrent starts cannot overshoot
         active = self.active()
-        if self.max_sessions and len(active) >= self.max_sessions:
-            raise LimitReached(f"Capacity reached: {self.max_sessions} sessions are running")
+        if self.capacity_limit and len(active) >= self.capacity_limit:
+            raise LimitReached(f"Capacity reached: {self.capacity_limit} sessions are running")
         mine = [s for s in active if s.user.user_id == user.user_id]
         if self.max_sessions_per_user and len(mine) >= self.max_sessions_per_user:
             raise LimitReached(
@@ -330,6 +343,9 @@ class SessionManager(LoggingConfigurable):
             endpoints = await s.spawner.start()
             channel = self._connect(s, endpoints)
             await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+        except SpawnCapacityError as e:
+            await self.fail(s, f"No capacity for a worker: {e}")
+            raise LimitReached(s.reason or "No capacity for a worker") from None
         except (SpawnError, ChannelError) as e:
             await self.fail(s, f"Worker failed to start: {e}")
             raise Unavailable(s.reason or "Worker failed to start") from None

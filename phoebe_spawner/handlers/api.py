@@ -161,7 +161,7 @@ class PortStatusHandler(BaseHandler):
     """``GET /dash/port-status``: capacity in the old port-pool shape."""
 
     async def get(self) -> None:
-        self.write_json(self.manager.capacity(self.hub.port_range))
+        self.write_json(self.manager.capacity())
 
 
 class SendHandler(BaseHandler):

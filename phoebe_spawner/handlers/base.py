@@ -50,7 +50,6 @@ class HubContext:
     version: str
     debug: bool = False
     max_body_size: int = 64 * 1024 * 1024
-    port_range: list[int] = field(default_factory=list)
     base_url: str = "/"
     jobs: Any = None
     checkpoints: Any = None

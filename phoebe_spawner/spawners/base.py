@@ -59,6 +59,10 @@ class SpawnError(Exception):
     """A worker could not be started; ``str()`` is the reason shown to the user."""
 
 
+class SpawnCapacityError(SpawnError):
+    """No worker can start because a resource pool (ports, slots) is exhausted (429)."""
+
+
 class ByteSpecification(TraitType[int | None, int | str | None]):
     """An integer number of bytes that also accepts strings like ``"512M"`` or ``"2G"``."""
 

@@ -23,8 +23,9 @@ import psutil
 from traitlets import Float, Integer
 
 from phoebe_kernel_worker.protocol import endpoints_from_json
+from phoebe_kernel_worker.worker import EXIT_NO_FREE_PORT
 
-from .base import Spawner, SpawnError
+from .base import SpawnCapacityError, Spawner, SpawnError
 
 CREATE_TIME_TOLERANCE = 0.05  # seconds; psutil rounds start times to clock ticks
 LOG_TAIL_BYTES = 4096
@@ -89,6 +90,8 @@ class LocalProcessSpawner(Spawner):
         except ValueError:
             status = await self._wait_exit(self.kill_timeout)
             await self.stop(now=True)
+            if status == EXIT_NO_FREE_PORT:
+                raise SpawnCapacityError(self._failure_reason(status)) from None
             raise SpawnError(self._failure_reason(status)) from None
         self.endpoints = endpoints
         self.endpoints["port"] = endpoints["shell"].rsplit(":", 1)[-1]

@@ -494,3 +494,29 @@ async def test_long_client_strings_stay_out_of_the_log(make_hub, caplog):
     with caplog.at_level("INFO"):
         assert (await client.send(long_id, "ping")).status == 404
     assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+async def test_port_pool_exhaustion_is_429(make_hub):
+    import socket
+
+    _, client = await make_hub(LocalProcessSpawner__port_range=[42100, 42106])
+    status = (await client.get("/dash/port-status")).json()
+    assert status["total_ports"] == 2  # six ports, three per worker
+    # a foreign process holds half of the pool: it is never taken for a worker
+    squatters = []
+    for port in (42100, 42101, 42102):
+        s = socket.socket()
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        squatters.append(s)
+    try:
+        first = await client.post("/dash/start-session", {})
+        assert first.status == 200 and first.json()["port"] in (42103, 42104, 42105)
+        resp = await client.post("/dash/start-session", {})
+        assert resp.status == 429 and "no free port in 42100-42105" in resp.detail
+    finally:
+        for s in squatters:
+            s.close()
+    assert (await client.post("/dash/start-session", {})).status == 200
+    resp = await client.post("/dash/start-session", {})
+    assert resp.status == 429 and "Capacity reached: 2" in resp.detail
