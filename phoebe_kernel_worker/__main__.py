@@ -9,9 +9,11 @@ fd and/or file, so the hub never guesses ports.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,24 @@ from . import protocol
 from .worker import EXIT_NO_FREE_PORT, KernelWorker, NoFreePort, SessionFactory
 
 DEFAULT_FACTORY = "phoebe_kernel_worker.factories:phoebe_session"
+PR_SET_PDEATHSIG = 1
 
 
 def _load_factory(spec: str) -> Any:
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def exit_with_parent() -> None:
+    """Get SIGTERM when the parent (the hub) dies, on Linux; exit now if it already has."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        logging.getLogger("phoebe_kernel_worker").warning("cannot follow the hub's death here")
+    if os.getppid() != parent or parent == 1:  # it died before prctl took effect
+        raise SystemExit("the hub that started this worker is gone")
 
 
 def _report_ready(args: argparse.Namespace, report: bytes) -> None:
@@ -72,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--connection-file is required")
 
     info = protocol.read_connection_file(args.connection_file)
+    if info.exit_with_parent:
+        exit_with_parent()
     Path(info.session_dir).mkdir(parents=True, exist_ok=True)
     os.chdir(info.session_dir)
 

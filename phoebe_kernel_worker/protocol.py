@@ -225,6 +225,8 @@ class ConnectionInfo:
     port_range: tuple[int, int] | None = None
     ipc_dir: str | None = None
     debug: bool = False
+    #: exit when the process that started the worker dies (hubs that do not re-adopt)
+    exit_with_parent: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +240,7 @@ class ConnectionInfo:
             "port_range": list(self.port_range) if self.port_range else None,
             "ipc_dir": self.ipc_dir,
             "debug": self.debug,
+            "exit_with_parent": self.exit_with_parent,
             "extra": self.extra,
         }
 
@@ -255,6 +258,7 @@ class ConnectionInfo:
             port_range=(int(port_range[0]), int(port_range[1])) if port_range else None,
             ipc_dir=data.get("ipc_dir"),
             debug=bool(data.get("debug", False)),
+            exit_with_parent=bool(data.get("exit_with_parent", False)),
             extra=dict(data.get("extra") or {}),
         )
 

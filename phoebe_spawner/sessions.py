@@ -103,6 +103,12 @@ class SessionManager(LoggingConfigurable):
         help="""Stop all workers when the hub shuts down. If False they keep running and are
         re-adopted when the hub starts again.""",
     ).tag(config=True)
+    readopt_workers = Bool(
+        True,
+        help="""Re-adopt workers a previous hub left running (after a crash or a shutdown
+        with stop_workers_on_shutdown=False). If False, workers exit when the hub dies
+        and a starting hub stops whatever is left and marks those sessions failed.""",
+    ).tag(config=True)
     recover_ping_timeout = Float(
         5.0, help="Seconds a re-adopted worker has to answer an authenticated ping."
     ).tag(config=True)
@@ -233,6 +239,7 @@ class SessionManager(LoggingConfigurable):
             session_dir=self.session_dir(user.user_id, session_id),
             runtime_dir=self.runtime_dir(session_id),
             debug=self.debug,
+            exit_with_hub=not self.readopt_workers,
         )
         return spawner
 
@@ -703,6 +710,10 @@ class SessionManager(LoggingConfigurable):
         )
         s.persisted_activity = s.last_activity
         s.launched.set()
+        if not self.readopt_workers:
+            self.sessions[sid] = s
+            await self.fail(s, "the hub restarted and does not re-adopt workers")
+            return
         alive = row["status"] == "running" and await spawner.poll() is None
         endpoints = row.get("spawner_state", {}).get("endpoints") or {}
         if alive and all(ch in endpoints for ch in protocol.CHANNELS):

@@ -108,6 +108,10 @@ class Spawner(LoggingConfigurable):
     session_dir = Unicode(help="The session's own storage directory on the hub's machine.")
     runtime_dir = Unicode(help="A private (0700) directory for connection files and logs.")
     debug = Bool(False, help="Ask the worker to include tracebacks in error replies.")
+    exit_with_hub = Bool(
+        False,
+        help="Ask the worker to exit when the hub process dies (set by the session manager).",
+    )
     worker_extra = Dict(
         help="""Extra fields for the worker's connection file, read by custom session
         factories (the test factory's fault injection uses it).""",
@@ -240,6 +244,7 @@ class Spawner(LoggingConfigurable):
             ip=self.ip,
             port_range=(rng[0], rng[1]) if len(rng) == 2 else None,
             debug=self.debug,
+            exit_with_parent=self.exit_with_hub,
             extra=dict(self.worker_extra),
             **kwargs,
         )

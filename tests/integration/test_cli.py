@@ -230,3 +230,45 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
         for w in workers:
             if w.is_running():
                 w.kill()
+
+
+def test_without_readoption_workers_die_with_the_hub(tmp_path):
+    port = free_port()
+    config = tmp_path / "config.py"
+    config.write_text(
+        "c.LocalProcessSpawner.worker_args = "
+        "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
+        "c.SessionManager.readopt_workers = False\n"
+    )
+    argv = [*EXE, "--port", str(port), f"--data-dir={tmp_path / 'data'}", f"--config={config}"]
+    url = f"http://127.0.0.1:{port}"
+    hub = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    workers: list[psutil.Process] = []
+    try:
+        wait_healthy(url, hub)
+        sids = [http("POST", url + "/dash/start-session", b"{}")[1]["session_id"] for _ in range(2)]
+        workers = psutil.Process(hub.pid).children()
+        assert len(workers) == 2
+        hub.kill()
+        hub.wait()
+        t0 = time.monotonic()
+        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+        assert time.monotonic() - t0 < 5
+        hub = subprocess.Popen(
+            argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        wait_healthy(url, hub)
+        listed = http("GET", url + "/dash/sessions")[1]
+        assert sorted(listed) == sorted(sids)
+        assert all(
+            s["status"] == "failed" and "does not re-adopt" in s["reason"] for s in listed.values()
+        )
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
+        for w in workers:
+            if w.is_running():
+                w.kill()
