@@ -1,0 +1,158 @@
+"""Fault injection with real worker processes: killed, stopped and racing workers, and a
+database that is locked for a long time. Each test is bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import time
+
+import psutil
+
+from ..conftest import async_wait_for, register
+
+
+async def start(client, token=None) -> str:
+    resp = await client.post("/dash/start-session", {}, token=token)
+    assert resp.status == 200, resp.body
+    return str(resp.json()["session_id"])
+
+
+async def test_worker_killed_mid_job(make_hub):
+    app, client = await make_hub()
+    sid = await start(client)
+    await client.send(sid, "set_value", twig="model", value="v1")
+    cp = (await client.post(f"/api/v1/sessions/{sid}/checkpoints", {})).json()
+    job = (
+        await client.post(f"/api/v1/sessions/{sid}/jobs", {"command": "sleep", "seconds": 30})
+    ).json()
+    queued = (await client.post(f"/api/v1/sessions/{sid}/jobs", {"command": "echo"})).json()
+    pid = app.manager.sessions[sid].spawner.pid
+    await asyncio.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    for j in (job, queued):
+        assert await async_wait_for(
+            lambda j=j: app.jobs._finished.get(j["job_id"]) is not None, timeout=5
+        )
+    running = (await client.get(job["links"]["self"])).json()
+    assert running["status"] == "failed" and "SIGKILL" in running["error"]
+    assert (await client.get(queued["links"]["self"])).json()["status"] in ("failed", "cancelled")
+    resp = await client.send(sid, "ping")
+    assert resp.status == 503 and "SIGKILL" in resp.detail
+    assert (await client.get("/dash/port-status")).json()["reserved_ports"] == 0
+    restored = (
+        await client.post("/dash/start-session", {"checkpoint_id": cp["checkpoint_id"]})
+    ).json()
+    value = await client.send(restored["session_id"], "get_value", twig="model")
+    assert value.json()["result"] == "v1"
+
+
+async def test_stopped_worker_times_out_then_is_failed_and_killed(make_hub):
+    app, client = await make_hub(
+        SessionManager__command_timeouts={"echo": 0.5}, SessionManager__interrupt_grace=0.5
+    )
+    sid = await start(client)
+    other = await start(client)
+    proc = psutil.Process(app.manager.sessions[sid].spawner.pid)
+    proc.suspend()  # SIGSTOP
+    try:
+        t0 = time.monotonic()
+        assert (await client.send(sid, "echo", x=1)).status == 504
+        assert time.monotonic() - t0 < 3
+        assert (await client.send(other, "echo", x=2)).json()["result"] == {"x": 2}  # isolation
+        assert await async_wait_for(
+            lambda: app.manager.sessions[sid].status == "failed", timeout=30
+        )
+        assert "hung" in app.manager.sessions[sid].reason
+        assert await async_wait_for(
+            lambda: not proc.is_running() or proc.status() == "zombie", timeout=15
+        )
+    finally:
+        if proc.is_running():
+            proc.resume()
+    assert (await client.send(sid, "ping")).status == 503
+
+
+async def test_database_locked_for_fifteen_seconds(make_hub, tmp_path):
+    db = tmp_path / "locked.sqlite"
+    app, client = await make_hub(
+        auth_mode="jwt",
+        PhoebeSpawnerApp__db_url=f"sqlite:///{db}",
+        PhoebeSpawnerApp__db_busy_timeout=0.5,
+        JWTAuthenticator__user_cache_seconds=0.1,
+    )
+    token = await register(client, "during@example.org")
+    sid = await start(client, token)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    statuses: set[int] = set()
+    sent = 0
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for resp in (
+                await client.post("/dash/start-session", {}, token=token),
+                await client.post(
+                    "/auth/register", {"email": f"x{time.time()}@e.org", "password": "x" * 10}
+                ),
+            ):
+                statuses.add(resp.status)
+                assert resp.status == 503, resp.body  # never 401/409/500
+            # reads, authentication and commands to running sessions go on
+            assert (await client.get("/auth/me", token=token)).status == 200
+            reply = await client.post(f"/send/{sid}", {"command": "echo", "n": 1}, token=token)
+            assert reply.json() == {"success": True, "result": {"n": 1}}
+            sent += 1
+            health = (await client.get("/health")).json()
+            assert health == {"status": "degraded", "database": "unavailable"}
+            await asyncio.sleep(0.5)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert statuses == {503}
+    # recovered without a restart, and the commands sent meanwhile were not lost
+    assert (await client.post("/dash/start-session", {}, token=token)).status == 200
+    await app.store.flush_commands()
+    logged = await app.store.list_commands(sid, limit=1000)
+    assert sent >= 5 and sum(1 for r in logged if r["command"] == "echo") == sent
+
+
+async def test_concurrent_stop_start_and_cull_stay_consistent(make_hub):
+    app, client = await make_hub(
+        SessionManager__idle_timeout=0.05, SessionManager__cull_interval=3600
+    )
+    rng = random.Random(20261122)
+    sids: list[str] = []
+    codes: list[int] = []
+    for _ in range(100):
+        actions = []
+        for _ in range(rng.randint(2, 4)):
+            choice = rng.random()
+            if choice < 0.4 or not sids:
+                actions.append(client.post("/dash/start-session", {}))
+            elif choice < 0.7:
+                actions.append(client.post(f"/dash/end-session/{rng.choice(sids)}"))
+            elif choice < 0.85:
+                actions.append(client.send(rng.choice(sids), "ping"))
+            else:
+                actions.append(app.manager.cull_idle())
+        for result in await asyncio.gather(*actions):
+            if result is None:
+                continue
+            codes.append(result.status)
+            body = result.json()
+            if result.status == 200 and "session_id" in body:
+                sids.append(body["session_id"])
+    assert all(code < 500 or code == 503 for code in codes), sorted(set(codes))
+    assert 500 not in codes
+    await asyncio.gather(
+        *(client.post(f"/dash/end-session/{sid}") for sid in list(app.manager.sessions))
+    )
+    assert await async_wait_for(lambda: not app.manager.active(), timeout=10)
+    # memory, database and process table agree: nothing active anywhere
+    rows = await app.store.list_sessions(statuses=("pending", "running", "stopping"))
+    assert rows == []
+    assert psutil.Process().children(recursive=True) == []
