@@ -192,6 +192,20 @@ class Client:
         return await self.post(f"/send/{session_id}", {"command": command, **kwargs})
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """A private PostgreSQL server for the run (skips when the package is absent)."""
+    from .postgres import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
 HubFactory = Callable[..., Any]
 
 

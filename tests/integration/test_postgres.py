@@ -1,0 +1,91 @@
+"""The hub on a real PostgreSQL server: migrations, every table, a restart.
+
+Production hubs run on PostgreSQL; SQLite-only assumptions (types, ordering,
+concurrency) would show here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from phoebe_spawner.db import Store, make_engine, schema_status
+
+from ..conftest import register
+from ..sse import SSEStream
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_hub_on_postgres_end_to_end(make_hub, postgres, tmp_path):
+    url = postgres.create_database("hub_e2e")
+    data = tmp_path / "shared"
+    app, client = await make_hub(auth_mode="jwt", data_dir=data, PhoebeSpawnerApp__db_url=url)
+    engine = make_engine(url)
+    current, head = schema_status(engine)
+    engine.dispose()
+    assert current == head
+    token = await register(client, "pg@example.org")
+    sid = (await client.post("/dash/start-session", {"project_name": "pg"}, token=token)).json()[
+        "session_id"
+    ]
+    for i in range(20):
+        await client.post(
+            f"/send/{sid}", {"command": "set_value", "twig": "n", "value": i}, token=token
+        )
+    job = (
+        await client.post(
+            f"/api/v1/sessions/{sid}/jobs", {"command": "steps", "n": 5, "delay": 0.01}, token=token
+        )
+    ).json()
+    stream = await SSEStream.open(client.base_url, job["links"]["events"], token=token)
+    events = await stream.events_until_end()
+    await stream.close()
+    assert events[-1]["event"] == "succeeded"
+    cp = (await client.post(f"/api/v1/sessions/{sid}/checkpoints", {}, token=token)).json()
+    await app.store.flush_commands()
+    logged = [r["command"] for r in await app.store.list_commands(sid, limit=100)]
+    assert logged.count("set_value") == 20 and "steps" in logged and "get_bundle" in logged
+    await app.cleanup()  # checkpoints again at shutdown
+
+    app2, client2 = await make_hub(auth_mode="jwt", data_dir=data, PhoebeSpawnerApp__db_url=url)
+    login = await client2.post(
+        "/auth/login", {"email": "pg@example.org", "password": "correct horse battery"}
+    )
+    token2 = login.json()["access_token"]
+    done = (await client2.get(job["links"]["self"], token=token2)).json()
+    assert done["status"] == "succeeded" and done["last_event_id"] == events[-1]["id"]
+    stream = await SSEStream.open(client2.base_url, job["links"]["events"], token=token2)
+    replay = await stream.events_until_end()
+    await stream.close()
+    assert [(e["id"], e["event"]) for e in replay] == [(e["id"], e["event"]) for e in events]
+    cps = (await client2.get("/api/v1/checkpoints", token=token2)).json()
+    assert {c["reason"] for c in cps["checkpoints"]} == {"manual", "shutdown"}
+    restored = await client2.post(
+        "/dash/start-session", {"checkpoint_id": cp["checkpoint_id"]}, token=token2
+    )
+    rsid = restored.json()["session_id"]
+    value = await client2.post(f"/send/{rsid}", {"command": "get_value", "twig": "n"}, token=token2)
+    assert value.json()["result"] == 19
+    row = await app2.store.get_session(sid)
+    assert row["status"] == "stopped" and row["project_name"] == "pg" and row["command_count"] >= 20
+
+
+async def test_store_upgrade_path_on_postgres(postgres):
+    url = postgres.create_database("upgrade_path")
+    from alembic import command
+
+    from phoebe_spawner.db_schema import DatabaseSchemaError, _alembic_config
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    engine.dispose()
+    store = Store(url)
+    with pytest.raises(DatabaseSchemaError, match="upgrade-db"):
+        await store.init()
+    await store.close()
+    store = Store(url)
+    await store.init(upgrade=True)
+    current, head = schema_status(store.engine)
+    assert current == head
+    await store.close()
