@@ -89,3 +89,37 @@ async def test_store_upgrade_path_on_postgres(postgres):
     current, head = schema_status(store.engine)
     assert current == head
     await store.close()
+
+
+async def test_read_only_database_is_503_and_recovers(make_hub, postgres):
+    import psycopg
+
+    url = postgres.create_database("read_only")
+    _, client = await make_hub(auth_mode="jwt", PhoebeSpawnerApp__db_url=url)
+    token = await register(client, "ro@example.org")
+    sid = (await client.post("/dash/start-session", {}, token=token)).json()["session_id"]
+
+    def set_read_only(on: bool) -> None:
+        with psycopg.connect(postgres.url("postgres", driver=False), autocommit=True) as conn:
+            value = "on" if on else "off"
+            conn.execute(f"ALTER DATABASE read_only SET default_transaction_read_only = {value}")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = 'read_only' AND pid <> pg_backend_pid()"
+            )
+
+    set_read_only(True)
+    try:
+        for _ in range(3):
+            resp = await client.post("/dash/start-session", {}, token=token)
+            assert resp.status == 503 and "Database unavailable" in resp.detail
+        resp = await client.post(
+            "/auth/register", {"email": "new@example.org", "password": "x" * 10}
+        )
+        assert resp.status == 503
+        reply = await client.post(f"/send/{sid}", {"command": "echo", "n": 1}, token=token)
+        assert reply.json() == {"success": True, "result": {"n": 1}}
+        assert (await client.get("/health")).json()["status"] == "degraded"
+    finally:
+        set_read_only(False)
+    assert (await client.post("/dash/start-session", {}, token=token)).status == 200
