@@ -21,7 +21,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.log import access_log
 from tornado.netutil import bind_sockets
 from tornado.web import Application as TornadoApplication
@@ -35,6 +34,7 @@ from .checkpoints import CheckpointManager
 from .db import DatabaseSchemaError, Store
 from .events import UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
+from .httpserver import CappedHTTPServer, raise_fd_limit
 from .jobs import JobManager
 from .passbands import PassbandsCache
 from .plugins import load_class
@@ -179,6 +179,11 @@ class PhoebeSpawnerApp(Application):
         help="""gzip responses for clients that accept it (saves bandwidth on large
         models, costs hub CPU on every response).""",
     ).tag(config=True)
+    max_connections = Integer(
+        2000,
+        help="""Open HTTP connections (event streams included) the hub accepts at once;
+        beyond them a new connection gets 503 and is closed. 0 = no cap.""",
+    ).tag(config=True)
     trust_proxy_headers = Bool(
         False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
     ).tag(config=True)
@@ -321,8 +326,10 @@ class PhoebeSpawnerApp(Application):
             debug=False,
             compress_response=self.compress_responses,
         )
-        self.http_server = HTTPServer(
+        raise_fd_limit(65536)
+        self.http_server = CappedHTTPServer(
             self.web_app,
+            max_connections=self.max_connections,
             xheaders=self.trust_proxy_headers,
             max_body_size=self.max_body_size * 2 + 1024,
             body_timeout=self.body_timeout,
