@@ -11,7 +11,7 @@ import asyncio
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,7 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import Base
 
-HEAD = "0003"
-StoreFactory = Callable[..., Awaitable[Store]]
+from .conftest import HEAD, StoreFactory, query, wait_for
 
 MIGRATION_TEST = '''"""Test-only revision: recreates `sessions` (batch) and adds a column."""
 import sqlalchemy as sa
@@ -69,38 +68,6 @@ class ExclusiveLock:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "hub.sqlite"
-
-
-@pytest.fixture
-def url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
-
-
-@pytest.fixture
-async def make_store(url: str) -> AsyncIterator[StoreFactory]:
-    """Factory of initialised stores on ``url``; all are closed at teardown."""
-    stores: list[Store] = []
-
-    async def factory(*, upgrade: bool = False, **kwargs: Any) -> Store:
-        kwargs.setdefault("command_flush_interval", 60.0)  # tests flush explicitly
-        store = Store(url, **kwargs)
-        stores.append(store)
-        await store.init(upgrade=upgrade)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.close()
-
-
-@pytest.fixture
-async def store(make_store: StoreFactory) -> Store:
-    return await make_store()
-
-
-@pytest.fixture
 def lock(db_path: Path) -> Iterator[Callable[[], ExclusiveLock]]:
     locks: list[ExclusiveLock] = []
 
@@ -113,26 +80,11 @@ def lock(db_path: Path) -> Iterator[Callable[[], ExclusiveLock]]:
         held.release()
 
 
-def query(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db_path)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 async def row(result: Awaitable[dict[str, Any] | None]) -> dict[str, Any]:
     """Await a store lookup that must find its row."""
     found = await result
     assert found is not None
     return found
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def new_session(store: Store, sid: str = "s1", **fields: Any) -> None:

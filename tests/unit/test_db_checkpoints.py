@@ -5,8 +5,6 @@ Everything runs against real SQLite files in ``tmp_path``, like ``test_db.py``.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +22,10 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import CHECKPOINT_REASONS
 
+from .conftest import HEAD, StoreFactory, query
 from .test_db import ExclusiveLock
 
-HEAD = "0003"
 SHA = "ab" * 32
-StoreFactory = Callable[..., Awaitable[Store]]
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "hub.sqlite"
-
-
-@pytest.fixture
-def url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
-
-
-@pytest.fixture
-async def make_store(url: str) -> AsyncIterator[StoreFactory]:
-    """Factory of initialised stores on ``url``; all are closed at teardown."""
-    stores: list[Store] = []
-
-    async def factory(*, upgrade: bool = False, **kwargs: Any) -> Store:
-        kwargs.setdefault("command_flush_interval", 60.0)
-        store = Store(url, **kwargs)
-        stores.append(store)
-        await store.init(upgrade=upgrade)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.close()
-
-
-@pytest.fixture
-async def store(make_store: StoreFactory) -> Store:
-    return await make_store()
-
-
-def query(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db_path)
-    try:
-        rows = con.execute(sql).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
 
 
 async def new_ckpt(

@@ -9,8 +9,6 @@ import asyncio
 import os
 import shutil
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,37 +26,8 @@ from phoebe_spawner.db import (
 )
 from phoebe_spawner.orm import Base
 
+from .conftest import HEAD, StoreFactory, query, wait_for
 from .test_db import MIGRATION_TEST
-
-HEAD = "0003"
-StoreFactory = Callable[..., Awaitable[Store]]
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "hub.sqlite"
-
-
-@pytest.fixture
-def url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
-
-
-@pytest.fixture
-async def make_store(url: str) -> AsyncIterator[StoreFactory]:
-    """Factory of initialised stores on ``url``; all are closed at teardown."""
-    stores: list[Store] = []
-
-    async def factory(*, upgrade: bool = False, **kwargs: Any) -> Store:
-        kwargs.setdefault("command_flush_interval", 60.0)  # tests flush explicitly
-        store = Store(url, **kwargs)
-        stores.append(store)
-        await store.init(upgrade=upgrade)
-        return store
-
-    yield factory
-    for store in stores:
-        await store.close()
 
 
 @pytest.fixture
@@ -68,23 +37,6 @@ async def store(make_store: StoreFactory) -> Store:
     await s.create_session(id="s2", user_id="1")
     await s.create_session(id="s3", user_id="2")
     return s
-
-
-def query(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db_path)
-    try:
-        rows = con.execute(sql).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def new_job(store: Store, jid: str = "j1", sid: str = "s1", **kw: Any) -> None:
