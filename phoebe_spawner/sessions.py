@@ -32,6 +32,7 @@ from traitlets.config import LoggingConfigurable
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
+from . import culling, recovery
 from .auth.base import User
 from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
 from .db import DatabaseUnavailable, Store
@@ -176,7 +177,7 @@ class SessionManager(LoggingConfigurable):
         """Call ``listener(session, message)`` for every iopub message of every session."""
         self._iopub_listeners.append(listener)
 
-    def _connect(self, s: LiveSession, endpoints: dict[str, str]) -> WorkerChannel:
+    def connect(self, s: LiveSession, endpoints: dict[str, str]) -> WorkerChannel:
         """Open the session's channel and route its iopub messages to the listeners."""
         channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoints)
         channel.connect()
@@ -188,7 +189,7 @@ class SessionManager(LoggingConfigurable):
         for listener in self._iopub_listeners:
             listener(s, msg)
 
-    def _emit(self, event: str, session: LiveSession) -> None:
+    def emit(self, event: str, session: LiveSession) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event, session)
@@ -212,11 +213,12 @@ class SessionManager(LoggingConfigurable):
                     if isinstance(result, BaseException):
                         self.log.error("no checkpoint of session %s at shutdown: %s", s.id, result)
             await asyncio.gather(
-                *(self._stop(s, "stopped", "hub shutdown") for s in live), return_exceptions=True
+                *(self.stop_session(s, "stopped", "hub shutdown") for s in live),
+                return_exceptions=True,
             )
         else:
             for s in live:
-                await self._persist_activity(s)
+                await self.persist_activity(s)
                 if s.channel:
                     await s.channel.close()
             self.log.info("left %d workers running for re-adoption", len(live))
@@ -230,7 +232,7 @@ class SessionManager(LoggingConfigurable):
     def runtime_dir(self, session_id: str) -> str:
         return str(Path(self.data_dir) / "runtime" / session_id)
 
-    def _make_spawner(self, session_id: str, user: User) -> Spawner:
+    def make_spawner(self, session_id: str, user: User) -> Spawner:
         spawner: Spawner = self.spawner_class(
             parent=self,
             session_id=session_id,
@@ -314,7 +316,7 @@ class SessionManager(LoggingConfigurable):
             )
         session_id = str(uuid.uuid4())
         s = LiveSession(
-            id=session_id, user=user, meta=meta, spawner=self._make_spawner(session_id, user)
+            id=session_id, user=user, meta=meta, spawner=self.make_spawner(session_id, user)
         )
         self.sessions[session_id] = s
         try:
@@ -348,7 +350,7 @@ class SessionManager(LoggingConfigurable):
         t0 = time.perf_counter()
         try:
             endpoints = await s.spawner.start()
-            channel = self._connect(s, endpoints)
+            channel = self.connect(s, endpoints)
             await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:
             await self.fail(s, f"No capacity for a worker: {e}")
@@ -381,7 +383,7 @@ class SessionManager(LoggingConfigurable):
             spawner_state=s.spawner.get_state(),
             last_activity=s.last_activity,
         )
-        self._emit("started", s)
+        self.emit("started", s)
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -555,50 +557,10 @@ class SessionManager(LoggingConfigurable):
             return None
 
     async def cull_idle(self) -> None:
-        """Cull loop: stop sessions idle for ``idle_timeout`` (or older than ``max_age``).
+        """Cull loop: see :func:`phoebe_spawner.culling.cull_idle`."""
+        await culling.cull_idle(self)
 
-        Idle means no command, no queued or running job (both count in ``in_flight``) and
-        no open event stream of the owner (``watchers``: a page is watching). Each cull
-        is preceded by ``before_stop`` (a checkpoint); if that fails the session is left
-        alone.
-        """
-        now = time.time()
-        for s in list(self.sessions.values()):
-            if s.status == "running":
-                await self._persist_activity(s)
-            reason = self._cull_reason(s, now)
-            if reason is None:
-                continue
-            self.log.info("culling session %s of %s (%s)", s.id, s.user.name, reason)
-            if self.before_stop is not None:
-                try:
-                    await self.before_stop(s, "cull")
-                except Exception as e:
-                    self.log.warning("not culling session %s: checkpoint failed: %s", s.id, e)
-                    continue
-                if self._cull_reason(s, time.time()) is None:
-                    continue  # the user came back while the checkpoint was written
-            try:
-                await self._stop(s, "culled", reason)
-            except Unavailable as e:
-                self.log.warning("could not cull session %s: %s", s.id, e)
-
-    def _cull_reason(self, s: LiveSession, now: float) -> str | None:
-        """Why ``s`` should be culled now, or None."""
-        if s.status != "running" or s.in_flight or s.lock.locked():
-            return None
-        if s.user.name in self.cull_exempt_users or s.user.user_id in self.cull_exempt_users:
-            return None
-        if self.cull_exempt_groups.intersection(s.user.groups):
-            return None
-        if self.max_age and now - s.created_at > self.max_age:
-            return f"older than {self.max_age:g} s"
-        watched = self.watchers[s.user.user_id] > 0
-        if self.idle_timeout and not watched and now - s.last_activity >= self.idle_timeout:
-            return f"idle for {now - s.last_activity:.0f} s"
-        return None
-
-    async def _persist_activity(self, s: LiveSession) -> None:
+    async def persist_activity(self, s: LiveSession) -> None:
         if s.last_activity > s.persisted_activity:
             try:
                 await self._store.update_session(s.id, last_activity=s.last_activity)
@@ -614,9 +576,9 @@ class SessionManager(LoggingConfigurable):
         if s.status in ("failed", "stopped", "culled"):
             self.sessions.pop(s.id, None)
             return
-        await self._stop(s, "stopped", "ended by user")
+        await self.stop_session(s, "stopped", "ended by user")
 
-    async def _stop(self, s: LiveSession, final: str, reason: str) -> None:
+    async def stop_session(self, s: LiveSession, final: str, reason: str) -> None:
         """Stop a session once; concurrent callers wait for the same stop."""
         if s.status == "pending":
             await s.launched.wait()  # stop what the start created, never race it
@@ -630,7 +592,7 @@ class SessionManager(LoggingConfigurable):
             if s.stop_task is None:
                 s.status = "stopping"
                 s.reason = reason
-                self._emit("stopping", s)
+                self.emit("stopping", s)
                 s.stop_task = asyncio.create_task(self._do_stop(s, final, reason))
         await asyncio.shield(s.stop_task)
 
@@ -652,7 +614,7 @@ class SessionManager(LoggingConfigurable):
         await self._write(
             s, status=final, stopped_at=s.ended_at, termination_reason=reason, spawner_state={}
         )
-        self._emit(final, s)
+        self.emit(final, s)
 
     async def fail(self, s: LiveSession, reason: str) -> None:
         """Mark a session failed with ``reason`` and clean up its worker."""
@@ -671,7 +633,7 @@ class SessionManager(LoggingConfigurable):
             self.log.exception("cleaning up the worker of failed session %s failed", s.id)
         s.spawner.clear_state()
         await self._write(s, spawner_state={})
-        self._emit("failed", s)
+        self.emit("failed", s)
 
     async def _write(self, s: LiveSession, **fields: Any) -> None:
         """Best-effort state write for transitions that already happened."""
@@ -685,60 +647,5 @@ class SessionManager(LoggingConfigurable):
     # --- recovery ---------------------------------------------------------------------------------
 
     async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
-        """Re-adopt the workers a previous hub left running (called once at start-up).
-
-        ``users`` maps a session row to its owner. A worker is re-adopted only if its
-        spawner says it is alive *and* it answers an authenticated status request.
-        """
-        rows = await self._store.list_sessions(statuses=ACTIVE)
-        await asyncio.gather(*(self._recover_one(row, users(row)) for row in rows))
-
-    async def _recover_one(self, row: dict[str, Any], user: User) -> None:
-        sid = row["id"]
-        spawner = self._make_spawner(sid, user)
-        spawner.load_state(row.get("spawner_state") or {})
-        s = LiveSession(
-            id=sid,
-            user=user,
-            meta=row.get("meta") or {},
-            spawner=spawner,
-            status="pending",
-            created_at=row["created_at"],
-            last_activity=row.get("last_activity") or row["created_at"],
-            port=row.get("port"),
-            command_count=row.get("command_count") or 0,
-        )
-        s.persisted_activity = s.last_activity
-        s.launched.set()
-        if not self.readopt_workers:
-            self.sessions[sid] = s
-            await self.fail(s, "the hub restarted and does not re-adopt workers")
-            return
-        alive = row["status"] == "running" and await spawner.poll() is None
-        endpoints = row.get("spawner_state", {}).get("endpoints") or {}
-        if alive and all(ch in endpoints for ch in protocol.CHANNELS):
-            channel = self._connect(s, endpoints)
-            try:
-                status = await channel.control(
-                    protocol.STATUS_REQUEST, timeout=self.recover_ping_timeout
-                )
-                if status.get("state") == "busy" and status.get("msg_id"):
-                    # a command of the previous hub (its job was marked failed): stop it, so
-                    # the user's next command does not queue behind work nobody follows
-                    self.log.info(
-                        "interrupting an orphaned %s in session %s", status.get("command"), sid
-                    )
-                    await channel.control(
-                        protocol.INTERRUPT_REQUEST, {"msg_id": status["msg_id"]}, timeout=5
-                    )
-            except ChannelError:
-                self.sessions[sid] = s
-                await self.fail(s, "worker did not answer after the hub restarted")
-                return
-            s.status = "running"
-            self.sessions[sid] = s
-            self.log.info("re-adopted session %s of %s", sid, user.name)
-            self._emit("started", s)
-            return
-        self.sessions[sid] = s
-        await self.fail(s, "worker was lost while the hub was down")
+        """Re-adopt what a previous hub left running (:func:`phoebe_spawner.recovery.recover`)."""
+        await recovery.recover(self, users)

@@ -98,6 +98,7 @@ async def test_mixed_soak(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     client = Client(f"http://127.0.0.1:{port}")
+    workers: list[psutil.Process] = []
     try:
 
         async def healthy() -> bool:
@@ -125,6 +126,7 @@ async def test_mixed_soak(tmp_path):
         baseline = psutil.Process(hub.pid).memory_info().rss
         cycles = sum(await asyncio.gather(*loops))
         final = psutil.Process(hub.pid).memory_info().rss
+        workers = psutil.Process(hub.pid).children(recursive=True)
         errors = [c for c in codes if c >= 500]
         assert not errors, f"{len(errors)} server errors: {sorted(set(errors))}"
         assert cycles >= CLIENTS and len(codes) > 50
@@ -141,4 +143,4 @@ async def test_mixed_soak(tmp_path):
         except subprocess.TimeoutExpired:
             hub.kill()
             hub.wait()
-    assert wait_for(lambda: not psutil.Process().children(recursive=True), timeout=10)
+    assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
