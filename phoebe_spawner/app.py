@@ -316,7 +316,7 @@ class PhoebeSpawnerApp(Application):
             checkpoints=self.checkpoints,
             user_events=self.user_events,
             sse_keepalive=self.sse_keepalive,
-            extra={"passbands": PassbandsCache()},
+            passbands=PassbandsCache(),
         )
         self.web_app = TornadoApplication(
             routes(self.hub, self.base_url),

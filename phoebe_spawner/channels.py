@@ -154,7 +154,7 @@ class WorkerChannel:
 
     async def _wait(self, msg_id: str, fut: asyncio.Future[Reply], timeout: float | None) -> Reply:
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise ChannelTimeout(msg_id, timeout or 0) from None
         finally:

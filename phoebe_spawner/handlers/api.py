@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado.web import HTTPError
-
 from ..auth.base import TOKEN_COOKIE
 from .base import ApiError, BaseHandler
 
@@ -178,8 +176,5 @@ class PassbandsHandler(BaseHandler):
     """``GET /system/passbands``: PHOEBE's installed passbands, grouped by set."""
 
     async def get(self) -> None:
-        passbands = self.hub.extra.get("passbands")
-        if passbands is None:
-            raise HTTPError(503)
-        result: Any = await passbands.get()
+        result: Any = await self.hub.passbands.get()
         self.write_json({"success": True, "result": result})

@@ -14,7 +14,7 @@ being buffered.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -56,7 +56,7 @@ class HubContext:
     user_events: Any = None
     sse_keepalive: float = 15.0
     cookie_max_age_days: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    passbands: Any = None
 
 
 @stream_request_body
