@@ -365,7 +365,7 @@ class SessionManager(LoggingConfigurable):
         try:
             endpoints = await s.spawner.start()
             channel = self.connect(s, endpoints)
-            await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+            status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:
             await self.fail(s, f"No capacity for a worker: {e}")
             raise LimitReached(s.reason or "No capacity for a worker") from None
@@ -382,6 +382,7 @@ class SessionManager(LoggingConfigurable):
         port = endpoints.get("port")
         s.port = int(port) if port and port.isdigit() else None
         s.status = "running"
+        s.mem_used = float(status.get("rss_mib") or 0.0)
         s.last_activity = s.started_at = time.time()
         self.log.info(
             "session %s of %s running (%.0f ms)",

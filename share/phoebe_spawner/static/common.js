@@ -68,8 +68,11 @@ const PS = (() => {
 
   // Follow an SSE stream; `onEvent(type, data)` for each event, `onState(bool)` on
   // (dis)connection. EventSource reconnects by itself, resuming with Last-Event-ID.
+  // EventSource cannot send headers: the XSRF token goes in the query (JupyterHub's
+  // cookie auth checks it on cross-mode GETs too).
   function follow(path, types, onEvent, onState) {
-    const source = new EventSource(base + path, { withCredentials: true });
+    const url = `${base}${path}${path.includes("?") ? "&" : "?"}_xsrf=${encodeURIComponent(xsrf)}`;
+    const source = new EventSource(url, { withCredentials: true });
     source.onopen = () => onState && onState(true);
     source.onerror = () => onState && onState(false);
     for (const type of types) {
