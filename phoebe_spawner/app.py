@@ -338,8 +338,12 @@ class PhoebeSpawnerApp(Application):
         self.make_data_dir()
         self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
-        self.authenticator = self.make_authenticator(self.store)
-        await self.authenticator.setup()
+        try:
+            self.authenticator = self.make_authenticator(self.store)
+            await self.authenticator.setup()
+        except BaseException:
+            await self.store.close()  # refusing to start leaves nothing open
+            raise
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
         secret = self.load_secret()
         self.manager = SessionManager(

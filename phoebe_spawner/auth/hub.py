@@ -53,6 +53,15 @@ class CallbackHandler(HubOAuthCallbackHandler):
     def initialize(self, hub_auth: HubOAuth) -> None:
         self.hub_auth = hub_auth
 
+    async def prepare(self) -> None:
+        # JupyterHub's handler reads ``current_user`` synchronously, which would block the
+        # loop on a request to the hub from a helper thread: look the user up here,
+        # asynchronously, instead (a stale or missing login is simply no user).
+        try:
+            self.current_user = await self.hub_auth.get_user(self, sync=False)
+        except HTTPError:
+            self.current_user = None
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         detail = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else "Error"
@@ -85,8 +94,9 @@ class HubAuthenticator(Authenticator):
 
     api_token = Unicode(
         help="""The service's own JupyterHub API token. Default: $JUPYTERHUB_API_TOKEN (set by
-        JupyterHub for a managed service; set it yourself for an external one)."""
-    )
+        JupyterHub for a managed service; set it yourself for an external one). Prefer the
+        environment to a config file others might read."""
+    ).tag(config=True)
 
     @default("api_token")
     def _default_api_token(self) -> str:
