@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--connection-file is required")
 
     info = protocol.read_connection_file(args.connection_file)
+    factory: SessionFactory = _load_factory(args.session_factory)
+    return run_session(info, factory, lambda report: _report_ready(args, report))
+
+
+def run_session(
+    info: protocol.ConnectionInfo, factory: SessionFactory, report: Callable[[bytes], None]
+) -> int:
+    """Build the session, bind its channels, ``report`` the endpoints and serve until told
+    to stop; returns the exit status. Shared by :func:`main` (a cold worker) and the fork
+    server's children (:mod:`phoebe_kernel_worker.forkserver`)."""
     if info.exit_with_parent:
         exit_with_parent()
-    Path(info.session_dir).mkdir(parents=True, exist_ok=True)
+    Path(info.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chdir(info.session_dir)
-
-    factory: SessionFactory = _load_factory(args.session_factory)
     from .serialize import dumps
 
     session = factory(info)
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("phoebe_kernel_worker").error("%s", e)
             worker.close()
             return EXIT_NO_FREE_PORT
-        _report_ready(args, protocol.endpoints_to_json(endpoints, pid=os.getpid()))
+        report(protocol.endpoints_to_json(endpoints, pid=os.getpid()))
         logging.getLogger("phoebe_kernel_worker").info("serving session on %s", endpoints)
         worker.serve()
     except SystemExit:

@@ -131,10 +131,11 @@ class PhoebeSession:
     ``set_morphology('detached')``.
     """
 
-    def __init__(self, session_dir: Path) -> None:
+    def __init__(self, session_dir: Path, bundle: Any = None) -> None:
         self.session_dir = Path(session_dir)
         configure_phoebe_process()
-        self.bundle: Any = build_bundle("detached")
+        #: ``bundle`` is a fresh default bundle prepared by the fork server's template
+        self.bundle: Any = bundle if bundle is not None else build_bundle("detached")
 
     # ------------------------------------------------------------------ dispatch
 

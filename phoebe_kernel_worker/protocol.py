@@ -47,6 +47,8 @@ CHANNELS = ("shell", "control", "iopub")
 STATUS_REQUEST = "status_request"
 INTERRUPT_REQUEST = "interrupt_request"
 SHUTDOWN_REQUEST = "shutdown_request"
+#: Hand a pooled (not yet assigned) worker to its session: ``{"session_dir": path}``.
+BIND_REQUEST = "bind_request"
 # Shell-channel message type carrying one PHOEBE command.
 EXECUTE_REQUEST = "execute_request"
 
@@ -227,6 +229,8 @@ class ConnectionInfo:
     debug: bool = False
     #: exit when the process that started the worker dies (hubs that do not re-adopt)
     exit_with_parent: bool = False
+    #: a warm-pool worker: it accepts one ``bind_request`` that moves it to its session dir
+    pooled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +245,7 @@ class ConnectionInfo:
             "ipc_dir": self.ipc_dir,
             "debug": self.debug,
             "exit_with_parent": self.exit_with_parent,
+            "pooled": self.pooled,
             "extra": self.extra,
         }
 
@@ -259,6 +264,7 @@ class ConnectionInfo:
             ipc_dir=data.get("ipc_dir"),
             debug=bool(data.get("debug", False)),
             exit_with_parent=bool(data.get("exit_with_parent", False)),
+            pooled=bool(data.get("pooled", False)),
             extra=dict(data.get("extra") or {}),
         )
 

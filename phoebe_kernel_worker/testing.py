@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random as _random
 import signal
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from .protocol import ConnectionInfo
 
 
 class TestSession:
-    """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env."""
+    """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env,
+    whereami, touch, random."""
 
     __test__ = False  # not a pytest test class
 
@@ -98,6 +100,29 @@ class TestSession:
     def env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def whereami(self) -> dict[str, Any]:
+        """The working directory, its files and the process's ids (isolation tests)."""
+        return {
+            "cwd": os.getcwd(),
+            "files": sorted(os.listdir(".")),
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "pgid": os.getpgid(0),
+            "sid": os.getsid(0),
+        }
+
+    def touch(self, name: str) -> dict[str, str]:
+        """Create a file in the working directory (isolation tests)."""
+        with open(os.path.basename(name), "w") as f:
+            f.write("x")
+        return {}
+
+    def random(self) -> dict[str, float]:
+        """One draw of Python's and numpy's global generators (fork reseeding tests)."""
+        import numpy
+
+        return {"random": _random.random(), "numpy": float(numpy.random.random())}
+
     COMMANDS: ClassVar[dict[str, Callable[..., Any]]] = {
         "ping": ping,
         "echo": echo,
@@ -111,6 +136,9 @@ class TestSession:
         "hang": hang,
         "allocate": allocate,
         "env": env,
+        "whereami": whereami,
+        "touch": touch,
+        "random": random,
     }
 
 

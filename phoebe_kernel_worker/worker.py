@@ -311,6 +311,12 @@ class KernelWorker:
             except (orjson.JSONDecodeError, AttributeError):
                 target = None
             return {"interrupted": self.interrupt(target)}
+        if msg.msg_type == protocol.BIND_REQUEST:
+            try:
+                content = msg.json()
+            except orjson.JSONDecodeError:
+                content = None
+            return self.bind_session(content)
         if msg.msg_type == protocol.SHUTDOWN_REQUEST:
             self.interrupt(None)
             self._stop.set()
@@ -332,6 +338,30 @@ class KernelWorker:
             self._pending_interrupt = self._current[0]
         os.kill(os.getpid(), signal.SIGINT)
         return True
+
+    def bind_session(self, content: Any) -> dict[str, Any]:
+        """Hand a warm-pool worker to its session (control thread; the hub calls it once).
+
+        The worker was started, with its session id and key already, before anyone owned
+        it, in a neutral directory; this moves it into the session's own directory. It
+        has never run a command, so nothing of anyone else can be in it. Refused for a
+        worker that is not pooled or already bound, and while a command runs.
+        """
+        if not isinstance(content, dict) or not isinstance(content.get("session_dir"), str):
+            return {"bound": False, "error": "a bind request names the 'session_dir'"}
+        with self._lock:
+            if not self.info.pooled or self._current is not None:
+                return {"bound": False, "error": "this worker is not an unassigned pool worker"}
+            self.info.pooled = False
+        session_dir = content["session_dir"]
+        try:
+            os.makedirs(session_dir, mode=0o700, exist_ok=True)
+            os.chdir(session_dir)
+        except OSError as e:
+            return {"bound": False, "error": f"cannot use the session directory: {e.strerror}"}
+        self.info.session_dir = session_dir
+        log.info("bound to its session; working in %s", session_dir)
+        return {"bound": True}
 
     def _take_early_interrupt(self, msg_id: str) -> bool:
         with self._lock:

@@ -383,6 +383,7 @@ class PhoebeSpawnerApp(Application):
         )
         self.manager.before_stop = self.checkpoints.before_stop
         await self.jobs.recover()
+        await self.manager.start_backend()
         await self.manager.recover(self._user_of_row)
         self.manager.start_background_tasks()
         self.hub = HubContext(

@@ -15,6 +15,7 @@ from typing import Any
 BUILTIN: dict[str, dict[str, str]] = {
     "phoebe_spawner.spawners": {
         "local": "phoebe_spawner.spawners.local:LocalProcessSpawner",
+        "local-forkserver": "phoebe_spawner.spawners.forkserver:ForkServerSpawner",
         "docker": "phoebe_spawner.spawners.docker:DockerSpawner",
     },
     "phoebe_spawner.authenticators": {

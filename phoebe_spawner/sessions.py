@@ -44,6 +44,7 @@ from .errors import (
     SessionNotFound,
     Unavailable,
 )
+from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
@@ -116,6 +117,11 @@ class SessionManager(LoggingConfigurable):
     recover_ping_timeout = Float(
         5.0, help="Seconds a re-adopted worker has to answer an authenticated ping."
     ).tag(config=True)
+    warm_pool_size = Integer(
+        0,
+        help="""Ready, unassigned workers kept for instant session starts (0 = none). They
+        count toward ``max_sessions``; see docs/performance.md.""",
+    ).tag(config=True)
     data_dir = Unicode(help="Where session storage and runtime directories live (set by the app).")
     debug = Bool(False, help="Ask workers for tracebacks in error replies (set by the app).")
 
@@ -145,6 +151,9 @@ class SessionManager(LoggingConfigurable):
         self.watchers: Counter[str] = Counter()
         self._start_limiter = RateLimiter(self.start_rate_per_minute, self.start_burst)
         self._closing = False
+        #: what the spawner class shares across its workers (a fork server), see start_backend
+        self.backend: Any = None
+        self.pool = WarmPool(self, self.warm_pool_size)
 
     @property
     def _store(self) -> Store:
@@ -152,8 +161,19 @@ class SessionManager(LoggingConfigurable):
 
     # --- lifecycle of the manager --------------------------------------------------------
 
+    async def start_backend(self) -> None:
+        """Start the spawner class's shared resource (e.g. the fork server) and stop the
+        warm-pool workers a crashed hub left; the app calls this before :meth:`recover`."""
+        self.backend = await self.spawner_class.start_backend(
+            self, str(Path(self.data_dir) / "runtime")
+        )
+        await self.pool.reap_leftovers()
+
     def start_background_tasks(self) -> None:
-        """Start the poll, memory and cull loops (the app calls this once the loop runs)."""
+        """Start the poll, memory and cull loops and fill the warm pool (the app calls this
+        once the loop runs, after recovery)."""
+        self.add_listener(lambda event, s: self.pool.fill())
+        self.pool.fill()
         self._tasks = [
             asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
             asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
@@ -217,6 +237,7 @@ class SessionManager(LoggingConfigurable):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.pool.stop()
         live = [s for s in self.sessions.values() if s.status in ACTIVE]
         if self.stop_workers_on_shutdown:
             if self.before_stop is not None:
@@ -236,6 +257,7 @@ class SessionManager(LoggingConfigurable):
                 if s.channel:
                     await s.channel.close()
             self.log.info("left %d workers running for re-adoption", len(live))
+        await self.spawner_class.stop_backend(self.backend)
         self.zmq_ctx.destroy(linger=0)
 
     # --- paths and spawners ------------------------------------------------------------------
@@ -256,6 +278,7 @@ class SessionManager(LoggingConfigurable):
             runtime_dir=self.runtime_dir(session_id),
             debug=self.debug,
             exit_with_hub=not self.readopt_workers,
+            backend=self.backend,
         )
         return spawner
 
@@ -328,10 +351,13 @@ class SessionManager(LoggingConfigurable):
             raise LimitReached(
                 f"Session limit reached: at most {self.max_sessions_per_user} per user"
             )
-        session_id = str(uuid.uuid4())
-        s = LiveSession(
-            id=session_id, user=user, meta=meta, spawner=self.make_spawner(session_id, user)
-        )
+        pooled = self.pool.take()
+        full = self.capacity_limit and len(active) + self.pool.count() >= self.capacity_limit
+        if pooled is None and full:
+            self.pool.give_way()  # a starting pool worker frees its slot for this user
+        session_id = pooled.session_id if pooled else str(uuid.uuid4())
+        spawner = pooled.spawner if pooled else self.make_spawner(session_id, user)
+        s = LiveSession(id=session_id, user=user, meta=meta, spawner=spawner)
         self.sessions[session_id] = s
         try:
             await self._store.create_session(
@@ -350,20 +376,32 @@ class SessionManager(LoggingConfigurable):
             )
         except DatabaseUnavailable as e:
             del self.sessions[session_id]
+            if pooled is not None:
+                self.pool.discard(pooled)
             raise Unavailable(f"Database unavailable: {e}") from None
-        await self._launch(s)
+        await self._launch(s, pooled)
         return s
 
-    async def _launch(self, s: LiveSession) -> None:
+    async def _launch(self, s: LiveSession, pooled: PooledWorker | None = None) -> None:
         try:
-            await self._launch_inner(s)
+            await self._launch_inner(s, pooled)
         finally:
             s.launched.set()
 
-    async def _launch_inner(self, s: LiveSession) -> None:
+    async def _start_worker(self, s: LiveSession, pooled: PooledWorker | None) -> dict[str, str]:
+        """The worker's endpoints: a warm-pool worker bound to ``s``, or a fresh start."""
+        if pooled is not None:
+            try:
+                return await self.pool.hand_out(pooled, s)
+            except ChannelError as e:
+                self.log.warning("warm-pool worker %s was unusable (%s); starting one", s.id, e)
+                s.spawner = self.make_spawner(s.id, s.user)
+        return await s.spawner.start()
+
+    async def _launch_inner(self, s: LiveSession, pooled: PooledWorker | None) -> None:
         t0 = time.perf_counter()
         try:
-            endpoints = await s.spawner.start()
+            endpoints = await self._start_worker(s, pooled)
             channel = self.connect(s, endpoints)
             status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:

@@ -39,6 +39,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+from traitlets import Any as TraitAny
 from traitlets import (
     Bool,
     Dict,
@@ -112,6 +113,16 @@ class Spawner(LoggingConfigurable):
         False,
         help="Ask the worker to exit when the hub process dies (set by the session manager).",
     )
+    pooled = Bool(
+        False,
+        help="""A warm-pool worker, started before it has an owner; the session manager
+        binds it to its session (``bind_request``) when it hands it out.""",
+    )
+    backend = TraitAny(
+        None,
+        help="""The hub-wide resource :meth:`start_backend` returned (a fork server, a
+        client): shared by all spawners of one hub, set by the session manager.""",
+    )
     worker_extra = Dict(
         help="""Extra fields for the worker's connection file, read by custom session
         factories (the test factory's fault injection uses it).""",
@@ -183,6 +194,20 @@ class Spawner(LoggingConfigurable):
         self._progress_changed = asyncio.Event()
         self._progress_done = False
 
+    # --- the hub-wide backend resource (optional) --------------------------------------
+
+    @classmethod
+    async def start_backend(cls, parent: Any, runtime_dir: str) -> Any:
+        """Start what all workers of this backend share; called once by the session manager
+        at hub start-up. The result is set as :attr:`backend` on every spawner. Returns
+        quickly (a slow resource finishes starting in the background). Default: None."""
+        return None
+
+    @classmethod
+    async def stop_backend(cls, backend: Any) -> None:
+        """Stop what :meth:`start_backend` returned; called once at hub shutdown, after the
+        workers were stopped (or left for re-adoption)."""
+
     # --- the contract -----------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
@@ -245,6 +270,7 @@ class Spawner(LoggingConfigurable):
             port_range=(rng[0], rng[1]) if len(rng) == 2 else None,
             debug=self.debug,
             exit_with_parent=self.exit_with_hub,
+            pooled=self.pooled,
             extra=dict(self.worker_extra),
             **kwargs,
         )

@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 import pytest
 import zmq.asyncio
+from traitlets.config import Config, Configurable
 
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.channels import WorkerChannel
 from phoebe_spawner.spawners.base import Spawner, SpawnError
+from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import TEST_FACTORY, wait_for
@@ -39,12 +41,48 @@ def local_factory(tmp_path: Any) -> SpawnerFactory:
     return make
 
 
-BACKENDS = {"local": local_factory}
+class ForkServerFactory:
+    """Fork-server spawners sharing one fork server, started on first use (``aclose`` stops it)."""
+
+    def __init__(self, tmp_path: Any) -> None:
+        self.tmp_path = tmp_path
+        self.server: Any = None
+
+    def __call__(self, session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return ForkServerSpawner(
+            session_id=session_id,
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(self.tmp_path / "sessions" / session_id),
+            runtime_dir=str(self.tmp_path / "runtime" / session_id),
+            backend=self.server,
+            **kw,
+        )
+
+    async def start(self) -> None:
+        config = Config()
+        config.LocalProcessSpawner.worker_args = TEST_FACTORY
+        parent = Configurable(config=config)
+        self.server = await ForkServerSpawner.start_backend(parent, str(self.tmp_path / "rt"))
+
+    async def aclose(self) -> None:
+        await ForkServerSpawner.stop_backend(self.server)
+
+
+BACKENDS: dict[str, Callable[[Any], SpawnerFactory]] = {
+    "local": local_factory,
+    "local-forkserver": ForkServerFactory,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def make_spawner(request, tmp_path) -> SpawnerFactory:
-    return BACKENDS[request.param](tmp_path)
+async def make_spawner(request, tmp_path) -> Any:
+    make = BACKENDS[request.param](tmp_path)
+    if hasattr(make, "start"):
+        await make.start()
+    yield make
+    if hasattr(make, "aclose"):
+        await make.aclose()
 
 
 async def status_of(spawner: Spawner, endpoints: dict[str, str]) -> dict[str, Any]:

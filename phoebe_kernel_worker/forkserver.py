@@ -1,0 +1,267 @@
+"""The fork server: a template process that forks one ready-to-serve worker per request.
+
+Started once per hub by :class:`phoebe_spawner.spawners.forkserver.ForkServer` as
+``python -m phoebe_kernel_worker.forkserver --socket PATH --ready-fd N
+[--session-factory M:F]``. At start it runs the factory's ``prepare`` (for PHOEBE:
+import it and build the default bundle, see :mod:`phoebe_kernel_worker.factories`),
+freezes the garbage collector so children share those pages copy-on-write, listens on
+a 0600 unix socket in the hub's private runtime directory and reports ``{"pid": N}`` on
+the readiness fd. It is single-threaded and owns no ZMQ context: every child creates
+its own after the fork.
+
+One connection per worker; lines of JSON::
+
+    hub    -> server  {"connection_file": P, "log_file": P, "env": {...}, "mem_limit": B}
+    child  -> hub     {"pid": N}                       right after the fork
+    child  -> hub     {"endpoints": {...}, "pid": N}   once its channels are bound
+    server -> hub     {"exit": status, "pid": N}       once the child exited (then EOF)
+
+The signing key travels in the 0600 connection file, as for a cold worker, never in a
+request. A request the server cannot honour is answered ``{"error": reason}``.
+
+In the child: its own session and process group (``setsid``), default signal handlers,
+the server's descriptors closed, stdout/stderr to the worker's log, the environment
+replaced by the request's, ``RLIMIT_AS`` set to ``mem_limit``, ``random`` and numpy
+reseeded from the OS, then the same :func:`~phoebe_kernel_worker.__main__.run_session`
+a cold worker runs. The server dies with the hub (``PR_SET_PDEATHSIG``); children asked
+to exit with their parent (``exit_with_parent``) then follow it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import os
+import random
+import resource
+import selectors
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import orjson
+
+from . import protocol
+from .__main__ import DEFAULT_FACTORY, _load_factory, exit_with_parent, run_session
+from .worker import SessionFactory
+
+log = logging.getLogger("phoebe_kernel_worker.forkserver")
+
+MAX_REQUEST_BYTES = 1024 * 1024
+REQUEST_TIMEOUT = 5.0
+
+
+class ForkServer:
+    """The template's accept/fork/reap loop (single-threaded; one per hub)."""
+
+    def __init__(self, listener: socket.socket, factory: SessionFactory) -> None:
+        self.listener = listener
+        self.factory = factory
+        self.children: dict[int, socket.socket] = {}
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop = False
+
+    def serve(self) -> None:
+        """Accept fork requests and reap children until SIGTERM or SIGINT."""
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self._wake_r, selectors.EVENT_READ)
+        while not self._stop:
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.fileobj is self.listener:
+                    self._accept()
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+            self._reap()
+        log.info("fork server stopping (%d children left running)", len(self.children))
+        for conn in self.children.values():
+            conn.close()
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self._stop = True
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
+            request = self._read_request(conn)
+            self._fork(conn, request)
+        except (OSError, ValueError) as e:
+            log.warning("bad fork request: %s", e)
+            with contextlib.suppress(OSError):
+                conn.sendall(orjson.dumps({"error": str(e)}) + b"\n")
+            conn.close()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> dict[str, Any]:
+        conn.setblocking(True)
+        conn.settimeout(REQUEST_TIMEOUT)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed before the request was complete")
+            data += chunk
+            if len(data) > MAX_REQUEST_BYTES:
+                raise ValueError("request too large")
+        conn.settimeout(None)
+        request = orjson.loads(data)
+        if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
+            raise ValueError("a request is an object with a 'connection_file'")
+        return request
+
+    def _fork(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+        if threads > 1:
+            raise ValueError(f"the template has {threads} threads; forking it is unsafe")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into this loop
+            status = 1
+            try:
+                status = self._become_worker(conn, request)
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else 1
+                if not isinstance(e.code, int) and e.code is not None:
+                    print(e.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(status)
+        self.children[pid] = conn
+        log.debug("forked worker %d", pid)
+
+    def _become_worker(self, conn: socket.socket, request: dict[str, Any]) -> int:
+        """Turn the freshly forked child into a worker for ``request``; its exit status."""
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.selector.close()
+        self.listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for other in self.children.values():
+            other.close()
+        self.children.clear()
+        _redirect_stdio(str(request.get("log_file") or os.devnull))
+        mem_limit = request.get("mem_limit")
+        if mem_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (int(mem_limit), int(mem_limit)))
+        env = request.get("env")
+        if isinstance(env, dict):
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        _reseed()
+        conn.sendall(orjson.dumps({"pid": os.getpid()}) + b"\n")
+        info = protocol.read_connection_file(request["connection_file"])
+
+        def report(data: bytes) -> None:
+            conn.sendall(data)
+            conn.close()
+
+        return run_session(info, self.factory, report)
+
+    def _reap(self) -> None:
+        """Collect exited children and tell the hub each one's exit status."""
+        while self.children:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status = os.waitstatus_to_exitcode(wstatus)
+            conn = self.children.pop(pid, None)
+            log.debug("worker %d exited with %d", pid, status)
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.sendall(orjson.dumps({"exit": status, "pid": pid}) + b"\n")
+                conn.close()
+
+
+def _redirect_stdio(log_file: str) -> None:
+    """stdin from /dev/null, stdout and stderr appended to the worker's log."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _reseed() -> None:
+    """Fresh random state: every child would otherwise repeat the template's sequence."""
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare the template, listen, report readiness and serve fork requests."""
+    parser = argparse.ArgumentParser(prog="phoebe_kernel_worker.forkserver", description=__doc__)
+    parser.add_argument("--socket", required=True, help="the unix socket to listen on")
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--session-factory", default=DEFAULT_FACTORY)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="[worker %(process)d %(levelname)s %(asctime)s] %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+    os.umask(0o077)
+    exit_with_parent()  # useless without its hub
+    factory: SessionFactory = _load_factory(args.session_factory)
+    prepare = getattr(factory, "prepare", None)
+    if prepare is not None:
+        prepare()
+    import zmq  # noqa: F401 - imported (no context) so children do not pay for it
+
+    from . import serialize, worker  # noqa: F401
+
+    gc.collect()
+    gc.freeze()  # keep the template's objects out of the children's collections (COW)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.socket)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(args.socket)
+    os.chmod(args.socket, 0o600)
+    listener.listen(256)
+    server = ForkServer(listener, factory)
+    with os.fdopen(args.ready_fd, "wb") as ready:
+        ready.write(orjson.dumps({"pid": os.getpid()}) + b"\n")
+    log.info("fork server %d ready on %s", os.getpid(), args.socket)
+    try:
+        server.serve()
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

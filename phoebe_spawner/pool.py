@@ -1,0 +1,222 @@
+"""The warm pool: ready, unassigned workers a session start takes at once (any backend).
+
+Owned by the :class:`~phoebe_spawner.sessions.SessionManager` (``warm_pool_size``, 0 =
+off). Each pool worker is started through the configured spawner *before* anyone owns
+it, with a fresh session id and the key derived from that id, in an empty directory of
+its own, and is checked with a signed status request. When a user starts a session,
+the manager takes a ready worker (:meth:`WarmPool.take`, no await), the session gets the
+worker's id, and :meth:`WarmPool.hand_out` sends one ``bind_request`` that moves the
+worker into the user's session directory; a replacement starts in the background.
+
+A pool worker is handed out once and then belongs to that session until it stops; it
+never returns to the pool, so nothing of one user can reach another. Pool workers count
+toward the hub's capacity (a starting one gives way to a user's start when the hub is
+full), are always stopped at shutdown and are never re-adopted: they are not sessions
+in the database, and a small state file per worker lets the next hub stop any that a
+crashed hub left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from phoebe_kernel_worker import protocol
+
+from .auth.base import User
+from .channels import ChannelError, WorkerChannel
+from .spawners.base import Spawner
+
+if TYPE_CHECKING:
+    from .session import LiveSession
+    from .sessions import SessionManager
+
+#: the owner a pool worker's spawner has until it is handed out
+POOL_USER = User(user_id="", name="(warm pool)")
+#: seconds before the pool retries after a worker failed to start
+RETRY_DELAY = 5.0
+
+
+@dataclass(eq=False)
+class PooledWorker:
+    """One ready pool worker: its spawner, endpoints and its (pool-side) channel."""
+
+    session_id: str
+    spawner: Spawner
+    endpoints: dict[str, str]
+    channel: WorkerChannel
+    ready_at: float = field(default_factory=time.monotonic)
+
+
+class WarmPool:
+    """Keeps ``size`` ready workers for the manager; see the module docstring."""
+
+    def __init__(self, manager: SessionManager, size: int) -> None:
+        self.manager = manager
+        self.size = size
+        self.ready: deque[PooledWorker] = deque()
+        self.starting = 0
+        self.handed_out = 0
+        self._give_way = 0  # starting workers that must stop as soon as they are up
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._retry_at = 0.0
+        self.dir = Path(manager.data_dir) / "pool"
+
+    # --- accounting ------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Workers the pool holds or is starting (they count toward capacity)."""
+        return len(self.ready) + self.starting - self._give_way
+
+    def take(self) -> PooledWorker | None:
+        """A ready worker for a session start, or None (synchronous: no await)."""
+        worker = self.ready.popleft() if self.ready else None
+        if worker is not None:
+            self.handed_out += 1
+        asyncio.get_running_loop().call_soon(self.fill)
+        return worker
+
+    def give_way(self) -> bool:
+        """Free one capacity slot held by a starting pool worker for a user's start."""
+        if self.starting - self._give_way > 0:
+            self._give_way += 1
+            return True
+        return False
+
+    def fill(self) -> None:
+        """Start workers until the pool is full or the hub's capacity is reached."""
+        if self._closing or self.size <= 0 or time.monotonic() < self._retry_at:
+            return
+        limit = self.manager.capacity_limit
+        while self.count() < self.size:
+            if limit and len(self.manager.active()) + self.count() >= limit:
+                return
+            self.starting += 1
+            task = asyncio.create_task(self._start_one(), name="warm-pool-start")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # --- one worker ---------------------------------------------------------------------
+
+    def _state_file(self, session_id: str) -> Path:
+        return self.dir / f"{session_id}.json"
+
+    async def _start_one(self) -> None:
+        session_id = str(uuid.uuid4())
+        spawner = self.manager.make_spawner(session_id, POOL_USER)
+        spawner.session_dir = str(self.dir / session_id)
+        spawner.pooled = True
+        channel: WorkerChannel | None = None
+        worker: PooledWorker | None = None
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            endpoints = await spawner.start()
+            self._state_file(session_id).write_bytes(orjson.dumps(spawner.get_state()))
+            channel = WorkerChannel(
+                self.manager.zmq_ctx, session_id, spawner.key.encode(), endpoints
+            )
+            channel.connect()
+            await channel.control(protocol.STATUS_REQUEST, timeout=spawner.start_timeout)
+            worker = PooledWorker(session_id, spawner, endpoints, channel)
+        except Exception as e:
+            self.manager.log.warning("a warm-pool worker failed to start: %s", e)
+            self._retry_at = time.monotonic() + RETRY_DELAY
+        finally:
+            self.starting -= 1
+        gave_way = self._give_way > 0
+        if gave_way:
+            self._give_way -= 1
+        if worker is None or self._closing or gave_way:
+            if channel is not None:
+                await channel.close()
+            await self._stop_spawner(session_id, spawner)
+            if worker is None and not self._closing:
+                asyncio.get_running_loop().call_later(RETRY_DELAY, self.fill)
+            return
+        self.ready.append(worker)
+        self.fill()
+
+    async def _stop_spawner(self, session_id: str, spawner: Spawner) -> None:
+        try:
+            await spawner.stop(now=True)
+        except Exception:
+            self.manager.log.exception("stopping warm-pool worker %s failed", session_id)
+        spawner.clear_state()
+        self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        self._state_file(session_id).unlink(missing_ok=True)
+        shutil.rmtree(self.dir / session_id, ignore_errors=True)
+
+    async def hand_out(self, worker: PooledWorker, s: LiveSession) -> dict[str, str]:
+        """Bind ``worker`` to session ``s`` (which has its id and spawner); its endpoints.
+
+        Raises :class:`~phoebe_spawner.channels.ChannelError` if the worker does not take
+        the binding (it died in the pool); the worker is stopped then.
+        """
+        spawner = worker.spawner
+        session_dir = self.manager.session_dir(s.user.user_id, s.id)
+        try:
+            reply = await worker.channel.control(
+                protocol.BIND_REQUEST, {"session_dir": session_dir}, timeout=5
+            )
+            if not reply.get("bound"):
+                raise ChannelError(str(reply.get("error") or "the worker refused the binding"))
+        except ChannelError:
+            await worker.channel.close()
+            await self._stop_spawner(worker.session_id, spawner)
+            raise
+        await worker.channel.close()
+        spawner.user = s.user.to_dict()
+        spawner.session_dir = session_dir
+        spawner.pooled = False
+        self._forget(worker.session_id)
+        return dict(worker.endpoints)
+
+    def discard(self, worker: PooledWorker) -> None:
+        """Stop a taken worker that will not be used (its session could not be recorded)."""
+        self.manager.spawn_task(self._discard(worker))
+
+    async def _discard(self, worker: PooledWorker) -> None:
+        await worker.channel.close()
+        await self._stop_spawner(worker.session_id, worker.spawner)
+
+    # --- hub start and shutdown ---------------------------------------------------------
+
+    async def reap_leftovers(self) -> None:
+        """Stop the pool workers a previous hub left behind (it crashed); at start-up."""
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.json")):
+            session_id = path.stem
+            try:
+                state: dict[str, Any] = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                state = {}
+            spawner = self.manager.make_spawner(session_id, POOL_USER)
+            spawner.load_state(state)
+            self.manager.log.info("stopping warm-pool worker %s left by a previous hub", session_id)
+            await self._stop_spawner(session_id, spawner)
+
+    async def stop(self) -> None:
+        """Stop every pool worker, ready or starting (always, whatever the shutdown mode)."""
+        self._closing = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        ready, self.ready = list(self.ready), deque()
+        for worker in ready:
+            with contextlib.suppress(ChannelError):
+                await worker.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
+            await worker.channel.close()
+        await asyncio.gather(
+            *(self._stop_spawner(w.session_id, w.spawner) for w in ready), return_exceptions=True
+        )
