@@ -121,7 +121,8 @@ class TestSession:
         """One draw of Python's and numpy's global generators (fork reseeding tests)."""
         import numpy
 
-        return {"random": _random.random(), "numpy": float(numpy.random.random())}
+        draw = _random.random()  # noqa: S311 - testing the reseeding, not for secrets
+        return {"random": draw, "numpy": float(numpy.random.random())}
 
     COMMANDS: ClassVar[dict[str, Callable[..., Any]]] = {
         "ping": ping,

@@ -276,8 +276,10 @@ class KernelWorker:
         _, frames = self._iopub_signer.serialize(
             msg_type, orjson.dumps(content), parent_id=parent_id
         )
+        # the msg_type leads as a topic (a routing id to the protocol): subscribers filter
+        # on it, and ZMQ drops unsubscribed topics here, before they cross the wire
         with contextlib.suppress(zmq.Again):  # no subscriber keeping up: drop, never block
-            self.iopub.send_multipart(frames, flags=zmq.NOBLOCK)
+            self.iopub.send_multipart([msg_type.encode(), *frames], flags=zmq.NOBLOCK)
 
     def _reject(self, channel: str, error: Exception) -> None:
         self._rejected += 1

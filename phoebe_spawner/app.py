@@ -54,6 +54,8 @@ def _log_request(handler: RequestHandler) -> None:
     """Access log: successes at debug level, client errors at info, server errors at error."""
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # the hot path: no summary formatted for a log nobody keeps
     ms = 1000.0 * handler.request.request_time()
     # the URI and address are the client's: bounded, so no request can flood the log
     access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)

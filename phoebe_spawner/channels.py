@@ -25,6 +25,13 @@ from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_REJECTIONS = 20
+#: iopub topics the hub subscribes to: what its listeners use (job progress and output).
+#: The worker's busy/idle ``status`` (two per command, used by nothing in the hub) is
+#: then dropped by the worker's PUB socket and never crosses the wire. The delimiter
+#: keeps messages of workers that publish without a topic frame.
+IOPUB_TOPICS = (b"progress", b"stream", protocol.DELIM)
+#: ...and those (from such workers) are dropped unread (the header is orjson output)
+IGNORED_IOPUB = b'"msg_type":"status"'
 
 
 class ChannelError(Exception):
@@ -89,7 +96,8 @@ class WorkerChannel:
             sock = self._ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
+                for topic in IOPUB_TOPICS:
+                    sock.setsockopt(zmq.SUBSCRIBE, topic)
             sock.connect(self.endpoints[name])
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)
@@ -177,6 +185,8 @@ class WorkerChannel:
                 frames = await sock.recv_multipart()
             except (asyncio.CancelledError, zmq.ContextTerminated, zmq.error.ZMQError):
                 return
+            if name == "iopub" and len(frames) >= 4 and IGNORED_IOPUB in frames[-2]:
+                continue  # busy/idle status: no hub listener uses it, skip the verification
             try:
                 _, msg = signer.deserialize(frames)
             except ProtocolError as e:

@@ -59,6 +59,13 @@ class _SessionsCollector(Collector):
         )
         users.add_metric([], len({s.user.user_id for s in self.manager.active()}))
         yield users
+        pool = self.manager.pool
+        ready = GaugeMetricFamily(
+            "phoebe_spawner_warm_pool_workers", "Warm-pool workers by state", labels=["state"]
+        )
+        ready.add_metric(["ready"], len(pool.ready))
+        ready.add_metric(["starting"], pool.starting)
+        yield ready
 
 
 class HubMetrics:

@@ -486,7 +486,10 @@ class SessionManager(LoggingConfigurable):
         release = True
         try:
             try:
-                await asyncio.wait_for(s.lock.acquire(), timeout)
+                if s.lock.locked():  # wait_for wraps the acquire in a task: only when needed
+                    await asyncio.wait_for(s.lock.acquire(), timeout)
+                else:
+                    await s.lock.acquire()
             except TimeoutError:
                 raise CommandTimedOut(
                     f"Command '{command}' waited {timeout:g} s for the session's previous command"

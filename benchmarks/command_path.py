@@ -1,0 +1,329 @@
+"""The command path through the hub, side by side with the floors of the same run.
+
+* ``ping``: ``--pings`` sequential round trips through the hub, the bare HTTP echo and
+  the bare HTTP -> ZMQ echo (``floors.py``), interleaved in rounds so drift hits all
+  three alike; p50/p99 and the ratio to the HTTP -> ZMQ floor.
+* ``concurrent``: ``--clients`` clients on as many sessions, each sending pings as fast
+  as it can, against the same number of clients on the ZMQ floor: throughput and p99.
+* ``isolation``: one session's ping latency while another session runs a heavy
+  ``run_compute`` over and over, against its idle latency just before.
+* ``payload``: a 3 x 100k-point ``add_dataset`` upload and a 100k-point ``get_value``
+  download through the hub, the same bytes through both floors, and the same command
+  run in this process (``PhoebeSession.dispatch`` + the worker's serializer).
+* ``compute``: ``run_compute`` of a 10k-point light curve through the hub and in this
+  process; the hub's overhead as a share of the compute.
+
+    python benchmarks/command_path.py [--url URL --token T] [--skip payload,compute]
+
+Needs PHOEBE in this process for the in-process baselines (payload, compute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from common import (
+    Hub,
+    client,
+    emit,
+    local_hub,
+    machine,
+    parser,
+    percentiles,
+    post_raw,
+    summary,
+)
+from floors import floor_servers
+
+PING = orjson.dumps({"command": "ping"})
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def bench_ping(hub: Hub, sid: str, floors: dict[str, str], n: int) -> list[str]:
+    rounds = 4
+    times: dict[str, list[float]] = {"hub": [], "http": [], "zmq": []}
+    async with client(floors["http"]) as http:
+        calls = {
+            "hub": lambda: hub.post(f"/send/{sid}", PING),
+            "http": lambda: post_raw(http, floors["http"], PING),
+            "zmq": lambda: post_raw(http, floors["zmq"], PING),
+        }
+        for call in calls.values():
+            await timed(call, 50)  # warm-up
+        for _ in range(rounds):
+            for name, call in calls.items():
+                times[name] += await timed(call, n // rounds)
+    stats = {name: percentiles(values) for name, values in times.items()}
+    for name, st in stats.items():
+        emit("ping", name, **st)
+    ratio = stats["hub"]["p50_ms"] / stats["zmq"]["p50_ms"]
+    emit("ping", "ratio", p50_hub_over_zmq_floor=round(ratio, 3))
+    return [
+        f"ping p50/p99: hub {stats['hub']['p50_ms']:.3f}/{stats['hub']['p99_ms']:.3f} ms, "
+        f"HTTP->ZMQ floor {stats['zmq']['p50_ms']:.3f}/{stats['zmq']['p99_ms']:.3f} ms, "
+        f"HTTP floor {stats['http']['p50_ms']:.3f}/{stats['http']['p99_ms']:.3f} ms; "
+        f"hub/floor p50 = {ratio:.2f}"
+    ]
+
+
+async def _clients(n_clients: int, per_client: int, call: Callable[[int], Awaitable[Any]]) -> Any:
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n_clients)))
+    wall = time.perf_counter() - t0
+    return len(latencies) / wall, percentiles(latencies)
+
+
+async def bench_concurrent(
+    hub: Hub, floors: dict[str, str], n_clients: int, per_client: int
+) -> list[str]:
+    sids = await asyncio.gather(*(hub.start() for _ in range(n_clients)))
+    try:
+        async with client(floors["zmq"]) as http:
+            await _clients(n_clients, 20, lambda i: post_raw(http, floors["zmq"], PING))
+            await _clients(n_clients, 20, lambda i: hub.post(f"/send/{sids[i]}", PING))
+            f_rate, f_st = await _clients(
+                n_clients, per_client, lambda i: post_raw(http, floors["zmq"], PING)
+            )
+            h_rate, h_st = await _clients(
+                n_clients, per_client, lambda i: hub.post(f"/send/{sids[i]}", PING)
+            )
+    finally:
+        await asyncio.gather(*(hub.end(s) for s in sids))
+    emit("concurrent", "zmq_floor", clients=n_clients, rps=round(f_rate, 1), **f_st)
+    emit("concurrent", "hub", clients=n_clients, rps=round(h_rate, 1), **h_st)
+    emit(
+        "concurrent",
+        "ratio",
+        throughput_hub_over_floor=round(h_rate / f_rate, 3),
+        p99_hub_over_floor=round(h_st["p99_ms"] / f_st["p99_ms"], 3),
+    )
+    return [
+        f"{n_clients} clients: hub {h_rate:.0f} req/s p99 {h_st['p99_ms']:.2f} ms; "
+        f"floor {f_rate:.0f} req/s p99 {f_st['p99_ms']:.2f} ms; throughput x{h_rate / f_rate:.2f}, "
+        f"p99 x{h_st['p99_ms'] / f_st['p99_ms']:.2f}"
+    ]
+
+
+async def bench_isolation(hub: Hub, n: int, points: int) -> list[str]:
+    quiet, busy = await hub.start(), await hub.start()
+    try:
+        times = np.linspace(0, 3, points).tolist()
+        await hub.send(busy, "add_dataset", kind="lc", compute_times=times, overwrite=True)
+        await timed(lambda: hub.post(f"/send/{quiet}", PING), 50)
+        idle = await timed(lambda: hub.post(f"/send/{quiet}", PING), n)
+        stop = asyncio.Event()
+        computes = 0
+
+        async def heavy() -> None:
+            nonlocal computes
+            while not stop.is_set():
+                await hub.send(busy, "run_compute")
+                computes += 1
+
+        task = asyncio.create_task(heavy())
+        await asyncio.sleep(0.5)  # let the compute get going
+        loaded = await timed(lambda: hub.post(f"/send/{quiet}", PING), n)
+        stop.set()
+        await task
+    finally:
+        await asyncio.gather(hub.end(quiet), hub.end(busy))
+    i_st, l_st = percentiles(idle), percentiles(loaded)
+    emit("isolation", "idle", **i_st)
+    emit("isolation", "during_compute", computes=computes, **l_st)
+    ratio = l_st["p99_ms"] / i_st["p99_ms"]
+    emit("isolation", "ratio", p99_loaded_over_idle=round(ratio, 3))
+    return [
+        f"isolation: ping p99 idle {i_st['p99_ms']:.2f} ms, during another session's "
+        f"run_compute {l_st['p99_ms']:.2f} ms (x{ratio:.2f}); p50 {i_st['p50_ms']:.2f} -> "
+        f"{l_st['p50_ms']:.2f} ms"
+    ]
+
+
+def in_process(steps: list[dict[str, Any]], repeats: int) -> list[float]:
+    """Run ``steps`` in a PHOEBE session in this process; times of the last step + encoding."""
+    from phoebe_kernel_worker.commands import PhoebeSession
+    from phoebe_kernel_worker.serialize import dumps
+
+    session = PhoebeSession(session_dir=Path(tempfile.mkdtemp(prefix="phoebe-bench-")))
+    out = []
+    for _ in range(repeats):
+        for step in steps[:-1]:
+            session.dispatch(step["command"], {k: v for k, v in step.items() if k != "command"})
+        last = dict(steps[-1])
+        command = last.pop("command")
+        t0 = time.perf_counter()
+        dumps(
+            {"success": True, "result": session.dispatch(command, orjson.loads(orjson.dumps(last)))}
+        )
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def through_hub(hub: Hub, sid: str, steps: list[dict[str, Any]], repeats: int) -> Any:
+    out = []
+    size = 0
+    for _ in range(repeats):
+        for step in steps[:-1]:
+            await hub.post(f"/send/{sid}", orjson.dumps(step))
+        body = orjson.dumps(steps[-1])
+        t0 = time.perf_counter()
+        reply = await hub.post(f"/send/{sid}", body)
+        out.append(time.perf_counter() - t0)
+        assert orjson.loads(reply)["success"], reply[:300]
+        size = max(len(body), len(reply))
+    return out, size
+
+
+async def through_floors(floors: dict[str, str], body: bytes, repeats: int) -> dict[str, float]:
+    out = {}
+    async with client(floors["http"]) as http:
+        for name in ("http", "zmq"):
+            await post_raw(http, floors[name], body)
+            times = await timed(lambda n=name: post_raw(http, floors[n], body), repeats)
+            out[name] = statistics.median(times)
+    return out
+
+
+async def bench_payload(hub: Hub, floors: dict[str, str], repeats: int) -> list[str]:
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 10, 100_000)
+    upload = {
+        "command": "add_dataset",
+        "kind": "lc",
+        "dataset": "big",
+        "times": t.tolist(),
+        "fluxes": (1 + 0.01 * rng.standard_normal(t.size)).tolist(),
+        "sigmas": np.full(t.size, 0.01).tolist(),
+        "overwrite": True,
+    }
+    download = {"command": "get_value", "twig": "fluxes@big@dataset"}
+    lines = []
+    sid = await hub.start()
+    try:
+        cases = [("upload_3x100k", [upload]), ("download_100k", [upload, download])]
+        for case, steps in cases:
+            hub_times, size = await through_hub(hub, sid, steps, repeats)
+            local = in_process(steps, repeats)
+            body = orjson.dumps(steps[-1]) if case.startswith("upload") else b"x" * size
+            floor = await through_floors(floors, body, repeats)
+            h, p = statistics.median(hub_times), statistics.median(local)
+            emit(
+                "payload",
+                case,
+                bytes=size,
+                hub_ms=round(1000 * h, 1),
+                in_process_ms=round(1000 * p, 1),
+                hub_overhead_ms=round(1000 * (h - p), 1),
+                http_floor_ms=round(1000 * floor["http"], 1),
+                zmq_floor_ms=round(1000 * floor["zmq"], 1),
+            )
+            lines.append(
+                f"{case} ({size / 1e6:.1f} MB): hub {1000 * h:.1f} ms = command in-process "
+                f"{1000 * p:.1f} ms + {1000 * (h - p):.1f} ms hop; floors HTTP "
+                f"{1000 * floor['http']:.1f} ms, HTTP->ZMQ {1000 * floor['zmq']:.1f} ms"
+            )
+    finally:
+        await hub.end(sid)
+    return lines
+
+
+async def bench_compute(hub: Hub, points: int, repeats: int) -> list[str]:
+    times = np.linspace(0, 1, points).tolist()
+    steps = [
+        {"command": "add_dataset", "kind": "lc", "compute_times": times, "overwrite": True},
+        {"command": "run_compute"},
+    ]
+    sid = await hub.start()
+    try:
+        await hub.post(f"/send/{sid}", orjson.dumps(steps[0]))
+        hub_times, _ = await through_hub(hub, sid, steps[1:], repeats)
+    finally:
+        await hub.end(sid)
+    local = in_process(steps, repeats)
+    h, p = statistics.median(hub_times), statistics.median(local)
+    share = (h - p) / p
+    emit(
+        "compute",
+        f"run_compute_{points}",
+        hub_ms=round(1000 * h, 1),
+        in_process_ms=round(1000 * p, 1),
+        overhead_ms=round(1000 * (h - p), 1),
+        overhead_share=round(share, 4),
+        hub_all_ms=[round(1000 * x, 1) for x in hub_times],
+        in_process_all_ms=[round(1000 * x, 1) for x in local],
+    )
+    return [
+        f"run_compute {points} points: hub {1000 * h:.0f} ms, in-process {1000 * p:.0f} ms, "
+        f"overhead {1000 * (h - p):.0f} ms ({100 * share:.1f} %)"
+    ]
+
+
+async def run(hub: Hub, args: Any) -> list[str]:
+    skip = set(args.skip.split(",")) if args.skip else set()
+    lines: list[str] = []
+    with floor_servers() as floors:
+        if "ping" not in skip:
+            sid = await hub.start()
+            try:
+                lines += await bench_ping(hub, sid, floors, args.pings)
+            finally:
+                await hub.end(sid)
+        if "concurrent" not in skip:
+            lines += await bench_concurrent(hub, floors, args.clients, args.per_client)
+        if "isolation" not in skip:
+            lines += await bench_isolation(hub, args.isolation_pings, args.heavy_points)
+        if "payload" not in skip:
+            lines += await bench_payload(hub, floors, args.repeats)
+    if "compute" not in skip:
+        lines += await bench_compute(hub, args.compute_points, args.repeats)
+    return lines
+
+
+async def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--pings", type=int, default=2000)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--per-client", type=int, default=200)
+    p.add_argument("--isolation-pings", type=int, default=500)
+    p.add_argument("--heavy-points", type=int, default=3000)
+    p.add_argument("--compute-points", type=int, default=10_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip", default="", help="comma-separated parts to leave out")
+    args = p.parse_args()
+    emit("command_path", "machine", **machine())
+    if args.url:
+        async with Hub(args.url, args.token) as hub:
+            lines = await run(hub, args)
+    else:
+        with local_hub(spawner="local-forkserver") as (url, pid):
+            async with Hub(url, None, pid) as hub:
+                lines = await run(hub, args)
+    summary("command path", lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,118 @@
+"""Session start latency: request -> a session that answers ``ping``, cold / fork / pool.
+
+For each mode: ``--starts`` sequential starts (p50/p90/max; each session is ended
+before the next start, outside the timing) and ``--concurrent`` starts at once (all
+done within how long). The floor for a cold start is measured in the same run: a bare
+``python -c "import phoebe; phoebe.default_binary()"``.
+
+    python benchmarks/session_start.py                       # starts a hub per mode
+    python benchmarks/session_start.py --url URL --label fork [--token T]
+
+Without ``--url`` the modes are hubs started here: ``cold`` (spawner local), ``fork``
+(local-forkserver) and ``pool`` (local-forkserver with a warm pool of ``--concurrent``).
+One warm-up start per mode is not counted (the fork server may still be loading PHOEBE);
+with a pool, each sequential start waits until the pool is full again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+
+from common import Hub, emit, local_hub, machine, parser, percentiles, summary, wait_pool
+
+MODES = {
+    "cold": {"spawner": "local", "pool": 0},
+    "fork": {"spawner": "local-forkserver", "pool": 0},
+    "pool": {"spawner": "local-forkserver", "pool": -1},  # -1: the concurrency
+}
+
+
+def reference(repeats: int) -> float:
+    """Median wall time of a bare PHOEBE import + default bundle in a new process."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import phoebe; phoebe.default_binary()"],
+            check=True,
+            env={"PHOEBE_ENABLE_ONLINE_PASSBANDS": "FALSE", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+        )
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+async def start_and_ping(hub: Hub) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    sid = await hub.start()
+    await hub.send(sid, "ping")
+    return sid, time.perf_counter() - t0
+
+
+async def measure(hub: Hub, label: str, starts: int, concurrent: int, pool: int) -> list[str]:
+    await wait_pool(hub, pool)
+    sid, _ = await start_and_ping(hub)  # warm-up, not counted: a fork server may still load
+    await hub.end(sid)
+    await wait_pool(hub, pool)
+    latencies = []
+    for _ in range(starts):
+        sid, seconds = await start_and_ping(hub)
+        latencies.append(seconds)
+        await hub.end(sid)
+        await wait_pool(hub, pool)
+    seq = emit("session_start", label, kind="sequential", **percentiles(latencies))
+    await wait_pool(hub, pool)
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(start_and_ping(hub) for _ in range(concurrent)))
+    wall = time.perf_counter() - t0
+    conc = emit(
+        "session_start",
+        label,
+        kind="concurrent",
+        concurrency=concurrent,
+        all_done_ms=round(1000 * wall, 1),
+        **percentiles([s for _, s in results]),
+    )
+    await asyncio.gather(*(hub.end(sid) for sid, _ in results))
+    return [
+        f"{label:5s} sequential p50 {seq['p50_ms']:8.1f} ms  p90 {seq['p90_ms']:8.1f} ms  "
+        f"max {seq['max_ms']:8.1f} ms   {concurrent} at once: all done in "
+        f"{conc['all_done_ms']:8.1f} ms"
+    ]
+
+
+async def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--label", default="given", help="the mode of the hub at --url")
+    p.add_argument("--modes", default="cold,fork,pool")
+    p.add_argument("--starts", type=int, default=20)
+    p.add_argument("--concurrent", type=int, default=16)
+    p.add_argument("--ref-repeats", type=int, default=3)
+    p.add_argument("--pool", type=int, default=0, help="warm pool size of the hub at --url")
+    args = p.parse_args()
+    emit("session_start", "machine", **machine())
+    ref = reference(args.ref_repeats)
+    emit("session_start", "floor_import_phoebe", seconds=round(ref, 3))
+    lines = [f"floor: python -c 'import phoebe; phoebe.default_binary()'  {1000 * ref:8.1f} ms"]
+    if args.url:
+        async with Hub(args.url, args.token) as hub:
+            lines += await measure(hub, args.label, args.starts, args.concurrent, args.pool)
+    else:
+        for mode in args.modes.split(","):
+            conf = MODES[mode]
+            pool = args.concurrent if conf["pool"] == -1 else int(conf["pool"])
+            with local_hub(spawner=str(conf["spawner"]), pool=pool) as (url, pid):
+                async with Hub(url, None, pid) as hub:
+                    lines += await measure(hub, mode, args.starts, args.concurrent, pool)
+    for row in [r for r in __import__("common").RESULTS if r.get("kind") == "sequential"]:
+        if row["case"] in ("cold", args.label):
+            lines.append(f"{row['case']} p50 / floor = {row['p50_ms'] / (1000 * ref):.2f}")
+    summary("session start", lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
