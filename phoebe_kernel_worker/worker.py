@@ -189,7 +189,7 @@ class KernelWorker:
             request = None
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             body = {"success": False, "error": "request must be an object with a 'command'"}
-            self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="error")
+            self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
             return
         command = request.pop("command")
         if self._take_early_interrupt(msg.msg_id):

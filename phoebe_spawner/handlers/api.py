@@ -156,8 +156,10 @@ class SendHandler(BaseHandler):
     """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim."""
 
     async def post(self, session_id: str) -> None:
-        command = self.command_request()
+        command = self.command_request(fast=True)
         reply = await self.manager.send(self.user, session_id, self.body, command)
+        if reply.status == "bad_request":  # a large body the hub did not parse itself
+            raise ApiError(400, "Malformed JSON body: request must be an object with a 'command'")
         self.set_status(200)
         self.finish(reply.content)
 

@@ -99,7 +99,7 @@ async def test_signed_but_bad_requests_get_errors(worker):
     _, socks, signer, _ = worker
     for body in (b"not json", b"[1,2]", b'{"no_command": 1}', b'{"command": 5}'):
         msg = request(socks["shell"], signer, protocol.EXECUTE_REQUEST, body)
-        assert msg.json()["success"] is False and msg.header["status"] == "error"
+        assert msg.json()["success"] is False and msg.header["status"] == "bad_request"
     msg = request(socks["shell"], signer, "weird_request", b"{}")
     assert "unknown message type" in msg.json()["error"]
     msg = request(socks["control"], signer, "weird_request", b"{}")
