@@ -1,0 +1,712 @@
+"""DockerSpawner: one hardened container per session, driven through the docker SDK.
+
+Selected with ``PhoebeSpawnerApp.spawner_class = "docker"``; the session manager is its
+only caller. Every docker SDK call blocks, so each runs on a small thread pool
+(:data:`~phoebe_spawner.spawners.docker_support.EXECUTOR`), never on the event loop.
+
+How a session's container is laid out (``docs/docker.md`` has the full picture)::
+
+    host                                       container
+    <runtime_dir>/c/  (0700, container uid) -> /run/phoebe      connection file, ready file,
+                                                                ipc sockets
+    <session_dir>     (0700, container uid) -> /srv/phoebe/session   the worker's files
+    tmpfs                                      /tmp             HOME, caches
+    everything else                            read-only image
+
+The signing key reaches the worker only in ``/run/phoebe/connection.json`` (0600, owned
+by the container's user): never through the environment or the command line, so
+``docker inspect`` never shows it. The worker reports its bound endpoints in
+``/run/phoebe/ready.json`` (``--ready-file``). With the default ``network_mode="none"``
+the worker binds ZeroMQ ``ipc://`` sockets in ``/run/phoebe`` and the hub connects to
+the same sockets through the host side of that bind mount, so a container needs no
+network at all. On a user-defined network (``network_name``) or the host network the
+worker binds TCP instead and the hub connects to the container's address on that
+network (or to ``ip`` on the host network); no port is ever published on the host's
+interfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
+
+from phoebe_kernel_worker.protocol import endpoints_from_json
+
+from . import docker_support as ds
+from .base import ByteSpecification, Spawner, SpawnError
+
+T = TypeVar("T")
+
+#: Container states in which the worker is (still) there.
+ALIVE_STATES = ("created", "running", "paused", "restarting")
+#: Unix socket paths are limited to 108 bytes; stay clear of the limit.
+MAX_IPC_PATH = 100
+LOG_TAIL_LINES = 20
+
+
+class DockerSpawner(Spawner):
+    """Start each worker in its own container (``spawner_class = "docker"``)."""
+
+    # --- the image ---------------------------------------------------------------------
+    image = Unicode(
+        "phoebe-spawner-worker:latest",
+        help="""The worker image (built from share/phoebe_spawner/docker/Dockerfile). It must
+        run ``python -m phoebe_kernel_worker`` (see ``cmd``).""",
+    ).tag(config=True)
+
+    allowed_images = List(
+        Unicode(),
+        help="""If not empty, the only images a session may run: start() refuses any other
+        image, including one a subclass or a hook picks per user.""",
+    ).tag(config=True)
+
+    pull_policy = CaselessStrEnum(
+        ["ifnotpresent", "always", "never"],
+        default_value="ifnotpresent",
+        help="""When to pull the image: 'ifnotpresent' (pull only if missing), 'always'
+        (before every start) or 'never' (a missing image fails the start).""",
+    ).tag(config=True)
+
+    pull_timeout = Float(
+        600.0, help="Seconds an image pull may take (not counted in start_timeout)."
+    ).tag(config=True)
+
+    # --- networking --------------------------------------------------------------------
+    network_mode = Unicode(
+        "none",
+        help="""Docker network mode: 'none' (the default and the safest: the worker talks to
+        the hub through ipc sockets in a bind-mounted directory) or 'host' (the worker
+        binds TCP on ``ip``, normally 127.0.0.1). Use ``network_name`` for a private
+        network instead.""",
+    ).tag(config=True)
+
+    network_name = Unicode(
+        "",
+        help="""A user-defined docker network to attach containers to (overrides
+        network_mode). The worker binds TCP inside its container and the hub connects to
+        the container's address on that network, so the hub must be able to route there
+        (the same host, or a container on the same network). Nothing is published on the
+        host's interfaces.""",
+    ).tag(config=True)
+
+    transport = CaselessStrEnum(
+        ["auto", "ipc", "tcp"],
+        default_value="auto",
+        help="""How the hub reaches the worker's ZeroMQ channels: 'ipc' (sockets in the
+        bind-mounted runtime directory; needs the hub on the same host), 'tcp', or 'auto'
+        (ipc with network_mode 'none', tcp otherwise).""",
+    ).tag(config=True)
+
+    ipc_fallback_root = Unicode(
+        help="""A short directory for a session's runtime mount when the path under the
+        hub's data_dir is too long for a Unix socket (108 bytes). Default:
+        $TMPDIR/phoebe-spawner-ipc-<uid>.""",
+    ).tag(config=True)
+
+    @default("ipc_fallback_root")
+    def _default_ipc_fallback_root(self) -> str:
+        return str(Path(tempfile.gettempdir()) / f"phoebe-spawner-ipc-{os.geteuid()}")
+
+    # --- storage -----------------------------------------------------------------------
+    volumes = Dict(
+        help="""Extra mounts: ``{host_path: container_path}`` (read-only) or ``{host_path:
+        {"bind": container_path, "mode": "ro"|"rw"}}``. ``{username}``, ``{user_id}`` and
+        ``{session_id}`` in either path are replaced by escaped, filesystem-safe values,
+        e.g. ``{"/srv/shared/{username}": {"bind": "/data", "mode": "rw"}}``.""",
+    ).tag(config=True)
+
+    session_mount = Unicode(
+        "/srv/phoebe/session",
+        help="Where the session's own (writable) directory appears inside the container.",
+    ).tag(config=True)
+
+    runtime_mount = Unicode(
+        "/run/phoebe",
+        help="Where the connection file, ready file and ipc sockets appear in the container.",
+    ).tag(config=True)
+
+    tmpfs_size = ByteSpecification(
+        "256M", help="Size of the container's /tmp (tmpfs; counts towards mem_limit)."
+    ).tag(config=True)
+
+    # --- limits and hardening ------------------------------------------------------------
+    pids_limit = Integer(
+        512, help="Processes and threads one container may run (0 = no limit)."
+    ).tag(config=True)
+
+    container_user = Unicode(
+        help="""``uid:gid`` the worker runs as; never root. Default: the hub's own uid:gid,
+        or 1000:1000 when the hub runs as root (which then hands the session's files to
+        that uid). A hub that is not root can only run containers as its own uid.""",
+    ).tag(config=True)
+
+    @default("container_user")
+    def _default_container_user(self) -> str:
+        if os.geteuid() == 0:
+            return "1000:1000"
+        return f"{os.geteuid()}:{os.getegid()}"
+
+    @validate("container_user")
+    def _validate_container_user(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        uid, _, gid = value.partition(":")
+        if not (uid.isdigit() and (gid.isdigit() or not gid)):
+            raise TraitError(f"container_user must be numeric 'uid:gid', not {value!r}")
+        if int(uid) == 0 or (gid and int(gid) == 0):
+            raise TraitError("container_user must not be root")
+        return value if gid else f"{uid}:{uid}"
+
+    extra_host_config = Dict(
+        help="""Extra docker HostConfig arguments (docker SDK names, e.g. ``{"cpuset_cpus":
+        "0-3"}``), applied last: they can override the hardening, so review them.""",
+    ).tag(config=True)
+
+    extra_create_kwargs = Dict(
+        help="Extra arguments for the docker SDK's create_container (e.g. ``hostname``).",
+    ).tag(config=True)
+
+    remove = Bool(
+        True,
+        help="""Remove the container once it stopped (its logs go with it). The spawner
+        removes it itself after reading its exit status, rather than docker's AutoRemove,
+        which would lose the status and the out-of-memory flag.""",
+    ).tag(config=True)
+
+    name_template = Unicode(
+        "phoebe-{username}-{session_id}",
+        help="""Container names: ``{username}``, ``{user_id}`` and ``{session_id}`` are
+        escaped so names are docker-safe and distinct users never collide. Must contain
+        ``{session_id}``.""",
+    ).tag(config=True)
+
+    @validate("name_template")
+    def _validate_name_template(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if "{session_id}" not in value:
+            raise TraitError("name_template must contain {session_id} to be collision-free")
+        return value
+
+    stop_timeout = Float(
+        5.0, help="Seconds docker waits after SIGTERM before SIGKILL when stopping."
+    ).tag(config=True)
+
+    # --- the engine --------------------------------------------------------------------
+    docker_host = Unicode(
+        "",
+        help="""The engine's address (``unix:///var/run/docker.sock``, ``tcp://host:2376``).
+        Empty: the standard DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH variables.""",
+    ).tag(config=True)
+    tls_verify = Bool(False, help="Verify the engine's TLS certificate (tcp docker_host).").tag(
+        config=True
+    )
+    tls_ca = Unicode("", help="CA certificate file for the engine's TLS.").tag(config=True)
+    tls_cert = Unicode("", help="Client certificate file for the engine's TLS.").tag(config=True)
+    tls_key = Unicode("", help="Client key file for the engine's TLS.").tag(config=True)
+    docker_timeout = Float(60.0, help="Seconds one docker API call may take.").tag(config=True)
+
+    ready_check_interval = Float(
+        0.02, help="How often start() looks for the worker's ready file."
+    ).tag(config=True)
+
+    # --- defaults that differ from the local backend ----------------------------------------
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return ["python", "-m", "phoebe_kernel_worker"]
+
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        # host paths (PATH, PYTHONPATH, VIRTUAL_ENV) mean nothing inside the image
+        return ["LANG", "LC_ALL", "TZ", "PHOEBE_ENABLE_ONLINE_PASSBANDS", "PHOEBE_MULTIPROC_NPROCS"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.container_id: str | None = None
+        self.container_name: str | None = None
+        self.host_run_dir: str | None = None
+        self.endpoints: dict[str, str] = {}
+        self.exit_status: int | None = None
+        self._exit_reason: str | None = None
+        self._engine_error: str | None = None
+        self._stop_lock = asyncio.Lock()
+
+    # --- calling the SDK off the loop -------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The shared docker client (blocking: use from :meth:`_run` callables only)."""
+        return ds.get_client(
+            self.docker_host,
+            tls_verify=self.tls_verify,
+            tls_ca=self.tls_ca,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            timeout=self.docker_timeout,
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking docker call on the docker thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(ds.EXECUTOR, functools.partial(fn, *args, **kwargs))
+
+    # --- start --------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, str]:
+        import docker.errors
+
+        if not self.runtime_dir:
+            raise SpawnError("no runtime directory was assigned to this session")
+        if self.allowed_images and self.image not in self.allowed_images:
+            raise SpawnError(f"image {self.image!r} is not in the allowed images")
+        transport = self._transport()
+        self.exit_status = None
+        self._exit_reason = None
+        try:
+            self.container_name = ds.container_name(
+                self.name_template,
+                username=str(self.user.get("name") or self.user.get("user_id") or "anonymous"),
+                user_id=str(self.user.get("user_id") or ""),
+                session_id=self.session_id,
+            )
+            binds = self._binds()
+        except (ValueError, KeyError) as e:
+            raise SpawnError(f"invalid docker configuration: {e}") from None
+        self.emit_progress(5, f"Preparing the session for image {self.image}")
+        self._prepare_files(transport)
+        try:
+            await self._ensure_image()
+            deadline = time.monotonic() + self.start_timeout
+            self.emit_progress(40, "Creating the container")
+            self.container_id = await self._run(self._create, binds)
+            self.emit_progress(55, f"Starting container {self.container_name}")
+            await self._run(self.client.api.start, self.container_id)
+        except docker.errors.DockerException as e:
+            await self._abort()
+            raise SpawnError(f"docker could not start the worker: {_explain(e)}") from None
+        except BaseException:
+            await self._abort()
+            raise
+        self.emit_progress(70, "Container started, loading PHOEBE")
+        try:
+            report = await self._wait_ready(deadline)
+            endpoints, _pid = endpoints_from_json(report)
+            self.endpoints = await self._host_endpoints(endpoints, transport)
+        except SpawnError:
+            await self._abort()
+            raise
+        except ValueError:
+            await self._abort()
+            raise SpawnError("worker wrote a malformed ready file") from None
+        except BaseException:
+            await self._abort()
+            raise
+        self.emit_progress(100, "Worker ready", done=True)
+        self.log.debug(
+            "container %s for session %s ready: %s",
+            self.container_name,
+            self.session_id,
+            self.endpoints,
+        )
+        return dict(self.endpoints)
+
+    def _transport(self) -> str:
+        if self.transport != "auto":
+            chosen = str(self.transport)
+        else:
+            chosen = "ipc" if self._network() == "none" else "tcp"
+        if chosen == "tcp" and self._network() == "none":
+            raise SpawnError("transport 'tcp' needs a network: set network_name or network_mode")
+        return chosen
+
+    def _network(self) -> str:
+        return self.network_name or self.network_mode or "none"
+
+    def _binds(self) -> list[str]:
+        fields = {
+            "username": str(self.user.get("name") or ""),
+            "user_id": str(self.user.get("user_id") or ""),
+            "session_id": self.session_id,
+        }
+        return ds.render_volumes(self.volumes, fields)
+
+    def _uid_gid(self) -> tuple[int, int]:
+        uid, _, gid = self.container_user.partition(":")
+        return int(uid), int(gid or uid)
+
+    def _prepare_files(self, transport: str) -> None:
+        """The session dir, the runtime mount and the 0600 connection file (local disk).
+
+        Both directories belong to the container's user (the hub is root, or is that
+        user), so the worker can write them and nobody else on the host can read them.
+        """
+        uid, gid = self._uid_gid()
+        if os.geteuid() not in (0, uid):
+            raise SpawnError(
+                f"the hub (uid {os.geteuid()}) cannot hand files to container uid {uid}: "
+                "run the hub as root or set DockerSpawner.container_user to the hub's uid"
+            )
+        Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        run_dir = Path(self.runtime_dir) / "c"
+        if transport == "ipc" and len(str(run_dir / "control")) > MAX_IPC_PATH:
+            run_dir = self._short_run_dir()
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        for stale in ("ready.json", *("shell", "control", "iopub")):
+            (run_dir / stale).unlink(missing_ok=True)
+        session_dir = Path(self.session_dir)
+        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(run_dir, uid, gid)
+            os.chown(session_dir, uid, gid)
+        self.host_run_dir = str(run_dir)
+        info = self.connection_info(
+            session_dir=self.session_mount,
+            transport=transport,
+            ipc_dir=self.runtime_mount,
+        )
+        info.exit_with_parent = False  # the worker's parent is the container's init
+        if transport == "tcp":
+            info.ip = self.ip if self._network() == "host" else "0.0.0.0"  # noqa: S104
+        path = run_dir / "connection.json"
+        self.write_connection_file(str(path), info)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+
+    def _short_run_dir(self) -> Path:
+        """A runtime mount under ``ipc_fallback_root``, for data dirs with long paths."""
+        root = Path(self.ipc_fallback_root)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = root.lstat()
+        if st.st_uid != os.geteuid() or (st.st_mode & 0o077) or root.is_symlink():
+            raise SpawnError(f"{root} must be a directory owned by the hub with mode 0700")
+        run_dir = root / self.session_id
+        if len(str(run_dir / "control")) > MAX_IPC_PATH:
+            raise SpawnError(f"ipc_fallback_root {root} is too long for Unix sockets")
+        return run_dir
+
+    async def _ensure_image(self) -> None:
+        import docker.errors
+
+        present = True
+        if self.pull_policy != "always":
+            try:
+                await self._run(self.client.api.inspect_image, self.image)
+            except docker.errors.ImageNotFound:
+                present = False
+        if present and self.pull_policy != "always":
+            return
+        if self.pull_policy == "never":
+            raise SpawnError(f"image {self.image!r} is not present and pull_policy is 'never'")
+        self.emit_progress(20, f"Pulling image {self.image}")
+        repo, tag = _split_image(self.image)
+        try:
+            await asyncio.wait_for(
+                self._run(self.client.api.pull, repo, tag=tag), timeout=self.pull_timeout
+            )
+        except TimeoutError:
+            raise SpawnError(f"pulling {self.image} took over {self.pull_timeout:g} s") from None
+
+    def _create(self, binds: list[str]) -> str:
+        """Create the container (blocking; runs on the docker threads); returns its id."""
+        assert self.host_run_dir is not None
+        api = self.client.api
+        network = self._network()
+        host_config: dict[str, Any] = {
+            "binds": [
+                f"{self.host_run_dir}:{self.runtime_mount}:rw",
+                f"{self.session_dir}:{self.session_mount}:rw",
+                *binds,
+            ],
+            "network_mode": network,
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+            "pids_limit": self.pids_limit or None,
+            "ipc_mode": "private",
+        }
+        if self.mem_limit:
+            host_config["mem_limit"] = self.mem_limit
+            host_config["memswap_limit"] = self.mem_limit  # no swap beyond the limit
+        if self.cpu_limit:
+            host_config["nano_cpus"] = int(self.cpu_limit * 1e9)
+        host_config.update(self.extra_host_config)
+        env = self.get_env()
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "command": [
+                *self.cmd,
+                *self.worker_args,
+                "--connection-file",
+                f"{self.runtime_mount}/connection.json",
+                "--ready-file",
+                f"{self.runtime_mount}/ready.json",
+            ],
+            "name": self.container_name,
+            "user": self.container_user,
+            "environment": env,
+            "working_dir": self.session_mount,
+            "labels": {
+                ds.LABEL_SESSION: self.session_id,
+                ds.LABEL_USER: str(self.user.get("user_id") or ""),
+            },
+            "stop_signal": "SIGTERM",
+            "host_config": api.create_host_config(**host_config),
+        }
+        kwargs.update(self.extra_create_kwargs)
+        return str(api.create_container(**kwargs)["Id"])
+
+    def get_env(self) -> dict[str, str]:
+        """The container's environment: the base allow-list plus a writable HOME."""
+        env = super().get_env()
+        env.setdefault("HOME", "/tmp")
+        return env
+
+    async def _wait_ready(self, deadline: float) -> bytes:
+        """Wait for the ready file, watching the container for an early death."""
+        assert self.host_run_dir is not None
+        ready = Path(self.host_run_dir) / "ready.json"
+        next_check = time.monotonic() + 0.25
+        while True:
+            if ready.exists():
+                return ready.read_bytes()
+            now = time.monotonic()
+            if now >= deadline:
+                raise SpawnError(f"worker did not become ready within {self.start_timeout:g} s")
+            if now >= next_check:
+                next_check = now + 0.25
+                state = await self._inspect_state()
+                if state is None or state.get("Status") not in ALIVE_STATES:
+                    raise SpawnError(await self._start_failure(state))
+            await asyncio.sleep(self.ready_check_interval)
+
+    async def _start_failure(self, state: dict[str, Any] | None) -> str:
+        if state is None:
+            return "the worker's container disappeared while starting"
+        self._record_exit(state)
+        tail = await self._logs_tail()
+        if self._exit_reason:
+            what = f"{self._exit_reason} while starting"
+        else:
+            code = state.get("ExitCode", 1)
+            status = ds.status_from_exit_code(int(code))
+            if status < 0:
+                what = f"worker was killed by {signal.Signals(-status).name} while starting"
+            else:
+                what = f"worker exited with status {status} while starting"
+        return f"{what}: {tail[-300:]}" if tail else what
+
+    async def _logs_tail(self) -> str:
+        """The last line of the worker's output (for failure reasons)."""
+        import docker.errors
+
+        if self.container_id is None:
+            return ""
+        try:
+            raw = await self._run(
+                self.client.api.logs, self.container_id, tail=LOG_TAIL_LINES, timestamps=False
+            )
+        except docker.errors.DockerException:
+            return ""
+        lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    async def _host_endpoints(self, endpoints: dict[str, str], transport: str) -> dict[str, str]:
+        """Map the endpoints the worker bound inside the container to what the hub dials."""
+        assert self.host_run_dir is not None
+        out: dict[str, str] = {}
+        if transport == "ipc":
+            prefix = f"ipc://{self.runtime_mount}/"
+            for ch, url in endpoints.items():
+                if not url.startswith(prefix):
+                    raise SpawnError(f"worker bound {ch} on an unexpected endpoint {url}")
+                out[ch] = f"ipc://{self.host_run_dir}/{url[len(prefix) :]}"
+            return out
+        host = self.ip if self._network() == "host" else await self._container_address()
+        for ch, url in endpoints.items():
+            port = url.rsplit(":", 1)[-1]
+            out[ch] = f"tcp://{host}:{port}"
+        out["port"] = out["shell"].rsplit(":", 1)[-1]
+        return out
+
+    async def _container_address(self) -> str:
+        assert self.container_id is not None
+        attrs = await self._run(self.client.api.inspect_container, self.container_id)
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (networks.get(self._network()) or {}).get("IPAddress")
+        if not address:
+            raise SpawnError(f"the container has no address on network {self._network()!r}")
+        return str(address)
+
+    async def _abort(self) -> None:
+        """Clean up after a failed start: the container goes whatever ``remove`` says."""
+        with contextlib.suppress(Exception):
+            await self._stop_container(now=True, remove=True)
+        if self.exit_status is None:
+            self.exit_status = 1
+        self._finish()
+
+    # --- poll / stop ------------------------------------------------------------------------
+
+    async def _inspect_state(self) -> dict[str, Any] | None:
+        """The container's ``State``, or None if it no longer exists."""
+        import docker.errors
+
+        assert self.container_id is not None
+        try:
+            attrs = await self._run(self.client.api.inspect_container, self.container_id)
+        except docker.errors.NotFound:
+            return None
+        return dict(attrs.get("State") or {})
+
+    def _record_exit(self, state: dict[str, Any]) -> None:
+        if self.exit_status is not None:
+            return
+        self.exit_status = ds.status_from_exit_code(int(state.get("ExitCode") or 0))
+        if state.get("OOMKilled"):
+            limit = f" (limit {ds.mib(self.mem_limit)})" if self.mem_limit else ""
+            self._exit_reason = f"worker was killed: out of memory{limit}"
+        elif self.exit_status == 0 and state.get("Error"):
+            self.exit_status = 1
+            self._exit_reason = f"worker container failed: {str(state['Error'])[:200]}"
+
+    async def poll(self) -> int | None:
+        import docker.errors
+        import requests.exceptions
+
+        if self.exit_status is not None or self.container_id is None:
+            return self.exit_status if self.exit_status is not None else 0
+        try:
+            state = await self._inspect_state()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            reason = _explain(e)
+            if reason != self._engine_error:  # once per distinct problem, not every poll
+                self.log.warning("cannot poll container %s: %s", self.container_name, reason)
+                self._engine_error = reason
+            return None  # the engine is unreachable; the worker may well be fine
+        self._engine_error = None
+        if state is None:
+            self.exit_status = 1
+            self._exit_reason = (
+                f"worker container {self.container_name} was removed outside the hub"
+            )
+        elif state.get("Status") in ALIVE_STATES:
+            return None
+        else:
+            self._record_exit(state)
+        return self.exit_status
+
+    def exit_reason(self, status: int) -> str | None:
+        return self._exit_reason
+
+    async def stop(self, now: bool = False) -> None:
+        await self._stop_container(now=now, remove=self.remove)
+        self._finish()
+
+    async def _stop_container(self, *, now: bool, remove: bool) -> None:
+        import docker.errors
+
+        if self.container_id is None:
+            return
+        async with self._stop_lock:
+            cid = self.container_id
+            state = await self._inspect_state()
+            if state is not None and state.get("Status") in ALIVE_STATES:
+                try:
+                    if now:
+                        await self._run(self.client.api.kill, cid, signal="SIGKILL")
+                    else:
+                        await self._run(self.client.api.stop, cid, timeout=int(self.stop_timeout))
+                    await self._run(self.client.api.wait, cid, timeout=self.docker_timeout)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as e:
+                    if "is not running" not in str(e):
+                        raise
+                state = await self._inspect_state()
+            if state is not None:
+                self._record_exit(state)
+            elif self.exit_status is None:
+                self.exit_status = 1
+            if remove and state is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    await self._run(self.client.api.remove_container, cid, force=True, v=True)
+
+    def _finish(self) -> None:
+        if self.host_run_dir:
+            (Path(self.host_run_dir) / "connection.json").unlink(missing_ok=True)
+
+    # --- state ------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.container_id is not None:
+            state.update(
+                container_id=self.container_id,
+                container_name=self.container_name,
+                host_run_dir=self.host_run_dir,
+                endpoints=self.endpoints,
+                runtime_dir=self.runtime_dir,
+            )
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if state.get("container_id"):
+            self.container_id = str(state["container_id"])
+            self.container_name = state.get("container_name")
+            self.host_run_dir = state.get("host_run_dir")
+            self.endpoints = dict(state.get("endpoints") or {})
+            self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        for path in (self.host_run_dir, self.runtime_dir):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+        self.container_id = None
+        self.container_name = None
+        self.host_run_dir = None
+        self.endpoints = {}
+        self.exit_status = None
+        self._exit_reason = None
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    """``"repo/name:tag"`` -> (``"repo/name"``, ``"tag"``); digests and ports handled."""
+    if "@" in image:
+        repo, _, digest = image.partition("@")
+        return repo, digest
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return repo, tag
+
+
+def _explain(error: BaseException) -> str:
+    """A one-line reason from a docker SDK error (the engine's explanation if it gave one)."""
+    explanation = getattr(error, "explanation", None)
+    text = str(explanation or error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
