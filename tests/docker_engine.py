@@ -27,6 +27,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -147,11 +148,13 @@ class DockerEngine:
             if self.pid is None and self.pidfile.exists():
                 with contextlib.suppress(ValueError):
                     self.pid = int(self.pidfile.read_text().strip())
-            try:  # the client asks the engine for its API version when it is made
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(self.socket))
+                # the client asks the engine for its API version when it is made
                 client = docker.DockerClient(base_url=self.url, timeout=120)
-                client.ping()
                 break
-            except Exception:
+            except OSError:
                 if time.monotonic() > deadline or (self.pid and not _alive(self.pid)):
                     self.stop()
                     raise EngineUnavailable(f"dockerd did not start: {self._log_tail()}") from None
@@ -176,16 +179,20 @@ class DockerEngine:
             ],
         )
 
-    def spawner_config(self, **overrides: Any) -> dict[str, Any]:
-        """``make_hub`` overrides that run sessions in this engine with the test image."""
-        config = {
-            "PhoebeSpawnerApp__spawner_class": "docker",
-            "DockerSpawner__docker_host": self.url,
-            "DockerSpawner__image": self.image,
-            "DockerSpawner__pull_policy": "never",
-            "DockerSpawner__volumes": dict(self.volumes),
-            "DockerSpawner__container_user": f"{CONTAINER_UID}:{CONTAINER_UID}",
+    def traits(self) -> dict[str, Any]:
+        """DockerSpawner traits that run workers in this engine with the test image."""
+        return {
+            "docker_host": self.url,
+            "image": self.image,
+            "pull_policy": "never",
+            "volumes": dict(self.volumes),
+            "container_user": f"{CONTAINER_UID}:{CONTAINER_UID}",
         }
+
+    def hub_config(self, **overrides: Any) -> dict[str, Any]:
+        """``make_hub`` overrides for a hub whose sessions run in this engine."""
+        config = {"PhoebeSpawnerApp__spawner_class": "docker"}
+        config.update({f"DockerSpawner__{k}": v for k, v in self.traits().items()})
         config.update(overrides)
         return config
 
@@ -208,6 +215,12 @@ class DockerEngine:
                     net.remove()
             self.client.close()
             self.client = None
+        if self.pid is None:  # a start that failed early: the daemon may still be coming up
+            deadline = time.monotonic() + 5
+            while self.pid is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError, ValueError):
+                    self.pid = int(self.pidfile.read_text().strip())
+                time.sleep(0.1)
         if self.pid is not None and _alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             if not _wait_gone(self.pid, 30):

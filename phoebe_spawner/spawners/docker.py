@@ -64,6 +64,8 @@ ALIVE_STATES = ("created", "running", "paused", "restarting")
 #: Unix socket paths are limited to 108 bytes; stay clear of the limit.
 MAX_IPC_PATH = 100
 LOG_TAIL_LINES = 20
+#: The container's private tmpfs (not the host's /tmp): HOME and caches live there.
+CONTAINER_TMP = "/tmp"  # noqa: S108
 
 
 class DockerSpawner(Spawner):
@@ -440,7 +442,7 @@ class DockerSpawner(Spawner):
             ],
             "network_mode": network,
             "read_only": True,
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},
+            "tmpfs": {CONTAINER_TMP: f"rw,nosuid,nodev,size={self.tmpfs_size}"},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "init": True,
@@ -481,7 +483,7 @@ class DockerSpawner(Spawner):
     def get_env(self) -> dict[str, str]:
         """The container's environment: the base allow-list plus a writable HOME."""
         env = super().get_env()
-        env.setdefault("HOME", "/tmp")
+        env.setdefault("HOME", CONTAINER_TMP)
         return env
 
     async def _wait_ready(self, deadline: float) -> bytes:

@@ -18,9 +18,11 @@ import zmq.asyncio
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.channels import WorkerChannel
 from phoebe_spawner.spawners.base import Spawner, SpawnError
+from phoebe_spawner.spawners.docker import DockerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import TEST_FACTORY, wait_for
+from ..docker_engine import kill_container
 
 SpawnerFactory = Callable[..., Spawner]
 
@@ -39,11 +41,36 @@ def local_factory(tmp_path: Any) -> SpawnerFactory:
     return make
 
 
-BACKENDS = {"local": local_factory}
+def docker_factory(tmp_path: Any, engine: Any) -> SpawnerFactory:
+    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return DockerSpawner(
+            session_id=session_id,
+            user={"name": "contract", "user_id": "contract"},
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(tmp_path / "sessions" / session_id),
+            runtime_dir=str(tmp_path / "runtime" / session_id),
+            **{**engine.traits(), **kw},
+        )
+
+    return make
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+BACKENDS = {"local": local_factory, "docker": docker_factory}
+#: session fixtures a backend needs (it is skipped, or fails in CI, when they are missing)
+BACKEND_FIXTURES = {"docker": "docker_engine"}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("local"),
+        pytest.param("docker", marks=pytest.mark.docker),
+    ]
+)
 def make_spawner(request, tmp_path) -> SpawnerFactory:
+    needs = BACKEND_FIXTURES.get(request.param)
+    if needs:
+        return BACKENDS[request.param](tmp_path, request.getfixturevalue(needs))
     return BACKENDS[request.param](tmp_path)
 
 
@@ -144,6 +171,8 @@ async def test_a_died_worker_reports_its_status(make_spawner):
     if isinstance(spawner, LocalProcessSpawner):
         assert spawner.pid is not None
         os.kill(spawner.pid, signal.SIGKILL)
+    elif isinstance(spawner, DockerSpawner):
+        await kill_container(spawner, "SIGKILL")
     deadline = asyncio.get_running_loop().time() + 10
     while await spawner.poll() is None:
         assert asyncio.get_running_loop().time() < deadline
