@@ -624,6 +624,14 @@ class SessionManager(LoggingConfigurable):
         s.status = "failed"
         s.reason = reason
         s.ended_at = time.time()
+        # finish even if the caller is cancelled (the poll loop at shutdown): shutdown
+        # waits for background tasks, so no worker is left half cleaned up
+        task = asyncio.ensure_future(self._clean_up_failed(s, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
+
+    async def _clean_up_failed(self, s: LiveSession, reason: str) -> None:
         if s.channel is not None:
             await s.channel.close(ChannelClosed(reason))
         await self._write(s, status="failed", termination_reason=reason, stopped_at=s.ended_at)

@@ -189,10 +189,19 @@ class DockerEngine:
             "container_user": f"{CONTAINER_UID}:{CONTAINER_UID}",
         }
 
-    def hub_config(self, **overrides: Any) -> dict[str, Any]:
-        """``make_hub`` overrides for a hub whose sessions run in this engine."""
-        config = {"PhoebeSpawnerApp__spawner_class": "docker"}
+    def hub_config(self, *, phoebe: bool = False, **overrides: Any) -> dict[str, Any]:
+        """``make_hub`` overrides for a hub whose sessions run in this engine.
+
+        Without ``phoebe`` the workers run the fast fault-injecting test session.
+        """
+        config: dict[str, Any] = {"PhoebeSpawnerApp__spawner_class": "docker"}
         config.update({f"DockerSpawner__{k}": v for k, v in self.traits().items()})
+        config["DockerSpawner__start_timeout"] = 90 if phoebe else 30
+        if not phoebe:
+            config["DockerSpawner__worker_args"] = [
+                "--session-factory",
+                "phoebe_kernel_worker.testing:test_session",
+            ]
         config.update(overrides)
         return config
 
