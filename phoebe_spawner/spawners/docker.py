@@ -33,29 +33,16 @@ import functools
 import os
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traitlets import (
-    Bool,
-    CaselessStrEnum,
-    Dict,
-    Float,
-    Integer,
-    List,
-    TraitError,
-    Unicode,
-    default,
-    validate,
-)
-
 from phoebe_kernel_worker.protocol import endpoints_from_json
 
 from . import docker_support as ds
-from .base import ByteSpecification, Spawner, SpawnError
+from .base import SpawnError
+from .docker_config import DockerSpawnerConfig
 
 T = TypeVar("T")
 
@@ -68,180 +55,8 @@ LOG_TAIL_LINES = 20
 CONTAINER_TMP = "/tmp"  # noqa: S108
 
 
-class DockerSpawner(Spawner):
+class DockerSpawner(DockerSpawnerConfig):
     """Start each worker in its own container (``spawner_class = "docker"``)."""
-
-    # --- the image ---------------------------------------------------------------------
-    image = Unicode(
-        "phoebe-spawner-worker:latest",
-        help="""The worker image (built from share/phoebe_spawner/docker/Dockerfile). It must
-        run ``python -m phoebe_kernel_worker`` (see ``cmd``).""",
-    ).tag(config=True)
-
-    allowed_images = List(
-        Unicode(),
-        help="""If not empty, the only images a session may run: start() refuses any other
-        image, including one a subclass or a hook picks per user.""",
-    ).tag(config=True)
-
-    pull_policy = CaselessStrEnum(
-        ["ifnotpresent", "always", "never"],
-        default_value="ifnotpresent",
-        help="""When to pull the image: 'ifnotpresent' (pull only if missing), 'always'
-        (before every start) or 'never' (a missing image fails the start).""",
-    ).tag(config=True)
-
-    pull_timeout = Float(
-        600.0, help="Seconds an image pull may take (not counted in start_timeout)."
-    ).tag(config=True)
-
-    # --- networking --------------------------------------------------------------------
-    network_mode = Unicode(
-        "none",
-        help="""Docker network mode: 'none' (the default and the safest: the worker talks to
-        the hub through ipc sockets in a bind-mounted directory) or 'host' (the worker
-        binds TCP on ``ip``, normally 127.0.0.1). Use ``network_name`` for a private
-        network instead.""",
-    ).tag(config=True)
-
-    network_name = Unicode(
-        "",
-        help="""A user-defined docker network to attach containers to (overrides
-        network_mode). The worker binds TCP inside its container and the hub connects to
-        the container's address on that network, so the hub must be able to route there
-        (the same host, or a container on the same network). Nothing is published on the
-        host's interfaces.""",
-    ).tag(config=True)
-
-    transport = CaselessStrEnum(
-        ["auto", "ipc", "tcp"],
-        default_value="auto",
-        help="""How the hub reaches the worker's ZeroMQ channels: 'ipc' (sockets in the
-        bind-mounted runtime directory; needs the hub on the same host), 'tcp', or 'auto'
-        (ipc with network_mode 'none', tcp otherwise).""",
-    ).tag(config=True)
-
-    ipc_fallback_root = Unicode(
-        help="""A short directory for a session's runtime mount when the path under the
-        hub's data_dir is too long for a Unix socket (108 bytes). Default:
-        $TMPDIR/phoebe-spawner-ipc-<uid>.""",
-    ).tag(config=True)
-
-    @default("ipc_fallback_root")
-    def _default_ipc_fallback_root(self) -> str:
-        return str(Path(tempfile.gettempdir()) / f"phoebe-spawner-ipc-{os.geteuid()}")
-
-    # --- storage -----------------------------------------------------------------------
-    volumes = Dict(
-        help="""Extra mounts: ``{host_path: container_path}`` (read-only) or ``{host_path:
-        {"bind": container_path, "mode": "ro"|"rw"}}``. ``{username}``, ``{user_id}`` and
-        ``{session_id}`` in either path are replaced by escaped, filesystem-safe values,
-        e.g. ``{"/srv/shared/{username}": {"bind": "/data", "mode": "rw"}}``.""",
-    ).tag(config=True)
-
-    session_mount = Unicode(
-        "/srv/phoebe/session",
-        help="Where the session's own (writable) directory appears inside the container.",
-    ).tag(config=True)
-
-    runtime_mount = Unicode(
-        "/run/phoebe",
-        help="Where the connection file, ready file and ipc sockets appear in the container.",
-    ).tag(config=True)
-
-    tmpfs_size = ByteSpecification(
-        "256M", help="Size of the container's /tmp (tmpfs; counts towards mem_limit)."
-    ).tag(config=True)
-
-    # --- limits and hardening ------------------------------------------------------------
-    pids_limit = Integer(
-        512, help="Processes and threads one container may run (0 = no limit)."
-    ).tag(config=True)
-
-    container_user = Unicode(
-        help="""``uid:gid`` the worker runs as; never root. Default: the hub's own uid:gid,
-        or 1000:1000 when the hub runs as root (which then hands the session's files to
-        that uid). A hub that is not root can only run containers as its own uid.""",
-    ).tag(config=True)
-
-    @default("container_user")
-    def _default_container_user(self) -> str:
-        if os.geteuid() == 0:
-            return "1000:1000"
-        return f"{os.geteuid()}:{os.getegid()}"
-
-    @validate("container_user")
-    def _validate_container_user(self, proposal: dict[str, Any]) -> str:
-        value = str(proposal["value"])
-        uid, _, gid = value.partition(":")
-        if not (uid.isdigit() and (gid.isdigit() or not gid)):
-            raise TraitError(f"container_user must be numeric 'uid:gid', not {value!r}")
-        if int(uid) == 0 or (gid and int(gid) == 0):
-            raise TraitError("container_user must not be root")
-        return value if gid else f"{uid}:{uid}"
-
-    extra_host_config = Dict(
-        help="""Extra docker HostConfig arguments (docker SDK names, e.g. ``{"cpuset_cpus":
-        "0-3"}``), applied last: they can override the hardening, so review them.""",
-    ).tag(config=True)
-
-    extra_create_kwargs = Dict(
-        help="Extra arguments for the docker SDK's create_container (e.g. ``hostname``).",
-    ).tag(config=True)
-
-    remove = Bool(
-        True,
-        help="""Remove the container once it stopped (its logs go with it). The spawner
-        removes it itself after reading its exit status, rather than docker's AutoRemove,
-        which would lose the status and the out-of-memory flag.""",
-    ).tag(config=True)
-
-    name_template = Unicode(
-        "phoebe-{username}-{session_id}",
-        help="""Container names: ``{username}``, ``{user_id}`` and ``{session_id}`` are
-        escaped so names are docker-safe and distinct users never collide. Must contain
-        ``{session_id}``.""",
-    ).tag(config=True)
-
-    @validate("name_template")
-    def _validate_name_template(self, proposal: dict[str, Any]) -> str:
-        value = str(proposal["value"])
-        if "{session_id}" not in value:
-            raise TraitError("name_template must contain {session_id} to be collision-free")
-        return value
-
-    stop_timeout = Float(
-        5.0, help="Seconds docker waits after SIGTERM before SIGKILL when stopping."
-    ).tag(config=True)
-
-    # --- the engine --------------------------------------------------------------------
-    docker_host = Unicode(
-        "",
-        help="""The engine's address (``unix:///var/run/docker.sock``, ``tcp://host:2376``).
-        Empty: the standard DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH variables.""",
-    ).tag(config=True)
-    tls_verify = Bool(False, help="Verify the engine's TLS certificate (tcp docker_host).").tag(
-        config=True
-    )
-    tls_ca = Unicode("", help="CA certificate file for the engine's TLS.").tag(config=True)
-    tls_cert = Unicode("", help="Client certificate file for the engine's TLS.").tag(config=True)
-    tls_key = Unicode("", help="Client key file for the engine's TLS.").tag(config=True)
-    docker_timeout = Float(60.0, help="Seconds one docker API call may take.").tag(config=True)
-
-    ready_check_interval = Float(
-        0.02, help="How often start() looks for the worker's ready file."
-    ).tag(config=True)
-
-    # --- defaults that differ from the local backend ----------------------------------------
-
-    @default("cmd")
-    def _default_cmd(self) -> list[str]:
-        return ["python", "-m", "phoebe_kernel_worker"]
-
-    @default("env_keep")
-    def _default_env_keep(self) -> list[str]:
-        # host paths (PATH, PYTHONPATH, VIRTUAL_ENV) mean nothing inside the image
-        return ["LANG", "LC_ALL", "TZ", "PHOEBE_ENABLE_ONLINE_PASSBANDS", "PHOEBE_MULTIPROC_NPROCS"]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -296,7 +111,10 @@ class DockerSpawner(Spawner):
         except (ValueError, KeyError) as e:
             raise SpawnError(f"invalid docker configuration: {e}") from None
         self.emit_progress(5, f"Preparing the session for image {self.image}")
-        self._prepare_files(transport)
+        try:
+            self._prepare_files(transport)
+        except OSError as e:
+            raise SpawnError(f"could not prepare the session's files: {e.strerror}") from None
         try:
             await self._ensure_image()
             deadline = time.monotonic() + self.start_timeout
@@ -306,7 +124,7 @@ class DockerSpawner(Spawner):
             await self._run(self.client.api.start, self.container_id)
         except docker.errors.DockerException as e:
             await self._abort()
-            raise SpawnError(f"docker could not start the worker: {_explain(e)}") from None
+            raise SpawnError(f"docker could not start the worker: {ds.explain(e)}") from None
         except BaseException:
             await self._abort()
             raise
@@ -421,7 +239,7 @@ class DockerSpawner(Spawner):
         if self.pull_policy == "never":
             raise SpawnError(f"image {self.image!r} is not present and pull_policy is 'never'")
         self.emit_progress(20, f"Pulling image {self.image}")
-        repo, tag = _split_image(self.image)
+        repo, tag = ds.split_image(self.image)
         try:
             await asyncio.wait_for(
                 self._run(self.client.api.pull, repo, tag=tag), timeout=self.pull_timeout
@@ -603,7 +421,7 @@ class DockerSpawner(Spawner):
         try:
             state = await self._inspect_state()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            reason = _explain(e)
+            reason = ds.explain(e)
             if reason != self._engine_error:  # once per distinct problem, not every poll
                 self.log.warning("cannot poll container %s: %s", self.container_name, reason)
                 self._engine_error = reason
@@ -694,21 +512,3 @@ class DockerSpawner(Spawner):
         self.endpoints = {}
         self.exit_status = None
         self._exit_reason = None
-
-
-def _split_image(image: str) -> tuple[str, str]:
-    """``"repo/name:tag"`` -> (``"repo/name"``, ``"tag"``); digests and ports handled."""
-    if "@" in image:
-        repo, _, digest = image.partition("@")
-        return repo, digest
-    repo, sep, tag = image.rpartition(":")
-    if not sep or "/" in tag:
-        return image, "latest"
-    return repo, tag
-
-
-def _explain(error: BaseException) -> str:
-    """A one-line reason from a docker SDK error (the engine's explanation if it gave one)."""
-    explanation = getattr(error, "explanation", None)
-    text = str(explanation or error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]

@@ -150,3 +150,21 @@ def get_client(
 def mib(nbytes: int) -> str:
     """``268435456`` -> ``"256 MiB"`` (for reasons shown to users)."""
     return f"{nbytes / 1024 / 1024:.0f} MiB"
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """``"repo/name:tag"`` -> (``"repo/name"``, ``"tag"``); digests and ports handled."""
+    if "@" in image:
+        repo, _, digest = image.partition("@")
+        return repo, digest
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return repo, tag
+
+
+def explain(error: BaseException) -> str:
+    """A one-line reason from a docker SDK error (the engine's explanation if it gave one)."""
+    explanation = getattr(error, "explanation", None)
+    text = str(explanation or error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]

@@ -219,7 +219,7 @@ async def test_images_outside_the_allow_list_or_absent_are_refused(make_hub, doc
 
 
 async def test_failed_start_reports_the_workers_last_words(make_hub, docker_engine):
-    app, client = await make_hub(
+    _, client = await make_hub(
         **docker_engine.hub_config(
             DockerSpawner__worker_extra={"fail_start": "no licence for this container"}
         )
