@@ -84,15 +84,25 @@ class DockerSpawner(DockerSpawnerConfig):
         )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking docker call on the docker thread pool."""
+        """Run a blocking callable on the docker thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(ds.EXECUTOR, functools.partial(fn, *args, **kwargs))
+
+    async def _api(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``docker.APIClient.<method>`` on the docker threads.
+
+        The client is looked up (and on first use made, which talks to the engine) in
+        the thread too, never on the event loop.
+        """
+
+        def call() -> Any:
+            return getattr(self.client.api, method)(*args, **kwargs)
+
+        return await self._run(call)
 
     # --- start --------------------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
-        import docker.errors
-
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
         if self.allowed_images and self.image not in self.allowed_images:
@@ -121,8 +131,8 @@ class DockerSpawner(DockerSpawnerConfig):
             self.emit_progress(40, "Creating the container")
             self.container_id = await self._run(self._create, binds)
             self.emit_progress(55, f"Starting container {self.container_name}")
-            await self._run(self.client.api.start, self.container_id)
-        except docker.errors.DockerException as e:
+            await self._api("start", self.container_id)
+        except ds.engine_errors() as e:
             await self._abort()
             raise SpawnError(f"docker could not start the worker: {ds.explain(e)}") from None
         except BaseException:
@@ -231,7 +241,7 @@ class DockerSpawner(DockerSpawnerConfig):
         present = True
         if self.pull_policy != "always":
             try:
-                await self._run(self.client.api.inspect_image, self.image)
+                await self._api("inspect_image", self.image)
             except docker.errors.ImageNotFound:
                 present = False
         if present and self.pull_policy != "always":
@@ -241,9 +251,7 @@ class DockerSpawner(DockerSpawnerConfig):
         self.emit_progress(20, f"Pulling image {self.image}")
         repo, tag = ds.split_image(self.image)
         try:
-            await asyncio.wait_for(
-                self._run(self.client.api.pull, repo, tag=tag), timeout=self.pull_timeout
-            )
+            await asyncio.wait_for(self._api("pull", repo, tag=tag), timeout=self.pull_timeout)
         except TimeoutError:
             raise SpawnError(f"pulling {self.image} took over {self.pull_timeout:g} s") from None
 
@@ -340,15 +348,12 @@ class DockerSpawner(DockerSpawnerConfig):
 
     async def _logs_tail(self) -> str:
         """The last line of the worker's output (for failure reasons)."""
-        import docker.errors
 
         if self.container_id is None:
             return ""
         try:
-            raw = await self._run(
-                self.client.api.logs, self.container_id, tail=LOG_TAIL_LINES, timestamps=False
-            )
-        except docker.errors.DockerException:
+            raw = await self._api("logs", self.container_id, tail=LOG_TAIL_LINES, timestamps=False)
+        except ds.engine_errors():
             return ""
         lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()]
         return lines[-1] if lines else ""
@@ -357,23 +362,26 @@ class DockerSpawner(DockerSpawnerConfig):
         """Map the endpoints the worker bound inside the container to what the hub dials."""
         assert self.host_run_dir is not None
         out: dict[str, str] = {}
+        # the hub dials only addresses it derives itself: a channel's own socket in the
+        # runtime mount, or a port on the container's address
         if transport == "ipc":
-            prefix = f"ipc://{self.runtime_mount}/"
             for ch, url in endpoints.items():
-                if not url.startswith(prefix):
+                if url != f"ipc://{self.runtime_mount}/{ch}":
                     raise SpawnError(f"worker bound {ch} on an unexpected endpoint {url}")
-                out[ch] = f"ipc://{self.host_run_dir}/{url[len(prefix) :]}"
+                out[ch] = f"ipc://{self.host_run_dir}/{ch}"
             return out
         host = self.ip if self._network() == "host" else await self._container_address()
         for ch, url in endpoints.items():
             port = url.rsplit(":", 1)[-1]
+            if not (url.startswith("tcp://") and port.isdigit()):
+                raise SpawnError(f"worker bound {ch} on an unexpected endpoint {url}")
             out[ch] = f"tcp://{host}:{port}"
         out["port"] = out["shell"].rsplit(":", 1)[-1]
         return out
 
     async def _container_address(self) -> str:
         assert self.container_id is not None
-        attrs = await self._run(self.client.api.inspect_container, self.container_id)
+        attrs = await self._api("inspect_container", self.container_id)
         networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
         address = (networks.get(self._network()) or {}).get("IPAddress")
         if not address:
@@ -396,7 +404,7 @@ class DockerSpawner(DockerSpawnerConfig):
 
         assert self.container_id is not None
         try:
-            attrs = await self._run(self.client.api.inspect_container, self.container_id)
+            attrs = await self._api("inspect_container", self.container_id)
         except docker.errors.NotFound:
             return None
         return dict(attrs.get("State") or {})
@@ -413,14 +421,11 @@ class DockerSpawner(DockerSpawnerConfig):
             self._exit_reason = f"worker container failed: {str(state['Error'])[:200]}"
 
     async def poll(self) -> int | None:
-        import docker.errors
-        import requests.exceptions
-
         if self.exit_status is not None or self.container_id is None:
             return self.exit_status if self.exit_status is not None else 0
         try:
             state = await self._inspect_state()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        except ds.engine_errors() as e:
             reason = ds.explain(e)
             if reason != self._engine_error:  # once per distinct problem, not every poll
                 self.log.warning("cannot poll container %s: %s", self.container_name, reason)
@@ -456,10 +461,10 @@ class DockerSpawner(DockerSpawnerConfig):
             if state is not None and state.get("Status") in ALIVE_STATES:
                 try:
                     if now:
-                        await self._run(self.client.api.kill, cid, signal="SIGKILL")
+                        await self._api("kill", cid, signal="SIGKILL")
                     else:
-                        await self._run(self.client.api.stop, cid, timeout=int(self.stop_timeout))
-                    await self._run(self.client.api.wait, cid, timeout=self.docker_timeout)
+                        await self._api("stop", cid, timeout=int(self.stop_timeout))
+                    await self._api("wait", cid, timeout=self.docker_timeout)
                 except docker.errors.NotFound:
                     pass
                 except docker.errors.APIError as e:
@@ -472,7 +477,7 @@ class DockerSpawner(DockerSpawnerConfig):
                 self.exit_status = 1
             if remove and state is not None:
                 with contextlib.suppress(docker.errors.NotFound):
-                    await self._run(self.client.api.remove_container, cid, force=True, v=True)
+                    await self._api("remove_container", cid, force=True, v=True)
 
     def _finish(self) -> None:
         if self.host_run_dir:

@@ -147,6 +147,14 @@ def get_client(
         return client
 
 
+def engine_errors() -> tuple[type[BaseException], ...]:
+    """What a docker SDK call raises when the engine refuses or cannot be reached."""
+    import docker.errors
+    import requests.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
 def mib(nbytes: int) -> str:
     """``268435456`` -> ``"256 MiB"`` (for reasons shown to users)."""
     return f"{nbytes / 1024 / 1024:.0f} MiB"
