@@ -57,6 +57,11 @@ class HubContext:
     sse_keepalive: float = 15.0
     cookie_max_age_days: float = 1.0
     passbands: Any = None
+    admin_events: Any = None
+    metrics: Any = None
+    #: whether /metrics needs an admin or the metrics token
+    metrics_auth: bool = True
+    metrics_token: str = ""
 
 
 @stream_request_body
