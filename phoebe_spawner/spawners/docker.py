@@ -68,6 +68,7 @@ class DockerSpawner(DockerSpawnerConfig):
         self._exit_reason: str | None = None
         self._engine_error: str | None = None
         self._stop_lock = asyncio.Lock()
+        self._starting = False  # poll() is None while pulling/creating, before an id exists
 
     # --- calling the SDK off the loop -------------------------------------------------------
 
@@ -103,6 +104,13 @@ class DockerSpawner(DockerSpawnerConfig):
     # --- start --------------------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
+        self._starting = True
+        try:
+            return await self._start()
+        finally:
+            self._starting = False
+
+    async def _start(self) -> dict[str, str]:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
         if self.allowed_images and self.image not in self.allowed_images:
@@ -421,6 +429,8 @@ class DockerSpawner(DockerSpawnerConfig):
             self._exit_reason = f"worker container failed: {str(state['Error'])[:200]}"
 
     async def poll(self) -> int | None:
+        if self._starting and self.exit_status is None and self.container_id is None:
+            return None
         if self.exit_status is not None or self.container_id is None:
             return self.exit_status if self.exit_status is not None else 0
         try:

@@ -2,7 +2,7 @@
 
 Kept apart from the spawner's lifecycle (``docker.py``) so each file holds one idea.
 Configure it as ``c.DockerSpawner.<trait>`` (traitlets applies a subclass's section to
-inherited traits); ``phoebe-spawner --generate-config`` documents each one.
+inherited traits); ``docs/docker.md`` explains them.
 """
 
 from __future__ import annotations

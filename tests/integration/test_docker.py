@@ -7,7 +7,9 @@ the hub promises is checked where docker keeps it, in ``docker inspect``.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import stat
 import time
 from pathlib import Path
@@ -17,6 +19,8 @@ import orjson
 import pytest
 
 from phoebe_kernel_worker import protocol
+from phoebe_spawner.spawners.base import SpawnError
+from phoebe_spawner.spawners.docker import DockerSpawner
 
 from ..conftest import Client, async_wait_for
 
@@ -243,3 +247,40 @@ async def test_progress_names_the_container_steps(make_hub, docker_engine):
     assert run_dir and os.path.exists(run_dir)
     await client.post(f"/dash/end-session/{sid}")
     assert not os.path.exists(run_dir)
+
+
+async def test_poll_is_none_while_the_image_is_pulled(docker_engine, tmp_path):
+    # a "registry" that accepts the engine's connection and never answers: the pull hangs
+    # until the socket closes, so the test looks at a start that is certainly mid-pull
+    registry = socket.socket()
+    registry.bind(("127.0.0.1", 0))
+    registry.listen()
+    port = registry.getsockname()[1]
+    spawner = DockerSpawner(
+        session_id="pull-1",
+        user={"name": "puller", "user_id": "puller"},
+        key="0" * 64,
+        session_dir=str(tmp_path / "s"),
+        runtime_dir=str(tmp_path / "r"),
+        **{
+            **docker_engine.traits(),
+            "image": f"127.0.0.1:{port}/phoebe:1",
+            "pull_policy": "always",
+        },
+    )
+    task = asyncio.ensure_future(spawner.start())
+    conn = None
+    try:
+        async for event in spawner.progress():
+            if event["message"].startswith("Pulling image"):
+                break
+        conn, _ = await asyncio.wait_for(asyncio.to_thread(registry.accept), 30)
+        assert await spawner.poll() is None and not task.done()
+    finally:
+        if conn is not None:
+            conn.close()
+        registry.close()
+        with pytest.raises(SpawnError, match="docker could not start the worker"):
+            await asyncio.wait_for(task, 60)
+    assert isinstance(await spawner.poll(), int)
+    spawner.clear_state()
