@@ -464,6 +464,7 @@ class DockerSpawner(DockerSpawnerConfig):
         import docker.errors
 
         if self.container_id is None:
+            await self._remove_unrecorded()
             return
         async with self._stop_lock:
             cid = self.container_id
@@ -488,6 +489,33 @@ class DockerSpawner(DockerSpawnerConfig):
             if remove and state is not None:
                 with contextlib.suppress(docker.errors.NotFound):
                     await self._api("remove_container", cid, force=True, v=True)
+
+    async def _remove_unrecorded(self) -> None:
+        """Remove containers of this session the hub never recorded (it died mid-start).
+
+        Found by the session label this spawner set itself, never by name or command
+        line; only when the spawner holds no container id and is not starting one.
+        """
+        if self._starting or not self.session_id:
+            return
+        try:
+            found = await self._api(
+                "containers",
+                all=True,
+                quiet=True,
+                filters={"label": f"{ds.LABEL_SESSION}={self.session_id}"},
+            )
+            for container in found:
+                self.log.warning(
+                    "removing unrecorded container %s of session %s",
+                    container["Id"][:12],
+                    self.session_id,
+                )
+                await self._api("remove_container", container["Id"], force=True, v=True)
+        except ds.engine_errors() as e:
+            self.log.warning(
+                "cannot look for containers of session %s: %s", self.session_id, ds.explain(e)
+            )
 
     def _finish(self) -> None:
         if self.host_run_dir:

@@ -284,3 +284,23 @@ async def test_poll_is_none_while_the_image_is_pulled(docker_engine, tmp_path):
             await asyncio.wait_for(task, 60)
     assert isinstance(await spawner.poll(), int)
     spawner.clear_state()
+
+
+async def test_a_container_the_hub_never_recorded_is_removed_at_restart(
+    make_hub, docker_engine, tmp_path
+):
+    data = tmp_path / "shared"
+    config = docker_engine.hub_config()
+    app1, client1 = await make_hub(
+        data_dir=data, SessionManager__stop_workers_on_shutdown=False, **config
+    )
+    sid = await start(client1)
+    cid = app1.manager.sessions[sid].spawner.container_id
+    # as if the hub had died between creating the container and recording it
+    await app1.store.update_session(sid, status="pending", spawner_state={})
+    await app1.cleanup()
+    assert docker_engine.client.containers.get(cid).status == "running"
+    _, client2 = await make_hub(data_dir=data, **config)
+    listed = (await client2.get("/dash/sessions")).json()
+    assert listed[sid]["status"] == "failed"
+    assert cid not in {c.id for c in docker_engine.containers()}
