@@ -546,7 +546,10 @@ class DockerSpawner(DockerSpawnerConfig):
 
     def clear_state(self) -> None:
         super().clear_state()
-        for path in (self.host_run_dir, self.runtime_dir):
+        # the short ipc directory too, even when it was never recorded (a hub that died
+        # mid-start): its path follows from the session id alone
+        fallback = str(Path(self.ipc_fallback_root) / self.session_id) if self.session_id else ""
+        for path in (self.host_run_dir, self.runtime_dir, fallback):
             if path:
                 shutil.rmtree(path, ignore_errors=True)
         self.container_id = None

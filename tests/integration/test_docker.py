@@ -295,7 +295,8 @@ async def test_a_container_the_hub_never_recorded_is_removed_at_restart(
         data_dir=data, SessionManager__stop_workers_on_shutdown=False, **config
     )
     sid = await start(client1)
-    cid = app1.manager.sessions[sid].spawner.container_id
+    spawner = app1.manager.sessions[sid].spawner
+    cid, run_dir = spawner.container_id, spawner.host_run_dir
     # as if the hub had died between creating the container and recording it
     await app1.store.update_session(sid, status="pending", spawner_state={})
     await app1.cleanup()
@@ -304,3 +305,4 @@ async def test_a_container_the_hub_never_recorded_is_removed_at_restart(
     listed = (await client2.get("/dash/sessions")).json()
     assert listed[sid]["status"] == "failed"
     assert cid not in {c.id for c in docker_engine.containers()}
+    assert run_dir and not os.path.exists(run_dir)
