@@ -90,12 +90,16 @@ class ClientBase:
         self._http = Transport(
             self.url, headers, connect_timeout=connect_timeout, read_timeout=timeout
         )
-        if email is not None:
-            token = self._login(email, str(password))
-        if token:
-            self._http.headers["Authorization"] = f"{scheme} {token}"
-        else:
-            self._check_open_hub()
+        try:
+            if email is not None:
+                token = self._login(email, str(password))
+            if token:
+                self._http.headers["Authorization"] = f"{scheme} {token}"
+            else:
+                self._check_open_hub()
+        except BaseException:
+            self._http.close()
+            raise
 
     def __repr__(self) -> str:
         auth = "none" if "Authorization" not in self._http.headers else self._auth_scheme

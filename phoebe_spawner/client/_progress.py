@@ -48,7 +48,7 @@ class _TqdmDisplay:
             total=_STEPS,
             desc=desc,
             unit="‰",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
             leave=True,
         )
         self._desc = desc

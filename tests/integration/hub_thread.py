@@ -94,7 +94,7 @@ class ThreadedHub:
         with urllib.request.urlopen(request, timeout=60) as response:
             return orjson.loads(response.read())
 
-    def register(self, email: str, password: str = "correct horse battery") -> str:
+    def register(self, email: str, password: str = "correct horse battery") -> str:  # noqa: S107
         """Register a jwt-mode user; returns the token."""
         token: str = self.http("POST", "auth/register", {"email": email, "password": password})[
             "access_token"
