@@ -35,8 +35,12 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode a request body (command arguments may hold numpy values)."""
-    return orjson.dumps(obj, default=_default, option=_OPTIONS)
+    """Encode a request body (command arguments may hold numpy values); TypeError says
+    which value cannot be sent."""
+    try:
+        return orjson.dumps(obj, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(str(exc.__cause__ or exc)) from None
 
 
 def _default(obj: Any) -> Any:
