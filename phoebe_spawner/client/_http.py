@@ -258,6 +258,11 @@ def _decode(response: http.client.HTTPResponse, data: bytes, expect: tuple[int, 
         return Reply(response.status, headers, body)
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
         detail = body["detail"]
+    elif 300 <= response.status < 400:
+        detail = (
+            f"the hub redirected to {headers.get('location', '?')} (a login page?): "
+            "check the URL and the token"
+        )
     else:
         detail = f"HTTP {response.status} {response.reason}".strip()
     raise error_for_status(response.status, detail, headers.get("retry-after"))

@@ -27,6 +27,7 @@ from ._errors import (
     JobFailed,
     PhoebeClientError,
     PhoebeError,
+    WorkerUnavailable,
 )
 from ._http import EventStream, SSEEvent, Transport
 from ._progress import Display, make_display
@@ -115,6 +116,7 @@ class JobRunner:
         failures = 0
         path = f"api/v1/jobs/{job_id}/events"
         while True:
+            opened_at = time.monotonic()
             try:
                 self.stream = self.transport.open_stream(
                     path, last_event_id=last_id, read_timeout=self.stream_timeout
@@ -131,13 +133,14 @@ class JobRunner:
                     if event.event in TERMINAL:
                         return event
                 reason = "the event stream ended early"
-            except HubConnectionError as exc:
+            except (HubConnectionError, WorkerUnavailable) as exc:  # 503: connection cap
                 reason = str(exc)
             finally:
                 if self.stream is not None:
                     self.stream.close()
                     self.stream = None
-            failures += 1
+            # a stream that stayed up a while (a proxy cutting long streams) starts afresh
+            failures = 1 if time.monotonic() - opened_at > 10 else failures + 1
             if failures > self.reconnect_attempts:
                 raise HubConnectionError(
                     f"lost the events of job {job_id} ({reason}); it goes on running on "
