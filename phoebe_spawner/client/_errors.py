@@ -108,7 +108,7 @@ class PhoebeError(PhoebeClientError):
     """
 
     def __init__(self, error: str, command: str | None = None) -> None:
-        prefix = f"{command}: " if command else ""
+        prefix = f"{command}: " if command and not error.startswith(f"{command}:") else ""
         super().__init__(f"{prefix}{error}", 200)
         self.error = error
         self.command = command

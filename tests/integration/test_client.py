@@ -75,6 +75,9 @@ def test_sessions_and_commands(hub: ThreadedHub, tmp_path: Path) -> None:
         listed = client.get_sessions()
         assert list(listed) == [sid] and listed[sid]["project_name"] == "Algol"
         assert client.ping() == {"status": "ready"}
+        assert set(client.get_memory_usage()) == {sid}
+        capacity = client.get_port_status()
+        assert capacity["reserved_ports"] == 1 and capacity["available_ports"] >= 1
 
         assert client.set_value("times", np.linspace(0, 1, 5)) == {}
         times = client.get_value("times")
@@ -163,7 +166,9 @@ def test_typed_errors_carry_the_hub_detail(make_threaded_hub: Any) -> None:
         assert client.ping() == {"status": "ready"}  # the session survived
 
         job = client.submit_job("echo", x=1)
-        client.wait_job(job["job_id"], progress=False)
+        assert client.wait_job(job["job_id"], progress=False) == {"x": 1}
+        assert client.job_result(job["job_id"]) == {"success": True, "result": {"x": 1}}
+        assert client.get_job(job["job_id"])["status"] == "succeeded"
         with pytest.raises(Conflict, match="already succeeded"):
             client.cancel_job(job["job_id"])
 

@@ -48,6 +48,7 @@ def test_phoebe_commands_and_a_computed_model(client: PhoebeClient, tmp_path: Pa
     assert client.is_parameter_constrained("mass@primary") is False
     uid = client.get_uniqueid("teff@primary")
     assert uid and client.is_parameter_constrained(uniqueid=uid) is False
+    assert "Johnson:V" in client.get_passbands()["passbands"]
 
     times = np.linspace(0, 0.75, 21)
     client.add_dataset("lc", compute_times=times, dataset="lc01", overwrite=True)
@@ -74,6 +75,8 @@ def test_phoebe_commands_and_a_computed_model(client: PhoebeClient, tmp_path: Pa
         ]
     )
     assert len(attached["unique_ids"]) == 1 and client.get_value("weight@ui") == 0.5
+    assert client.update_uniqueid("weight@ui", "weight_ui") == "weight_ui"
+    assert client.get_value(uniqueid="weight_ui") == 0.5
 
     saved = tmp_path / "model.phoebe"
     client.save_bundle(saved)
@@ -85,6 +88,10 @@ def test_phoebe_commands_and_a_computed_model(client: PhoebeClient, tmp_path: Pa
     client.load_bundle(saved)
     assert client.get_datasets() == {"datasets": {"lc01": {"kind": "lc"}}}
     assert client.get_value("period@binary") == pytest.approx(0.75)
+    client.change_morphology("contact")
+    assert client.get_datasets() == {"datasets": {}}
+    client.new_bundle()
+    assert client.get_value("period@binary") == 1.0
 
 
 def test_sigint_during_run_compute_cancels_it_and_the_bundle_is_intact(
