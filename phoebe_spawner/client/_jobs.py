@@ -91,8 +91,7 @@ class JobRunner:
         except KeyboardInterrupt:
             display.close("cancelling")
             status = ""
-            self._cancel_after_interrupt(job_id, command)
-            raise AssertionError("unreachable") from None  # pragma: no cover
+            raise self._cancel_after_interrupt(job_id, command) from None
         except BaseException:
             status = "cancelled"
             self._cancel_quietly(job_id)
@@ -178,8 +177,9 @@ class JobRunner:
             return reply.get("result")
         raise PhoebeError(str(reply.get("error") or detail), command)
 
-    def _cancel_after_interrupt(self, job_id: str, command: str) -> None:
-        """Cancel the job after Ctrl-C, wait for the hub's word, raise ComputationCancelled."""
+    def _cancel_after_interrupt(self, job_id: str, command: str) -> ComputationCancelled:
+        """Cancel the job after Ctrl-C and wait for the hub's word; returns the
+        ComputationCancelled to raise, saying how it went."""
         confirmed = False
         try:
             job = self.transport.request(
@@ -204,7 +204,7 @@ class JobRunner:
             )
         except PhoebeClientError as exc:
             detail = f"could not cancel {command} (job {job_id}): {exc}"
-        raise ComputationCancelled(detail, job_id, confirmed) from None
+        return ComputationCancelled(detail, job_id, confirmed)
 
     def _cancel_quietly(self, job_id: str) -> None:
         """Cancel a job whose follower failed (e.g. the callback raised); errors ignored."""
