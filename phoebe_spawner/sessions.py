@@ -622,7 +622,24 @@ class SessionManager(LoggingConfigurable):
             await s.spawner.stop()
         except Exception:
             self.log.exception("stopping the worker of session %s failed", s.id)
-            await s.spawner.stop(now=True)
+            try:
+                await s.spawner.stop(now=True)
+            except Exception as e:
+                # e.g. the docker engine is unreachable: never leave the session stuck in
+                # "stopping"; it ends failed, and its spawner state stays in the database
+                # for the operator (the log says which worker may still be running)
+                self.log.exception("killing the worker of session %s failed too", s.id)
+                s.status, s.reason, s.ended_at = (
+                    "failed",
+                    f"could not stop the worker: {e}",
+                    time.time(),
+                )
+                self.sessions.pop(s.id, None)
+                await self._write(
+                    s, status="failed", stopped_at=s.ended_at, termination_reason=s.reason
+                )
+                self.emit("failed", s)
+                return
         s.spawner.clear_state()
         s.status = final
         s.reason = reason
