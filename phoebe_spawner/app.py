@@ -64,11 +64,14 @@ def _log_request(handler: RequestHandler) -> None:
 def _optional_classes() -> list[type]:
     """Configurable classes of optional dependencies that are installed (for --help-all
     and --generate-config)."""
+    from .spawners.docker import DockerSpawner  # the docker SDK is imported lazily
+
+    classes: list[type] = [DockerSpawner]
     try:
         from .auth.hub import HubAuthenticator
     except ImportError:  # jupyterhub is not installed
-        return []
-    return [HubAuthenticator]
+        return classes
+    return [*classes, HubAuthenticator]
 
 
 def _service_url() -> urllib.parse.SplitResult | None:

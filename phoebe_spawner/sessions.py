@@ -597,7 +597,7 @@ class SessionManager(LoggingConfigurable):
         results = await asyncio.gather(*(self._poll(s) for s in running))
         for s, status in zip(running, results, strict=True):
             if status is not None and s.status == "running":
-                await self.fail(s, describe_exit(status))
+                await self.fail(s, s.spawner.exit_reason(status) or describe_exit(status))
         for s in list(self.sessions.values()):
             if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
                 self.sessions.pop(s.id, None)
@@ -663,7 +663,24 @@ class SessionManager(LoggingConfigurable):
             await s.spawner.stop()
         except Exception:
             self.log.exception("stopping the worker of session %s failed", s.id)
-            await s.spawner.stop(now=True)
+            try:
+                await s.spawner.stop(now=True)
+            except Exception as e:
+                # e.g. the docker engine is unreachable: never leave the session stuck in
+                # "stopping"; it ends failed, and its spawner state stays in the database
+                # for the operator (the log says which worker may still be running)
+                self.log.exception("killing the worker of session %s failed too", s.id)
+                s.status, s.reason, s.ended_at = (
+                    "failed",
+                    f"could not stop the worker: {e}",
+                    time.time(),
+                )
+                self.sessions.pop(s.id, None)
+                await self._write(
+                    s, status="failed", stopped_at=s.ended_at, termination_reason=s.reason
+                )
+                self.emit("failed", s)
+                return
         s.spawner.clear_state()
         s.status = final
         s.reason = reason
@@ -682,6 +699,14 @@ class SessionManager(LoggingConfigurable):
         s.status = "failed"
         s.reason = reason
         s.ended_at = time.time()
+        # finish even if the caller is cancelled (the poll loop at shutdown): shutdown
+        # waits for background tasks, so no worker is left half cleaned up
+        task = asyncio.ensure_future(self._clean_up_failed(s, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
+
+    async def _clean_up_failed(self, s: LiveSession, reason: str) -> None:
         if s.channel is not None:
             await s.channel.close(ChannelClosed(reason))
         await self._write(s, status="failed", termination_reason=reason, stopped_at=s.ended_at)

@@ -208,6 +208,23 @@ def postgres() -> Any:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def docker_engine() -> Any:
+    """A private Docker engine and the test worker image for the run (see tests/docker_engine.py).
+
+    Skips when no engine can be started; fails at the end if a test left a container.
+    """
+    from .docker_engine import EngineUnavailable, start_engine
+
+    try:
+        engine = start_engine()
+    except EngineUnavailable as e:
+        pytest.skip(str(e))
+    yield engine
+    leftovers = engine.stop()
+    assert not leftovers, f"containers left after the docker tests: {leftovers}"
+
+
 HubFactory = Callable[..., Any]
 
 

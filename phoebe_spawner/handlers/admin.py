@@ -20,16 +20,15 @@ from .base import ApiError, BaseHandler
 from .streams import EventStreamHandler
 
 
-class AdminMixin:
-    """Refuses non-admins after authentication (mix in before a BaseHandler class)."""
+class AdminHandler(BaseHandler):
+    """Base of the admin JSON routes: authenticated, then admins only."""
 
     async def prepare(self) -> None:
-        await super().prepare()  # type: ignore[misc]
-        if not self.user.admin:  # type: ignore[attr-defined]
-            raise ApiError(403, "Only admins may use this")
+        await super().prepare()
+        self.require_admin()
 
 
-class AdminSessionsHandler(AdminMixin, BaseHandler):
+class AdminSessionsHandler(AdminHandler):
     """``GET /api/v1/admin/sessions?user=&status=``: every user's sessions, admin view."""
 
     async def get(self) -> None:
@@ -57,7 +56,7 @@ class AdminSessionsHandler(AdminMixin, BaseHandler):
         return events
 
 
-class AdminSessionHandler(AdminMixin, BaseHandler):
+class AdminSessionHandler(AdminHandler):
     """``GET`` one session (admin view) · ``DELETE`` ends it (checkpoint-free, like an
     owner's end-session) -> ``{"success": true}``; 404 unknown."""
 
@@ -77,12 +76,16 @@ class AdminSessionHandler(AdminMixin, BaseHandler):
         self.write_json({"success": True})
 
 
-class AdminEventsHandler(AdminMixin, EventStreamHandler):
+class AdminEventsHandler(EventStreamHandler):
     """``GET /api/v1/admin/events``: every user's session events, live (SSE).
 
     Pass ``?last_event_id=`` (the snapshot's ``last_event_id``) or ``Last-Event-ID`` to
     get the events since a snapshot without a gap.
     """
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self.require_admin()
 
     async def get(self) -> None:
         events: AdminEvents = self.hub.admin_events
@@ -109,8 +112,7 @@ class MetricsHandler(BaseHandler):
     async def get(self) -> None:
         if self.hub.metrics_auth and not self._has_metrics_token():
             self.current_user = await self.hub.authenticator.authenticate(self)
-            if not self.user.admin:
-                raise ApiError(403, "Metrics are for admins and the metrics token")
+            self.require_admin("Metrics are for admins and the metrics token")
         metrics: HubMetrics = self.hub.metrics
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(metrics.render())

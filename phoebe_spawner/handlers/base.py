@@ -195,6 +195,11 @@ class BaseHandler(RequestHandler):
         assert isinstance(user, User)
         return user
 
+    def require_admin(self, detail: str = "Only admins may use this") -> None:
+        """403 unless the authenticated user is an admin."""
+        if not self.user.admin:
+            raise ApiError(403, detail)
+
     @property
     def manager(self) -> SessionManager:
         return self.hub.manager

@@ -60,8 +60,8 @@ class PageHandler(BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
         await self.login_or_redirect()
-        if not self._finished and self.admin_only and not self.user.admin:
-            raise ApiError(403, "Only admins may see this page")
+        if not self._finished and self.admin_only:
+            self.require_admin("Only admins may see this page")
 
     async def login_or_redirect(self) -> None:
         """Authenticate, or answer with the way to log in (redirect or login page)."""

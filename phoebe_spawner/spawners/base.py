@@ -226,6 +226,16 @@ class Spawner(LoggingConfigurable):
         """``None`` while the worker runs (or starts); its integer exit status once gone."""
         raise NotImplementedError
 
+    def exit_reason(self, status: int) -> str | None:
+        """Why the worker exited, when the backend knows more than ``status`` says.
+
+        Called by the session manager's poll loop after :meth:`poll` returned ``status``;
+        the session's failure reason is this, or a description of the status when None
+        (the default). The Docker backend reports out-of-memory kills and containers
+        removed behind the hub's back here.
+        """
+        return None
+
     def get_state(self) -> dict[str, Any]:
         """JSON-able state the manager persists to re-adopt the worker after a restart."""
         return {}

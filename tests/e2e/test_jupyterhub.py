@@ -13,7 +13,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
+
+from phoebe_spawner.client import PermissionDeniedError, PhoebeClient
 
 from ..conftest import async_wait_for
 from .browser_flow import Browser
@@ -142,6 +145,50 @@ async def test_a_user_token_drives_a_phoebe_session_owned_by_the_hub_user(jupyte
     finally:
         status, _ = await acall(jupyterhub, "POST", f"dash/end-session/{sid}", token)
     assert status == 200
+
+
+async def test_the_client_library_runs_phoebe_with_the_notebook_token(jupyterhub, monkeypatch):
+    """What a notebook does: ``PhoebeClient()`` configured from the server's environment."""
+    token = await asyncio.to_thread(jupyterhub.token_for, "bob")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
+    monkeypatch.setenv("PHOEBE_SPAWNER_URL", jupyterhub.service_url)
+    monkeypatch.delenv("PHOEBE_SPAWNER_TOKEN", raising=False)
+    events: list[str] = []
+
+    def notebook() -> dict[str, Any]:
+        with PhoebeClient() as client:
+            session = client.start_session(project_name="e2e")
+            client.set_value("incl@binary", 86.5)
+            client.add_dataset("lc", compute_times=np.linspace(0, 1, 41), dataset="lc01")
+            model = client.run_compute(progress=False, callback=lambda e: events.append(e.event))
+            mine = client.get_sessions()
+            incl = client.get_value("incl@binary")
+        return {"session": session, "model": model, "mine": mine, "incl": incl}
+
+    seen = await asyncio.to_thread(notebook)
+    sid = seen["session"]["session_id"]
+    assert seen["session"]["user_id"] == "bob" and list(seen["mine"]) == [sid]
+    fluxes = seen["model"]["model"]["lc01"]["fluxes"]
+    assert isinstance(fluxes, np.ndarray) and fluxes.shape == (41,)
+    assert np.all(np.isfinite(fluxes)) and fluxes.max() > fluxes.min()
+    assert float(getattr(seen["incl"], "value", seen["incl"])) == 86.5
+    assert events[:2] == ["queued", "started"] and events[-1] == "succeeded"
+    # leaving the `with` ended the session the client started
+    admin = await asyncio.to_thread(jupyterhub.token_for, "root")
+    _, listing = await acall(jupyterhub, "GET", "api/v1/admin/sessions", admin)
+    assert sid not in [s["session_id"] for s in listing["sessions"]]
+
+    narrow = await asyncio.to_thread(jupyterhub.token_for, "bob", ["read:users:name!user=bob"])
+
+    def refused() -> str:
+        with PhoebeClient(jupyterhub.service_url, token=narrow) as client:
+            try:
+                client.get_sessions()
+            except PermissionDeniedError as e:
+                return e.detail
+        return "no error"
+
+    assert "access:services!service=phoebe" in await asyncio.to_thread(refused)
 
 
 def _metrics(hub: JupyterHubProcess, token: str) -> tuple[int, str]:

@@ -12,6 +12,8 @@ import time
 
 import psutil
 
+from phoebe_spawner.spawners.local import LocalProcessSpawner
+
 from ..conftest import async_wait_for, register
 
 
@@ -157,3 +159,27 @@ async def test_concurrent_stop_start_and_cull_stay_consistent(make_hub):
     rows = await app.store.list_sessions(statuses=("pending", "running", "stopping"))
     assert rows == []
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= others
+
+
+class UnstoppableSpawner(LocalProcessSpawner):
+    """A backend whose stop always fails (like an unreachable docker engine)."""
+
+    async def stop(self, now: bool = False) -> None:
+        raise RuntimeError("engine unreachable")
+
+
+async def test_a_worker_that_cannot_be_stopped_ends_failed_not_stuck_stopping(make_hub):
+    app, client = await make_hub(PhoebeSpawnerApp__spawner_class=f"{__name__}:UnstoppableSpawner")
+    sid = (await client.post("/dash/start-session", {})).json()["session_id"]
+    spawner = app.manager.sessions[sid].spawner
+    try:
+        resp = await client.post(f"/dash/end-session/{sid}")
+        assert resp.status == 200
+        assert sid not in app.manager.sessions  # not stuck in "stopping"
+        row = await app.store.get_session(sid)
+        assert row["status"] == "failed"
+        assert "could not stop the worker: engine unreachable" in row["termination_reason"]
+        assert row["spawner_state"]  # kept, so an operator can find the worker
+        assert (await client.get("/dash/sessions")).json() == {}
+    finally:
+        await LocalProcessSpawner.stop(spawner, now=True)

@@ -19,10 +19,12 @@ from traitlets.config import Config, Configurable
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.channels import WorkerChannel
 from phoebe_spawner.spawners.base import Spawner, SpawnError
+from phoebe_spawner.spawners.docker import DockerSpawner
 from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import TEST_FACTORY, wait_for
+from ..docker_engine import kill_container
 
 SpawnerFactory = Callable[..., Spawner]
 
@@ -69,15 +71,43 @@ class ForkServerFactory:
         await ForkServerSpawner.stop_backend(self.server)
 
 
-BACKENDS: dict[str, Callable[[Any], SpawnerFactory]] = {
+def docker_factory(tmp_path: Any, engine: Any) -> SpawnerFactory:
+    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return DockerSpawner(
+            session_id=session_id,
+            user={"name": "contract", "user_id": "contract"},
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(tmp_path / "sessions" / session_id),
+            runtime_dir=str(tmp_path / "runtime" / session_id),
+            **{**engine.traits(), **kw},
+        )
+
+    return make
+
+
+BACKENDS: dict[str, Callable[..., SpawnerFactory]] = {
     "local": local_factory,
     "local-forkserver": ForkServerFactory,
+    "docker": docker_factory,
 }
+#: session fixtures a backend needs (it is skipped, or fails in CI, when they are missing)
+BACKEND_FIXTURES = {"docker": "docker_engine"}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(
+    params=[
+        pytest.param("local"),
+        pytest.param("local-forkserver"),
+        pytest.param("docker", marks=pytest.mark.docker),
+    ]
+)
 async def make_spawner(request, tmp_path) -> Any:
-    make = BACKENDS[request.param](tmp_path)
+    needs = BACKEND_FIXTURES.get(request.param)
+    if needs:
+        make = BACKENDS[request.param](tmp_path, request.getfixturevalue(needs))
+    else:
+        make = BACKENDS[request.param](tmp_path)
     if hasattr(make, "start"):
         await make.start()
     yield make
@@ -182,6 +212,8 @@ async def test_a_died_worker_reports_its_status(make_spawner):
     if isinstance(spawner, LocalProcessSpawner):
         assert spawner.pid is not None
         os.kill(spawner.pid, signal.SIGKILL)
+    elif isinstance(spawner, DockerSpawner):
+        await kill_container(spawner, "SIGKILL")
     deadline = asyncio.get_running_loop().time() + 10
     while await spawner.poll() is None:
         assert asyncio.get_running_loop().time() < deadline
