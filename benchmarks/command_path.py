@@ -21,6 +21,7 @@ Needs PHOEBE in this process for the in-process baselines (payload, compute).
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -28,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from common import (
     Hub,
@@ -44,6 +44,10 @@ from common import (
 from floors import floor_servers
 
 PING = orjson.dumps({"command": "ping"})
+# the same BLAS/OpenMP pools as a forked worker (ForkServerSpawner.template_threads), so the
+# in-process baselines compute like the worker does (numpy is imported after this, lazily)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
@@ -129,6 +133,8 @@ async def bench_concurrent(
 
 
 async def bench_isolation(hub: Hub, n: int, points: int) -> list[str]:
+    import numpy as np
+
     quiet, busy = await hub.start(), await hub.start()
     try:
         times = np.linspace(0, 3, points).tolist()
@@ -209,6 +215,8 @@ async def through_floors(floors: dict[str, str], body: bytes, repeats: int) -> d
 
 
 async def bench_payload(hub: Hub, floors: dict[str, str], repeats: int) -> list[str]:
+    import numpy as np
+
     rng = np.random.default_rng(1)
     t = np.linspace(0, 10, 100_000)
     upload = {
@@ -253,6 +261,8 @@ async def bench_payload(hub: Hub, floors: dict[str, str], repeats: int) -> list[
 
 async def bench_compute(hub: Hub, points: int, repeats: int) -> list[str]:
     """Alternate hub and in-process runs, so drift in the machine's load hits both."""
+    import numpy as np
+
     from phoebe_kernel_worker.commands import PhoebeSession
     from phoebe_kernel_worker.serialize import dumps
 
