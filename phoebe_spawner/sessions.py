@@ -541,7 +541,7 @@ class SessionManager(LoggingConfigurable):
         results = await asyncio.gather(*(self._poll(s) for s in running))
         for s, status in zip(running, results, strict=True):
             if status is not None and s.status == "running":
-                await self.fail(s, describe_exit(status))
+                await self.fail(s, s.spawner.exit_reason() or describe_exit(status))
         for s in list(self.sessions.values()):
             if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
                 self.sessions.pop(s.id, None)

@@ -206,6 +206,22 @@ def postgres() -> Any:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Any:
+    """A private single-node Slurm cluster for the run (skips with the reason if it cannot
+    start; see tests/slurm_cluster.py). Its queue must be empty at the end."""
+    from .slurm_cluster import ClusterUnavailable, SlurmCluster
+
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+    except ClusterUnavailable as e:
+        pytest.skip(f"no Slurm cluster: {e}")
+    yield cluster
+    left = cluster.stop()
+    assert not left, f"Slurm jobs were left in the queue after the tests: {left}"
+
+
 HubFactory = Callable[..., Any]
 
 

@@ -201,6 +201,15 @@ class Spawner(LoggingConfigurable):
         """``None`` while the worker runs (or starts); its integer exit status once gone."""
         raise NotImplementedError
 
+    def exit_reason(self) -> str | None:
+        """Why the worker ended, in the backend's own words, once :meth:`poll` returned a
+        status; None to let the manager describe the exit status.
+
+        The session manager's poll loop uses it as the failed session's reason (e.g. a
+        batch scheduler's "reached its time limit"). Optional; the default says nothing.
+        """
+        return None
+
     def get_state(self) -> dict[str, Any]:
         """JSON-able state the manager persists to re-adopt the worker after a restart."""
         return {}
