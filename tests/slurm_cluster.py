@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 NODE_NAME = "node1"
 PARTITION = "debug"
 NODE_CPUS = 2
@@ -307,6 +309,15 @@ PartitionName={PARTITION} Nodes={NODE_NAME} Default=YES MaxTime=INFINITE State=U
         raise ClusterUnavailable(
             f"the Slurm node did not become idle (last state: {state!r}): {self.log_tail('slurmd')}"
         )
+
+    def daemon_pids(self) -> set[int]:
+        """The daemons' pids and slurmctld's helper (``slurmscriptd``), not the jobs'."""
+        pids = {proc.pid for proc in self.procs.values()}
+        ctld = self.procs.get("slurmctld")
+        if ctld is not None:
+            with contextlib.suppress(psutil.Error):
+                pids.update(child.pid for child in psutil.Process(ctld.pid).children())
+        return pids
 
     # --- stop -----------------------------------------------------------------------------
 

@@ -339,7 +339,7 @@ class SlurmSpawner(Spawner):
     def _failure_reason(self, info: JobInfo) -> str:
         lines = self.log_tail().strip().splitlines()
         last = lines[-1].strip()[:300] if lines else ""
-        what = f"{info.describe()} before the worker registered"
+        what = f"{info.describe()}, before the worker registered"
         return f"{what}: {last}" if last else what
 
     def _adopt_report(self, report: dict[str, Any]) -> None:

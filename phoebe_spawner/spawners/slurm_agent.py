@@ -130,7 +130,8 @@ def _exit_like(returncode: int) -> int:
     """Leave the way the worker did: by its signal (Slurm records it), or its status."""
     if returncode < 0:
         sig = -returncode
-        signal.signal(sig, signal.SIG_DFL)
+        if sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)  # our forwarding handler would catch it
         os.kill(os.getpid(), sig)
         time.sleep(1)
         return 128 + sig

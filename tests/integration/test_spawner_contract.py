@@ -19,6 +19,7 @@ from phoebe_kernel_worker import protocol
 from phoebe_spawner.channels import WorkerChannel
 from phoebe_spawner.spawners.base import Spawner, SpawnError
 from phoebe_spawner.spawners.local import LocalProcessSpawner
+from phoebe_spawner.spawners.slurm import SlurmSpawner
 
 from ..conftest import TEST_FACTORY, wait_for
 
@@ -39,12 +40,38 @@ def local_factory(tmp_path: Any) -> SpawnerFactory:
     return make
 
 
-BACKENDS = {"local": local_factory}
+def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
+    """Workers as jobs of the private test cluster (tests/slurm_cluster.py)."""
+
+    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return SlurmSpawner(
+            session_id=session_id,
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(tmp_path / "sessions" / session_id),
+            runtime_dir=str(tmp_path / "runtime" / session_id),
+            slurm_conf=str(slurm_cluster.conf),
+            registration_ip=slurm_cluster.hub_ip,
+            job_poll_interval=0.2,
+            state_cache_seconds=0.2,
+            **kw,
+        )
+
+    return make
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+slurm_factory.fixtures = ("slurm_cluster",)  # type: ignore[attr-defined]
+
+BACKENDS = {"local": local_factory, "slurm": slurm_factory}
+MARKS = {"slurm": [pytest.mark.slurm]}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in sorted(BACKENDS)])
 def make_spawner(request, tmp_path) -> SpawnerFactory:
-    return BACKENDS[request.param](tmp_path)
+    """One backend's spawner factory; a backend names the fixtures it needs in ``fixtures``."""
+    factory = BACKENDS[request.param]
+    needs = {name: request.getfixturevalue(name) for name in getattr(factory, "fixtures", ())}
+    return factory(tmp_path, **needs)
 
 
 async def status_of(spawner: Spawner, endpoints: dict[str, str]) -> dict[str, Any]:
@@ -141,7 +168,8 @@ async def test_progress_replays_to_ready(make_spawner):
 async def test_a_died_worker_reports_its_status(make_spawner):
     spawner = make_spawner()
     await spawner.start()
-    if isinstance(spawner, LocalProcessSpawner):
+    if isinstance(spawner, LocalProcessSpawner | SlurmSpawner):
+        # the Slurm test node shares this machine's pid namespace (only its network differs)
         assert spawner.pid is not None
         os.kill(spawner.pid, signal.SIGKILL)
     deadline = asyncio.get_running_loop().time() + 10
