@@ -156,6 +156,16 @@ class SlurmSpawner(Spawner):
         help="""``poll()`` asks the controller at most this often per session (the manager
         may poll more often); bounds the load a hub puts on slurmctld.""",
     ).tag(config=True)
+    exit_grace = Float(
+        3.0,
+        help="""Seconds a stopping worker has to end its job by itself (the hub asks it to
+        shut down on its control channel first) before it is sent SIGTERM.""",
+    ).tag(config=True)
+    term_timeout = Float(
+        5.0,
+        help="""Seconds a stopping worker has, after SIGTERM, to end its job by itself
+        (recorded as COMPLETED) before the job is cancelled.""",
+    ).tag(config=True)
     stop_timeout = Float(
         60.0, help="Seconds to wait for Slurm to end a cancelled job before giving up."
     ).tag(config=True)
@@ -402,6 +412,17 @@ class SlurmSpawner(Spawner):
         if info is not None and info.state == "UNKNOWN":
             self._finish()
             return
+        running = info is None or info.state == "RUNNING"
+        if (
+            not now
+            and running
+            and (
+                await self._wait_finished(self.exit_grace)
+                or await self._signal_and_wait("TERM", self.term_timeout)
+            )
+        ):
+            self._finish()
+            return
         if info is None or not info.finished:
             try:
                 if now:
@@ -409,22 +430,36 @@ class SlurmSpawner(Spawner):
                 await self.commands.cancel(self.job_id)
             except SlurmError as e:
                 self.log.error("session %s: %s", self.session_id, e)
-        deadline = time.monotonic() + self.stop_timeout
+        if not await self._wait_finished(self.stop_timeout):
+            self.log.error(
+                "session %s: Slurm job %s did not end within %g s",
+                self.session_id,
+                self.job_id,
+                self.stop_timeout,
+            )
+        self._finish()
+
+    async def _signal_and_wait(self, signal_name: str, timeout: float) -> bool:
+        """Signal the batch script (the agent passes it to the worker); True if the job
+        then ended by itself within ``timeout``."""
+        assert self.job_id is not None
+        try:
+            await self.commands.cancel(self.job_id, signal_name=signal_name, batch_only=True)
+        except SlurmError as e:
+            self.log.warning("session %s: %s", self.session_id, e)
+            return False
+        return await self._wait_finished(timeout)
+
+    async def _wait_finished(self, timeout: float) -> bool:
+        """Wait until Slurm has ended and cleaned up the job; False on timeout."""
+        deadline = time.monotonic() + timeout
         while True:
             info = await self._query(max_age=0)
             if info is not None and info.finished:
-                break
+                return True
             if time.monotonic() >= deadline:
-                self.log.error(
-                    "session %s: Slurm job %s still %s after %g s",
-                    self.session_id,
-                    self.job_id,
-                    info.state if info else "unknown",
-                    self.stop_timeout,
-                )
-                break
+                return False
             await asyncio.sleep(min(self.job_poll_interval, 0.2))
-        self._finish()
 
     def _finish(self) -> None:
         if self.exit_status is None:

@@ -327,9 +327,17 @@ class SlurmCommands:
             raise SlurmError(f"scontrol show job {job_id}: {first_line(done.stderr)}")
         return parse_scontrol_job(done.stdout, job_id)
 
-    async def cancel(self, job_id: str, *, signal_name: str | None = None) -> None:
-        """``scancel`` the job (all its processes with ``--full`` when signalling)."""
-        args = [job_id] if signal_name is None else ["--full", f"--signal={signal_name}", job_id]
+    async def cancel(
+        self, job_id: str, *, signal_name: str | None = None, batch_only: bool = False
+    ) -> None:
+        """``scancel`` the job, or only send it ``signal_name``: to the batch script's
+        process (``batch_only``; the agent forwards it to the worker) or to all of the
+        job's processes (``--full``). A job that already ended is not an error."""
+        if signal_name is None:
+            args = [job_id]
+        else:
+            scope = "--batch" if batch_only else "--full"
+            args = [scope, f"--signal={signal_name}", job_id]
         done = await self.run("scancel", args)
         low = done.stderr.lower()
         if (

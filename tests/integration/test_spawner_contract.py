@@ -54,6 +54,7 @@ def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
             registration_ip=slurm_cluster.hub_ip,
             job_poll_interval=0.2,
             state_cache_seconds=0.2,
+            exit_grace=0.5,  # stop() here comes without a shutdown request first
             **kw,
         )
 
