@@ -319,13 +319,20 @@ class SlurmCommands:
         raise AssertionError("unreachable")
 
     async def job(self, job_id: str) -> JobInfo | None:
-        """The job's state; None if the controller no longer knows it (purged or never)."""
+        """The job's state; None if the controller no longer knows it (purged or never).
+
+        Anything else that is not an answer about the job (an error, empty output)
+        raises :class:`SlurmError`: an unknown state is never taken for a dead job.
+        """
         done = await self.run("scontrol", ["show", "job", "-o", job_id])
         if done.returncode != 0:
             if INVALID_JOB in done.stderr.lower():
                 return None
             raise SlurmError(f"scontrol show job {job_id}: {first_line(done.stderr)}")
-        return parse_scontrol_job(done.stdout, job_id)
+        info = parse_scontrol_job(done.stdout, job_id)
+        if info is None:
+            raise SlurmError(f"scontrol show job {job_id} printed nothing about the job")
+        return info
 
     async def cancel(
         self, job_id: str, *, signal_name: str | None = None, batch_only: bool = False

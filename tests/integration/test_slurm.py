@@ -20,7 +20,9 @@ import psutil
 import pytest
 
 from phoebe_kernel_worker import protocol
+from phoebe_spawner.spawners.base import SpawnError
 from phoebe_spawner.spawners.slurm import SlurmSpawner
+from phoebe_spawner.spawners.slurm_commands import SlurmCommands, SlurmError, SlurmUnavailable
 
 from ..conftest import TEST_FACTORY, async_wait_for
 
@@ -302,3 +304,45 @@ async def test_an_unreachable_controller_is_not_a_dead_worker(slurm_cluster, tmp
     await spawner.stop()
     assert isinstance(await spawner.poll(), int)
     spawner.clear_state()
+
+
+async def test_a_controller_that_is_down(slurm_cluster, tmp_path):
+    """Real clients against a port nobody listens on: retried, then reported, never
+    taken for a dead job; nothing is submitted and no listener is left open."""
+    down = tmp_path / "down.conf"
+    text = slurm_cluster.conf.read_text()
+    text = text.replace(f"SlurmctldPort={slurm_cluster.ctld_port}", "SlurmctldPort=1")
+    down.write_text(text.replace("MessageTimeout=10", "MessageTimeout=1"))
+    commands = SlurmCommands(slurm_conf=str(down), retries=2, retry_delay=0.2, timeout=10)
+    began = time.monotonic()
+    with pytest.raises(SlurmUnavailable, match="Unable to contact slurm controller"):
+        await commands.job("1")
+    assert time.monotonic() - began >= 0.2 + 0.4  # two retries, delays growing
+    with pytest.raises(SlurmError, match=r"sbatch refused the job: .*connect failure"):
+        await commands.submit("#!/bin/bash\ntrue\n", [])
+    with pytest.raises(SlurmUnavailable, match=r"Kill job error on job id 1: .*connect failure"):
+        await commands.cancel("1")
+    assert slurm_cluster.queue() == []  # nothing reached the real controller
+
+    make = dict(
+        key=protocol.derive_session_key(b"down-secret", "down").decode(),
+        session_dir=str(tmp_path / "session"),
+        runtime_dir=str(tmp_path / "runtime"),
+        worker_args=TEST_FACTORY,
+        registration_ip=slurm_cluster.hub_ip,
+        command_retries=0,
+    )
+    spawner = SlurmSpawner(session_id="down", slurm_conf=str(down), **make)
+    with pytest.raises(SpawnError, match="sbatch refused the job"):
+        await spawner.start()
+    assert not (tmp_path / "runtime" / "connection.json").exists()
+    spawner.clear_state()
+
+    # a running job whose controller becomes unreachable is "unknown", not dead
+    live = SlurmSpawner(session_id="down", slurm_conf=str(slurm_cluster.conf), **make)
+    await live.start()
+    blind = SlurmSpawner(session_id="down", slurm_conf=str(down), **make)
+    blind.load_state(live.get_state())
+    assert await blind.poll() is None and blind.exit_reason() is None
+    await live.stop()
+    live.clear_state()

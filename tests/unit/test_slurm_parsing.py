@@ -80,6 +80,14 @@ TIMEOUT = (
 )
 INVALID_STDERR = "slurm_load_jobs error: Invalid job id specified\n"
 UNREACHABLE_STDERR = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+SBATCH_UNREACHABLE = (
+    "sbatch: error: Batch job submission failed: "
+    "Unable to contact slurm controller (connect failure)\n"
+)
+SCANCEL_UNREACHABLE = (
+    "scancel: error: Kill job error on job id 1: "
+    "Unable to contact slurm controller (connect failure)\n"
+)
 
 
 def test_sbatch_parsable():
@@ -142,6 +150,7 @@ def test_exit_status_of_jobs_slurm_ended_without_a_code():
 
 def test_unreachable_controller_is_recognised():
     assert is_unreachable(UNREACHABLE_STDERR)
+    assert is_unreachable(SBATCH_UNREACHABLE) and is_unreachable(SCANCEL_UNREACHABLE)
     assert is_unreachable("squeue: error: Socket timed out on send/recv operation")
     assert not is_unreachable(INVALID_STDERR)
     assert not is_unreachable("")
