@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hmac
 import logging
 import os
 import secrets
 import signal
 import stat
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,16 @@ from tornado.web import RequestHandler
 from traitlets import Bool, Float, Integer, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
+from ._data import share_dir
 from ._version import __version__
 from .auth.base import Authenticator, User
 from .checkpoints import CheckpointManager
 from .db import DatabaseSchemaError, Store
-from .events import UserEvents
+from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
 from .httpserver import CappedHTTPServer, raise_fd_limit
 from .jobs import JobManager
+from .metrics import HubMetrics
 from .passbands import PassbandsCache
 from .plugins import load_class
 from .sessions import SessionManager
@@ -53,6 +57,22 @@ def _log_request(handler: RequestHandler) -> None:
     ms = 1000.0 * handler.request.request_time()
     # the URI and address are the client's: bounded, so no request can flood the log
     access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)
+
+
+def _optional_classes() -> list[type]:
+    """Configurable classes of optional dependencies that are installed (for --help-all
+    and --generate-config)."""
+    try:
+        from .auth.hub import HubAuthenticator
+    except ImportError:  # jupyterhub is not installed
+        return []
+    return [HubAuthenticator]
+
+
+def _service_url() -> urllib.parse.SplitResult | None:
+    """Where JupyterHub wants a managed service to listen ($JUPYTERHUB_SERVICE_URL)."""
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+    return urllib.parse.urlsplit(url) if url else None
 
 
 class PhoebeSpawnerApp(Application):
@@ -114,10 +134,57 @@ class PhoebeSpawnerApp(Application):
         auth mode other than none).""",
     ).tag(config=True)
     port = Integer(8001, help="Port to listen on (0 picks a free one).").tag(config=True)
-    base_url = Unicode("/", help="URL prefix every route is served under.").tag(config=True)
-    auth_mode = Unicode(
-        "none", help="Authentication mode: none, jwt, external (or a registered plug-in name)."
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        url = _service_url()
+        return (url.hostname or "127.0.0.1") if url else "127.0.0.1"
+
+    @default("port")
+    def _default_port(self) -> int:
+        url = _service_url()
+        return (url.port or 80) if url else 8001
+
+    base_url = Unicode(
+        "/",
+        help="""URL prefix every route is served under. Default: $JUPYTERHUB_SERVICE_PREFIX
+        when running as a JupyterHub service, else /.""",
     ).tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    @validate("base_url")
+    def _slashed_base_url(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip("/")
+        return f"/{value}/" if value else "/"
+
+    auth_mode = Unicode(
+        help="""Authentication mode: none, jwt, external, hub (or a registered plug-in name).
+        Default: hub when the JupyterHub service environment ($JUPYTERHUB_SERVICE_NAME and
+        $JUPYTERHUB_API_TOKEN) is present, else none.""",
+    ).tag(config=True)
+
+    @default("auth_mode")
+    def _default_auth_mode(self) -> str:
+        in_hub = os.environ.get("JUPYTERHUB_SERVICE_NAME") and os.environ.get(
+            "JUPYTERHUB_API_TOKEN"
+        )
+        return "hub" if in_hub else "none"
+
+    authenticate_prometheus = Bool(
+        True, help="Whether GET /metrics needs an admin or the metrics token (like JupyterHub)."
+    ).tag(config=True)
+    metrics_token = Unicode(
+        help="""A token a Prometheus scraper sends (Authorization: Bearer <token>) to read
+        /metrics. Default: $PHOEBE_SPAWNER_METRICS_TOKEN; empty means admins only."""
+    ).tag(config=True)
+
+    @default("metrics_token")
+    def _default_metrics_token(self) -> str:
+        return os.environ.get("PHOEBE_SPAWNER_METRICS_TOKEN", "")
+
     authenticator_class = Unicode(
         "", help="Authenticator class or entry-point name (overrides auth_mode)."
     ).tag(config=True)
@@ -208,6 +275,7 @@ class PhoebeSpawnerApp(Application):
             NoAuthenticator,
             JWTAuthenticator,
             ExternalAuthenticator,
+            *_optional_classes(),
         ]
 
     subcommands = {
@@ -258,6 +326,8 @@ class PhoebeSpawnerApp(Application):
     def make_authenticator(self, store: Store) -> Authenticator:
         cls = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
         auth: Authenticator = cls(parent=self, store=store, log=self.log)
+        if auth.has_trait("base_url"):
+            auth.set_trait("base_url", self.base_url)
         return auth
 
     def make_data_dir(self) -> None:
@@ -268,21 +338,32 @@ class PhoebeSpawnerApp(Application):
         self.make_data_dir()
         self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
-        self.authenticator = self.make_authenticator(self.store)
-        await self.authenticator.setup()
+        try:
+            self.authenticator = self.make_authenticator(self.store)
+            await self.authenticator.setup()
+        except BaseException:
+            await self.store.close()  # refusing to start leaves nothing open
+            raise
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
+        secret = self.load_secret()
         self.manager = SessionManager(
             parent=self,
             log=self.log,
             store=self.store,
             spawner_class=spawner_class,
-            secret=self.load_secret(),
+            secret=secret,
             data_dir=self.data_dir,
             debug=self.debug,
         )
         self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
         self.manager.add_listener(self.user_events.on_session_event)
+        self.admin_events = AdminEvents()
+        self.manager.add_listener(self.admin_events.on_session_event)
+        self.manager.add_command_listener(self.admin_events.on_command)
+        self.manager.add_sample_listener(self.admin_events.on_sampled)
+        self.metrics = HubMetrics()
+        self.metrics.connect(self.manager)
         self.jobs = JobManager(
             parent=self,
             log=self.log,
@@ -317,14 +398,24 @@ class PhoebeSpawnerApp(Application):
             user_events=self.user_events,
             sse_keepalive=self.sse_keepalive,
             passbands=PassbandsCache(),
+            admin_events=self.admin_events,
+            metrics=self.metrics,
+            metrics_auth=self.authenticate_prometheus,
+            metrics_token=self.metrics_token,
         )
+        share = share_dir()
         self.web_app = TornadoApplication(
-            routes(self.hub, self.base_url),
+            routes(self.hub, self.base_url) + self.authenticator.extra_routes(self.base_url),
             default_handler_class=NotFoundHandler,
             default_handler_args={"hub": self.hub},
             log_function=_log_request,
             debug=False,
             compress_response=self.compress_responses,
+            template_path=str(share / "templates"),
+            static_path=str(share / "static"),
+            static_url_prefix=f"{self.base_url}static/",
+            cookie_secret=hmac.new(secret, b"phoebe-spawner cookies", "sha256").hexdigest(),
+            xsrf_cookie_kwargs={"path": self.base_url, "httponly": True, "samesite": "Strict"},
         )
         raise_fd_limit(65536)
         self.http_server = CappedHTTPServer(

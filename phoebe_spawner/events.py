@@ -128,3 +128,47 @@ class UserEvents:
             f"session_{event}",
             {"session_id": session.id, "status": session.status, "reason": session.reason},
         )
+
+
+class AdminEvents:
+    """One log of every user's session events, for the admin page's live table.
+
+    Lifecycle events (``session_started``, ``session_stopping``, ``session_stopped``,
+    ``session_failed``, ``session_culled``) carry the session's admin view and are
+    always kept. ``session_updated`` (after each command) and ``sessions_sampled`` (after
+    each round of memory samples) are only produced while an admin stream is open
+    (``watchers``), so an unwatched hub pays nothing for them on the command path.
+    """
+
+    def __init__(self, *, keep: int = 2000) -> None:
+        self.log = EventLog(max_events=keep)
+        self.watchers = 0
+
+    def on_session_event(self, event: str, session: Any) -> None:
+        """A SessionManager listener."""
+        self.log.append(f"session_{event}", session.to_admin(time.time()))
+
+    def on_command(self, session: Any, command: str, seconds: float, error: str | None) -> None:
+        """A SessionManager command listener."""
+        if not self.watchers:
+            return
+        self.log.append(
+            "session_updated",
+            {
+                "session_id": session.id,
+                "status": session.status,
+                "last_command": command,
+                "last_command_ms": round(1000 * seconds, 1),
+                "command_count": session.command_count,
+                "last_activity": session.last_activity,
+                "error": error,
+            },
+        )
+
+    def on_sampled(self, sessions: list[Any]) -> None:
+        """A SessionManager sample listener."""
+        if not self.watchers or not sessions:
+            return
+        now = time.time()
+        samples = [{"session_id": s.id, "mem_used": round(s.mem_used, 2)} for s in sessions]
+        self.log.append("sessions_sampled", {"t": round(now, 1), "samples": samples})

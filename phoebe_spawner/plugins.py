@@ -22,6 +22,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "none": "phoebe_spawner.auth.none:NoAuthenticator",
         "jwt": "phoebe_spawner.auth.jwt:JWTAuthenticator",
         "external": "phoebe_spawner.auth.external:ExternalAuthenticator",
+        "hub": "phoebe_spawner.auth.hub:HubAuthenticator",
     },
 }
 

@@ -10,6 +10,7 @@ previous hub is interrupted. Everything else is marked failed with the reason.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,8 @@ async def recover_one(manager: SessionManager, row: dict[str, Any], user: User) 
             await manager.fail(s, "worker did not answer after the hub restarted")
             return
         s.status = "running"
+        s.readopted = True
+        s.started_at = row.get("started_at") or time.time()
         manager.sessions[sid] = s
         manager.log.info("re-adopted session %s of %s", sid, user.name)
         manager.emit("started", s)

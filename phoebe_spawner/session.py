@@ -11,6 +11,7 @@ import re
 import signal
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,13 @@ class LiveSession:
     persisted_activity: float = 0.0
     ended_at: float | None = None
     launched: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float | None = None
+    #: re-adopted from a previous hub (its start was not this hub's)
+    readopted: bool = False
+    last_command: str | None = None
+    last_command_ms: float | None = None
+    #: recent (unix time, MiB) memory samples, for the admin page's plots
+    mem_history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=120))
 
     @property
     def project_name(self) -> str | None:
@@ -66,6 +74,24 @@ class LiveSession:
             "command_count": self.command_count,
             "metadata": self.meta,
         }
+
+    def to_admin(self, now: float) -> dict[str, Any]:
+        """The admin view: the API object plus owner, age, idle time, last command and
+        the recent memory history (``[[unix time, MiB], ...]``)."""
+        data = self.to_api()
+        data.update(
+            user_name=self.user.name,
+            started_at=self.started_at,
+            age=now - self.created_at,
+            idle=now - self.last_activity,
+            busy=self.in_flight > 0,
+            last_command=self.last_command,
+            last_command_ms=None
+            if self.last_command_ms is None
+            else round(self.last_command_ms, 1),
+            mem_history=[[round(t, 1), round(m, 2)] for t, m in self.mem_history],
+        )
+        return data
 
 
 def describe_exit(status: int | None) -> str:

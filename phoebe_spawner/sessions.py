@@ -32,7 +32,7 @@ from traitlets.config import LoggingConfigurable
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
-from . import culling, recovery
+from . import culling, memory, recovery
 from .auth.base import User
 from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
 from .db import DatabaseUnavailable, Store
@@ -47,6 +47,9 @@ from .errors import (
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
+
+#: ``(session, command, seconds, error)`` after each command; see add_command_listener
+CommandListener = Callable[[LiveSession, str, float, str | None], None]
 
 
 class SessionManager(LoggingConfigurable):
@@ -136,6 +139,8 @@ class SessionManager(LoggingConfigurable):
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners: list[Callable[[str, LiveSession], None]] = []
         self._iopub_listeners: list[Callable[[LiveSession, Message], None]] = []
+        self._command_listeners: list[CommandListener] = []
+        self._sample_listeners: list[Callable[[list[LiveSession]], None]] = []
         #: open user event streams per user id (the stream handler counts them)
         self.watchers: Counter[str] = Counter()
         self._start_limiter = RateLimiter(self.start_rate_per_minute, self.start_burst)
@@ -172,6 +177,15 @@ class SessionManager(LoggingConfigurable):
     def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
         """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
         self._listeners.append(listener)
+
+    def add_command_listener(self, listener: CommandListener) -> None:
+        """Call ``listener(session, command, seconds, error)`` after every command (``error``
+        is None on success, else ``"timeout"`` or the worker's error status)."""
+        self._command_listeners.append(listener)
+
+    def add_sample_listener(self, listener: Callable[[list[LiveSession]], None]) -> None:
+        """Call ``listener(sessions)`` after each round of memory samples."""
+        self._sample_listeners.append(listener)
 
     def add_iopub_listener(self, listener: Callable[[LiveSession, Message], None]) -> None:
         """Call ``listener(session, message)`` for every iopub message of every session."""
@@ -351,7 +365,7 @@ class SessionManager(LoggingConfigurable):
         try:
             endpoints = await s.spawner.start()
             channel = self.connect(s, endpoints)
-            await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+            status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:
             await self.fail(s, f"No capacity for a worker: {e}")
             raise LimitReached(s.reason or "No capacity for a worker") from None
@@ -368,7 +382,8 @@ class SessionManager(LoggingConfigurable):
         port = endpoints.get("port")
         s.port = int(port) if port and port.isdigit() else None
         s.status = "running"
-        s.last_activity = time.time()
+        s.mem_used = float(status.get("rss_mib") or 0.0)
+        s.last_activity = s.started_at = time.time()
         self.log.info(
             "session %s of %s running (%.0f ms)",
             s.id,
@@ -379,7 +394,7 @@ class SessionManager(LoggingConfigurable):
             s,
             status="running",
             port=s.port,
-            started_at=time.time(),
+            started_at=s.started_at,
             spawner_state=s.spawner.get_state(),
             last_activity=s.last_activity,
         )
@@ -474,15 +489,23 @@ class SessionManager(LoggingConfigurable):
     def _log_command(
         self, s: LiveSession, command: str, started: float, success: bool, error: str | None
     ) -> None:
+        seconds = time.time() - started
+        s.last_command = command[:64]
+        s.last_command_ms = 1000 * seconds
         self._store.log_command(
             session_id=s.id,
             user_id=s.user.user_id,
-            command=command[:64],
+            command=s.last_command,
             started_at=started,
-            duration_ms=1000 * (time.time() - started),
+            duration_ms=s.last_command_ms,
             success=success,
             error=error,
         )
+        for listener in self._command_listeners:
+            try:
+                listener(s, s.last_command, seconds, error)
+            except Exception:
+                self.log.exception("command listener failed")
 
     async def _recover_from_timeout(self, s: LiveSession, msg_id: str, command: str) -> None:
         """Interrupt a timed-out command; stop the worker if it does not come back."""
@@ -509,28 +532,20 @@ class SessionManager(LoggingConfigurable):
     # --- memory ---------------------------------------------------------------------------------
 
     async def sample(self, s: LiveSession) -> float:
-        """Ask the worker for its process-tree memory (does not count as activity)."""
-        if s.status == "running" and s.channel is not None:
-            try:
-                status = await s.channel.control(protocol.STATUS_REQUEST, timeout=2)
-                s.mem_used = float(status.get("rss_mib", s.mem_used))
-            except ChannelError:
-                pass
-        return s.mem_used
+        """The session's current memory in MiB (:func:`phoebe_spawner.memory.sample`)."""
+        return await memory.sample(s)
 
     async def sample_all(self) -> None:
-        """Memory loop: sample every running session, record it, enforce mem_limit."""
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        await asyncio.gather(*(self.sample(s) for s in running))
-        now = time.time()
-        for s in running:
+        """Memory loop: :func:`phoebe_spawner.memory.sample_all`."""
+        await memory.sample_all(self)
+
+    def notify_sampled(self, sessions: list[LiveSession]) -> None:
+        """Tell the sample listeners that ``sessions`` have fresh memory samples."""
+        for listener in list(self._sample_listeners):
             try:
-                await self._store.record_metric(s.id, now, s.mem_used)
-            except DatabaseUnavailable:
-                break
-            limit = s.spawner.mem_limit
-            if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-                await self.fail(s, f"memory limit exceeded ({s.mem_used:.0f} MiB)")
+                listener(sessions)
+            except Exception:
+                self.log.exception("sample listener failed")
 
     # --- death detection and culling --------------------------------------------------------------
 
@@ -570,13 +585,15 @@ class SessionManager(LoggingConfigurable):
 
     # --- stop ----------------------------------------------------------------------------------
 
-    async def end_session(self, user: User, session_id: str) -> None:
-        """Stop the user's session (``POST /dash/end-session``)."""
+    async def end_session(
+        self, user: User, session_id: str, *, reason: str = "ended by user"
+    ) -> None:
+        """Stop the user's session (``POST /dash/end-session``, or an admin for them)."""
         s = self.get_owned(user, session_id)
         if s.status in ("failed", "stopped", "culled"):
             self.sessions.pop(s.id, None)
             return
-        await self.stop_session(s, "stopped", "ended by user")
+        await self.stop_session(s, "stopped", reason)
 
     async def stop_session(self, s: LiveSession, final: str, reason: str) -> None:
         """Stop a session once; concurrent callers wait for the same stop."""

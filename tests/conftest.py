@@ -168,6 +168,7 @@ class Client:
         token: str | None = ...,  # type: ignore[assignment]
         headers: dict[str, str] | None = None,
         timeout: float = 120,
+        follow_redirects: bool = True,
     ) -> Response:
         hdrs = dict(headers or {})
         tok = self.token if token is ... else token
@@ -186,6 +187,7 @@ class Client:
                 headers=hdrs,
                 request_timeout=timeout,
                 allow_nonstandard_methods=True,
+                follow_redirects=follow_redirects,
             ),
             raise_error=False,
         )

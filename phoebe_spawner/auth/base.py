@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler
 from traitlets import Any as AnyTrait
 from traitlets.config import LoggingConfigurable
 
@@ -85,19 +85,45 @@ class Authenticator(LoggingConfigurable):
         rate limits), return the token response."""
         raise AuthError(404, f"Login is only available in jwt auth mode (mode is {self.mode})")
 
+    def login_url(self, handler: RequestHandler) -> str | None:
+        """Where a page sends a browser that is not logged in (``None``: the page offers
+        its own login form, or says how to get a token)."""
+        return None
+
+    def logout(self, handler: RequestHandler) -> None:
+        """Forget what this mode keeps of a browser's login, beyond the token cookie the
+        logout handler clears (``POST /auth/logout``)."""
+
+    def extra_routes(self, prefix: str) -> list[tuple[str, type, dict[str, Any]]]:
+        """Routes this mode adds under ``prefix`` (the OAuth callback in hub mode)."""
+        return []
+
     def bearer_token(self, handler: RequestHandler) -> str:
         """The token of an ``Authorization: Bearer <t>`` header; 401 if absent.
 
-        For GET/HEAD only, the token cookie set at login is accepted too, so a browser's
-        ``EventSource`` can authenticate; state-changing requests always need the header,
-        so the cookie cannot be used for cross-site writes.
+        Browsers may use the token cookie set at login instead: for GET/HEAD (so an
+        ``EventSource`` can authenticate) freely, and for state-changing requests only
+        with the page's XSRF token in an ``X-XSRFToken`` header, so another site cannot
+        make a logged-in browser write.
         """
         header = handler.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-        if not header and handler.request.method in SAFE_METHODS:
-            cookie = handler.get_cookie(TOKEN_COOKIE)
-            if cookie:
-                return cookie
+        cookie = None if header else handler.get_cookie(TOKEN_COOKIE)
+        if cookie:
+            if handler.request.method not in SAFE_METHODS:
+                check_xsrf(handler)
+            return cookie
         raise AuthError(401, "Missing or invalid Authorization header. Use: Bearer <token>")
+
+
+def check_xsrf(handler: RequestHandler) -> None:
+    """403 unless a cookie-authenticated write carries the page's XSRF token (tornado's
+    double-submit check: the ``X-XSRFToken`` header must match the ``_xsrf`` cookie)."""
+    try:
+        handler.check_xsrf_cookie()
+    except HTTPError:
+        raise AuthError(
+            403, "XSRF check failed: send the page's X-XSRFToken header with the cookie"
+        ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import api, checkpoints, jobs, streams
+from . import admin, api, checkpoints, jobs, pages, streams
 from .base import HubContext, NotFoundHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
@@ -17,7 +17,8 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
     p = prefix.rstrip("/")
     table: list[tuple[str, type]] = [
         (r"/health", api.HealthHandler),
-        (r"/?", api.RootHandler),
+        (r"/?", pages.RootHandler),
+        (r"/admin/?", pages.AdminPageHandler),
         (r"/auth/config", api.AuthConfigHandler),
         (r"/auth/register", api.RegisterHandler),
         (r"/auth/login", api.LoginHandler),
@@ -43,6 +44,10 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
         (r"/api/v1/checkpoints", checkpoints.CheckpointListHandler),
         (rf"/api/v1/checkpoints/{CHECKPOINT_ID}", checkpoints.CheckpointHandler),
         (rf"/api/v1/checkpoints/{CHECKPOINT_ID}/bundle", checkpoints.CheckpointBundleHandler),
+        (r"/api/v1/admin/sessions", admin.AdminSessionsHandler),
+        (rf"/api/v1/admin/sessions/{SESSION_ID}", admin.AdminSessionHandler),
+        (r"/api/v1/admin/events", admin.AdminEventsHandler),
+        (r"/metrics", admin.MetricsHandler),
     ]
     return [(p + path, handler, {"hub": hub}) for path, handler in table]
 

@@ -35,17 +35,6 @@ class HealthHandler(BaseHandler):
             self.write_json({"status": "degraded", "database": "unavailable"})
 
 
-class RootHandler(BaseHandler):
-    """``GET /``: service identity, no auth."""
-
-    auth_required = False
-
-    async def get(self) -> None:
-        self.write_json(
-            {"service": "phoebe-spawner", "version": self.hub.version, "status": "running"}
-        )
-
-
 class AuthConfigHandler(BaseHandler):
     """``GET /auth/config``: which auth mode clients must speak."""
 
@@ -90,6 +79,7 @@ class LogoutHandler(BaseHandler):
 
     async def post(self) -> None:
         self.clear_cookie(TOKEN_COOKIE, path=self.hub.base_url)
+        self.hub.authenticator.logout(self)
         self.write_json({"success": True})
 
 

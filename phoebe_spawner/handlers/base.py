@@ -57,6 +57,11 @@ class HubContext:
     sse_keepalive: float = 15.0
     cookie_max_age_days: float = 1.0
     passbands: Any = None
+    admin_events: Any = None
+    metrics: Any = None
+    #: whether /metrics needs an admin or the metrics token
+    metrics_auth: bool = True
+    metrics_token: str = ""
 
 
 @stream_request_body
@@ -172,6 +177,11 @@ class BaseHandler(RequestHandler):
         user = self.current_user
         assert isinstance(user, User)
         return user
+
+    def require_admin(self, detail: str = "Only admins may use this") -> None:
+        """403 unless the authenticated user is an admin."""
+        if not self.user.admin:
+            raise ApiError(403, detail)
 
     @property
     def manager(self) -> SessionManager:

@@ -286,7 +286,7 @@ async def test_user_event_stream(make_hub):
     assert [e["id"] for e in got] == [got[0]["id"], got[0]["id"] + 1, got[0]["id"] + 2]
 
 
-async def test_streams_accept_the_login_cookie_for_get_only(make_hub):
+async def test_streams_accept_the_login_cookie_writes_need_xsrf(make_hub):
     _, client = await make_hub(auth_mode="jwt")
     resp = await client.post(
         "/auth/register", {"email": "web@example.org", "password": "a browser pw"}
@@ -297,9 +297,9 @@ async def test_streams_accept_the_login_cookie_for_get_only(make_hub):
     stream = await SSEStream.open(client.base_url, "/api/v1/events", headers={"Cookie": pair})
     assert stream.status == 200
     await stream.close()
-    # the cookie is not enough for requests that change state
+    # the cookie alone is not enough for requests that change state (see test_admin)
     resp = await client.post("/dash/start-session", {}, headers={"Cookie": pair})
-    assert resp.status == 401
+    assert resp.status == 403 and "XSRF" in resp.detail
     anonymous = await SSEStream.open(client.base_url, "/api/v1/events")
     assert anonymous.status == 401
     await anonymous.close()

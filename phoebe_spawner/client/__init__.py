@@ -1,0 +1,60 @@
+"""``phoebe_spawner.client``: use a phoebe-spawner hub from notebooks and scripts.
+
+>>> from phoebe_spawner.client import PhoebeClient
+>>> with PhoebeClient() as client:            # inside JupyterHub: no arguments needed
+...     client.set_value("period@binary", 2.5)
+...     client.add_dataset("lc", compute_times=np.linspace(0, 1, 201))
+...     model = client.run_compute()           # progress bar; Ctrl-C cancels on the worker
+
+See ``docs/client.md``. Only numpy and orjson are required; tqdm draws progress bars
+and astropy turns unit-carrying values into Quantities when they are installed
+(``pip install 'phoebe-spawner[client]'``).
+"""
+
+from ._client import PhoebeClient
+from ._config import ConfigurationError
+from ._errors import (
+    AuthenticationError,
+    BadRequest,
+    CommandTimeout,
+    ComputationCancelled,
+    Conflict,
+    HubConnectionError,
+    HubTimeout,
+    JobCancelled,
+    JobFailed,
+    LimitReached,
+    PermissionDeniedError,
+    PhoebeClientError,
+    PhoebeError,
+    RateLimited,
+    RequestTooLarge,
+    ServerError,
+    SessionNotFound,
+    WorkerUnavailable,
+)
+from ._http import SSEEvent
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequest",
+    "CommandTimeout",
+    "ComputationCancelled",
+    "ConfigurationError",
+    "Conflict",
+    "HubConnectionError",
+    "HubTimeout",
+    "JobCancelled",
+    "JobFailed",
+    "LimitReached",
+    "PermissionDeniedError",
+    "PhoebeClient",
+    "PhoebeClientError",
+    "PhoebeError",
+    "RateLimited",
+    "RequestTooLarge",
+    "SSEEvent",
+    "ServerError",
+    "SessionNotFound",
+    "WorkerUnavailable",
+]

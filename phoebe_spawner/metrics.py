@@ -1,0 +1,139 @@
+"""Prometheus metrics of one hub: sessions by status, spawn and command latency, failures.
+
+The app builds one :class:`HubMetrics` per hub (its own registry, so several hubs in
+one process — the tests — do not share counters) and connects it to the session
+manager's listeners; ``GET /metrics`` renders :meth:`HubMetrics.render`. Nothing here
+does I/O: listeners only bump counters on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .session import LiveSession
+
+if TYPE_CHECKING:
+    from .sessions import SessionManager
+
+#: The content type of the text exposition format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATUSES = ("pending", "running", "stopping", "failed")
+#: Commands get their own label value; anything else is counted as "other", so a
+#: client cannot grow the label set without bound.
+KNOWN_COMMANDS = frozenset(
+    {
+        "ping", "set_morphology", "change_morphology", "get_parameter", "get_value",
+        "set_value", "add_dataset", "remove_dataset", "run_compute", "run_solver",
+        "get_bundle", "load_bundle", "save_bundle", "new_bundle", "get_datasets",
+        "get_uniqueid", "update_uniqueid", "is_parameter_constrained", "attach_parameters",
+    }
+)  # fmt: skip
+SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+COMMAND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+COMMAND_BUCKETS_LONG = (60, 300, 900, 3600)
+
+
+class _SessionsCollector(Collector):
+    """``phoebe_spawner_sessions{status}``, counted from the live sessions at scrape time."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        counts = Tally(s.status for s in self.manager.sessions.values())
+        gauge = GaugeMetricFamily(
+            "phoebe_spawner_sessions", "Sessions the hub holds, by status", labels=["status"]
+        )
+        for status in STATUSES:
+            gauge.add_metric([status], counts.get(status, 0))
+        yield gauge
+        users = GaugeMetricFamily(
+            "phoebe_spawner_active_users", "Users with at least one pending or running session"
+        )
+        users.add_metric([], len({s.user.user_id for s in self.manager.active()}))
+        yield users
+
+
+class HubMetrics:
+    """The hub's metrics; :meth:`connect` subscribes them to a session manager."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.spawn_duration = Histogram(
+            "phoebe_spawner_spawn_duration_seconds",
+            "Time from a start request to a worker answering, by outcome",
+            ["outcome"],
+            buckets=SPAWN_BUCKETS,
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            "phoebe_spawner_command_duration_seconds",
+            "Time commands take through the hub (queueing included), by command",
+            ["command"],
+            buckets=COMMAND_BUCKETS + COMMAND_BUCKETS_LONG,
+            registry=r,
+        )
+        self.command_errors = Counter(
+            "phoebe_spawner_command_errors",
+            "Commands that did not succeed, by command and kind (timeout, error)",
+            ["command", "kind"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "phoebe_spawner_session_failures",
+            "Sessions that failed, by stage (start: never ran; run: died or was stopped)",
+            ["stage"],
+            registry=r,
+        )
+        self.culls = Counter(
+            "phoebe_spawner_culls", "Sessions the hub culled (idle or too old)", registry=r
+        )
+        self.ended = Counter(
+            "phoebe_spawner_sessions_ended",
+            "Sessions that ended, by final status",
+            ["status"],
+            registry=r,
+        )
+
+    def connect(self, manager: SessionManager) -> None:
+        """Count what ``manager`` does from now on."""
+        self.registry.register(_SessionsCollector(manager))
+        manager.add_listener(self.on_session_event)
+        manager.add_command_listener(self.on_command)
+
+    def on_session_event(self, event: str, s: LiveSession) -> None:
+        """A SessionManager listener."""
+        if event == "started":
+            if s.readopted:
+                return
+            self.spawn_duration.labels("success").observe(time.time() - s.created_at)
+        elif event == "failed":
+            if s.started_at is None:
+                self.spawn_duration.labels("failure").observe(time.time() - s.created_at)
+                self.failures.labels("start").inc()
+            else:
+                self.failures.labels("run").inc()
+            self.ended.labels("failed").inc()
+        elif event in ("stopped", "culled"):
+            self.ended.labels(event).inc()
+            if event == "culled":
+                self.culls.inc()
+
+    def on_command(self, s: LiveSession, command: str, seconds: float, error: str | None) -> None:
+        """A SessionManager command listener."""
+        name = command if command in KNOWN_COMMANDS else "other"
+        self.command_duration.labels(name).observe(seconds)
+        if error is not None:
+            self.command_errors.labels(name, "timeout" if error == "timeout" else "error").inc()
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
