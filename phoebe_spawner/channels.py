@@ -25,6 +25,9 @@ from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_REJECTIONS = 20
+#: Optional key of a spawner's endpoints: the worker's Z85 CurveZMQ public key. When it
+#: is there, every socket to that worker is encrypted (CurveZMQ); otherwise plain TCP.
+CURVE_SERVER_KEY = "curve_server_key"
 
 
 class ChannelError(Exception):
@@ -90,6 +93,14 @@ class WorkerChannel:
             sock.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+            server_key = self.endpoints.get(CURVE_SERVER_KEY)
+            if server_key:
+                # CurveZMQ client with a throw-away key pair: the worker authenticates
+                # messages by their HMAC signature, the curve layer only encrypts
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = server_key.encode()
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
             sock.connect(self.endpoints[name])
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)

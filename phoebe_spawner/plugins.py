@@ -16,6 +16,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "phoebe_spawner.spawners": {
         "local": "phoebe_spawner.spawners.local:LocalProcessSpawner",
         "docker": "phoebe_spawner.spawners.docker:DockerSpawner",
+        "slurm": "phoebe_spawner.spawners.slurm:SlurmSpawner",
     },
     "phoebe_spawner.authenticators": {
         "none": "phoebe_spawner.auth.none:NoAuthenticator",
