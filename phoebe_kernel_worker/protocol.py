@@ -232,6 +232,8 @@ class ConnectionInfo:
     #: a warm-pool worker: it accepts one ``bind_request`` that moves it to its session dir
     pooled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Z85 CurveZMQ secret key of the worker's sockets; None: no encryption (the default)
+    curve_secret_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -247,6 +249,7 @@ class ConnectionInfo:
             "exit_with_parent": self.exit_with_parent,
             "pooled": self.pooled,
             "extra": self.extra,
+            **({"curve_secret_key": self.curve_secret_key} if self.curve_secret_key else {}),
         }
 
     @classmethod
@@ -266,7 +269,22 @@ class ConnectionInfo:
             exit_with_parent=bool(data.get("exit_with_parent", False)),
             pooled=bool(data.get("pooled", False)),
             extra=dict(data.get("extra") or {}),
+            curve_secret_key=str(data["curve_secret_key"])
+            if data.get("curve_secret_key")
+            else None,
         )
+
+
+def derive_curve_secret(key: bytes) -> str:
+    """The Z85 CurveZMQ secret key of one session's worker, derived from its signing key.
+
+    Like the signing key, it need not be stored: after a restart the hub derives it
+    again (its public half, ``zmq.curve_public(secret)``, is what clients connect with).
+    """
+    from zmq.utils import z85  # a pure encoder: no sockets, no libzmq call
+
+    digest = hmac.new(key, b"phoebe-spawner curve server key v1", "sha256").digest()
+    return z85.encode(digest).decode()
 
 
 def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:

@@ -106,6 +106,12 @@ class KernelWorker:
 
     def _bind_one(self, name: str, sock: zmq.Socket[bytes]) -> str:
         info = self.info
+        if info.curve_secret_key:
+            # CurveZMQ server: only clients that know our public key can even connect
+            secret = info.curve_secret_key.encode()
+            sock.curve_secretkey = secret
+            sock.curve_publickey = zmq.curve_public(secret)
+            sock.curve_server = True
         if info.transport == "ipc":
             base = info.ipc_dir or info.session_dir
             url = f"ipc://{base}/{name}"

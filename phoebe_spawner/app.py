@@ -62,11 +62,12 @@ def _log_request(handler: RequestHandler) -> None:
 
 
 def _optional_classes() -> list[type]:
-    """Configurable classes of optional dependencies that are installed (for --help-all
-    and --generate-config)."""
+    """Configurable classes of the optional backends and modes (for --help-all and
+    --generate-config); jupyterhub's only when it is installed."""
     from .spawners.docker import DockerSpawner  # the docker SDK is imported lazily
+    from .spawners.slurm import SlurmSpawner
 
-    classes: list[type] = [DockerSpawner]
+    classes: list[type] = [DockerSpawner, SlurmSpawner]
     try:
         from .auth.hub import HubAuthenticator
     except ImportError:  # jupyterhub is not installed

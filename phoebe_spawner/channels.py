@@ -32,6 +32,9 @@ MAX_LOGGED_REJECTIONS = 20
 IOPUB_TOPICS = (b"progress", b"stream", protocol.DELIM)
 #: ...and those (from such workers) are dropped unread (the header is orjson output)
 IGNORED_IOPUB = b'"msg_type":"status"'
+#: Optional key of a spawner's endpoints: the worker's Z85 CurveZMQ public key. When it
+#: is there, every socket to that worker is encrypted (CurveZMQ); otherwise plain TCP.
+CURVE_SERVER_KEY = "curve_server_key"
 
 
 class ChannelError(Exception):
@@ -98,6 +101,14 @@ class WorkerChannel:
             if kind == zmq.SUB:
                 for topic in IOPUB_TOPICS:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
+            server_key = self.endpoints.get(CURVE_SERVER_KEY)
+            if server_key:
+                # CurveZMQ client with a throw-away key pair: the worker authenticates
+                # messages by their HMAC signature, the curve layer only encrypts
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = server_key.encode()
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
             sock.connect(self.endpoints[name])
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)

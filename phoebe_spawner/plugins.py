@@ -17,6 +17,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "local": "phoebe_spawner.spawners.local:LocalProcessSpawner",
         "local-forkserver": "phoebe_spawner.spawners.forkserver:ForkServerSpawner",
         "docker": "phoebe_spawner.spawners.docker:DockerSpawner",
+        "slurm": "phoebe_spawner.spawners.slurm:SlurmSpawner",
     },
     "phoebe_spawner.authenticators": {
         "none": "phoebe_spawner.auth.none:NoAuthenticator",

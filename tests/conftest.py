@@ -76,13 +76,22 @@ def child_pids() -> set[int]:
         return set()
 
 
+#: Daemons a session fixture started on first use, possibly inside a test (the Slurm
+#: cluster's); never leaks. Their descendants (a Slurm job's processes) still count.
+SERVICE_PIDS: set[int] = set()
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Any:
     """Every test must leave no worker process behind (checked after each test)."""
     before = child_pids()
     yield
-    assert wait_for(lambda: not (child_pids() - before), timeout=15), (
-        f"leaked child processes: {[psutil.Process(p).cmdline() for p in child_pids() - before]}"
+
+    def leaked() -> set[int]:
+        return child_pids() - before - SERVICE_PIDS
+
+    assert wait_for(lambda: not leaked(), timeout=15), (
+        f"leaked child processes: {[psutil.Process(p).cmdline() for p in leaked()]}"
     )
 
 
@@ -223,6 +232,23 @@ def docker_engine() -> Any:
     yield engine
     leftovers = engine.stop()
     assert not leftovers, f"containers left after the docker tests: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Any:
+    """A private single-node Slurm cluster for the run (skips with the reason if it cannot
+    start; see tests/slurm_cluster.py). Its queue must be empty at the end."""
+    from .slurm_cluster import ClusterUnavailable, SlurmCluster
+
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+    except ClusterUnavailable as e:
+        pytest.skip(f"no Slurm cluster: {e}")
+    SERVICE_PIDS.update(cluster.daemon_pids())
+    yield cluster
+    left = cluster.stop()
+    assert not left, f"Slurm jobs were left in the queue after the tests: {left}"
 
 
 HubFactory = Callable[..., Any]

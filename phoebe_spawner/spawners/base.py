@@ -230,9 +230,10 @@ class Spawner(LoggingConfigurable):
         """Why the worker exited, when the backend knows more than ``status`` says.
 
         Called by the session manager's poll loop after :meth:`poll` returned ``status``;
-        the session's failure reason is this, or a description of the status when None
+        the failed session's reason is this, or a description of the status when None
         (the default). The Docker backend reports out-of-memory kills and containers
-        removed behind the hub's back here.
+        removed behind the hub's back here; a batch scheduler says "reached its time
+        limit" in its own words.
         """
         return None
 

@@ -496,24 +496,48 @@ async def test_long_client_strings_stay_out_of_the_log(make_hub, caplog):
     assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000
 
 
+def free_port_block(n: int) -> int:
+    """The first port of ``n`` consecutive free ports, below the ephemeral range (so other
+    programs' outgoing connections do not take them meanwhile)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 30000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 async def test_port_pool_exhaustion_is_429(make_hub):
     import socket
 
-    _, client = await make_hub(LocalProcessSpawner__port_range=[42100, 42106])
+    base = free_port_block(6)
+    _, client = await make_hub(LocalProcessSpawner__port_range=[base, base + 6])
     status = (await client.get("/dash/port-status")).json()
     assert status["total_ports"] == 2  # six ports, three per worker
     # a foreign process holds half of the pool: it is never taken for a worker
     squatters = []
-    for port in (42100, 42101, 42102):
+    for port in (base, base + 1, base + 2):
         s = socket.socket()
         s.bind(("127.0.0.1", port))
         s.listen()
         squatters.append(s)
     try:
         first = await client.post("/dash/start-session", {})
-        assert first.status == 200 and first.json()["port"] in (42103, 42104, 42105)
+        assert first.status == 200 and first.json()["port"] in range(base + 3, base + 6)
         resp = await client.post("/dash/start-session", {})
-        assert resp.status == 429 and "no free port in 42100-42105" in resp.detail
+        assert resp.status == 429 and f"no free port in {base}-{base + 5}" in resp.detail
     finally:
         for s in squatters:
             s.close()

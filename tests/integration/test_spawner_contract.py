@@ -22,6 +22,7 @@ from phoebe_spawner.spawners.base import Spawner, SpawnError
 from phoebe_spawner.spawners.docker import DockerSpawner
 from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
+from phoebe_spawner.spawners.slurm import SlurmSpawner
 
 from ..conftest import TEST_FACTORY, wait_for
 from ..docker_engine import kill_container
@@ -71,7 +72,7 @@ class ForkServerFactory:
         await ForkServerSpawner.stop_backend(self.server)
 
 
-def docker_factory(tmp_path: Any, engine: Any) -> SpawnerFactory:
+def docker_factory(tmp_path: Any, docker_engine: Any) -> SpawnerFactory:
     def make(session_id: str = "c1", **kw: Any) -> Spawner:
         kw.setdefault("worker_args", TEST_FACTORY)
         return DockerSpawner(
@@ -80,34 +81,53 @@ def docker_factory(tmp_path: Any, engine: Any) -> SpawnerFactory:
             key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
             session_dir=str(tmp_path / "sessions" / session_id),
             runtime_dir=str(tmp_path / "runtime" / session_id),
-            **{**engine.traits(), **kw},
+            **{**docker_engine.traits(), **kw},
         )
 
     return make
 
 
-BACKENDS: dict[str, Callable[..., SpawnerFactory]] = {
+def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
+    """Workers as jobs of the private test cluster (tests/slurm_cluster.py)."""
+
+    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+        kw.setdefault("worker_args", TEST_FACTORY)
+        return SlurmSpawner(
+            session_id=session_id,
+            key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
+            session_dir=str(tmp_path / "sessions" / session_id),
+            runtime_dir=str(tmp_path / "runtime" / session_id),
+            slurm_conf=str(slurm_cluster.conf),
+            registration_ip=slurm_cluster.hub_ip,
+            job_poll_interval=0.2,
+            state_cache_seconds=0.2,
+            exit_grace=0.5,  # stop() here comes without a shutdown request first
+            **kw,
+        )
+
+    return make
+
+
+slurm_factory.fixtures = ("slurm_cluster",)  # type: ignore[attr-defined]
+docker_factory.fixtures = ("docker_engine",)  # type: ignore[attr-defined]
+
+BACKENDS: dict[str, Any] = {
     "local": local_factory,
     "local-forkserver": ForkServerFactory,
     "docker": docker_factory,
+    "slurm": slurm_factory,
 }
-#: session fixtures a backend needs (it is skipped, or fails in CI, when they are missing)
-BACKEND_FIXTURES = {"docker": "docker_engine"}
+#: backends are marked, so their tier can be selected (-m docker) and skips say why
+MARKS = {"docker": [pytest.mark.docker], "slurm": [pytest.mark.slurm]}
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("local"),
-        pytest.param("local-forkserver"),
-        pytest.param("docker", marks=pytest.mark.docker),
-    ]
-)
+@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in sorted(BACKENDS)])
 async def make_spawner(request, tmp_path) -> Any:
-    needs = BACKEND_FIXTURES.get(request.param)
-    if needs:
-        make = BACKENDS[request.param](tmp_path, request.getfixturevalue(needs))
-    else:
-        make = BACKENDS[request.param](tmp_path)
+    """One backend's spawner factory; a backend names the fixtures it needs in ``fixtures``,
+    and one with a hub-wide resource (the fork server) has ``start``/``aclose``."""
+    factory = BACKENDS[request.param]
+    needs = {name: request.getfixturevalue(name) for name in getattr(factory, "fixtures", ())}
+    make = factory(tmp_path, **needs)
     if hasattr(make, "start"):
         await make.start()
     yield make
@@ -209,7 +229,8 @@ async def test_progress_replays_to_ready(make_spawner):
 async def test_a_died_worker_reports_its_status(make_spawner):
     spawner = make_spawner()
     await spawner.start()
-    if isinstance(spawner, LocalProcessSpawner):
+    if isinstance(spawner, LocalProcessSpawner | SlurmSpawner):
+        # the Slurm test node shares this machine's pid namespace (only its network differs)
         assert spawner.pid is not None
         os.kill(spawner.pid, signal.SIGKILL)
     elif isinstance(spawner, DockerSpawner):
