@@ -65,9 +65,10 @@ def _optional_classes() -> list[type]:
     """Configurable classes of the optional backends and modes (for --help-all and
     --generate-config); jupyterhub's only when it is installed."""
     from .spawners.docker import DockerSpawner  # the docker SDK is imported lazily
+    from .spawners.forkserver import ForkServerSpawner
     from .spawners.slurm import SlurmSpawner
 
-    classes: list[type] = [DockerSpawner, SlurmSpawner]
+    classes: list[type] = [ForkServerSpawner, DockerSpawner, SlurmSpawner]
     try:
         from .auth.hub import HubAuthenticator
     except ImportError:  # jupyterhub is not installed
