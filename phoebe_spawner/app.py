@@ -12,7 +12,6 @@ Used by the ``phoebe-spawner`` console script and by tests, which drive
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hmac
 import logging
 import os
@@ -286,8 +285,11 @@ class PhoebeSpawnerApp(Application):
         ]
 
     subcommands = {
-        "upgrade-db": ("phoebe_spawner.app.UpgradeDB", "Create or upgrade the database schema."),
-        "create-user": ("phoebe_spawner.app.CreateUser", "Create an account (jwt mode)."),
+        "upgrade-db": (
+            "phoebe_spawner.subcommands.UpgradeDB",
+            "Create or upgrade the database schema.",
+        ),
+        "create-user": ("phoebe_spawner.subcommands.CreateUser", "Create an account (jwt mode)."),
     }
 
     # --- start-up -------------------------------------------------------------------------
@@ -505,97 +507,6 @@ class PhoebeSpawnerApp(Application):
             self.exit(1)
         path.write_text(self.generate_config_file())
         print(f"Wrote {path}")
-
-
-SHARED_ALIASES = {
-    "data-dir": "PhoebeSpawnerApp.data_dir",
-    "db": "PhoebeSpawnerApp.db_url",
-    "config": "PhoebeSpawnerApp.config_file",
-}
-
-
-class _SubApp(Application):
-    """A subcommand sharing the main app's configuration (file, then command line)."""
-
-    parent_app: PhoebeSpawnerApp
-    aliases = SHARED_ALIASES
-
-    def initialize(self, argv: list[str] | None = None) -> None:
-        super().initialize(argv)
-        parent = self.parent
-        assert isinstance(parent, PhoebeSpawnerApp)
-        self.parent_app = parent
-        parent.update_config(self.cli_config)
-        if parent.config_file and os.path.exists(parent.config_file):
-            parent.load_config_file(parent.config_file)
-            parent.update_config(self.cli_config)
-
-
-class UpgradeDB(_SubApp):
-    """``phoebe-spawner upgrade-db``: create or upgrade the schema (backs up SQLite first)."""
-
-    description = "Create or upgrade the database schema to this version's."
-
-    def start(self) -> None:
-        async def upgrade() -> None:
-            store = Store(self.parent_app.db_url)
-            await store.init(upgrade=True)
-            await store.close()
-
-        self.parent_app.make_data_dir()
-        asyncio.run(upgrade())
-        print("database schema is up to date")
-
-
-class CreateUser(_SubApp):
-    """``phoebe-spawner create-user --email E [--admin]``: create a jwt-mode account.
-
-    The password is read from $PHOEBE_SPAWNER_NEW_PASSWORD or prompted for (never argv).
-    """
-
-    description = "Create a user account for jwt mode."
-    email = Unicode("", help="The new user's email (their login name).").tag(config=True)
-    first_name = Unicode("").tag(config=True)
-    last_name = Unicode("").tag(config=True)
-    admin = Bool(False, help="Make the user an admin.").tag(config=True)
-    aliases = {
-        **SHARED_ALIASES,
-        "email": "CreateUser.email",
-        "first-name": "CreateUser.first_name",
-        "last-name": "CreateUser.last_name",
-    }
-    flags = {"admin": ({"CreateUser": {"admin": True}}, "Make the user an admin.")}
-
-    def start(self) -> None:
-        if not self.email:
-            raise SystemExit("--email is required")
-        password = os.environ.get("PHOEBE_SPAWNER_NEW_PASSWORD") or getpass.getpass("Password: ")
-        asyncio.run(self._create(password))
-
-    async def _create(self, password: str) -> None:
-        from .auth.jwt import JWTAuthenticator
-
-        app = self.parent_app
-        app.make_data_dir()
-        store = Store(app.db_url)
-        await store.init(upgrade=app.upgrade_db)
-        try:
-            auth = JWTAuthenticator(parent=app, store=store)
-            if len(password) < auth.min_password_length:
-                raise SystemExit(f"password must be at least {auth.min_password_length} characters")
-            row = await auth.create_user(
-                self.email.strip().lower(),
-                password,
-                first_name=self.first_name,
-                last_name=self.last_name,
-                role="admin" if self.admin else "user",
-                admin=self.admin,
-            )
-        finally:
-            await store.close()
-        if row is None:
-            raise SystemExit(f"a user {self.email} already exists")
-        print(f"created user {row['name']} (id {row['id']})")
 
 
 def main(argv: list[str] | None = None) -> None:
