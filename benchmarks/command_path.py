@@ -44,6 +44,8 @@ from common import (
 from floors import floor_servers
 
 PING = orjson.dumps({"command": "ping"})
+#: the in-process baselines' session directory (PHOEBE writes nothing there; removed at exit)
+SCRATCH = tempfile.TemporaryDirectory(prefix="phoebe-bench-")
 # the same BLAS/OpenMP pools as a forked worker (ForkServerSpawner.template_threads), so the
 # in-process baselines compute like the worker does (numpy is imported after this, lazily)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -174,7 +176,7 @@ def in_process(steps: list[dict[str, Any]], repeats: int) -> list[float]:
     from phoebe_kernel_worker.commands import PhoebeSession
     from phoebe_kernel_worker.serialize import dumps
 
-    session = PhoebeSession(session_dir=Path(tempfile.mkdtemp(prefix="phoebe-bench-")))
+    session = PhoebeSession(session_dir=Path(SCRATCH.name))
     out = []
     for _ in range(repeats):
         for step in steps[:-1]:
@@ -268,7 +270,7 @@ async def bench_compute(hub: Hub, points: int, repeats: int) -> list[str]:
 
     times = np.linspace(0, 1, points).tolist()
     setup = {"command": "add_dataset", "kind": "lc", "compute_times": times, "overwrite": True}
-    local = PhoebeSession(session_dir=Path(tempfile.mkdtemp(prefix="phoebe-bench-")))
+    local = PhoebeSession(session_dir=Path(SCRATCH.name))
     local.dispatch("add_dataset", {k: v for k, v in setup.items() if k != "command"})
     hub_times, local_times = [], []
     sid = await hub.start()
