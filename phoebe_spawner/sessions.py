@@ -16,7 +16,6 @@ declared hung and stopped. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -32,12 +31,11 @@ from traitlets.config import LoggingConfigurable
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
-from . import culling, memory, recovery
+from . import culling, endings, execution, memory, recovery
 from .auth.base import User
-from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply, WorkerChannel
+from .channels import ChannelError, Reply, WorkerChannel
 from .db import DatabaseUnavailable, Store
 from .errors import (
-    CommandTimedOut,
     LimitReached,
     NotOwner,
     RateLimited,
@@ -46,7 +44,7 @@ from .errors import (
 )
 from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
-from .session import ACTIVE, LiveSession, describe_exit, user_dir_name
+from .session import ACTIVE, LiveSession, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
 
 #: ``(session, command, seconds, error)`` after each command; see add_command_listener
@@ -428,7 +426,7 @@ class SessionManager(LoggingConfigurable):
             s.user.name,
             1000 * (time.perf_counter() - t0),
         )
-        await self._write(
+        await self.write(
             s,
             status="running",
             port=s.port,
@@ -449,17 +447,9 @@ class SessionManager(LoggingConfigurable):
         s = self.get_owned(user, session_id)
         self.check_running(s)
         if command == "ping" and s.lock.locked():
-            return await self._control_ping(s)
+            return await execution.control_ping(s)
         timeout = self.command_timeouts.get(command, self.command_timeout)
         return await self.execute(s, body, command, timeout=timeout)
-
-    async def _control_ping(self, s: LiveSession) -> Reply:
-        assert s.channel is not None
-        try:
-            await s.channel.control(protocol.STATUS_REQUEST, timeout=5)
-        except ChannelError as e:
-            raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
-        return Reply({"status": "ok"}, b'{"success":true,"result":{"status":"ready"}}')
 
     async def execute(
         self,
@@ -479,45 +469,9 @@ class SessionManager(LoggingConfigurable):
         is on its way to the worker. ``activity=False`` (the hub's own commands, e.g.
         checkpoints) leaves the session's idle time alone.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        s.in_flight += 1
-        last_activity = s.last_activity
-        started = time.time()
-        release = True
-        try:
-            try:
-                if s.lock.locked():  # wait_for wraps the acquire in a task: only when needed
-                    await asyncio.wait_for(s.lock.acquire(), timeout)
-                else:
-                    await s.lock.acquire()
-            except TimeoutError:
-                raise CommandTimedOut(
-                    f"Command '{command}' waited {timeout:g} s for the session's previous command"
-                ) from None
-            try:
-                self.check_running(s)
-                assert s.channel is not None
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                reply = await s.channel.execute(body, timeout=remaining, on_sent=on_sent)
-            except ChannelTimeout as e:
-                release = False  # the recovery task owns the lock until the worker is idle again
-                self.spawn_task(self._recover_from_timeout(s, e.msg_id, command))
-                self._log_command(s, command, started, False, "timeout")
-                raise CommandTimedOut(
-                    f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
-                ) from None
-            except ChannelClosed as e:
-                raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
-            finally:
-                if release:
-                    s.lock.release()
-        finally:
-            s.in_flight -= 1
-            s.last_activity = time.time() if activity else last_activity
-        s.command_count += 1
-        ok = reply.status == "ok"
-        self._log_command(s, command, started, ok, None if ok else reply.status)
-        return reply
+        return await execution.execute(
+            self, s, body, command, timeout=timeout, on_sent=on_sent, activity=activity
+        )
 
     def check_running(self, s: LiveSession) -> None:
         """Raise 503 unless the session is running with a connected channel."""
@@ -527,48 +481,8 @@ class SessionManager(LoggingConfigurable):
             raise Unavailable(f"Session {s.id} has failed: {s.reason}")
         raise Unavailable(f"Session {s.id} is {s.status}")
 
-    def _log_command(
-        self, s: LiveSession, command: str, started: float, success: bool, error: str | None
-    ) -> None:
-        seconds = time.time() - started
-        s.last_command = command[:64]
-        s.last_command_ms = 1000 * seconds
-        self._store.log_command(
-            session_id=s.id,
-            user_id=s.user.user_id,
-            command=s.last_command,
-            started_at=started,
-            duration_ms=s.last_command_ms,
-            success=success,
-            error=error,
-        )
-        for listener in self._command_listeners:
-            try:
-                listener(s, s.last_command, seconds, error)
-            except Exception:
-                self.log.exception("command listener failed")
-
     async def _recover_from_timeout(self, s: LiveSession, msg_id: str, command: str) -> None:
-        """Interrupt a timed-out command; stop the worker if it does not come back."""
-        try:
-            assert s.channel is not None
-            await s.channel.control(protocol.INTERRUPT_REQUEST, {"msg_id": msg_id}, timeout=5)
-            deadline = time.monotonic() + self.interrupt_grace
-            while time.monotonic() < deadline:
-                status = await s.channel.control(protocol.STATUS_REQUEST, timeout=2)
-                if status.get("msg_id") != msg_id:
-                    self.log.info("session %s: timed-out %s interrupted", s.id, command)
-                    return
-                await asyncio.sleep(0.05)
-            reason = f"worker hung: '{command}' ignored an interrupt for {self.interrupt_grace:g} s"
-        except ChannelTimeout:
-            reason = f"worker hung: no answer on the control channel after '{command}' timed out"
-        except ChannelError:
-            return  # the worker died or the session ended meanwhile
-        finally:
-            s.lock.release()
-        self.log.warning("session %s: %s; stopping it", s.id, reason)
-        await self.fail(s, reason)
+        await endings.recover_from_timeout(self, s, msg_id, command)
 
     # --- memory ---------------------------------------------------------------------------------
 
@@ -591,26 +505,8 @@ class SessionManager(LoggingConfigurable):
     # --- death detection and culling --------------------------------------------------------------
 
     async def poll_all(self) -> None:
-        """Poll loop: a worker that exited marks its session failed, and drops old failures."""
-        now = time.time()
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        results = await asyncio.gather(*(self._poll(s) for s in running))
-        for s, status in zip(running, results, strict=True):
-            if status is not None and s.status == "running":
-                await self.fail(s, s.spawner.exit_reason(status) or describe_exit(status))
-        for s in list(self.sessions.values()):
-            if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
-                self.sessions.pop(s.id, None)
-
-    async def _poll(self, s: LiveSession) -> int | None:
-        try:
-            return await asyncio.wait_for(s.spawner.poll(), max(1.0, self.poll_interval * 5))
-        except TimeoutError:
-            self.log.warning("poll of session %s timed out", s.id)
-            return None
-        except Exception:
-            self.log.exception("poll of session %s failed", s.id)
-            return None
+        """Poll loop: :func:`phoebe_spawner.endings.poll_all`."""
+        await endings.poll_all(self)
 
     async def cull_idle(self) -> None:
         """Cull loop: see :func:`phoebe_spawner.culling.cull_idle`."""
@@ -655,41 +551,7 @@ class SessionManager(LoggingConfigurable):
         await asyncio.shield(s.stop_task)
 
     async def _do_stop(self, s: LiveSession, final: str, reason: str) -> None:
-        if s.channel is not None:
-            with contextlib.suppress(ChannelError):  # a dead worker cannot answer
-                await s.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
-            await s.channel.close(ChannelClosed(f"session {final}: {reason}"))
-        try:
-            await s.spawner.stop()
-        except Exception:
-            self.log.exception("stopping the worker of session %s failed", s.id)
-            try:
-                await s.spawner.stop(now=True)
-            except Exception as e:
-                # e.g. the docker engine is unreachable: never leave the session stuck in
-                # "stopping"; it ends failed, and its spawner state stays in the database
-                # for the operator (the log says which worker may still be running)
-                self.log.exception("killing the worker of session %s failed too", s.id)
-                s.status, s.reason, s.ended_at = (
-                    "failed",
-                    f"could not stop the worker: {e}",
-                    time.time(),
-                )
-                self.sessions.pop(s.id, None)
-                await self._write(
-                    s, status="failed", stopped_at=s.ended_at, termination_reason=s.reason
-                )
-                self.emit("failed", s)
-                return
-        s.spawner.clear_state()
-        s.status = final
-        s.reason = reason
-        s.ended_at = time.time()
-        self.sessions.pop(s.id, None)
-        await self._write(
-            s, status=final, stopped_at=s.ended_at, termination_reason=reason, spawner_state={}
-        )
-        self.emit(final, s)
+        await endings.do_stop(self, s, final, reason)
 
     async def fail(self, s: LiveSession, reason: str) -> None:
         """Mark a session failed with ``reason`` and clean up its worker."""
@@ -701,24 +563,12 @@ class SessionManager(LoggingConfigurable):
         s.ended_at = time.time()
         # finish even if the caller is cancelled (the poll loop at shutdown): shutdown
         # waits for background tasks, so no worker is left half cleaned up
-        task = asyncio.ensure_future(self._clean_up_failed(s, reason))
+        task = asyncio.ensure_future(endings.clean_up_failed(self, s, reason))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         await asyncio.shield(task)
 
-    async def _clean_up_failed(self, s: LiveSession, reason: str) -> None:
-        if s.channel is not None:
-            await s.channel.close(ChannelClosed(reason))
-        await self._write(s, status="failed", termination_reason=reason, stopped_at=s.ended_at)
-        try:
-            await s.spawner.stop(now=True)
-        except Exception:
-            self.log.exception("cleaning up the worker of failed session %s failed", s.id)
-        s.spawner.clear_state()
-        await self._write(s, spawner_state={})
-        self.emit("failed", s)
-
-    async def _write(self, s: LiveSession, **fields: Any) -> None:
+    async def write(self, s: LiveSession, **fields: Any) -> None:
         """Best-effort state write for transitions that already happened."""
         try:
             await self._store.update_session(s.id, **fields)
