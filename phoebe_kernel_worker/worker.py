@@ -198,10 +198,7 @@ class KernelWorker:
             self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
             return
         command = request.pop("command")
-        if self._take_early_interrupt(msg.msg_id):
-            payload, status = self._error_payload("Interrupted", None), "interrupted"
-        else:
-            payload, status = self._run(msg.msg_id, command, request)
+        payload, status = self._run(msg.msg_id, command, request)
         self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)
 
     def _run(self, msg_id: str, command: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:
@@ -221,8 +218,8 @@ class KernelWorker:
             ),
         ]
         try:
-            with self._lock:
-                self._current = (msg_id, command, start)
+            if not self._claim(msg_id, command, start):
+                raise KeyboardInterrupt  # interrupted before it started: never run it
             progress.set_sink(
                 lambda fraction, message: self._publish_progress(
                     msg_id, fraction, message or command
@@ -371,12 +368,19 @@ class KernelWorker:
         log.info("bound to its session; working in %s", session_dir)
         return {"bound": True}
 
-    def _take_early_interrupt(self, msg_id: str) -> bool:
+    def _claim(self, msg_id: str, command: str, start: float) -> bool:
+        """Make ``msg_id`` the running command, unless an interrupt for it came first.
+
+        One step under the lock that :meth:`interrupt` takes too, so an interrupt either
+        finds the command running (and signals it) or is remembered before the command
+        is claimed (and stops it here): it can never fall between the two.
+        """
         with self._lock:
             if msg_id in self._early_interrupts:
                 self._early_interrupts.remove(msg_id)
-                return True
-            return False
+                return False
+            self._current = (msg_id, command, start)
+            return True
 
     def status(self) -> dict[str, Any]:
         """What the hub polls: busy/idle, the running command, memory of the process tree."""
