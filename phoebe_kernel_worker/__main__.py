@@ -53,6 +53,18 @@ def _report_ready(args: argparse.Namespace, report: bytes) -> None:
             f.write(report)
 
 
+def setup_process(log_level: str) -> None:
+    """What every worker-side process starts with (a worker, the fork server): logging to
+    stderr, online passbands off unless asked for, and private files (umask 077)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="[worker %(process)d %(levelname)s %(asctime)s] %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+    os.umask(0o077)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the exit status."""
     parser = argparse.ArgumentParser(prog="phoebe_kernel_worker", description=__doc__)
@@ -71,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="[worker %(process)d %(levelname)s %(asctime)s] %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
-    os.umask(0o077)
+    setup_process(args.log_level)
     if args.list_passbands:
         from .commands import list_passbands
         from .serialize import dumps

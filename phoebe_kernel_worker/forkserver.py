@@ -46,7 +46,13 @@ from typing import Any
 import orjson
 
 from . import protocol
-from .__main__ import DEFAULT_FACTORY, _load_factory, exit_with_parent, run_session
+from .__main__ import (
+    DEFAULT_FACTORY,
+    _load_factory,
+    exit_with_parent,
+    run_session,
+    setup_process,
+)
 from .worker import SessionFactory
 
 log = logging.getLogger("phoebe_kernel_worker.forkserver")
@@ -226,13 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-factory", default=DEFAULT_FACTORY)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="[worker %(process)d %(levelname)s %(asctime)s] %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
-    os.umask(0o077)
+    setup_process(args.log_level)
     exit_with_parent()  # useless without its hub
     factory: SessionFactory = _load_factory(args.session_factory)
     prepare = getattr(factory, "prepare", None)

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from phoebe_kernel_worker.commands import COMMANDS
+
 from .session import LiveSession
 
 if TYPE_CHECKING:
@@ -25,19 +27,10 @@ if TYPE_CHECKING:
 #: The content type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("pending", "running", "stopping", "failed")
-#: Commands get their own label value; anything else is counted as "other", so a
-#: client cannot grow the label set without bound.
-KNOWN_COMMANDS = frozenset(
-    {
-        "ping", "set_morphology", "change_morphology", "get_parameter", "get_value",
-        "set_value", "add_dataset", "remove_dataset", "run_compute", "run_solver",
-        "get_bundle", "load_bundle", "save_bundle", "new_bundle", "get_datasets",
-        "get_uniqueid", "update_uniqueid", "is_parameter_constrained", "attach_parameters",
-    }
-)  # fmt: skip
 SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
-COMMAND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-COMMAND_BUCKETS_LONG = (60, 300, 900, 3600)
+COMMAND_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600
+)  # fmt: skip
 
 
 class _SessionsCollector(Collector):
@@ -85,7 +78,7 @@ class HubMetrics:
             "phoebe_spawner_command_duration_seconds",
             "Time commands take through the hub (queueing included), by command",
             ["command"],
-            buckets=COMMAND_BUCKETS + COMMAND_BUCKETS_LONG,
+            buckets=COMMAND_BUCKETS,
             registry=r,
         )
         self.command_errors = Counter(
@@ -136,7 +129,9 @@ class HubMetrics:
 
     def on_command(self, s: LiveSession, command: str, seconds: float, error: str | None) -> None:
         """A SessionManager command listener."""
-        name = command if command in KNOWN_COMMANDS else "other"
+        # the worker's registered names get their own label value; anything else is "other",
+        # so a client cannot grow the label set without bound
+        name = command if command in COMMANDS else "other"
         self.command_duration.labels(name).observe(seconds)
         if error is not None:
             self.command_errors.labels(name, "timeout" if error == "timeout" else "error").inc()

@@ -461,14 +461,8 @@ class SessionManager(LoggingConfigurable):
         on_sent: Callable[[str], None] | None = None,
         activity: bool = True,
     ) -> Reply:
-        """Run one command on ``s`` after the commands before it (``/send`` and jobs).
-
-        ``timeout`` counts the wait for earlier commands; ``None`` waits for ever (jobs
-        are cancelled instead). On a timeout the command is interrupted in the worker and
-        :class:`CommandTimedOut` raised. ``on_sent(msg_id)`` is called once the command
-        is on its way to the worker. ``activity=False`` (the hub's own commands, e.g.
-        checkpoints) leaves the session's idle time alone.
-        """
+        """Run one command on ``s`` in its turn (see :func:`phoebe_spawner.execution.execute`:
+        timeouts, ``on_sent``, ``activity``)."""
         return await execution.execute(
             self, s, body, command, timeout=timeout, on_sent=on_sent, activity=activity
         )

@@ -254,6 +254,29 @@ def slurm_cluster() -> Any:
 HubFactory = Callable[..., Any]
 
 
+def hub_config(data_dir: Any, *, auth_mode: str, phoebe: bool, **overrides: Any) -> Config:
+    """A test hub's config: a random port, fast polls, no start rate limit, test workers
+    (unless ``phoebe``), known secrets; ``overrides`` as ``Class__trait=value``."""
+    c = Config()
+    c.PhoebeSpawnerApp.data_dir = str(data_dir)
+    c.PhoebeSpawnerApp.port = 0
+    c.PhoebeSpawnerApp.auth_mode = auth_mode
+    c.PhoebeSpawnerApp.config_file = ""
+    c.SessionManager.poll_interval = 0.2
+    c.SessionManager.start_rate_per_minute = 0  # load tests start hundreds of sessions
+    c.SessionManager.cull_interval = 3600
+    c.SessionManager.memory_interval = 3600
+    c.LocalProcessSpawner.start_timeout = 60 if phoebe else 20
+    if not phoebe:
+        c.LocalProcessSpawner.worker_args = TEST_FACTORY
+    c.JWTAuthenticator.secret = JWT_SECRET
+    c.ExternalAuthenticator.secret = JWT_SECRET
+    for dotted, value in overrides.items():
+        cls, _, trait = dotted.partition("__")
+        setattr(getattr(c, cls), trait, value)
+    return c
+
+
 @pytest.fixture
 async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
     """Build in-process hubs: ``app, client = await make_hub(auth_mode="jwt", phoebe=False)``."""
@@ -262,23 +285,8 @@ async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
     async def factory(
         *, auth_mode: str = "none", phoebe: bool = False, data_dir: Any = None, **overrides: Any
     ) -> tuple[PhoebeSpawnerApp, Client]:
-        c = Config()
-        c.PhoebeSpawnerApp.data_dir = str(data_dir or tmp_path / f"hub{len(apps)}")
-        c.PhoebeSpawnerApp.port = 0
-        c.PhoebeSpawnerApp.auth_mode = auth_mode
-        c.PhoebeSpawnerApp.config_file = ""
-        c.SessionManager.poll_interval = 0.2
-        c.SessionManager.start_rate_per_minute = 0  # load tests start hundreds of sessions
-        c.SessionManager.cull_interval = 3600
-        c.SessionManager.memory_interval = 3600
-        c.LocalProcessSpawner.start_timeout = 60 if phoebe else 20
-        if not phoebe:
-            c.LocalProcessSpawner.worker_args = TEST_FACTORY
-        c.JWTAuthenticator.secret = JWT_SECRET
-        c.ExternalAuthenticator.secret = JWT_SECRET
-        for dotted, value in overrides.items():
-            cls, _, trait = dotted.partition("__")
-            setattr(getattr(c, cls), trait, value)
+        data_dir = data_dir or tmp_path / f"hub{len(apps)}"
+        c = hub_config(data_dir, auth_mode=auth_mode, phoebe=phoebe, **overrides)
         app = PhoebeSpawnerApp(config=c)
         app.log.setLevel("DEBUG" if os.environ.get("PHOEBE_SPAWNER_TEST_DEBUG") else "WARNING")
         await app.setup()

@@ -36,10 +36,7 @@ import orjson
 import psutil
 from traitlets import Float, List, Unicode, default
 
-from phoebe_kernel_worker.protocol import endpoints_from_json
-from phoebe_kernel_worker.worker import EXIT_NO_FREE_PORT
-
-from .base import SpawnCapacityError, SpawnError
+from .base import SpawnError
 from .local import LocalProcessSpawner
 
 #: longest unix socket path we try to use (the kernel's limit is 107 bytes)
@@ -351,25 +348,7 @@ class ForkServerSpawner(LocalProcessSpawner):
         with contextlib.suppress(psutil.Error):
             self.create_time = psutil.Process(self.pid).create_time()
         self.emit_progress(30, f"Worker process {self.pid} forked")
-        try:
-            report = await asyncio.wait_for(self.child.read_ready(), self.start_timeout)
-        except TimeoutError:
-            await self.stop(now=True)
-            raise SpawnError(
-                f"worker did not become ready within {self.start_timeout:g} s"
-            ) from None
-        try:
-            endpoints, _pid = endpoints_from_json(report or b"")
-        except ValueError:
-            status = self.child.exit_status
-            await self.stop(now=True)
-            if status == EXIT_NO_FREE_PORT:
-                raise SpawnCapacityError(self._failure_reason(status)) from None
-            raise SpawnError(self._failure_reason(status)) from None
-        self.endpoints = endpoints
-        self.endpoints["port"] = endpoints["shell"].rsplit(":", 1)[-1]
-        self.emit_progress(100, "Worker ready", done=True)
-        return dict(self.endpoints)
+        return await self._await_ready(self.child.read_ready())
 
     async def poll(self) -> int | None:
         child = self.child

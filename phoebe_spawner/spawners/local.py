@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,15 +79,23 @@ class LocalProcessSpawner(Spawner):
             await self._spawn(write_fd)
         finally:
             os.close(write_fd)
+        return await self._await_ready(self._read_all(read_fd))
+
+    async def _await_ready(self, ready: Awaitable[bytes | None]) -> dict[str, str]:
+        """The worker's endpoints from its readiness report (``ready``), or a SpawnError
+        saying why it did not come (timeout, or its exit status and last log line).
+
+        Shared by cold starts (a pipe) and forked workers (the fork server's socket).
+        """
         try:
-            report = await asyncio.wait_for(self._read_all(read_fd), self.start_timeout)
+            report = await asyncio.wait_for(ready, self.start_timeout)
         except TimeoutError:
             await self.stop(now=True)
             raise SpawnError(
                 f"worker did not become ready within {self.start_timeout:g} s"
             ) from None
         try:
-            endpoints, _pid = endpoints_from_json(report)
+            endpoints, _pid = endpoints_from_json(report or b"")
         except ValueError:
             status = await self._wait_exit(self.kill_timeout)
             await self.stop(now=True)

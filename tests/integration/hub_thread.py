@@ -3,7 +3,7 @@
 The client blocks (``http.client``), so its tests are plain synchronous tests and the
 hub runs on an event loop in a background thread: the test's main thread is then
 free to receive a real SIGINT (Ctrl-C) while the client waits for a job, just as in a
-notebook. Configured like ``make_hub`` in ``tests/conftest.py``.
+notebook. Configured like ``make_hub`` (``hub_config`` in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from traitlets.config import Config
 
 from phoebe_spawner.app import PhoebeSpawnerApp
 
-from ..conftest import JWT_SECRET, TEST_FACTORY
+from ..conftest import hub_config
 
 
 class ThreadedHub:
@@ -30,22 +29,7 @@ class ThreadedHub:
     def __init__(
         self, data_dir: Path, *, auth_mode: str = "none", phoebe: bool = False, **overrides: Any
     ) -> None:
-        c = Config()
-        c.PhoebeSpawnerApp.data_dir = str(data_dir)
-        c.PhoebeSpawnerApp.port = 0
-        c.PhoebeSpawnerApp.auth_mode = auth_mode
-        c.PhoebeSpawnerApp.config_file = ""
-        c.SessionManager.poll_interval = 0.2
-        c.SessionManager.start_rate_per_minute = 0
-        c.SessionManager.cull_interval = 3600
-        c.SessionManager.memory_interval = 3600
-        c.LocalProcessSpawner.start_timeout = 60 if phoebe else 20
-        if not phoebe:
-            c.LocalProcessSpawner.worker_args = TEST_FACTORY
-        c.JWTAuthenticator.secret = JWT_SECRET
-        for dotted, value in overrides.items():
-            cls, _, trait = dotted.partition("__")
-            setattr(getattr(c, cls), trait, value)
+        c = hub_config(data_dir, auth_mode=auth_mode, phoebe=phoebe, **overrides)
         self.config = c
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="hub", daemon=True)
