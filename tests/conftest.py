@@ -66,14 +66,17 @@ async def async_wait_for(
 
 
 def child_pids() -> set[int]:
-    try:
-        return {
-            p.pid
-            for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE
-        }
-    except psutil.Error:
-        return set()
+    """This process's live descendants. A child that exits while they are listed is left
+    out on its own (answering "none" for all of them would make every other child look
+    like a leak at the next check)."""
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                pids.add(p.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 #: Daemons a session fixture started on first use, possibly inside a test (the Slurm
