@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import secrets
 import time
@@ -113,6 +114,11 @@ class Signer:
         if not key:
             raise ValueError("a signing key is required")
         self._key = key
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once, copied per message
+        # message ids: a random prefix per signer and a counter (unique without a system
+        # call per message, unlike uuid4)
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         self.session = session
         self.max_age = max_age
         self._history: OrderedDict[bytes, None] = OrderedDict()
@@ -120,7 +126,7 @@ class Signer:
 
     def sign(self, header: bytes, content: bytes) -> bytes:
         """Hex HMAC-SHA256 over the length-prefixed frames."""
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac = self._mac.copy()
         for frame in (header, content):
             mac.update(len(frame).to_bytes(8, "big"))
             mac.update(frame)
@@ -139,7 +145,7 @@ class Signer:
 
         ``extra`` header fields must be JSON-able (e.g. ``status="ok"`` on replies).
         """
-        msg_id = msg_id or uuid.uuid4().hex
+        msg_id = msg_id or f"{self._id_prefix}{next(self._ids):016x}"
         header = {
             "msg_id": msg_id,
             "msg_type": msg_type,

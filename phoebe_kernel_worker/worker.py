@@ -3,8 +3,9 @@
 Started by a spawner as ``python -m phoebe_kernel_worker --connection-file F`` (see
 ``__main__``). Threads and channels:
 
-* the **main thread** owns the *shell* ROUTER socket and the *iopub* PUB socket and
-  runs one command at a time (PHOEBE is not thread-safe);
+* the **main thread** owns the *shell* ROUTER socket and the *iopub* XPUB socket and
+  runs one command at a time (PHOEBE is not thread-safe); it tracks the iopub
+  subscriptions, so a message no subscriber wants is never even built;
 * a **control thread** owns the *control* ROUTER socket and answers ``status``,
   ``interrupt`` and ``shutdown`` requests while a command runs.
 
@@ -87,7 +88,9 @@ class KernelWorker:
         self.ctx = zmq.Context()
         self.shell = self._socket(zmq.ROUTER)
         self.control = self._socket(zmq.ROUTER)
-        self.iopub = self._socket(zmq.PUB)
+        self.iopub = self._socket(zmq.XPUB)
+        #: iopub topic prefixes somebody subscribes to (XPUB tells us: once per topic)
+        self._topics: set[bytes] = set()
         self.endpoints: dict[str, str] = {}
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -165,13 +168,17 @@ class KernelWorker:
         self._iopub_signer = Signer(self.info.key, self.info.session_id)
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
+        poller.register(self.iopub, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 try:
-                    if not poller.poll(POLL_MS):
+                    ready = poller.poll(POLL_MS)
+                    if not ready:
                         continue
-                    frames = self.shell.recv_multipart()
-                    self._handle_shell(signer, frames)
+                    if len(ready) > 1 or ready[0][0] is self.iopub:
+                        self._read_subscriptions()
+                    if readable(self.shell):
+                        self._handle_shell(signer, self.shell.recv_multipart())
                 except KeyboardInterrupt:
                     continue  # an interrupt that arrived between commands
         finally:
@@ -270,11 +277,31 @@ class KernelWorker:
         _, frames = signer.serialize(msg.reply_type(), content, parent_id=msg.msg_id, **extra)
         sock.send_multipart([*ids, *frames], copy=len(content) < 65536)
 
+    def _read_subscriptions(self) -> None:
+        """Take in iopub (un)subscriptions (main thread): ``\x01topic`` / ``\x00topic``."""
+        while readable(self.iopub):
+            event = self.iopub.recv()
+            if event[:1] == b"\x01":
+                self._topics.add(event[1:])
+            elif event[:1] == b"\x00":
+                self._topics.discard(event[1:])
+
+    def _wanted(self, topic: bytes) -> bool:
+        """Whether an iopub subscriber wants ``topic`` (subscriptions read first if new)."""
+        if readable(self.iopub):
+            self._read_subscriptions()  # e.g. a subscriber that joined during a long command
+        return any(topic.startswith(prefix) for prefix in self._topics)
+
     def _publish(
         self, msg_type: str, content: dict[str, Any], parent_id: str | None = None
     ) -> None:
-        """Publish on iopub (main thread only: the PUB socket belongs to it)."""
+        """Publish on iopub (main thread only: the XPUB socket belongs to it); a message
+        no subscriber wants (e.g. busy/idle ``status`` to a hub that follows only
+        progress) is not built at all."""
         if threading.current_thread() is not threading.main_thread():
+            return
+        topic = msg_type.encode()
+        if not self._wanted(topic):
             return
         _, frames = self._iopub_signer.serialize(
             msg_type, orjson.dumps(content), parent_id=parent_id
@@ -282,7 +309,7 @@ class KernelWorker:
         # the msg_type leads as a topic (a routing id to the protocol): subscribers filter
         # on it, and ZMQ drops unsubscribed topics here, before they cross the wire
         with contextlib.suppress(zmq.Again):  # no subscriber keeping up: drop, never block
-            self.iopub.send_multipart([msg_type.encode(), *frames], flags=zmq.NOBLOCK)
+            self.iopub.send_multipart([topic, *frames], flags=zmq.NOBLOCK)
 
     def _reject(self, channel: str, error: Exception) -> None:
         self._rejected += 1
@@ -401,6 +428,11 @@ class KernelWorker:
         for sock in (self.shell, self.control, self.iopub):
             sock.close(linger=0)
         self.ctx.term()
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message waits on ``sock`` (its EVENTS option: no system call, no poll)."""
+    return bool(int(sock.get(zmq.EVENTS)) & zmq.POLLIN)  # type: ignore[call-overload]
 
 
 def process_tree_rss_mib(pid: int | None = None) -> float:

@@ -306,6 +306,10 @@ class PhoebeSpawnerApp(Application):
             self.log.critical("config file %s not found", self.config_file)
             self.exit(1)
         self.log.propagate = False
+        # traitlets puts log_level on the *handler* and leaves the loggers at DEBUG, so
+        # every disabled debug call (and the access log of every request) would still
+        # build a record for the handler to drop: the loggers take the level themselves
+        self.log.setLevel(int(self.log_level))  # type: ignore[call-overload]
         for name in ("tornado.access", "tornado.application", "tornado.general", "phoebe_spawner"):
             logger = logging.getLogger(name)
             logger.parent = self.log

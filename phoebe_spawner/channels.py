@@ -5,7 +5,13 @@ the worker is ready and closed when the session ends. It keeps one DEALER socket
 request channel (shell, control) and one SUB socket (iopub) for the life of the
 session; replies are matched to requests by ``parent_id``, so any number of requests
 can be outstanding and a reply that arrives after its request timed out is dropped.
-Nothing here blocks the event loop.
+
+Nothing here blocks the event loop. The sockets are plain (non-blocking) ZMQ sockets
+whose notification descriptors the loop watches: a readable socket is drained in one
+callback, with no future or task step per message, and a send is one non-blocking
+call. This is the hub's hottest path (every command crosses it twice); it used to go
+through ``zmq.asyncio``, which costs a future, a failed ``recv`` and a task wake-up per
+message.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from typing import Any
 
 import orjson
 import zmq
-import zmq.asyncio
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
+from phoebe_kernel_worker.worker import readable
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_REJECTIONS = 20
@@ -35,6 +41,9 @@ IGNORED_IOPUB = b'"msg_type":"status"'
 #: Optional key of a spawner's endpoints: the worker's Z85 CurveZMQ public key. When it
 #: is there, every socket to that worker is encrypted (CurveZMQ); otherwise plain TCP.
 CURVE_SERVER_KEY = "curve_server_key"
+#: messages one drain callback takes before it yields the loop (a flooding worker must
+#: not starve the other sessions)
+DRAIN_BATCH = 64
 
 
 class ChannelError(Exception):
@@ -51,6 +60,10 @@ class ChannelTimeout(ChannelError):
 
 class ChannelClosed(ChannelError):
     """The channel was closed (the session ended or its worker died) while waiting."""
+
+
+class ChannelBusy(ChannelError):
+    """The worker's queue for a channel is full (it stopped reading): nothing was sent."""
 
 
 @dataclass(slots=True)
@@ -76,7 +89,7 @@ class WorkerChannel:
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context[Any],
         session_id: str,
         key: bytes,
         endpoints: dict[str, str],
@@ -86,17 +99,19 @@ class WorkerChannel:
         self._ctx = ctx
         self._key = key
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._signers: dict[str, Signer] = {}
-        self._readers: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._iopub_handlers: list[IOPubHandler] = []
         self._closed: BaseException | None = None
         self._rejected = 0
 
     def connect(self) -> None:
-        """Open the sockets and start the reader tasks (call once, on the event loop)."""
+        """Open the sockets and start watching them (call once, on the event loop)."""
+        self._loop = loop = asyncio.get_running_loop()
         for name, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("iopub", zmq.SUB)):
-            sock = self._ctx.socket(kind)
+            # a plain socket whatever the context (which tracks it, so destroy closes it)
+            sock: zmq.Socket[bytes] = self._ctx.socket(kind, socket_class=zmq.Socket)
             sock.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
                 for topic in IOPUB_TOPICS:
@@ -112,11 +127,7 @@ class WorkerChannel:
             sock.connect(self.endpoints[name])
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)
-            self._readers.append(
-                asyncio.create_task(
-                    self._read(name, sock), name=f"channel-{name}-{self.session_id}"
-                )
-            )
+            loop.add_reader(sock.FD, self._drain, name)
 
     def add_iopub_handler(self, handler: IOPubHandler) -> None:
         """Call ``handler(message)`` for every verified iopub message (progress, logs, status)."""
@@ -158,27 +169,39 @@ class WorkerChannel:
     ) -> tuple[str, asyncio.Future[Reply]]:
         self._check_open()
         msg_id, frames = self._signers[channel].serialize(msg_type, body)
-        fut = self._register(msg_id)
+        sock = self._sockets[channel]
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         try:
-            await self._sockets[channel].send_multipart(frames, copy=len(body) < 65536)
-        except BaseException:
-            self._pending.pop(msg_id, None)
-            raise
+            # a DEALER queues up to its high-water mark even before the worker is
+            # connected; a full queue means the worker stopped reading
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.Again:
+            raise ChannelBusy(f"the worker is not taking {channel} requests") from None
+        except zmq.ZMQError as e:
+            raise ChannelClosed(f"channel closed: {e}") from None
+        self._pending[msg_id] = fut
+        self._after_send(channel, sock)
         return msg_id, fut
 
-    def _register(self, msg_id: str) -> asyncio.Future[Reply]:
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = fut
-        return fut
+    def _after_send(self, channel: str, sock: zmq.Socket[bytes]) -> None:
+        """ZMQ's descriptor is edge-triggered, and a send can consume the edge of a reply
+        that is already queued: look once more, or that reply would wait for the next."""
+        if readable(sock):
+            assert self._loop is not None
+            self._loop.call_soon(self._drain, channel)
 
     async def _wait(self, msg_id: str, fut: asyncio.Future[Reply], timeout: float | None) -> Reply:
+        timer = None
+        if timeout is not None:
+            assert self._loop is not None
+            timer = self._loop.call_later(timeout, _expire, fut, ChannelTimeout(msg_id, timeout))
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ChannelTimeout(msg_id, timeout or 0) from None
+            return await fut
         finally:
             # on success the reader already removed it; on timeout or cancellation the
             # request is abandoned here, so a late reply finds nothing and is dropped
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(msg_id, None)
             if not fut.done():
                 fut.cancel()
@@ -189,32 +212,43 @@ class WorkerChannel:
 
     # --- readers ------------------------------------------------------------------------
 
-    async def _read(self, name: str, sock: zmq.asyncio.Socket) -> None:
-        signer = self._signers[name]
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-            except (asyncio.CancelledError, zmq.ContextTerminated, zmq.error.ZMQError):
-                return
-            if name == "iopub" and len(frames) >= 4 and IGNORED_IOPUB in frames[-2]:
-                continue  # busy/idle status: no hub listener uses it, skip the verification
-            try:
-                _, msg = signer.deserialize(frames)
-            except ProtocolError as e:
-                self._rejected += 1
-                if self._rejected <= MAX_LOGGED_REJECTIONS:
-                    log.warning("session %s: dropped a %s message: %s", self.session_id, name, e)
-                continue
-            if name == "iopub":
-                for handler in list(self._iopub_handlers):
-                    try:
-                        handler(msg)
-                    except Exception:
-                        log.exception("iopub handler failed for session %s", self.session_id)
-                continue
-            fut = self._pending.pop(msg.parent_id or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(Reply(msg.header, msg.content))
+    def _drain(self, name: str) -> None:
+        """Take what the socket holds (the loop calls this when its descriptor fires)."""
+        sock = self._sockets.get(name)
+        if sock is None:
+            return  # closed meanwhile
+        try:
+            for _ in range(DRAIN_BATCH):
+                if not readable(sock):
+                    return
+                self._on_message(name, sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        except zmq.ZMQError:
+            return  # the context is going away
+        assert self._loop is not None
+        self._loop.call_soon(self._drain, name)  # more waiting: after the others' turn
+
+    def _on_message(self, name: str, frames: list[bytes]) -> None:
+        if name == "iopub" and len(frames) >= 4 and IGNORED_IOPUB in frames[-2]:
+            return  # busy/idle status: no hub listener uses it, skip the verification
+        try:
+            _, msg = self._signers[name].deserialize(frames)
+        except ProtocolError as e:
+            self._rejected += 1
+            if self._rejected <= MAX_LOGGED_REJECTIONS:
+                log.warning("session %s: dropped a %s message: %s", self.session_id, name, e)
+            return
+        if name == "iopub":
+            for handler in list(self._iopub_handlers):
+                try:
+                    handler(msg)
+                except Exception:
+                    log.exception("iopub handler failed for session %s", self.session_id)
+            return
+        fut = self._pending.pop(msg.parent_id or "", None)
+        if fut is not None and not fut.done():
+            fut.set_result(Reply(msg.header, msg.content))
 
     # --- teardown -----------------------------------------------------------------------
 
@@ -231,9 +265,14 @@ class WorkerChannel:
             return
         self._closed = reason or ChannelClosed("session closed")
         self.fail_pending(self._closed)
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for sock in self._sockets.values():
+        sockets, self._sockets = self._sockets, {}
+        for sock in sockets.values():
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.FD)
             sock.close(linger=0)
-        self._sockets.clear()
+
+
+def _expire(fut: asyncio.Future[Reply], error: ChannelTimeout) -> None:
+    """The timer of a request: end its wait with ``error`` unless the reply came first."""
+    if not fut.done():
+        fut.set_exception(error)

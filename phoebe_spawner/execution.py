@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from phoebe_kernel_worker import protocol
 
 from . import endings
-from .channels import ChannelClosed, ChannelError, ChannelTimeout, Reply
+from .channels import ChannelBusy, ChannelClosed, ChannelError, ChannelTimeout, Reply
 from .errors import CommandTimedOut, Unavailable
 from .session import LiveSession
 
@@ -81,7 +81,7 @@ async def execute(
             raise CommandTimedOut(
                 f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
             ) from None
-        except ChannelClosed as e:
+        except (ChannelClosed, ChannelBusy) as e:
             raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
         finally:
             if release:

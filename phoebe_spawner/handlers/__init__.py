@@ -16,6 +16,8 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
     """The URL table, served under ``prefix`` (``/`` standalone, the service prefix in a hub)."""
     p = prefix.rstrip("/")
     table: list[tuple[str, type]] = [
+        # the command path first: tornado tries the rules in order, for every request
+        (rf"/send/{SESSION_ID}", api.SendHandler),
         (r"/health", api.HealthHandler),
         (r"/?", pages.RootHandler),
         (r"/admin/?", pages.AdminPageHandler),
@@ -29,7 +31,6 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
         (r"/dash/session-memory", api.SessionMemoryHandler),
         (rf"/dash/session-memory/{SESSION_ID}", api.SessionMemoryHandler),
         (r"/dash/port-status", api.PortStatusHandler),
-        (rf"/send/{SESSION_ID}", api.SendHandler),
         (r"/system/passbands", api.PassbandsHandler),
         # extended API
         (r"/auth/logout", api.LogoutHandler),
