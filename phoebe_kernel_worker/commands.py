@@ -153,10 +153,11 @@ class PhoebeSession:
             raise CommandError(f"{name}: arguments must be an object with string keys")
         handler = _HANDLERS[name]
         kwargs = dict(kwargs)  # handlers may normalise arguments; never touch the caller's
-        try:
-            _SIGNATURES[name].bind(self, **kwargs)
-        except TypeError as exc:
-            raise CommandError(f"{name}: {exc}") from None
+        if kwargs or name not in _NO_REQUIRED_ARGS:  # a bare call to those always binds
+            try:
+                _SIGNATURES[name].bind(self, **kwargs)
+            except TypeError as exc:
+                raise CommandError(f"{name}: {exc}") from None
         return handler(self, **kwargs)
 
     # ------------------------------------------------------------------ bundle lifecycle
@@ -486,6 +487,15 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "attach_parameters": PhoebeSession.attach_parameters,
 }
 _SIGNATURES = {name: inspect.signature(handler) for name, handler in _HANDLERS.items()}
+#: commands that need no argument (besides ``self``): called bare, they cannot mis-bind
+_NO_REQUIRED_ARGS = frozenset(
+    name
+    for name, sig in _SIGNATURES.items()
+    if all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in list(sig.parameters.values())[1:]
+    )
+)
 
 #: Every command name a client may send.
 COMMANDS: frozenset[str] = frozenset(_HANDLERS)

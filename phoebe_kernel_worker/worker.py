@@ -38,10 +38,13 @@ import zmq
 from . import progress, protocol
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
+from .zmqio import readable, send_frames
 
 log = logging.getLogger("phoebe_kernel_worker")
 
 POLL_MS = 100
+#: how often a running command looks for new iopub subscriptions (seconds)
+SUBSCRIPTION_CHECK = 0.05
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_LOGGED_REJECTIONS = 20
 
@@ -91,6 +94,7 @@ class KernelWorker:
         self.iopub = self._socket(zmq.XPUB)
         #: iopub topic prefixes somebody subscribes to (XPUB tells us: once per topic)
         self._topics: set[bytes] = set()
+        self._subscriptions_read = 0.0
         self.endpoints: dict[str, str] = {}
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -166,19 +170,19 @@ class KernelWorker:
         control_thread.start()
         signer = Signer(self.info.key, self.info.session_id)
         self._iopub_signer = Signer(self.info.key, self.info.session_id)
-        poller = zmq.Poller()
-        poller.register(self.shell, zmq.POLLIN)
-        poller.register(self.iopub, zmq.POLLIN)
+        # a blocking receive (released GIL, interruptible by signals) that wakes every
+        # POLL_MS to look at the stop flag and the iopub subscriptions: one system call
+        # per command where a poller over both sockets took several
+        self.shell.setsockopt(zmq.RCVTIMEO, POLL_MS)
         try:
             while not self._stop.is_set():
                 try:
-                    ready = poller.poll(POLL_MS)
-                    if not ready:
-                        continue
-                    if len(ready) > 1 or ready[0][0] is self.iopub:
+                    try:
+                        frames = self.shell.recv_multipart()
+                    except zmq.Again:
                         self._read_subscriptions()
-                    if readable(self.shell):
-                        self._handle_shell(signer, self.shell.recv_multipart())
+                        continue
+                    self._handle_shell(signer, frames)
                 except KeyboardInterrupt:
                     continue  # an interrupt that arrived between commands
         finally:
@@ -275,10 +279,11 @@ class KernelWorker:
         **extra: Any,
     ) -> None:
         _, frames = signer.serialize(msg.reply_type(), content, parent_id=msg.msg_id, **extra)
-        sock.send_multipart([*ids, *frames], copy=len(content) < 65536)
+        send_frames(sock, [*ids, *frames], copy=len(content) < 65536)
 
     def _read_subscriptions(self) -> None:
         """Take in iopub (un)subscriptions (main thread): ``\x01topic`` / ``\x00topic``."""
+        self._subscriptions_read = time.monotonic()
         while readable(self.iopub):
             event = self.iopub.recv()
             if event[:1] == b"\x01":
@@ -287,8 +292,15 @@ class KernelWorker:
                 self._topics.discard(event[1:])
 
     def _wanted(self, topic: bytes) -> bool:
-        """Whether an iopub subscriber wants ``topic`` (subscriptions read first if new)."""
-        if readable(self.iopub):
+        """Whether an iopub subscriber wants ``topic``.
+
+        The serve loop reads (un)subscriptions between commands; during a command they
+        are looked at here, at most every ``SUBSCRIPTION_CHECK`` seconds (the look is a
+        ZMQ call, and ``status`` is published twice per command).
+        """
+        now = time.monotonic()
+        if now - self._subscriptions_read > SUBSCRIPTION_CHECK:
+            self._subscriptions_read = now
             self._read_subscriptions()  # e.g. a subscriber that joined during a long command
         return any(topic.startswith(prefix) for prefix in self._topics)
 
@@ -309,7 +321,7 @@ class KernelWorker:
         # the msg_type leads as a topic (a routing id to the protocol): subscribers filter
         # on it, and ZMQ drops unsubscribed topics here, before they cross the wire
         with contextlib.suppress(zmq.Again):  # no subscriber keeping up: drop, never block
-            self.iopub.send_multipart([topic, *frames], flags=zmq.NOBLOCK)
+            send_frames(self.iopub, [topic, *frames], flags=zmq.NOBLOCK)
 
     def _reject(self, channel: str, error: Exception) -> None:
         self._rejected += 1
@@ -428,11 +440,6 @@ class KernelWorker:
         for sock in (self.shell, self.control, self.iopub):
             sock.close(linger=0)
         self.ctx.term()
-
-
-def readable(sock: zmq.Socket[bytes]) -> bool:
-    """Whether a message waits on ``sock`` (its EVENTS option: no system call, no poll)."""
-    return bool(int(sock.get(zmq.EVENTS)) & zmq.POLLIN)  # type: ignore[call-overload]
 
 
 def process_tree_rss_mib(pid: int | None = None) -> float:

@@ -419,7 +419,7 @@ class PhoebeSpawnerApp(Application):
         )
         share = share_dir()
         self.web_app = TornadoApplication(
-            routes(self.hub, self.base_url) + self.authenticator.extra_routes(self.base_url),
+            [*routes(self.hub, self.base_url), *self.authenticator.extra_routes(self.base_url)],
             default_handler_class=NotFoundHandler,
             default_handler_args={"hub": self.hub},
             log_function=_log_request,

@@ -27,7 +27,7 @@ import zmq
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
-from phoebe_kernel_worker.worker import readable
+from phoebe_kernel_worker.zmqio import readable, send_frames
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_REJECTIONS = 20
@@ -174,7 +174,7 @@ class WorkerChannel:
         try:
             # a DEALER queues up to its high-water mark even before the worker is
             # connected; a full queue means the worker stopped reading
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+            send_frames(sock, frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
         except zmq.Again:
             raise ChannelBusy(f"the worker is not taking {channel} requests") from None
         except zmq.ZMQError as e:
@@ -194,7 +194,7 @@ class WorkerChannel:
         timer = None
         if timeout is not None:
             assert self._loop is not None
-            timer = self._loop.call_later(timeout, _expire, fut, ChannelTimeout(msg_id, timeout))
+            timer = self._loop.call_later(timeout, _expire, fut, msg_id, timeout)
         try:
             return await fut
         finally:
@@ -272,7 +272,7 @@ class WorkerChannel:
             sock.close(linger=0)
 
 
-def _expire(fut: asyncio.Future[Reply], error: ChannelTimeout) -> None:
-    """The timer of a request: end its wait with ``error`` unless the reply came first."""
+def _expire(fut: asyncio.Future[Reply], msg_id: str, timeout: float) -> None:
+    """The timer of a request: end its wait with a timeout unless the reply came first."""
     if not fut.done():
-        fut.set_exception(error)
+        fut.set_exception(ChannelTimeout(msg_id, timeout))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from tornado.routing import PathMatches, Rule
 
 from . import admin, api, checkpoints, jobs, pages, streams
 from .base import HubContext, NotFoundHandler
@@ -12,9 +12,14 @@ JOB_ID = r"(?P<job_id>[^/]+)"
 CHECKPOINT_ID = r"(?P<checkpoint_id>[^/]+)"
 
 
-def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str, Any]]]:
+#: /send bodies up to this size are read with the headers instead of streamed
+SMALL_SEND_BODY = 64 * 1024
+
+
+def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
     """The URL table, served under ``prefix`` (``/`` standalone, the service prefix in a hub)."""
     p = prefix.rstrip("/")
+    send = p + rf"/send/{SESSION_ID}$"
     table: list[tuple[str, type]] = [
         # the command path first: tornado tries the rules in order, for every request
         (rf"/send/{SESSION_ID}", api.SendHandler),
@@ -50,7 +55,10 @@ def routes(hub: HubContext, prefix: str = "/") -> list[tuple[str, type, dict[str
         (r"/api/v1/admin/events", admin.AdminEventsHandler),
         (r"/metrics", admin.MetricsHandler),
     ]
-    return [(p + path, handler, {"hub": hub}) for path, handler in table]
+    return [
+        Rule(api.SmallBody(send, SMALL_SEND_BODY), api.SmallSendHandler, {"hub": hub}),
+        *(Rule(PathMatches(p + path), handler, {"hub": hub}) for path, handler in table),
+    ]
 
 
 __all__ = ["HubContext", "NotFoundHandler", "routes"]

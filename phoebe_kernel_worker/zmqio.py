@@ -1,0 +1,30 @@
+"""Two small ZMQ helpers for the command path, shared by the worker and the hub.
+
+Every command crosses a socket four times (hub and worker, each way); pyzmq's
+``send_multipart`` re-checks every frame's type and combines its flags as Python enums
+for each frame, which costs more than the sends themselves for small messages.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+_SNDMORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def send_frames(
+    sock: zmq.Socket[bytes], frames: list[bytes], *, flags: int = 0, copy: bool = True
+) -> None:
+    """Send ``frames`` as one multipart message (``flags`` apply to every frame)."""
+    send = sock.send
+    more = _SNDMORE | flags
+    for frame in frames[:-1]:
+        send(frame, more, copy=copy)
+    send(frames[-1], flags, copy=copy)
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message waits on ``sock`` (its EVENTS option: no poll)."""
+    return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
