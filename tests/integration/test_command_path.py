@@ -44,3 +44,55 @@ async def test_large_body_with_command_not_first_is_parsed_by_the_hub(make_hub):
     assert resp.status == 200 and resp.json() == {"success": True, "result": {"pad": pad}}
     resp = await client.post(f"/send/{sid}", body=orjson.dumps({"pad": pad}))
     assert resp.status == 400 and "command" in resp.detail
+
+
+def _handler_for(app, headers: dict[str, str], path: str = "/send/abc") -> type:
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+
+    start = RequestStartLine("POST", path, "HTTP/1.1")
+    request = HTTPServerRequest(start_line=start, headers=HTTPHeaders(headers, Host="hub"))
+    return app.web_app.find_handler(request).handler_class
+
+
+async def test_small_bodies_are_read_with_the_headers_and_others_stream(make_hub):
+    """The route matcher: a small body of known length is not streamed (fewer loop
+    turns per command); a large, unsized or chunked one streams as before."""
+    from phoebe_spawner.handlers import SMALL_SEND_BODY
+    from phoebe_spawner.handlers.api import SendHandler, SmallSendHandler
+
+    app, _ = await make_hub()
+    assert _handler_for(app, {"Content-Length": "20"}) is SmallSendHandler
+    assert _handler_for(app, {"Content-Length": str(SMALL_SEND_BODY)}) is SmallSendHandler
+    assert _handler_for(app, {"Content-Length": str(SMALL_SEND_BODY + 1)}) is SendHandler
+    assert _handler_for(app, {"Transfer-Encoding": "chunked"}) is SendHandler
+    assert _handler_for(app, {"Content-Length": "-1"}) is SendHandler
+    assert _handler_for(app, {}) is SendHandler
+    assert _handler_for(app, {"Content-Length": "20"}, "/send/abc/more") is not SmallSendHandler
+
+
+async def test_chunked_and_small_sends_answer_alike(make_hub):
+    """The same command over both paths, and the errors of the small path."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    app, client = await make_hub()
+    sid = (await client.post("/dash/start-session", {})).json()["session_id"]
+    body = orjson.dumps({"command": "echo", "a": 1})
+    small = await client.post(f"/send/{sid}", body=body)
+    assert small.status == 200 and small.json() == {"success": True, "result": {"a": 1}}
+
+    async def chunks(write):  # an unsized body: the streamed handler
+        await write(body[:5])
+        await write(body[5:])
+
+    http = AsyncHTTPClient()
+    resp = await http.fetch(
+        f"{client.base_url}/send/{sid}",
+        method="POST",
+        headers={"Authorization": f"Bearer {client.token}"} if client.token else {},
+        body_producer=chunks,
+        raise_error=False,
+    )
+    assert resp.code == 200 and orjson.loads(resp.body) == small.json()
+    assert (await client.post(f"/send/{sid}", body=b"{not json")).status == 400
+    assert (await client.post(f"/send/{sid}", body=b"")).status == 400
+    assert (await client.post("/send/nope", body=body)).status == 404
