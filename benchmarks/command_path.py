@@ -134,40 +134,47 @@ async def bench_concurrent(
     ]
 
 
-async def bench_isolation(hub: Hub, n: int, points: int) -> list[str]:
+async def bench_isolation(hub: Hub, n: int, points: int, rounds: int = 4) -> list[str]:
+    """One session's pings while another runs ``run_compute`` back to back, against the
+    same session's pings with the other idle: ``rounds`` idle and loaded windows in turn
+    (``n`` pings per condition in all), so drift in the machine's load hits both alike
+    and the p99 of each rests on ``n`` samples."""
     import numpy as np
 
     quiet, busy = await hub.start(), await hub.start()
+    idle: list[float] = []
+    loaded: list[float] = []
+    computes = 0
     try:
         times = np.linspace(0, 3, points).tolist()
         await hub.send(busy, "add_dataset", kind="lc", compute_times=times, overwrite=True)
         await timed(lambda: hub.post(f"/send/{quiet}", PING), 50)
-        idle = await timed(lambda: hub.post(f"/send/{quiet}", PING), n)
-        stop = asyncio.Event()
-        computes = 0
+        for _ in range(rounds):
+            idle += await timed(lambda: hub.post(f"/send/{quiet}", PING), n // rounds)
+            stop = asyncio.Event()
 
-        async def heavy() -> None:
-            nonlocal computes
-            while not stop.is_set():
-                await hub.send(busy, "run_compute")
-                computes += 1
+            async def heavy(stop: asyncio.Event = stop) -> None:
+                nonlocal computes
+                while not stop.is_set():
+                    await hub.send(busy, "run_compute")
+                    computes += 1
 
-        task = asyncio.create_task(heavy())
-        await asyncio.sleep(0.5)  # let the compute get going
-        loaded = await timed(lambda: hub.post(f"/send/{quiet}", PING), n)
-        stop.set()
-        await task
+            task = asyncio.create_task(heavy())
+            await asyncio.sleep(0.5)  # let the compute get going
+            loaded += await timed(lambda: hub.post(f"/send/{quiet}", PING), n // rounds)
+            stop.set()
+            await task
     finally:
         await asyncio.gather(hub.end(quiet), hub.end(busy))
     i_st, l_st = percentiles(idle), percentiles(loaded)
-    emit("isolation", "idle", **i_st)
-    emit("isolation", "during_compute", computes=computes, **l_st)
+    emit("isolation", "idle", rounds=rounds, **i_st)
+    emit("isolation", "during_compute", computes=computes, rounds=rounds, **l_st)
     ratio = l_st["p99_ms"] / i_st["p99_ms"]
     emit("isolation", "ratio", p99_loaded_over_idle=round(ratio, 3))
     return [
         f"isolation: ping p99 idle {i_st['p99_ms']:.2f} ms, during another session's "
         f"run_compute {l_st['p99_ms']:.2f} ms (x{ratio:.2f}); p50 {i_st['p50_ms']:.2f} -> "
-        f"{l_st['p50_ms']:.2f} ms"
+        f"{l_st['p50_ms']:.2f} ms ({len(idle)} + {len(loaded)} pings in {rounds} rounds)"
     ]
 
 
@@ -230,17 +237,27 @@ async def bench_payload(hub: Hub, floors: dict[str, str], repeats: int) -> list[
         "sigmas": np.full(t.size, 0.01).tolist(),
         "overwrite": True,
     }
+    # the same command with 10 points: PHOEBE's add_dataset costs ~0.2-0.4 s whatever
+    # the size (it rebuilds constraints and twigs), so the difference is what the
+    # 300k points themselves cost, through the hub and in process
+    tiny = {**upload, **{k: upload[k][:10] for k in ("times", "fluxes", "sigmas")}}
     download = {"command": "get_value", "twig": "fluxes@big@dataset"}
     lines = []
+    medians: dict[str, tuple[float, float]] = {}
     sid = await hub.start()
     try:
-        cases = [("upload_3x100k", [upload]), ("download_100k", [upload, download])]
+        cases = [
+            ("upload_3x10", [tiny]),
+            ("upload_3x100k", [upload]),
+            ("download_100k", [upload, download]),
+        ]
         for case, steps in cases:
             hub_times, size = await through_hub(hub, sid, steps, repeats)
             local = in_process(steps, repeats)
             body = orjson.dumps(steps[-1]) if case.startswith("upload") else b"x" * size
             floor = await through_floors(floors, body, repeats)
             h, p = statistics.median(hub_times), statistics.median(local)
+            medians[case] = (h, p)
             emit(
                 "payload",
                 case,
@@ -258,6 +275,18 @@ async def bench_payload(hub: Hub, floors: dict[str, str], repeats: int) -> list[
             )
     finally:
         await hub.end(sid)
+    (h100k, p100k), (h10, p10) = medians["upload_3x100k"], medians["upload_3x10"]
+    emit(
+        "payload",
+        "upload_points_cost",
+        hub_ms=round(1000 * (h100k - h10), 1),
+        in_process_ms=round(1000 * (p100k - p10), 1),
+    )
+    lines.append(
+        f"what the 3 x 100k points add to add_dataset: {1000 * (h100k - h10):.1f} ms through "
+        f"the hub, {1000 * (p100k - p10):.1f} ms in process (the rest is PHOEBE's own cost "
+        f"of the command: {1000 * h10:.1f} ms through the hub with 10 points)"
+    )
     return lines
 
 
@@ -330,19 +359,26 @@ async def main() -> None:
     p.add_argument("--pings", type=int, default=2000)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--per-client", type=int, default=200)
-    p.add_argument("--isolation-pings", type=int, default=500)
+    p.add_argument("--isolation-pings", type=int, default=2000)
     p.add_argument("--heavy-points", type=int, default=500)
     p.add_argument("--compute-points", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compute-repeats", type=int, default=3)
     p.add_argument("--skip", default="", help="comma-separated parts to leave out")
+    p.add_argument(
+        "--cpu-isolation",
+        action="store_true",
+        help="start the hub with SessionManager.cpu_isolation (needs a writable cgroup tree)",
+    )
     args = p.parse_args()
     emit("command_path", "machine", **machine())
     if args.url:
         async with Hub(args.url, args.token) as hub:
             lines = await run(hub, args)
     else:
-        with local_hub(spawner="local-forkserver") as (url, pid):
+        extra = ["--SessionManager.cpu_isolation=True"] if args.cpu_isolation else []
+        emit("command_path", "config", cpu_isolation=args.cpu_isolation)
+        with local_hub(spawner="local-forkserver", extra=extra) as (url, pid):
             async with Hub(url, None, pid) as hub:
                 lines = await run(hub, args)
     summary("command path", lines)

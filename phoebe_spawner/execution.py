@@ -73,7 +73,14 @@ async def execute(
             manager.check_running(s)
             assert s.channel is not None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            reply = await s.channel.execute(body, timeout=remaining, on_sent=on_sent)
+            cpu = manager.cpu if command in manager.background_commands else None
+            if cpu is not None:
+                cpu.background(s.id, True)  # one small cgroup write: interactive work first
+            try:
+                reply = await s.channel.execute(body, timeout=remaining, on_sent=on_sent)
+            finally:
+                if cpu is not None:
+                    cpu.background(s.id, False)
         except ChannelTimeout as e:
             release = False  # the recovery task owns the lock until the worker is idle again
             manager.spawn_task(endings.recover_from_timeout(manager, s, e.msg_id, command))

@@ -34,6 +34,7 @@ from phoebe_kernel_worker.protocol import Message
 from . import culling, endings, execution, memory, recovery
 from .auth.base import User
 from .channels import ChannelError, Reply, WorkerChannel
+from .cpuclass import CpuClasses
 from .db import DatabaseUnavailable, Store
 from .errors import (
     LimitReached,
@@ -120,6 +121,22 @@ class SessionManager(LoggingConfigurable):
         help="""Ready, unassigned workers kept for instant session starts (0 = none). They
         count toward ``max_sessions``; see docs/performance.md.""",
     ).tag(config=True)
+    cpu_isolation = Bool(
+        False,
+        help="""Put each local worker in a cgroup of its own and mark it ``cpu.idle`` while
+        it runs one of ``background_commands``, so the hub and other sessions' commands
+        preempt it at once (needs a writable cgroup ``cpu`` tree: root, or a delegated
+        one; see phoebe_spawner/cpuclass.py and docs/performance.md).""",
+    ).tag(config=True)
+    cpu_cgroup_parent = Unicode(
+        "",
+        help="""The cgroup directory to build the cpu isolation tree in (e.g.
+        /sys/fs/cgroup/system.slice/phoebe.service); empty: the hub's own cgroup.""",
+    ).tag(config=True)
+    background_commands = Set(
+        {"run_compute", "run_solver"},
+        help="Commands a session runs in the background CPU class (with cpu_isolation).",
+    ).tag(config=True)
     data_dir = Unicode(help="Where session storage and runtime directories live (set by the app).")
     debug = Bool(False, help="Ask workers for tracebacks in error replies (set by the app).")
 
@@ -152,6 +169,8 @@ class SessionManager(LoggingConfigurable):
         #: what the spawner class shares across its workers (a fork server), see start_backend
         self.backend: Any = None
         self.pool = WarmPool(self, self.warm_pool_size)
+        #: the cgroup tree of cpu_isolation, once set up (start_backend)
+        self.cpu: CpuClasses | None = None
 
     @property
     def _store(self) -> Store:
@@ -162,10 +181,21 @@ class SessionManager(LoggingConfigurable):
     async def start_backend(self) -> None:
         """Start the spawner class's shared resource (e.g. the fork server) and stop the
         warm-pool workers a crashed hub left; the app calls this before :meth:`recover`."""
+        if self.cpu_isolation:
+            # first: the fork server (and every worker) starts in the hub's group
+            self.cpu = await asyncio.to_thread(
+                CpuClasses.setup, self.cpu_cgroup_parent, self.data_dir
+            )
+            if self.cpu is not None:
+                self.add_listener(self._release_cpu_group)
         self.backend = await self.spawner_class.start_backend(
             self, str(Path(self.data_dir) / "runtime")
         )
         await self.pool.reap_leftovers()
+
+    def _release_cpu_group(self, event: str, s: LiveSession) -> None:
+        if self.cpu is not None and event not in ("started", "stopping"):
+            self.cpu.release(s.id)  # the session ended: its worker is gone
 
     def start_background_tasks(self) -> None:
         """Start the poll, memory and cull loops and fill the warm pool (the app calls this
@@ -215,6 +245,10 @@ class SessionManager(LoggingConfigurable):
         channel.connect()
         channel.add_iopub_handler(lambda msg: self._dispatch_iopub(s, msg))
         s.channel = channel
+        pid = getattr(s.spawner, "pid", None)  # a local worker's
+        if self.cpu is not None and isinstance(pid, int):
+            # moving a process can wait on the kernel's cgroup locks: not on the loop
+            self.spawn_task(asyncio.to_thread(self.cpu.place, s.id, pid))
         return channel
 
     def _dispatch_iopub(self, s: LiveSession, msg: Message) -> None:
@@ -256,6 +290,8 @@ class SessionManager(LoggingConfigurable):
                     await s.channel.close()
             self.log.info("left %d workers running for re-adoption", len(live))
         await self.spawner_class.stop_backend(self.backend)
+        if self.cpu is not None:
+            await asyncio.to_thread(self.cpu.close)
         self.zmq_ctx.destroy(linger=0)
 
     # --- paths and spawners ------------------------------------------------------------------

@@ -74,7 +74,7 @@ async def test_chunked_and_small_sends_answer_alike(make_hub):
     """The same command over both paths, and the errors of the small path."""
     from tornado.httpclient import AsyncHTTPClient
 
-    app, client = await make_hub()
+    _, client = await make_hub()
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     body = orjson.dumps({"command": "echo", "a": 1})
     small = await client.post(f"/send/{sid}", body=body)
