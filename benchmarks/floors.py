@@ -6,6 +6,9 @@ Two servers the benchmark scripts start in the same run as their measurements:
 * ``zmq`` - a bare tornado app that forwards the body over one persistent ZMQ DEALER
   socket to an echo process (ROUTER) and answers with the reply: the hub's HTTP -> ZMQ
   -> worker hop without authentication, signing, routing or bookkeeping.
+* ``zmq16`` - the same with 16 echo processes, one DEALER each, ``POST /echo/<i>``:
+  the process structure of 16 sessions (every request wakes its own process), for
+  reading the 16-client numbers beside the single-echo floor the issue names.
 
 Run alone (``python benchmarks/floors.py http``) a server prints ``{"url": ...}`` on
 stdout and serves until stdin closes or it is terminated; the scripts use
@@ -42,20 +45,21 @@ def _serve_zmq_echo() -> None:
         sock.send_multipart(frames, copy=False)
 
 
-def _make_app(zmq_endpoint: str | None) -> object:
+def _make_app(zmq_endpoints: list[str]) -> object:
     import tornado.web
     import zmq
     import zmq.asyncio
 
     pending: dict[bytes, asyncio.Future[bytes]] = {}
-    dealer = None
-    if zmq_endpoint:
-        ctx = zmq.asyncio.Context()
+    dealers = []
+    ctx = zmq.asyncio.Context()
+    for endpoint in zmq_endpoints:
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(zmq_endpoint)
+        dealer.connect(endpoint)
+        dealers.append(dealer)
 
-        async def read() -> None:
+        async def read(dealer: zmq.asyncio.Socket = dealer) -> None:
             while True:
                 msg_id, body = await dealer.recv_multipart()
                 fut = pending.pop(msg_id, None)
@@ -65,34 +69,37 @@ def _make_app(zmq_endpoint: str | None) -> object:
         asyncio.get_running_loop().create_task(read())
 
     class Echo(tornado.web.RequestHandler):
-        async def post(self) -> None:
+        async def post(self, index: str = "0") -> None:
             self.set_header("Content-Type", "application/json")
-            if dealer is None:
+            if not dealers:
                 self.finish(self.request.body)
                 return
             msg_id = uuid.uuid4().bytes
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             pending[msg_id] = fut
-            await dealer.send_multipart([msg_id, self.request.body], copy=False)
+            await dealers[int(index) % len(dealers)].send_multipart(
+                [msg_id, self.request.body], copy=False
+            )
             self.finish(await fut)
 
-    return tornado.web.Application([(r"/echo", Echo)])
+    return tornado.web.Application([(r"/echo", Echo), (r"/echo/(\d+)", Echo)])
 
 
 async def _serve_http(kind: str) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
-    echo: subprocess.Popen[bytes] | None = None
-    endpoint = None
-    if kind == "zmq":
+    echoes: list[subprocess.Popen[bytes]] = []
+    endpoints = []
+    for _ in range({"zmq": 1, "zmq16": 16}.get(kind, 0)):
         echo = subprocess.Popen(
             [sys.executable, __file__, "zmq-echo"], stdout=subprocess.PIPE, stdin=subprocess.PIPE
         )
+        echoes.append(echo)
         assert echo.stdout is not None
-        endpoint = orjson.loads(echo.stdout.readline())["endpoint"]
+        endpoints.append(orjson.loads(echo.stdout.readline())["endpoint"])
     try:
-        server = HTTPServer(_make_app(endpoint), max_body_size=1024**3)  # type: ignore[arg-type]
+        server = HTTPServer(_make_app(endpoints), max_body_size=1024**3)  # type: ignore[arg-type]
         socks = bind_sockets(0, "127.0.0.1")
         server.add_sockets(socks)
         port = socks[0].getsockname()[1]
@@ -102,18 +109,18 @@ async def _serve_http(kind: str) -> None:
         loop.add_reader(sys.stdin.fileno(), lambda: done.done() or done.set_result(None))
         await done  # stdin closed: the benchmark is over
     finally:
-        if echo is not None:
+        for echo in echoes:
             echo.kill()
             echo.wait()
 
 
 @contextlib.contextmanager
 def floor_servers() -> Iterator[dict[str, str]]:
-    """Start both floors as subprocesses; yields ``{"http": url, "zmq": url}``."""
+    """Start the floors as subprocesses; yields ``{"http": url, "zmq": url, "zmq16": url}``."""
     procs: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
     try:
-        for kind in ("http", "zmq"):
+        for kind in ("http", "zmq", "zmq16"):
             proc = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), kind],
                 stdin=subprocess.PIPE,
@@ -136,7 +143,7 @@ def floor_servers() -> Iterator[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["http", "zmq", "zmq-echo"])
+    parser.add_argument("kind", choices=["http", "zmq", "zmq16", "zmq-echo"])
     args = parser.parse_args()
     if args.kind == "zmq-echo":
         _serve_zmq_echo()
