@@ -21,6 +21,7 @@ Needs PHOEBE in this process for the in-process baselines (payload, compute).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import statistics
 import tempfile
@@ -227,8 +228,9 @@ async def through_floors(floors: dict[str, str], body: bytes, repeats: int) -> d
     out = {}
     async with client(floors["http"]) as http:
         for name in ("http", "zmq"):
-            await post_raw(http, floors[name], body)
-            times = await timed(lambda n=name: post_raw(http, floors[n], body), repeats)
+            url = floors[name]
+            await post_raw(http, url, body)
+            times = await timed(functools.partial(post_raw, http, url, body), repeats)
             out[name] = statistics.median(times)
     return out
 

@@ -159,7 +159,7 @@ async def run(args: argparse.Namespace, engine: DockerEngine | None) -> None:
         shutil.rmtree(base, ignore_errors=True)
     lines = []
     for kind, values in results.items():
-        summary = {
+        summary: dict[str, Any] = {
             "benchmark": "docker_start",
             "kind": kind,
             "n": len(values),

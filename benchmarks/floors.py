@@ -105,8 +105,13 @@ async def _serve_http(kind: str) -> None:
         port = socks[0].getsockname()[1]
         print(orjson.dumps({"url": f"http://127.0.0.1:{port}/echo"}).decode(), flush=True)
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(sys.stdin.fileno(), lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = loop.create_future()
+
+        def stdin_closed() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(sys.stdin.fileno(), stdin_closed)
         await done  # stdin closed: the benchmark is over
     finally:
         for echo in echoes:

@@ -121,7 +121,7 @@ async def main() -> None:
     else:
         for mode in args.modes.split(","):
             conf = MODES[mode]
-            pool = args.concurrent if conf["pool"] == -1 else int(conf["pool"])
+            pool = args.concurrent if conf["pool"] == -1 else int(str(conf["pool"]))
             with local_hub(spawner=str(conf["spawner"]), pool=pool) as (url, pid):
                 async with Hub(url, None, pid) as hub:
                     lines += await measure(
