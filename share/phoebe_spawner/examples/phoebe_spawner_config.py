@@ -29,6 +29,13 @@ c.LocalProcessSpawner.cpu_limit = 1  # threads for BLAS/OpenMP
 c.LocalProcessSpawner.start_timeout = 60
 # c.LocalProcessSpawner.port_range = [20000, 21000]  # if a firewall needs a fixed range
 # c.LocalProcessSpawner.environment = {"PHOEBE_MULTIPROC_NPROCS": "1"}
+# Faster starts and lighter sessions (docs/performance.md):
+# c.PhoebeSpawnerApp.spawner_class = "local-forkserver"  # workers forked from a template
+# c.SessionManager.warm_pool_size = 4  # ready workers for instant starts
+# Heavy computes yield the CPU to interactive work (needs a writable cgroup cpu tree,
+# e.g. systemd Delegate=yes and the service's cgroup as the parent):
+# c.SessionManager.cpu_isolation = True
+# c.SessionManager.cpu_cgroup_parent = "/sys/fs/cgroup/system.slice/phoebe-spawner.service"
 
 # --- tokens ----------------------------------------------------------------------------------
 c.JWTAuthenticator.expire_minutes = 12 * 60
