@@ -298,9 +298,7 @@ class KernelWorker:
         are looked at here, at most every ``SUBSCRIPTION_CHECK`` seconds (the look is a
         ZMQ call, and ``status`` is published twice per command).
         """
-        now = time.monotonic()
-        if now - self._subscriptions_read > SUBSCRIPTION_CHECK:
-            self._subscriptions_read = now
+        if time.monotonic() - self._subscriptions_read > SUBSCRIPTION_CHECK:
             self._read_subscriptions()  # e.g. a subscriber that joined during a long command
         return any(topic.startswith(prefix) for prefix in self._topics)
 

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,12 @@ class CpuClasses:
     Built by :meth:`setup` (the session manager, at start-up); the manager calls
     :meth:`place` when a session's worker is connected, :meth:`background` around
     background commands, :meth:`release` when a session ends and :meth:`close` at
-    shutdown. Every method is a few small writes to the cgroup file system.
+    shutdown (:meth:`release` through :meth:`on_session_event`). Every method is a few
+    small writes to the cgroup file system.
     """
 
-    def __init__(self, root: Path, version: int, home: Path) -> None:
+    def __init__(self, root: Path, home: Path) -> None:
         self.root = root
-        self.version = version
         #: where the hub was before (it goes back there at :meth:`close`)
         self.home = home
 
@@ -97,7 +98,7 @@ class CpuClasses:
         base = Path(parent) if parent else home
         key = os.path.abspath(key)
         name = "phoebe-spawner-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-        tree = cls(base / name, version, home)
+        tree = cls(base / name, home)
         try:
             if version == 2:
                 _enable_cpu(base)
@@ -133,6 +134,11 @@ class CpuClasses:
             (self._group(session_id) / "cpu.idle").write_text("1" if on else "0")
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
+
+    def on_session_event(self, event: str, session: Any) -> None:
+        """Session listener (the manager registers it): an ended session's group goes."""
+        if event not in ("started", "stopping"):
+            self.release(session.id)
 
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""

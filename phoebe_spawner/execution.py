@@ -73,7 +73,9 @@ async def execute(
             manager.check_running(s)
             assert s.channel is not None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            cpu = manager.cpu if command in manager.background_commands else None
+            cpu = manager.cpu  # None unless cpu_isolation is on: checked first, it is cheaper
+            if cpu is not None and command not in manager.background_commands:
+                cpu = None
             if cpu is not None:
                 cpu.background(s.id, True)  # one small cgroup write: interactive work first
             try:

@@ -187,15 +187,11 @@ class SessionManager(LoggingConfigurable):
                 CpuClasses.setup, self.cpu_cgroup_parent, self.data_dir
             )
             if self.cpu is not None:
-                self.add_listener(self._release_cpu_group)
+                self.add_listener(self.cpu.on_session_event)
         self.backend = await self.spawner_class.start_backend(
             self, str(Path(self.data_dir) / "runtime")
         )
         await self.pool.reap_leftovers()
-
-    def _release_cpu_group(self, event: str, s: LiveSession) -> None:
-        if self.cpu is not None and event not in ("started", "stopping"):
-            self.cpu.release(s.id)  # the session ended: its worker is gone
 
     def start_background_tasks(self) -> None:
         """Start the poll, memory and cull loops and fill the warm pool (the app calls this

@@ -19,10 +19,10 @@ SMALL_SEND_BODY = 64 * 1024
 def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
     """The URL table, served under ``prefix`` (``/`` standalone, the service prefix in a hub)."""
     p = prefix.rstrip("/")
-    send = p + rf"/send/{SESSION_ID}$"
+    send = rf"/send/{SESSION_ID}"
     table: list[tuple[str, type]] = [
         # the command path first: tornado tries the rules in order, for every request
-        (rf"/send/{SESSION_ID}", api.SendHandler),
+        (send, api.SendHandler),
         (r"/health", api.HealthHandler),
         (r"/?", pages.RootHandler),
         (r"/admin/?", pages.AdminPageHandler),
@@ -56,7 +56,7 @@ def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
         (r"/metrics", admin.MetricsHandler),
     ]
     return [
-        Rule(api.SmallBody(send, SMALL_SEND_BODY), api.SmallSendHandler, {"hub": hub}),
+        Rule(api.SmallBody(p + send, SMALL_SEND_BODY), api.SmallSendHandler, {"hub": hub}),
         *(Rule(PathMatches(p + path), handler, {"hub": hub}) for path, handler in table),
     ]
 
