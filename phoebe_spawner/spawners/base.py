@@ -33,10 +33,11 @@ checks them for each backend):
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from traitlets import Any as TraitAny
@@ -84,6 +85,31 @@ class ByteSpecification(TraitType[int | None, int | str | None]):
         return int(float(number) * self.UNITS.get((unit or "").upper(), 1))
 
 
+# Numerical libraries read these when they load; a site may set them because an older
+# OpenBLAS computes wrong results (or crashes) on its processors without them. Workers
+# inherit them so that a result through the hub is bit for bit what in-process PHOEBE
+# gives in the hub's environment.
+NUMERICAL_ENV = [
+    "OPENBLAS_*",
+    "GOTO*",
+    "OMP_*",
+    "MKL_*",
+    "BLIS_*",
+    "VECLIB_*",
+    "NUMEXPR_*",
+]
+
+# PHOEBE's own switches (read by phoebe at import and run time).
+PHOEBE_ENV = [
+    "PHOEBE_ENABLE_*",
+    "PHOEBE_MULTIPROC_NPROCS",
+    "PHOEBE_MPI_NPROCS",
+    "PHOEBE_PBDIR",
+    "PHOEBE_TABLES_SERVER",
+    "PHOEBE_UPDATE_PASSBAND_IGNORE_VERSION",
+    "PHOEBE_DOWNLOAD_PASSBAND_DEFAULTS_*",
+]
+
 DEFAULT_ENV_KEEP = [
     "PATH",
     "LANG",
@@ -94,9 +120,27 @@ DEFAULT_ENV_KEEP = [
     "VIRTUAL_ENV",
     "CONDA_PREFIX",
     "PYTHONPATH",
-    "PHOEBE_ENABLE_ONLINE_PASSBANDS",
-    "PHOEBE_MULTIPROC_NPROCS",
+    *PHOEBE_ENV,
+    *NUMERICAL_ENV,
 ]
+
+# Never passed to a worker, whatever env_keep says: the hub's own secrets and settings
+# and JupyterHub's service credentials.
+WITHHELD_ENV = ["PHOEBE_SPAWNER_*", "JUPYTERHUB_*", "JPY_*"]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def select_env(environ: Mapping[str, str], keep: Iterable[str]) -> dict[str, str]:
+    """The variables of ``environ`` whose names match one of ``keep`` (exact names or
+    ``fnmatch`` patterns such as ``OPENBLAS_*``), less :data:`WITHHELD_ENV`."""
+    patterns = list(keep)
+    return {
+        name: value
+        for name, value in environ.items()
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        and not any(fnmatch.fnmatchcase(name, w) for w in WITHHELD_ENV)
+    }
 
 
 class Spawner(LoggingConfigurable):
@@ -147,8 +191,12 @@ class Spawner(LoggingConfigurable):
     env_keep = List(
         Unicode(),
         default_value=DEFAULT_ENV_KEEP,
-        help="""Environment variables passed from the hub to workers. Everything else
-        (database URLs, secrets, tokens) is withheld.""",
+        help="""Environment variables passed from the hub to workers: names, or patterns
+        such as ``OPENBLAS_*``. The default keeps the paths and locale, PHOEBE's own
+        switches and the numerical libraries' settings (``OPENBLAS_*``, ``OMP_*``,
+        ``MKL_*``, ``GOTO*``, ``BLIS_*``, ``VECLIB_*``, ``NUMEXPR_*``), so that workers
+        compute exactly what PHOEBE computes in the hub's environment. Everything else is
+        withheld, and ``PHOEBE_SPAWNER_*``, ``JUPYTERHUB_*`` and ``JPY_*`` always are.""",
     ).tag(config=True)
 
     environment = Dict(
@@ -291,13 +339,15 @@ class Spawner(LoggingConfigurable):
         return str(write_connection_file(path, info or self.connection_info()))
 
     def get_env(self) -> dict[str, str]:
-        """The worker's environment: the allow-listed hub variables plus ``environment``."""
-        env = {k: os.environ[k] for k in self.env_keep if k in os.environ}
+        """The worker's environment: the allow-listed hub variables plus ``environment``.
+
+        ``cpu_limit``, when set, sets the BLAS/OpenMP thread counts (over inherited
+        values); ``environment`` overrides everything."""
+        env = select_env(os.environ, self.env_keep)
         env.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
         env["PYTHONUNBUFFERED"] = "1"
         if self.cpu_limit:
             threads = str(max(1, int(self.cpu_limit)))
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                env.setdefault(var, threads)
+            env.update(dict.fromkeys(THREAD_VARS, threads))
         env.update(self.environment)
         return env

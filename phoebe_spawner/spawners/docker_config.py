@@ -25,7 +25,7 @@ from traitlets import (
     validate,
 )
 
-from .base import ByteSpecification, Spawner
+from .base import NUMERICAL_ENV, PHOEBE_ENV, ByteSpecification, Spawner
 
 
 class DockerSpawnerConfig(Spawner):
@@ -200,5 +200,7 @@ class DockerSpawnerConfig(Spawner):
 
     @default("env_keep")
     def _default_env_keep(self) -> list[str]:
-        # host paths (PATH, PYTHONPATH, VIRTUAL_ENV) mean nothing inside the image
-        return ["LANG", "LC_ALL", "TZ", "PHOEBE_ENABLE_ONLINE_PASSBANDS", "PHOEBE_MULTIPROC_NPROCS"]
+        # host paths (PATH, PYTHONPATH, VIRTUAL_ENV, PHOEBE_PBDIR) mean nothing inside the
+        # image; the numerical libraries' settings do (the container runs on this CPU)
+        phoebe = [p for p in PHOEBE_ENV if p != "PHOEBE_PBDIR"]
+        return ["LANG", "LC_ALL", "TZ", *phoebe, *NUMERICAL_ENV]

@@ -36,12 +36,11 @@ import orjson
 import psutil
 from traitlets import Float, List, Unicode, default
 
-from .base import SpawnError
+from .base import THREAD_VARS, SpawnError
 from .local import LocalProcessSpawner
 
 #: longest unix socket path we try to use (the kernel's limit is 107 bytes)
 MAX_SOCKET_PATH = 100
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class ForkServerUnavailable(Exception):
