@@ -6,6 +6,7 @@ from tornado.routing import PathMatches, Rule
 
 from . import admin, api, checkpoints, jobs, pages, streams
 from .base import HubContext, NotFoundHandler
+from .routing import SMALL_BODY, SmallBody, read_whole
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
 JOB_ID = r"(?P<job_id>[^/]+)"
@@ -13,7 +14,7 @@ CHECKPOINT_ID = r"(?P<checkpoint_id>[^/]+)"
 
 
 #: /send bodies up to this size are read with the headers instead of streamed
-SMALL_SEND_BODY = 64 * 1024
+SMALL_SEND_BODY = SMALL_BODY
 
 
 def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
@@ -55,10 +56,14 @@ def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
         (r"/api/v1/admin/events", admin.AdminEventsHandler),
         (r"/metrics", admin.MetricsHandler),
     ]
-    return [
-        Rule(api.SmallBody(p + send, SMALL_SEND_BODY), api.SmallSendHandler, {"hub": hub}),
-        *(Rule(PathMatches(p + path), handler, {"hub": hub}) for path, handler in table),
-    ]
+    rules: list[Rule] = []
+    for path, handler in table:
+        # each route twice: small bodies read whole (see routing.py), the rest streamed
+        rules.append(Rule(SmallBody(p + path), read_whole(handler), {"hub": hub}))
+        rules.append(Rule(PathMatches(p + path), handler, {"hub": hub}))
+    # unknown paths: small requests here, the rest to the app's default (streamed) 404
+    rules.append(Rule(SmallBody(r".*"), read_whole(NotFoundHandler), {"hub": hub}))
+    return rules
 
 
 __all__ = ["HubContext", "NotFoundHandler", "routes"]

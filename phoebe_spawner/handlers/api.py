@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado import httputil
-from tornado.routing import PathMatches
-
 from ..auth.base import TOKEN_COOKIE
 from .base import ApiError, BaseHandler
+from .routing import read_whole
 
 
 class HealthHandler(BaseHandler):
@@ -167,35 +165,9 @@ class SendHandler(BaseHandler):
         self.finish(reply.content)
 
 
-class SmallSendHandler(SendHandler):
-    """``POST /send/{id}`` with a small body of known length (nearly every command).
-
-    Not streamed: tornado reads the body with the headers and runs the handler in one
-    go, where a streamed body costs several more event-loop turns per request. Chosen
-    by :class:`SmallBody`; large, chunked or unsized bodies go to :class:`SendHandler`.
-    """
-
-    _stream_request_body = False  # what tornado's @stream_request_body turns on
-
-    @property
-    def body(self) -> bytes:
-        return self.request.body
-
-
-class SmallBody(PathMatches):
-    """Route matcher: ``pattern``, for requests whose Content-Length is at most ``limit``."""
-
-    def __init__(self, pattern: str, limit: int) -> None:
-        super().__init__(pattern)
-        self.limit = limit
-
-    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        length = request.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > self.limit:
-            return None
-        if "Transfer-Encoding" in request.headers:
-            return None  # tornado refuses both together anyway; leave it to the full path
-        return super().match(request)
+#: ``POST /send/{id}`` with a small body of known length (nearly every command): read
+#: with the headers, where a streamed body costs several more event-loop turns
+SmallSendHandler = read_whole(SendHandler)
 
 
 class PassbandsHandler(BaseHandler):

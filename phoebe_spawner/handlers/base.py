@@ -102,6 +102,11 @@ class BaseHandler(RequestHandler):
             self.set_header("Retry-After", str(max(1, round(retry_after))))
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="phoebe-spawner"')
+        body_future = getattr(self.request, "_body_future", None)  # set when streamed
+        if body_future is not None and not body_future.done():
+            # answered before the streamed body was read: tornado closes the connection
+            # after this response (the only way not to read the rest), so say so
+            self.set_header("Connection", "close")
         body: dict[str, Any] = {"detail": detail}
         if self.hub.debug and status_code >= 500 and "exc_info" in kwargs:
             body["traceback"] = "".join(traceback.format_exception(*kwargs["exc_info"]))

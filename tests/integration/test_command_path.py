@@ -56,7 +56,7 @@ def _handler_for(app, headers: dict[str, str], path: str = "/send/abc") -> type:
 
 async def test_small_bodies_are_read_with_the_headers_and_others_stream(make_hub):
     """The route matcher: a small body of known length is not streamed (fewer loop
-    turns per command); a large, unsized or chunked one streams as before."""
+    turns per command), and so is a request with no body; a large or chunked one streams."""
     from phoebe_spawner.handlers import SMALL_SEND_BODY
     from phoebe_spawner.handlers.api import SendHandler, SmallSendHandler
 
@@ -66,7 +66,7 @@ async def test_small_bodies_are_read_with_the_headers_and_others_stream(make_hub
     assert _handler_for(app, {"Content-Length": str(SMALL_SEND_BODY + 1)}) is SendHandler
     assert _handler_for(app, {"Transfer-Encoding": "chunked"}) is SendHandler
     assert _handler_for(app, {"Content-Length": "-1"}) is SendHandler
-    assert _handler_for(app, {}) is SendHandler
+    assert _handler_for(app, {}) is SmallSendHandler  # no Content-Length: no body
     assert _handler_for(app, {"Content-Length": "20"}, "/send/abc/more") is not SmallSendHandler
 
 
