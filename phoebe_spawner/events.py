@@ -162,6 +162,7 @@ class AdminEvents:
                 "command_count": session.command_count,
                 "last_activity": session.last_activity,
                 "error": error,
+                "last_error": session.last_error,
             },
         )
 

@@ -99,9 +99,32 @@ async def execute(
         s.in_flight -= 1
         s.last_activity = time.time() if activity else last_activity
     s.command_count += 1
-    ok = reply.status == "ok"
-    log_command(manager, s, command, started, ok, None if ok else reply.status)
+    if reply.status == "ok":
+        log_command(manager, s, command, started, True, None)
+    else:
+        error = failure_message(reply)
+        manager.log.info(
+            "session %s of %s: %s failed: %.300s", s.id, s.user.name, command[:64], error
+        )
+        log_command(manager, s, command, started, False, error)
     return reply
+
+
+def failure_message(reply: Reply) -> str:
+    """What a reply that did not succeed says (PHOEBE's error message, or the status),
+    at most :data:`ERROR_CHARS` characters: for the log, the command log and the admin
+    page, where an operator reads why a user's command failed."""
+    try:
+        content = reply.json()
+        message = content.get("error") if isinstance(content, dict) else None
+    except ValueError:
+        message = None
+    text = str(message) if message else reply.status
+    return text[:ERROR_CHARS]
+
+
+#: longest error message kept per command (the command log's column holds 1000)
+ERROR_CHARS = 1000
 
 
 def log_command(
@@ -117,6 +140,8 @@ def log_command(
     seconds = time.time() - started
     s.last_command = command[:64]
     s.last_command_ms = 1000 * seconds
+    if error is not None:
+        s.last_error = f"{s.last_command}: {error}"[:ERROR_CHARS]
     manager.store.log_command(
         session_id=s.id,
         user_id=s.user.user_id,

@@ -50,6 +50,8 @@ class LiveSession:
     readopted: bool = False
     last_command: str | None = None
     last_command_ms: float | None = None
+    #: "<command>: <message>" of the last command that did not succeed (admin page)
+    last_error: str | None = None
     #: recent (unix time, MiB) memory samples, for the admin page's plots
     mem_history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=120))
 
@@ -89,6 +91,7 @@ class LiveSession:
             last_command_ms=None
             if self.last_command_ms is None
             else round(self.last_command_ms, 1),
+            last_error=self.last_error,
             mem_history=[[round(t, 1), round(m, 2)] for t, m in self.mem_history],
         )
         return data

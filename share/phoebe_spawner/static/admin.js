@@ -38,6 +38,11 @@
     const last = s.last_command
       ? `${s.last_command} (${s.last_command_ms < 1000 ? s.last_command_ms.toFixed(0) + " ms"
         : (s.last_command_ms / 1000).toFixed(1) + " s"})` : "";
+    const lastCell = PS.el("td", {}, last);
+    if (s.last_error) {
+      // why the session's last failed command failed (PHOEBE's own message)
+      lastCell.append(PS.el("div", { class: "last-error", title: s.last_error }, s.last_error));
+    }
     return PS.el("tr", { "data-session-id": s.session_id },
       PS.el("td", {}, s.user_name),
       PS.el("td", { class: "mono", title: s.session_id }, s.session_id.slice(0, 8)),
@@ -47,7 +52,7 @@
       PS.el("td", {}, PS.duration(t - s.last_activity)),
       memory,
       PS.el("td", {}, String(s.command_count ?? 0)),
-      PS.el("td", {}, last),
+      lastCell,
       PS.el("td", {}, end));
   }
 
