@@ -104,6 +104,33 @@ async def test_backoff_ends_and_a_success_resets_it(make_hub):
     assert (await login_from(client, ATTACKER, "u@example.org", PASSWORD)).status == 200
 
 
+async def test_parallel_guesses_cannot_outrun_the_backoff(make_hub):
+    from phoebe_spawner.auth.base import AuthError
+
+    app, client = await make_hub(auth_mode="jwt")
+    await register(client, "p@example.org", PASSWORD)
+    body = {"email": "p@example.org", "password": "guess guess"}
+    results = await asyncio.gather(
+        *(app.authenticator.login(body, client=ATTACKER) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, AuthError) for r in results)
+    answers = sorted((r.status, r.detail) for r in results if isinstance(r, AuthError))
+    assert (
+        answers
+        == [(401, "Invalid email or password")]
+        + [(429, "A login for this account from this address is in progress")] * 9
+    )
+    # another address is checked at the same time
+    ok = await asyncio.gather(
+        app.authenticator.login(body, client=ATTACKER),
+        app.authenticator.login({**body, "password": PASSWORD}, client=OWNER),
+        return_exceptions=True,
+    )
+    assert isinstance(ok[0], AuthError) and ok[0].status == 401
+    assert isinstance(ok[1], dict) and ok[1]["user"]["email"] == "p@example.org"
+
+
 async def test_password_spraying_is_limited_per_address(make_hub):
     _, client = await make_hub(
         auth_mode="jwt",
@@ -539,3 +566,22 @@ async def test_disabling_an_external_account(make_hub):
     assert (
         row["status"] == "stopped" and row["termination_reason"] == "account disabled by admin boss"
     )
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        (
+            "password1234",
+            "Password is too common: choose one that is not on lists of leaked passwords",
+        ),
+        ("short pw", "Password must be at least 10 characters"),
+        (" " * 12, "Password must not be blank"),
+    ],
+)
+def test_create_user_applies_the_password_policy(tmp_path, password, message):
+    from .test_cli import run
+
+    args = ["create-user", "--email", "a@b.org", f"--PhoebeSpawnerApp.data_dir={tmp_path}"]
+    result = run(args, cwd=tmp_path, env={"PHOEBE_SPAWNER_NEW_PASSWORD": password})
+    assert result.returncode != 0 and result.stderr.strip() == message, result.stderr
