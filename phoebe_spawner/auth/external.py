@@ -31,7 +31,12 @@ from .tokens import check_secret, decode
 SUB_RE = re.compile(r"^[\w.@+:-]{1,255}$")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+EC_ALGORITHMS = {
+    "secp256r1": "ES256",
+    "secp384r1": "ES384",
+    "secp521r1": "ES512",
+    "secp256k1": "ES256K",
+}
 
 
 def load_public_key(pem: str) -> Any:
