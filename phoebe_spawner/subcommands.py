@@ -83,6 +83,7 @@ class CreateUser(_SubApp):
 
     async def _create(self, password: str) -> None:
         from .auth.jwt import JWTAuthenticator
+        from .auth.passwords import password_problem
 
         app = self.parent_app
         app.make_data_dir()
@@ -90,8 +91,11 @@ class CreateUser(_SubApp):
         await store.init(upgrade=app.upgrade_db)
         try:
             auth = JWTAuthenticator(parent=app, store=store)
-            if len(password) < auth.min_password_length:
-                raise SystemExit(f"password must be at least {auth.min_password_length} characters")
+            problem = password_problem(
+                password, auth.min_password_length, reject_common=auth.reject_common_passwords
+            )
+            if problem:
+                raise SystemExit(problem)
             row = await auth.create_user(
                 self.email.strip().lower(),
                 password,

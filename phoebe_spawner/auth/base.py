@@ -64,6 +64,9 @@ class Authenticator(LoggingConfigurable):
     mode: ClassVar[str] = ""
     #: whether GET /auth/me answers (it is 404 in mode ``none``)
     has_identity: ClassVar[bool] = True
+    #: whether this mode refuses accounts the hub's database marks inactive, so an admin
+    #: can disable one (``PATCH /api/v1/admin/users/{name}``)
+    can_disable_accounts: ClassVar[bool] = False
 
     store = AnyTrait(help="The hub's Store (set by the app, not config).")
 
@@ -74,8 +77,9 @@ class Authenticator(LoggingConfigurable):
         """The user making this request; raise :class:`AuthError` (401) if there is none."""
         raise NotImplementedError
 
-    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /auth/register``: create an account, return the token response."""
+    async def register(self, body: dict[str, Any], client: str = "") -> dict[str, Any]:
+        """``POST /auth/register``: create an account (``client`` is the caller's address,
+        for rate limits), return the token response."""
         raise AuthError(
             404, f"Registration is only available in jwt auth mode (mode is {self.mode})"
         )
@@ -93,6 +97,10 @@ class Authenticator(LoggingConfigurable):
     def logout(self, handler: RequestHandler) -> None:
         """Forget what this mode keeps of a browser's login, beyond the token cookie the
         logout handler clears (``POST /auth/logout``)."""
+
+    def forget_user(self, name: str) -> None:
+        """Drop whatever this mode caches about user ``name`` (called after an admin
+        disables or re-enables the account), so the next request sees the change."""
 
     def extra_routes(self, prefix: str) -> list[tuple[str, type, dict[str, Any]]]:
         """Routes this mode adds under ``prefix`` (the OAuth callback in hub mode)."""
@@ -120,7 +128,14 @@ class Authenticator(LoggingConfigurable):
 
 def check_xsrf(handler: RequestHandler) -> None:
     """403 unless a cookie-authenticated write carries the page's XSRF token (tornado's
-    double-submit check: the ``X-XSRFToken`` header must match the ``_xsrf`` cookie)."""
+    double-submit check: the ``X-XSRFToken`` header, or an ``_xsrf`` form field, must
+    match the ``_xsrf`` cookie). On writes the token is never taken from the URL: URLs
+    end up in logs, histories and ``Referer`` headers."""
+    if handler.request.method not in SAFE_METHODS and "_xsrf" in handler.request.query_arguments:
+        raise AuthError(
+            403,
+            "XSRF token in the URL is not accepted on writes: send the X-XSRFToken header",
+        )
     try:
         handler.check_xsrf_cookie()
     except HTTPError:

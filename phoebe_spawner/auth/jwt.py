@@ -4,6 +4,12 @@
 wants ``Authorization: Bearer <jwt>``. Passwords are hashed with Argon2id
 (argon2-cffi) off the event loop. The signing secret comes from config or
 ``PHOEBE_SPAWNER_JWT_SECRET``; the hub refuses to start with an empty or weak one.
+
+Guessing is limited without letting anyone lock an owner out: failed logins back off
+exponentially per (account, client address) and are rate-limited per client address,
+and no limit applies to an account as a whole, so the right password from an address
+that has not failed always works. Registration can be closed or restricted to email
+domains, is rate-limited per address, and refuses blank, short and common passwords.
 """
 
 from __future__ import annotations
@@ -12,16 +18,18 @@ import asyncio
 import os
 import re
 import time
+from collections import Counter
 from typing import Any, ClassVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from tornado.web import RequestHandler
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default, validate
 
-from ..ratelimit import RateLimiter
+from ..ratelimit import Backoff, RateLimiter
 from .base import Authenticator, AuthError, User
+from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .tokens import check_secret, decode
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s.]{1,63}$")
@@ -36,6 +44,7 @@ class JWTAuthenticator(Authenticator):
     """Accounts in the hub's database; tokens signed with a shared secret (HS256)."""
 
     mode: ClassVar[str] = "jwt"
+    can_disable_accounts: ClassVar[bool] = True
 
     secret = Unicode(
         help="""Secret that signs tokens (>= 32 characters). Defaults to the environment
@@ -47,15 +56,67 @@ class JWTAuthenticator(Authenticator):
         return os.environ.get("PHOEBE_SPAWNER_JWT_SECRET", "")
 
     expire_minutes = Integer(1440, help="Lifetime of issued tokens, in minutes.").tag(config=True)
-    min_password_length = Integer(8, help="Shortest password /auth/register accepts.").tag(
-        config=True
-    )
-    failed_logins_per_minute = Float(
-        1.0,
-        help="""Failed logins allowed per minute, on average, per account and per client
-        address, after a burst of failed_login_burst; beyond that logins get 429.""",
+    min_password_length = Integer(
+        10, help="Shortest password /auth/register and create-user accept (characters)."
     ).tag(config=True)
-    failed_login_burst = Integer(5, help="Failed logins allowed at once.").tag(config=True)
+    reject_common_passwords = Bool(
+        True,
+        help="""Refuse passwords on the built-in list of common leaked passwords
+        (phoebe_spawner.auth.passwords.COMMON_PASSWORDS) at registration.""",
+    ).tag(config=True)
+    registration = Enum(
+        ["open", "off", "domains"],
+        "open",
+        help="""Who may create an account with POST /auth/register: 'open' (anyone, like the
+        old phoebe-server; PHOEBE Lab registers this way), 'off' (403: accounts are made
+        with `phoebe-spawner create-user`), or 'domains' (only emails in
+        registration_domains).""",
+    ).tag(config=True)
+    registration_domains = List(
+        Unicode(),
+        help="""Email domains allowed to register when registration = 'domains' (e.g.
+        ['example.edu']; a domain also admits its subdomains, compared case-insensitively).""",
+    ).tag(config=True)
+
+    @validate("registration_domains")
+    def _lower_domains(self, proposal: Any) -> list[str]:
+        return [str(d).strip().lower().lstrip("@.") for d in proposal["value"] if str(d).strip()]
+
+    registrations_per_hour = Float(
+        60.0,
+        help="""Accounts one client address may create per hour, on average, after a burst
+        of registration_burst; beyond that /auth/register answers 429. 0 = no limit.""",
+    ).tag(config=True)
+    registration_burst = Integer(
+        50,
+        help="""Accounts one client address may create at once (a class behind one NAT
+        registering together). 0 = no limit.""",
+    ).tag(config=True)
+    failed_logins_per_minute = Float(
+        5.0,
+        help="""Failed logins allowed per minute, on average, per client address (over all
+        accounts: password spraying), after a burst of failed_login_burst; beyond that
+        every login from the address gets 429. 0 = no limit.""",
+    ).tag(config=True)
+    failed_login_burst = Integer(
+        20, help="Failed logins allowed at once per client address (over all accounts)."
+    ).tag(config=True)
+    failed_logins_before_backoff = Integer(
+        5,
+        help="""Failed logins for one account from one client address before that pair
+        backs off (see failed_login_backoff). Other addresses are not affected.""",
+    ).tag(config=True)
+    failed_login_backoff = Float(
+        15.0,
+        help="""Seconds one (account, client address) pair must wait after its first failed
+        login beyond failed_logins_before_backoff; doubles with each further failure up to
+        failed_login_max_backoff. A successful login resets it. 0 = no back-off.""",
+    ).tag(config=True)
+    failed_login_max_backoff = Float(
+        900.0,
+        help="""Longest back-off of one (account, client address) pair, in seconds; a pair
+        is forgotten this long after its last lock-out ended.""",
+    ).tag(config=True)
     user_cache_seconds = Float(
         30.0,
         help="""Seconds a verified user is cached, so requests do not read the database
@@ -67,10 +128,30 @@ class JWTAuthenticator(Authenticator):
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash("phoebe-spawner timing equaliser")
         self._cache: dict[str, tuple[float, User]] = {}
-        self._failed = RateLimiter(self.failed_logins_per_minute, self.failed_login_burst)
+        self._failed_by_address = RateLimiter(
+            self.failed_logins_per_minute, self.failed_login_burst
+        )
+        self._backoff = Backoff(
+            self.failed_logins_before_backoff,
+            self.failed_login_backoff,
+            self.failed_login_max_backoff,
+        )
+        self._registrations = RateLimiter(
+            self.registrations_per_hour / 60.0, self.registration_burst
+        )
+        #: (account, address) pairs and addresses whose password check is under way
+        self._verifying: set[str] = set()
+        self._verifying_from: Counter[str] = Counter()
 
     async def setup(self) -> None:
         check_secret(self.secret, source="The jwt secret (PHOEBE_SPAWNER_JWT_SECRET)")
+        if self.registration == "domains" and not self.registration_domains:
+            raise ValueError("JWTAuthenticator.registration = 'domains' needs registration_domains")
+        self.log.info(
+            "jwt mode: registration %s%s",
+            self.registration,
+            f" ({', '.join(self.registration_domains)})" if self.registration == "domains" else "",
+        )
 
     # --- tokens -------------------------------------------------------------------------
 
@@ -138,18 +219,35 @@ class JWTAuthenticator(Authenticator):
             raise AuthError(400, "Email and password are required")
         return email.strip().lower(), password
 
-    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def register(self, body: dict[str, Any], client: str = "") -> dict[str, Any]:
+        """``POST /auth/register``: 403 when closed (or the email's domain is not allowed),
+        400 for a bad email or a password the policy refuses, 429 past the per-address
+        rate, 409 for an existing account."""
+        if self.registration == "off":
+            raise AuthError(403, "Registration is closed")
         email, password = self._credentials(body)
         if len(email) > 254 or not EMAIL_RE.match(email):
             raise AuthError(400, "Email address is not valid")
-        if len(password) < self.min_password_length:
-            raise AuthError(400, f"Password must be at least {self.min_password_length} characters")
-        if len(password) > 1024:
-            raise AuthError(400, "Password is too long (1024 characters at most)")
+        problem = password_problem(
+            password, self.min_password_length, reject_common=self.reject_common_passwords
+        )
+        if problem:
+            raise AuthError(400, problem)
         names = {k: body.get(k) or "" for k in ("first_name", "last_name")}
         if not all(isinstance(v, str) and len(v) <= 100 for v in names.values()):
             raise AuthError(
                 400, "first_name and last_name must be strings of at most 100 characters"
+            )
+        if self.registration == "domains" and not self.domain_allowed(email):
+            raise AuthError(
+                403,
+                "Registration is open only to email addresses at "
+                + ", ".join(self.registration_domains),
+            )
+        wait = self._registrations.hit(f"address:{client}")
+        if wait:
+            raise AuthError(
+                429, f"Too many registrations from this address; try again in {wait:.0f} s", wait
             )
         row = await self.create_user(
             email, password, first_name=names["first_name"], last_name=names["last_name"]
@@ -157,6 +255,11 @@ class JWTAuthenticator(Authenticator):
         if row is None:
             raise AuthError(409, "A user with this email already exists")
         return self.issue(row)
+
+    def domain_allowed(self, email: str) -> bool:
+        """Whether ``email``'s domain is in ``registration_domains`` (or a subdomain of one)."""
+        domain = email.rpartition("@")[2].lower()
+        return any(domain == d or domain.endswith("." + d) for d in self.registration_domains)
 
     async def create_user(
         self,
@@ -181,20 +284,48 @@ class JWTAuthenticator(Authenticator):
         return row
 
     async def login(self, body: dict[str, Any], client: str = "") -> dict[str, Any]:
+        """``POST /auth/login``: 429 while the client address or this (account, address)
+        pair is held back, else the password is checked: 401 wrong (counted against both),
+        403 disabled account, 200 with a token (the pair's back-off is reset)."""
         email, password = self._credentials(body)
-        keys = [f"account:{email}", f"client:{client}"]
-        wait = max(self._failed.wait_time(key) for key in keys)
-        if wait:
-            raise AuthError(429, f"Too many failed logins; try again in {wait:.0f} s", wait)
-        row = await self.store.get_user_by_name(email)
-        hashed = (row or {}).get("password_hash") or self._dummy_hash
-        ok = await self._verify(hashed, password)
+        address, pair = f"address:{client}", f"{email}\0{client}"
+        if pair in self._verifying:
+            # one check per pair at a time: parallel guesses cannot outrun the back-off
+            raise AuthError(429, "A login for this account from this address is in progress", 1)
+        wait_pair = self._backoff.wait_time(pair)
+        wait_address = self._failed_by_address.wait_time(
+            address, need=1 + self._verifying_from[address]
+        )
+        if wait_pair or wait_address:
+            wait = max(wait_pair, wait_address)
+            whom = "this account from this address" if wait_pair else "this address"
+            detail = f"Too many failed logins for {whom}; try again in {wait:.0f} s"
+            raise AuthError(429, detail, wait)
+        self._verifying.add(pair)
+        self._verifying_from[address] += 1
+        try:
+            row = await self.store.get_user_by_name(email)
+            hashed = (row or {}).get("password_hash") or self._dummy_hash
+            ok = len(password) <= MAX_PASSWORD_LENGTH and await self._verify(hashed, password)
+        finally:
+            self._verifying.discard(pair)
+            self._verifying_from[address] -= 1
+            if not self._verifying_from[address]:
+                del self._verifying_from[address]
         if not row or not row.get("password_hash") or not ok:
-            for key in keys:
-                self._failed.hit(key)
+            self._failed_by_address.hit(address)
+            self._backoff.fail(pair)
             raise AuthError(401, "Invalid email or password")
+        self._backoff.reset(pair)
         if not row.get("is_active"):
             raise AuthError(403, "Account is disabled")
         if self._hasher.check_needs_rehash(row["password_hash"]):
             await self.store.set_user_password(row["name"], await self.hash_password(password))
         return self.issue(row)
+
+    def forget_user(self, name: str) -> None:
+        """Drop the cached identity of account ``name`` (it was disabled or changed), so
+        its next request reads the database."""
+        for sub, (_, user) in list(self._cache.items()):
+            if user.name == name:
+                del self._cache[sub]

@@ -1,8 +1,9 @@
 """JWT checks shared by the ``jwt`` and ``external`` modes.
 
 A weak secret is refused at start-up (the hub will not run in a mode whose tokens
-anyone can forge), and decoding failures become 401s with a short reason that never
-echoes the token.
+anyone can forge), and every decoding failure becomes a 401 with a short reason that
+never echoes the token: whatever a token's header or segments hold (an algorithm the
+key cannot verify, garbage base64, a non-object payload), the caller never sees a 500.
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ def decode(
     audience: str | list[str] | None = None,
     leeway: float = 0,
 ) -> dict[str, Any]:
-    """Verify signature, expiry and (when configured) issuer and audience."""
-    options = {"require": ["exp", "sub"], "verify_aud": audience is not None}
+    """Verify signature, expiry and (when configured) issuer and audience; ``exp`` and
+    ``sub`` are always required, ``iss`` and ``aud`` when an issuer or audience is given."""
+    require = ["exp", "sub"]
+    if issuer is not None:
+        require.append("iss")
+    if audience is not None:
+        require.append("aud")
+    options = {"require": require, "verify_aud": audience is not None}
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -56,6 +63,10 @@ def decode(
         raise AuthError(401, "Token has the wrong issuer") from None
     except jwt.InvalidAudienceError:
         raise AuthError(401, "Token has the wrong audience") from None
-    except jwt.InvalidTokenError:
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError):
+        # InvalidTokenError, and what a forged header can still raise from the key
+        # handling (InvalidKeyError, InvalidAlgorithmError, ...): all the client's fault
         raise AuthError(401, "Invalid token") from None
+    if not isinstance(claims, dict):
+        raise AuthError(401, "Invalid token")
     return claims

@@ -11,6 +11,7 @@ from .routing import SMALL_BODY, SmallBody, read_whole
 SESSION_ID = r"(?P<session_id>[^/]+)"
 JOB_ID = r"(?P<job_id>[^/]+)"
 CHECKPOINT_ID = r"(?P<checkpoint_id>[^/]+)"
+USER_NAME = r"(?P<name>[^/]+)"
 
 
 #: /send bodies up to this size are read with the headers instead of streamed
@@ -54,6 +55,7 @@ def routes(hub: HubContext, prefix: str = "/") -> list[Rule]:
         (r"/api/v1/admin/sessions", admin.AdminSessionsHandler),
         (rf"/api/v1/admin/sessions/{SESSION_ID}", admin.AdminSessionHandler),
         (r"/api/v1/admin/events", admin.AdminEventsHandler),
+        (rf"/api/v1/admin/users/{USER_NAME}", admin.AdminUserHandler),
         (r"/metrics", admin.MetricsHandler),
     ]
     rules: list[Rule] = []

@@ -13,6 +13,7 @@ import time
 
 from tornado.log import app_log
 
+from ..accounts import set_account_active
 from ..events import AdminEvents
 from ..metrics import CONTENT_TYPE, HubMetrics
 from ..session import LiveSession
@@ -74,6 +75,40 @@ class AdminSessionHandler(AdminHandler):
         app_log.info("admin %s ends session %s of %s", self.user.name, s.id, s.user.name)
         await self.manager.end_session(s.user, s.id, reason=f"ended by admin {self.user.name}")
         self.write_json({"success": True})
+
+
+class AdminUserHandler(AdminHandler):
+    """``PATCH /api/v1/admin/users/{name}`` body ``{"active": false}``: disable an account
+    (its sessions are checkpointed and stopped) or re-enable it (``true``).
+
+    200 ``{"name", "active", "sessions_ended": [ids], "checkpoint_failed": [ids]}`` · 400
+    bad body, an admin disabling themselves, or a mode without accounts to disable
+    (``none``, ``hub``: JupyterHub manages its users) · 404 unknown account.
+    """
+
+    async def patch(self, name: str) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or set(body) != {"active"}:
+            raise ApiError(400, 'Request body must be {"active": true} or {"active": false}')
+        active = body["active"]
+        if not isinstance(active, bool):
+            raise ApiError(400, "'active' must be true or false")
+        authenticator = self.hub.authenticator
+        if not authenticator.can_disable_accounts:
+            raise ApiError(400, f"Accounts cannot be disabled in auth mode {authenticator.mode}")
+        if not active and name == self.user.name:
+            raise ApiError(400, "Admins cannot disable their own account")
+        change = await set_account_active(
+            store=self.hub.store,
+            manager=self.manager,
+            authenticator=authenticator,
+            name=name,
+            active=active,
+            by=self.user.name,
+        )
+        if change is None:
+            raise ApiError(404, f"User {name} not found")
+        self.write_json(change.to_api())
 
 
 class AdminEventsHandler(EventStreamHandler):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..auth.base import TOKEN_COOKIE
+from ..auth.base import TOKEN_COOKIE, check_xsrf
 from .base import ApiError, BaseHandler
 from .routing import read_whole
 
@@ -46,25 +46,35 @@ class AuthConfigHandler(BaseHandler):
 
 
 class RegisterHandler(BaseHandler):
-    """``POST /auth/register`` (jwt mode): create an account, return a token."""
+    """``POST /auth/register`` (jwt mode): create an account, return a token.
+
+    JSON bodies only (415 otherwise): a cross-site form can post ``text/plain`` or
+    form-encoded bodies but not ``application/json`` without the browser asking first.
+    """
 
     auth_required = False
 
     async def post(self) -> None:
+        self.require_json_content()
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
-        response = await self.hub.authenticator.register(body)
+        response = await self.hub.authenticator.register(body, client=self.client_ip())
         self.set_token_cookie(response["access_token"])
         self.write_json(response)
 
 
 class LoginHandler(BaseHandler):
-    """``POST /auth/login`` (jwt mode): exchange credentials for a token."""
+    """``POST /auth/login`` (jwt mode): exchange credentials for a token.
+
+    JSON bodies only (415 otherwise), so another site cannot log a browser in to an
+    account of its choosing (login CSRF) with a form.
+    """
 
     auth_required = False
 
     async def post(self) -> None:
+        self.require_json_content()
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
@@ -74,11 +84,17 @@ class LoginHandler(BaseHandler):
 
 
 class LogoutHandler(BaseHandler):
-    """``POST /auth/logout``: forget the browser's token cookie (tokens expire on their own)."""
+    """``POST /auth/logout``: forget the browser's token cookie (tokens expire on their own).
+
+    Needs ``Content-Type: application/json`` or the page's XSRF token (the pages send
+    the ``X-XSRFToken`` header), so another site cannot log a browser out.
+    """
 
     auth_required = False
 
     async def post(self) -> None:
+        if not self.has_json_content():
+            check_xsrf(self)
         self.clear_cookie(TOKEN_COOKIE, path=self.hub.base_url)
         self.hub.authenticator.logout(self)
         self.write_json({"success": True})

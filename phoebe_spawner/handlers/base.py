@@ -171,6 +171,16 @@ class BaseHandler(RequestHandler):
         except orjson.JSONDecodeError as e:
             raise ApiError(400, f"Malformed JSON body: {e.msg} at position {e.pos}") from None
 
+    def has_json_content(self) -> bool:
+        """Whether the request says ``Content-Type: application/json`` (any parameters)."""
+        ctype = self.request.headers.get("Content-Type", "")
+        return ctype.partition(";")[0].strip().lower() == "application/json"
+
+    def require_json_content(self) -> None:
+        """415 unless the body is declared JSON (the routes a cross-site form must not reach)."""
+        if not self.has_json_content():
+            raise ApiError(415, "Content-Type must be application/json")
+
     def command_request(self, *, fast: bool = False) -> str:
         """The ``command`` of a ``{"command": name, ...kwargs}`` body (400 otherwise).
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 
 import jwt
+import orjson
 import pytest
 
 from ..conftest import JWT_SECRET, register
@@ -188,9 +192,14 @@ async def test_external_mode_with_public_key_issuer_and_audience(make_hub, tmp_p
     ):
         resp = await client.get("/auth/me", token=jwt.encode(bad, key, algorithm="RS256"))
         assert resp.status == 401 and reason in resp.detail
-    # a token signed with the public key as an HMAC secret (algorithm confusion) is refused
-    forged = jwt.encode(claims, "x" * 64, algorithm="HS256")
-    assert (await client.get("/auth/me", token=forged)).status == 401
+    # a token signed with the public key as an HMAC secret (algorithm confusion) is refused;
+    # PyJWT will not make one, so it is signed by hand
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    payload = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=")
+    signature = hmac.new(pem, header + b"." + payload, hashlib.sha256).digest()
+    forged = b".".join([header, payload, base64.urlsafe_b64encode(signature).rstrip(b"=")])
+    resp = await client.get("/auth/me", token=forged.decode())
+    assert resp.status == 401 and resp.detail == "Invalid token"
 
 
 async def test_failed_logins_are_rate_limited(make_hub):
