@@ -11,7 +11,7 @@ its own after the fork.
 
 One connection per worker; lines of JSON::
 
-    hub    -> server  {"connection_file": P, "log_file": P, "env": {...}, "mem_limit": B}
+    hub    -> server  {"connection_file": P, "log_file": P, "env": {...}, "rlimits": {...}}
     child  -> hub     {"pid": N}                       right after the fork
     child  -> hub     {"endpoints": {...}, "pid": N}   once its channels are bound
     server -> hub     {"exit": status, "pid": N}       once the child exited (then EOF)
@@ -21,7 +21,8 @@ request. A request the server cannot honour is answered ``{"error": reason}``.
 
 In the child: its own session and process group (``setsid``), default signal handlers,
 the server's descriptors closed, stdout/stderr to the worker's log, the environment
-replaced by the request's, ``RLIMIT_AS`` set to ``mem_limit``, ``random`` and numpy
+replaced by the request's, the ``rlimits`` set (``AS`` from ``mem_limit``,
+``FSIZE`` from ``max_file_size``), ``random`` and numpy
 reseeded from the OS, then the same :func:`~phoebe_kernel_worker.__main__.run_session`
 a cold worker runs. The server dies with the hub (``PR_SET_PDEATHSIG``); children asked
 to exit with their parent (``exit_with_parent``) then follow it.
@@ -170,9 +171,7 @@ class ForkServer:
             other.close()
         self.children.clear()
         _redirect_stdio(str(request.get("log_file") or os.devnull))
-        mem_limit = request.get("mem_limit")
-        if mem_limit:
-            resource.setrlimit(resource.RLIMIT_AS, (int(mem_limit), int(mem_limit)))
+        _set_rlimits(request.get("rlimits"))
         env = request.get("env")
         if isinstance(env, dict):
             os.environ.clear()
@@ -203,6 +202,19 @@ class ForkServer:
                 with contextlib.suppress(OSError):
                     conn.sendall(orjson.dumps({"exit": status, "pid": pid}) + b"\n")
                 conn.close()
+
+
+#: the limits a fork request may set (``resource.RLIMIT_<name>``)
+RLIMITS = frozenset({"AS", "DATA", "FSIZE", "NOFILE", "NPROC"})
+
+
+def _set_rlimits(limits: Any) -> None:
+    """Set the request's resource limits on this (forked) worker: ``{"AS": bytes, ...}``."""
+    if not isinstance(limits, dict):
+        return
+    for name, value in limits.items():
+        if name in RLIMITS and isinstance(value, int) and value > 0:
+            resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
 
 
 def _redirect_stdio(log_file: str) -> None:

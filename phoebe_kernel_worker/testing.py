@@ -24,7 +24,7 @@ from .protocol import ConnectionInfo
 
 class TestSession:
     """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env,
-    whereami, touch, random."""
+    whereami, touch, write, random."""
 
     __test__ = False  # not a pytest test class
 
@@ -117,6 +117,13 @@ class TestSession:
             f.write("x")
         return {}
 
+    def write(self, name: str, kib: int) -> dict[str, int]:
+        """Write a file of ``kib`` KiB in the working directory (disk limit tests)."""
+        with open(os.path.basename(name), "wb") as f:
+            for _ in range(int(kib)):
+                f.write(b"x" * 1024)
+        return {"written_kib": int(kib)}
+
     def random(self) -> dict[str, float]:
         """One draw of Python's and numpy's global generators (fork reseeding tests)."""
         import numpy
@@ -139,6 +146,7 @@ class TestSession:
         "env": env,
         "whereami": whereami,
         "touch": touch,
+        "write": write,
         "random": random,
     }
 

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import random
+import resource
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ import psutil
 import zmq
 
 from . import progress, protocol
+from .errors import out_of_memory
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
 from .zmqio import readable, send_frames
@@ -249,6 +251,11 @@ class KernelWorker:
                     tee.finish()
         except KeyboardInterrupt:
             payload, status = self._error_payload("Interrupted", None), "interrupted"
+        except MemoryError:
+            # RLIMIT_AS refused an allocation: what the command built is freed by now
+            # and the worker goes on serving its session
+            log.warning("command %s ran out of memory", command)
+            payload, status = self._error_payload(_memory_message(), None), "error"
         except Exception as e:
             log.info("command %s raised %s", command, type(e).__name__)
             message = str(e) or type(e).__name__
@@ -438,6 +445,15 @@ class KernelWorker:
         for sock in (self.shell, self.control, self.iopub):
             sock.close(linger=0)
         self.ctx.term()
+
+
+def _memory_message() -> str:
+    """The reply to a command that hit the worker's address-space limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return (
+        out_of_memory(None if limit == resource.RLIM_INFINITY else limit)
+        + ": the command needed more memory than this worker may use; the session goes on"
+    )
 
 
 def process_tree_rss_mib(pid: int | None = None) -> float:

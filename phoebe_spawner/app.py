@@ -38,6 +38,7 @@ from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
 from .httpserver import CappedHTTPServer, raise_fd_limit
 from .jobs import JobManager
+from .limits import SessionLimits
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
 from .plugins import load_class
@@ -274,6 +275,7 @@ class PhoebeSpawnerApp(Application):
         return [
             PhoebeSpawnerApp,
             SessionManager,
+            SessionLimits,
             JobManager,
             CheckpointManager,
             Spawner,

@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 
 def cpu_hierarchy() -> tuple[Path, str, int] | None:
     """Where this process sits in the ``cpu`` hierarchy: ``(mount, own path, version)``."""
+    return hierarchy("cpu")
+
+
+def hierarchy(controller: str) -> tuple[Path, str, int] | None:
+    """Where this process sits in the hierarchy of ``controller`` (``cpu``, ``memory``):
+    ``(mount, own path, version)``, or None when the controller is not available.
+    Also used by :mod:`phoebe_spawner.memgroups`."""
     try:
         own = Path("/proc/self/cgroup").read_text().splitlines()
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -42,7 +49,7 @@ def cpu_hierarchy() -> tuple[Path, str, int] | None:
     v1_path = v2_path = None
     for line in own:
         _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
+        if controller in controllers.split(","):
             v1_path = path
         elif controllers == "":
             v2_path = path
@@ -52,13 +59,19 @@ def cpu_hierarchy() -> tuple[Path, str, int] | None:
         fstype = fields[sep + 1]
         options = fields[sep + 3].split(",") + fields[5].split(",")
         mount, mount_root = Path(fields[4]), fields[3]
-        if v1_path is not None and fstype == "cgroup" and "cpu" in options:
+        if v1_path is not None and fstype == "cgroup" and controller in options:
             return mount, _under(v1_path, mount_root), 1
         if v1_path is None and v2_path is not None and fstype == "cgroup2":
             available = (mount / "cgroup.controllers").read_text().split()
-            if "cpu" in available:
+            if controller in available:
                 return mount, _under(v2_path, mount_root), 2
     return None
+
+
+def tree_name(key: str) -> str:
+    """The name of the hub's cgroup tree for data directory ``key`` (the same name in
+    every hierarchy, so a restarted hub finds its re-adopted workers' groups)."""
+    return "phoebe-spawner-" + hashlib.sha256(os.path.abspath(key).encode()).hexdigest()[:12]
 
 
 def _under(path: str, mount_root: str) -> str:
@@ -96,9 +109,7 @@ class CpuClasses:
         mount, own, version = where
         home = mount / own.lstrip("/")
         base = Path(parent) if parent else home
-        key = os.path.abspath(key)
-        name = "phoebe-spawner-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-        tree = cls(base / name, home)
+        tree = cls(base / tree_name(key), home)
         try:
             if version == 2:
                 _enable_cpu(base)

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 async def recover_from_timeout(
     manager: SessionManager, s: LiveSession, msg_id: str, command: str
 ) -> None:
-    """Interrupt a timed-out command; stop the worker if it does not come back."""
+    """Interrupt a timed-out command; stop the worker if it does not come back within
+    ``interrupt_grace``. Holds the session's lock until the worker is idle or the session
+    failed, so no queued command reaches a hung worker."""
+    reason = None
     try:
         assert s.channel is not None
         await s.channel.control(protocol.INTERRUPT_REQUEST, {"msg_id": msg_id}, timeout=5)
@@ -44,9 +47,13 @@ async def recover_from_timeout(
     except ChannelError:
         return  # the worker died or the session ended meanwhile
     finally:
-        s.lock.release()
+        if reason is None:
+            s.lock.release()
     manager.log.warning("session %s: %s; stopping it", s.id, reason)
-    await manager.fail(s, reason)
+    try:
+        await manager.fail(s, reason)
+    finally:
+        s.lock.release()
 
 
 async def poll_all(manager: SessionManager) -> None:
@@ -56,7 +63,8 @@ async def poll_all(manager: SessionManager) -> None:
     results = await asyncio.gather(*(_poll(manager, s) for s in running))
     for s, status in zip(running, results, strict=True):
         if status is not None and s.status == "running":
-            await manager.fail(s, s.spawner.exit_reason(status) or describe_exit(status))
+            reason = manager.limits.exit_reason(s) or s.spawner.exit_reason(status)
+            await manager.fail(s, reason or describe_exit(status))
     for s in list(manager.sessions.values()):
         if s.status not in ACTIVE and s.ended_at and now - s.ended_at > manager.failed_linger:
             manager.sessions.pop(s.id, None)

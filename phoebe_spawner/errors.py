@@ -7,6 +7,8 @@ Raised by the session manager, the job manager and the passbands cache.
 
 from __future__ import annotations
 
+import asyncio
+
 
 class SessionError(Exception):
     """A request the manager refuses; ``status`` is the HTTP status, ``str()`` the detail."""
@@ -48,4 +50,8 @@ class Unavailable(SessionError):
 
 
 class CommandTimedOut(SessionError):
+    """A command exceeded its timeout and was interrupted; ``recovery`` (when set) is the
+    task that waits ``interrupt_grace`` for the worker and stops it if it is hung."""
+
     status = 504
+    recovery: asyncio.Task[None] | None = None

@@ -45,14 +45,17 @@ async def execute(
     timeout: float | None,
     on_sent: Callable[[str], None] | None = None,
     activity: bool = True,
+    count_wait: bool = True,
 ) -> Reply:
     """Run one command on ``s`` after the commands before it (``/send`` and jobs).
 
-    ``timeout`` counts the wait for earlier commands; ``None`` waits for ever (jobs
-    are cancelled instead). On a timeout the command is interrupted in the worker and
-    :class:`CommandTimedOut` raised. ``on_sent(msg_id)`` is called once the command
-    is on its way to the worker. ``activity=False`` (the hub's own commands, e.g.
-    checkpoints) leaves the session's idle time alone.
+    ``timeout`` counts the wait for earlier commands unless ``count_wait`` is False
+    (jobs: their limit counts from their start); ``None`` waits for ever. On a timeout
+    the command is interrupted in the worker and :class:`CommandTimedOut` raised, its
+    ``recovery`` the task that stops the worker if it ignores the interrupt.
+    ``on_sent(msg_id)`` is called once the command is on its way to the worker.
+    ``activity=False`` (the hub's own commands, e.g. checkpoints) leaves the session's
+    idle time alone.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     s.in_flight += 1
@@ -62,7 +65,7 @@ async def execute(
     try:
         try:
             if s.lock.locked():  # wait_for wraps the acquire in a task: only when needed
-                await asyncio.wait_for(s.lock.acquire(), timeout)
+                await asyncio.wait_for(s.lock.acquire(), timeout if count_wait else None)
             else:
                 await s.lock.acquire()
         except TimeoutError:
@@ -72,6 +75,8 @@ async def execute(
         try:
             manager.check_running(s)
             assert s.channel is not None
+            if not count_wait and timeout is not None:
+                deadline = time.monotonic() + timeout
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             cpu = manager.cpu  # None unless cpu_isolation is on: checked first, it is cheaper
             if cpu is not None and command not in manager.background_commands:
@@ -85,11 +90,15 @@ async def execute(
                     cpu.background(s.id, False)
         except ChannelTimeout as e:
             release = False  # the recovery task owns the lock until the worker is idle again
-            manager.spawn_task(endings.recover_from_timeout(manager, s, e.msg_id, command))
+            recovery = manager.spawn_task(
+                endings.recover_from_timeout(manager, s, e.msg_id, command)
+            )
             log_command(manager, s, command, started, False, "timeout")
-            raise CommandTimedOut(
+            error = CommandTimedOut(
                 f"Command '{command}' exceeded its timeout of {timeout:g} s and was interrupted"
-            ) from None
+            )
+            error.recovery = recovery
+            raise error from None
         except (ChannelClosed, ChannelBusy) as e:
             raise Unavailable(s.reason or f"Worker unavailable: {e}") from None
         finally:
@@ -102,11 +111,11 @@ async def execute(
     if reply.status == "ok":
         log_command(manager, s, command, started, True, None)
     else:
-        error = failure_message(reply)
+        message = failure_message(reply)
         manager.log.info(
-            "session %s of %s: %s failed: %.300s", s.id, s.user.name, command[:64], error
+            "session %s of %s: %s failed: %.300s", s.id, s.user.name, command[:64], message
         )
-        log_command(manager, s, command, started, False, error)
+        log_command(manager, s, command, started, False, message)
     return reply
 
 

@@ -36,7 +36,7 @@ from phoebe_kernel_worker.protocol import Message
 from .auth.base import User
 from .channels import ChannelError
 from .db import DatabaseUnavailable, Store
-from .errors import LimitReached, SessionError, SessionNotFound, Unavailable
+from .errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
 from .events import Event, EventLog
 from .session import LiveSession
 from .sessions import SessionManager
@@ -129,7 +129,11 @@ class JobManager(LoggingConfigurable):
         8, help="Jobs one session may have queued or running at once (429 beyond)."
     ).tag(config=True)
     job_timeout = Float(
-        0.0, help="Seconds a job may run before it is interrupted and failed (0 = no limit)."
+        3600.0,
+        help="""Seconds a job may run (from its start, not counting its wait in the queue)
+        before it is interrupted and failed (0 = no limit). A worker that ignores the
+        interrupt for SessionManager.interrupt_grace is stopped and its session fails,
+        with the reason in the job's error.""",
     ).tag(config=True)
     finished_in_memory = Integer(
         256, help="Finished jobs kept in memory (older ones are read from the database)."
@@ -270,9 +274,13 @@ class JobManager(LoggingConfigurable):
                 job.command,
                 timeout=timeout,
                 on_sent=lambda msg_id: self._started(job, msg_id),
+                count_wait=False,
             )
         except asyncio.CancelledError:
             await self._finish(job, "cancelled", job.cancel_reason)
+            return
+        except CommandTimedOut as e:
+            await self._timed_out(job, s, e)
             return
         except SessionError as e:
             status = "cancelled" if job.cancel_requested else "failed"
@@ -288,6 +296,22 @@ class JobManager(LoggingConfigurable):
             await self._finish(job, "succeeded", None, reply.content)
         else:
             await self._finish(job, "failed", _reply_error(reply.content), reply.content)
+
+    async def _timed_out(self, job: Job, s: LiveSession, error: CommandTimedOut) -> None:
+        """A job past ``job_timeout``: wait for the interrupt's outcome (the worker idle
+        again, or stopped as hung after ``interrupt_grace``), then fail the job saying which."""
+        detail = f"the job exceeded job_timeout ({self.job_timeout:g} s)"
+        try:
+            if error.recovery is not None:
+                await asyncio.shield(error.recovery)
+        except asyncio.CancelledError:
+            await self._finish(job, "failed", f"{detail}; the hub shut down meanwhile")
+            return
+        if s.status == "failed" and s.reason:
+            detail = f"{detail}; the session was stopped: {s.reason}"
+        else:
+            detail = f"{detail} and was interrupted"
+        await self._finish(job, "failed", detail)
 
     def _started(self, job: Job, msg_id: str) -> None:
         job.msg_id = msg_id

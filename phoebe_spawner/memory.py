@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from phoebe_kernel_worker import protocol
+from phoebe_kernel_worker.errors import out_of_memory
 
 from .channels import ChannelError
 from .db import DatabaseUnavailable
@@ -50,4 +51,5 @@ async def sample_all(manager: SessionManager) -> None:
                 store_ok = False
         limit = s.spawner.mem_limit
         if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-            await manager.fail(s, f"memory limit exceeded ({s.mem_used:.0f} MiB)")
+            reason = f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB"
+            await manager.fail(s, reason)

@@ -43,6 +43,7 @@ from .errors import (
     SessionNotFound,
     Unavailable,
 )
+from .limits import SessionLimits
 from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name
@@ -87,7 +88,10 @@ class SessionManager(LoggingConfigurable):
         30.0, help="Seconds between memory samples of each running session."
     ).tag(config=True)
     command_timeout = Float(
-        3600.0, help="Default seconds a command may run before it is interrupted (504)."
+        600.0,
+        help="""Default seconds a /send command may run before it is interrupted (504); a
+        worker that ignores the interrupt for interrupt_grace is stopped and its session
+        fails. Long computations belong in jobs (JobManager.job_timeout).""",
     ).tag(config=True)
     command_timeouts = Dict(
         value_trait=Float(),
@@ -171,6 +175,8 @@ class SessionManager(LoggingConfigurable):
         self.pool = WarmPool(self, self.warm_pool_size)
         #: the cgroup tree of cpu_isolation, once set up (start_backend)
         self.cpu: CpuClasses | None = None
+        #: memory groups, disk quota and clean-up of ended sessions (c.SessionLimits)
+        self.limits = SessionLimits(self, parent=self, log=self.log)
 
     @property
     def _store(self) -> Store:
@@ -181,6 +187,7 @@ class SessionManager(LoggingConfigurable):
     async def start_backend(self) -> None:
         """Start the spawner class's shared resource (e.g. the fork server) and stop the
         warm-pool workers a crashed hub left; the app calls this before :meth:`recover`."""
+        await self.limits.setup()
         if self.cpu_isolation:
             # first: the fork server (and every worker) starts in the hub's group
             self.cpu = await asyncio.to_thread(
@@ -202,6 +209,9 @@ class SessionManager(LoggingConfigurable):
             asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
             asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
             asyncio.create_task(self._every(self.cull_interval, self.cull_idle), name="cull"),
+            asyncio.create_task(
+                self._every(self.limits.disk_interval, self.limits.check_disk), name="disk"
+            ),
         ]
 
     async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
@@ -212,11 +222,12 @@ class SessionManager(LoggingConfigurable):
             except Exception:
                 self.log.exception("background task %s failed; it will run again", fn.__name__)
 
-    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, keeping a reference until it is done."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
         """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
@@ -242,6 +253,8 @@ class SessionManager(LoggingConfigurable):
         channel.add_iopub_handler(lambda msg: self._dispatch_iopub(s, msg))
         s.channel = channel
         pid = getattr(s.spawner, "pid", None)  # a local worker's
+        if isinstance(pid, int):
+            self.limits.place(s, pid)
         if self.cpu is not None and isinstance(pid, int):
             # moving a process can wait on the kernel's cgroup locks: not on the loop
             self.spawn_task(asyncio.to_thread(self.cpu.place, s.id, pid))
@@ -286,6 +299,7 @@ class SessionManager(LoggingConfigurable):
                     await s.channel.close()
             self.log.info("left %d workers running for re-adoption", len(live))
         await self.spawner_class.stop_backend(self.backend)
+        await self.limits.close()
         if self.cpu is not None:
             await asyncio.to_thread(self.cpu.close)
         self.zmq_ctx.destroy(linger=0)
@@ -310,6 +324,7 @@ class SessionManager(LoggingConfigurable):
             exit_with_hub=not self.readopt_workers,
             backend=self.backend,
         )
+        self.limits.configure(spawner)
         return spawner
 
     def _key(self, session_id: str) -> bytes:
@@ -492,11 +507,19 @@ class SessionManager(LoggingConfigurable):
         timeout: float | None,
         on_sent: Callable[[str], None] | None = None,
         activity: bool = True,
+        count_wait: bool = True,
     ) -> Reply:
         """Run one command on ``s`` in its turn (see :func:`phoebe_spawner.execution.execute`:
-        timeouts, ``on_sent``, ``activity``)."""
+        timeouts, ``on_sent``, ``activity``, ``count_wait``)."""
         return await execution.execute(
-            self, s, body, command, timeout=timeout, on_sent=on_sent, activity=activity
+            self,
+            s,
+            body,
+            command,
+            timeout=timeout,
+            on_sent=on_sent,
+            activity=activity,
+            count_wait=count_wait,
         )
 
     def check_running(self, s: LiveSession) -> None:
@@ -506,9 +529,6 @@ class SessionManager(LoggingConfigurable):
         if s.status == "failed":
             raise Unavailable(f"Session {s.id} has failed: {s.reason}")
         raise Unavailable(f"Session {s.id} is {s.status}")
-
-    async def _recover_from_timeout(self, s: LiveSession, msg_id: str, command: str) -> None:
-        await endings.recover_from_timeout(self, s, msg_id, command)
 
     # --- memory ---------------------------------------------------------------------------------
 

@@ -210,10 +210,27 @@ class Spawner(LoggingConfigurable):
     ).tag(config=True)
 
     mem_limit = ByteSpecification(
-        None,
+        4 * 1024**3,
         allow_none=True,
-        help="Maximum memory of one worker (bytes or '2G'); None for no limit.",
+        help="""Maximum memory of one worker (bytes or '2G'; default 4 GiB); None or 0 for no
+        limit. Held by a per-session memory cgroup where the hub can create one (see
+        SessionLimits.memory_cgroup), else by RLIMIT_AS on local workers, by the container
+        on Docker and by --mem on Slurm; the hub's memory sampling fails a session over it
+        everywhere. A worker ended by it fails with "out of memory (limit ...)".""",
     ).tag(config=True)
+
+    max_file_size = ByteSpecification(
+        1024**3,
+        allow_none=True,
+        help="""Largest file a local worker may write (RLIMIT_FSIZE, bytes or '512M'; default
+        1 GiB); None or 0 for no limit. A write past it fails in the command (EFBIG).""",
+    ).tag(config=True)
+
+    mem_limit_by_cgroup = Bool(
+        False,
+        help="""Set by the session manager when a memory cgroup holds ``mem_limit``: local
+        backends then set no RLIMIT_AS (which counts address space, not memory).""",
+    )
 
     cpu_limit = Float(
         None,
@@ -317,6 +334,17 @@ class Spawner(LoggingConfigurable):
         self._progress.append({"progress": progress, "message": message})
         self._progress_done = self._progress_done or done
         self._progress_changed.set()
+
+    def worker_rlimits(self) -> dict[str, int]:
+        """The resource limits a local backend sets on its worker, by ``resource`` name
+        without the ``RLIMIT_`` prefix: ``AS`` from ``mem_limit`` (unless a cgroup holds
+        it) and ``FSIZE`` from ``max_file_size``."""
+        limits: dict[str, int] = {}
+        if self.mem_limit and not self.mem_limit_by_cgroup:
+            limits["AS"] = int(self.mem_limit)
+        if self.max_file_size:
+            limits["FSIZE"] = int(self.max_file_size)
+        return limits
 
     def connection_info(self, *, session_dir: str | None = None, **kwargs: Any) -> ConnectionInfo:
         """The connection info for this session's worker (the backend may override paths)."""

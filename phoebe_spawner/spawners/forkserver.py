@@ -334,7 +334,7 @@ class ForkServerSpawner(LocalProcessSpawner):
             "connection_file": str(self.connection_file),
             "log_file": str(self.log_path),
             "env": self.get_env(),
-            "mem_limit": self.mem_limit,
+            "rlimits": self.worker_rlimits(),
         }
         try:
             self.child = await server.fork(request, timeout=self.fork_timeout)

@@ -138,8 +138,8 @@ class LocalProcessSpawner(Spawner):
         try:
             ps = psutil.Process(self.pid)
             self.create_time = ps.create_time()
-            if self.mem_limit:
-                ps.rlimit(psutil.RLIMIT_AS, (self.mem_limit, self.mem_limit))
+            for name, value in self.worker_rlimits().items():
+                ps.rlimit(getattr(psutil, f"RLIMIT_{name}"), (value, value))
         except psutil.Error:
             pass  # it already died; the readiness pipe will tell
         self.emit_progress(30, f"Worker process {self.pid} started, loading PHOEBE")

@@ -304,7 +304,9 @@ async def test_local_memory_limit(tmp_path):
     channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
     channel.connect()
     reply = await channel.execute(orjson.dumps({"command": "allocate", "mib": 2048}), timeout=30)
-    assert reply.json()["success"] is False and "MemoryError" in reply.json()["error"]
+    assert reply.json()["success"] is False and reply.json()["error"].startswith(
+        "out of memory (limit 1 GiB)"
+    )
     ok = await channel.execute(b'{"command": "ping"}', timeout=5)
     assert ok.json()["success"] is True
     await channel.close()

@@ -1,0 +1,215 @@
+"""Per-session resource limits the hub holds itself: memory groups, disk quota, clean-up.
+
+The session manager builds one :class:`SessionLimits` (configurable as
+``c.SessionLimits``) and calls it at four points: :meth:`setup` at start-up (the
+memory cgroup tree), :meth:`place` when a worker is connected, :meth:`exit_reason`
+when the poll loop finds a worker gone, and :meth:`close` at shutdown; the disk loop
+calls :meth:`check_disk`. It listens to session events itself: an ended session's
+memory group and session directory are removed (checkpoints live elsewhere, under
+``<data_dir>/checkpoints``, and stay). A hub that shuts down leaving its workers for
+re-adoption ends no session, so their directories stay for the next hub.
+
+What each backend adds (``RLIMIT_AS``/``RLIMIT_FSIZE`` for local workers, container
+limits on Docker, ``--mem`` on Slurm) is configured on the spawner; see
+docs/security.md, "Resource limits".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from traitlets import Bool, Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+from phoebe_kernel_worker.errors import describe_bytes, out_of_memory
+
+from .memgroups import MemoryGroups
+from .session import LiveSession
+from .spawners.base import ByteSpecification, Spawner
+
+if TYPE_CHECKING:
+    from .sessions import SessionManager
+
+#: session events after which a session's worker is gone for good
+ENDED = ("stopped", "culled", "failed")
+
+
+class SessionLimits(LoggingConfigurable):
+    """The hub's own per-session limits; built and called by the session manager."""
+
+    memory_cgroup = Bool(
+        True,
+        help="""Hold each local worker's mem_limit with a memory cgroup of its own when the
+        hub can create one (root, or a delegated cgroup subtree): the kernel then kills
+        only that worker past its limit, counting what it really uses. Where it cannot,
+        or when False, local workers get RLIMIT_AS (address space) instead.""",
+    ).tag(config=True)
+    memory_cgroup_parent = Unicode(
+        "",
+        help="""The cgroup directory to build the memory tree in (cgroup v2: one whose
+        subtree may enable the memory controller); empty: the hub's own cgroup.""",
+    ).tag(config=True)
+    session_disk_quota = ByteSpecification(
+        1024**3,
+        allow_none=True,
+        help="""Bytes a running session's directory may hold (bytes or '512M'; default
+        1 GiB); None or 0 for no quota. Checked every disk_interval: a session over it is
+        checkpointed and failed with the reason.""",
+    ).tag(config=True)
+    session_max_files = Integer(
+        10000,
+        help="""Files and directories a running session's directory may hold (0 = no
+        limit); enforced like session_disk_quota.""",
+    ).tag(config=True)
+    disk_interval = Float(
+        30.0, help="Seconds between disk-usage checks of each running session's directory."
+    ).tag(config=True)
+    remove_session_dirs = Bool(
+        True,
+        help="""Remove a session's directory when the session ends (stopped, culled or
+        failed). Checkpoints are kept: they live under <data_dir>/checkpoints.""",
+    ).tag(config=True)
+
+    def __init__(self, manager: SessionManager, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manager = manager
+        #: the memory cgroup tree, once set up (None: RLIMIT_AS holds mem_limit)
+        self.memory: MemoryGroups | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: sessions over their disk quota, being checkpointed before they fail
+        self._over_quota: set[str] = set()
+
+    # --- start-up and shutdown ---------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Build the memory cgroup tree (if configured and possible) and start listening
+        to session events; the session manager calls this before any worker starts."""
+        if self.memory_cgroup:
+            self.memory = await asyncio.to_thread(
+                MemoryGroups.setup, self.memory_cgroup_parent, self.manager.data_dir
+            )
+        self.manager.add_listener(self.on_session_event)
+
+    async def close(self) -> None:
+        """Finish pending clean-ups and remove the empty memory groups (at shutdown)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.memory is not None:
+            await asyncio.to_thread(self.memory.close)
+
+    # --- memory -------------------------------------------------------------------------
+
+    def configure(self, spawner: Spawner) -> None:
+        """Tell a new spawner whether a cgroup holds its ``mem_limit`` (no RLIMIT_AS then)."""
+        spawner.mem_limit_by_cgroup = self.memory is not None
+
+    def place(self, s: LiveSession, pid: int) -> None:
+        """Put a connected local worker in its memory group (in a thread)."""
+        limit = s.spawner.mem_limit
+        if self.memory is not None and limit and s.spawner.mem_limit_by_cgroup:
+            self._spawn(asyncio.to_thread(self.memory.place, s.id, pid, int(limit)))
+
+    def exit_reason(self, s: LiveSession) -> str | None:
+        """Why the worker of ``s`` is gone, if its memory group says it was killed for its
+        limit (the poll loop asks before the spawner's own reasons)."""
+        if self.memory is not None and self.memory.oom_killed(s.id):
+            return out_of_memory(s.spawner.mem_limit)
+        return None
+
+    # --- disk -------------------------------------------------------------------------------
+
+    async def check_disk(self) -> None:
+        """Disk loop: measure every running session's directory in a thread; a session
+        over ``session_disk_quota`` or ``session_max_files`` is checkpointed and failed."""
+        quota, max_files = self.session_disk_quota or 0, self.session_max_files
+        if not quota and not max_files:
+            return
+        running = [s for s in self.manager.sessions.values() if s.status == "running"]
+        dirs = [s.spawner.session_dir for s in running]
+        usage = await asyncio.to_thread(
+            lambda: [measure(d, quota, max_files) if d else (0, 0) for d in dirs]
+        )
+        for s, (size, files) in zip(running, usage, strict=True):
+            reason = disk_reason(size, files, quota, max_files)
+            if reason is not None and s.status == "running" and s.id not in self._over_quota:
+                self._over_quota.add(s.id)
+                self.manager.spawn_task(self._stop_over_quota(s, reason))
+
+    async def _stop_over_quota(self, s: LiveSession, reason: str) -> None:
+        manager = self.manager
+        manager.log.warning("session %s of %s: %s; stopping it", s.id, s.user.name, reason)
+        if manager.before_stop is not None:
+            try:
+                await manager.before_stop(s, "stop")
+            except Exception as e:
+                manager.log.warning("no checkpoint of session %s before its stop: %s", s.id, e)
+        try:
+            await manager.fail(s, reason)  # stays listed with its reason, like other failures
+        finally:
+            self._over_quota.discard(s.id)
+
+    # --- clean-up ---------------------------------------------------------------------------
+
+    def on_session_event(self, event: str, s: LiveSession) -> None:
+        """Session listener: an ended session's memory group and directory go."""
+        if event not in ENDED:
+            return
+        dirs: list[str] = []
+        if self.remove_session_dirs:
+            # its own, and the warm pool's one it started in (if it came from the pool)
+            dirs = [s.spawner.session_dir, self.manager.session_dir(s.user.user_id, s.id)]
+            dirs.append(str(self.manager.pool.dir / s.id))
+        self._spawn(asyncio.to_thread(self._clean_up, s.id, dirs))
+
+    def _clean_up(self, session_id: str, dirs: list[str]) -> None:
+        if self.memory is not None:
+            self.memory.release(session_id)
+        for path in dict.fromkeys(d for d in dirs if d):
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.log.warning("session %s: directory %s not removed: %s", session_id, path, e)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def measure(path: str, quota: int, max_files: int) -> tuple[int, int]:
+    """``(bytes, entries)`` under ``path`` (symbolic links not followed), stopping early
+    once past ``quota`` bytes or ``max_files`` entries (0: no limit), so a directory
+    filled on purpose costs the hub a bounded walk. Blocking: run it in a thread."""
+    size = files = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    files += 1
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            size += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+                    if (quota and size > quota) or (max_files and files > max_files):
+                        return size, files
+        except OSError:
+            continue
+    return size, files
+
+
+def disk_reason(size: int, files: int, quota: int, max_files: int) -> str | None:
+    """The failure reason of a session directory holding ``size`` bytes in ``files``
+    entries, or None within the limits."""
+    if quota and size > quota:
+        return f"disk quota exceeded (limit {describe_bytes(quota)} in the session directory)"
+    if max_files and files > max_files:
+        return f"disk quota exceeded (limit {max_files} files in the session directory)"
+    return None

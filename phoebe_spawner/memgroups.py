@@ -1,0 +1,133 @@
+"""Per-session memory cgroups: each local worker's ``mem_limit`` held by the kernel.
+
+``RLIMIT_AS`` counts address space, not memory: a worker's threads and libraries
+reserve far more than they touch, and a C++ allocation past it ends the worker with
+``std::bad_alloc``. A memory cgroup counts what the worker really uses (its whole
+process tree, page cache included) and, past the limit, the kernel kills that worker
+and no other process on the machine. Where the hub can create cgroups (root, or a
+delegated subtree), :class:`~phoebe_spawner.limits.SessionLimits` keeps a tree in the
+``memory`` hierarchy (version 1 or 2)::
+
+    <parent>/phoebe-spawner-<id>/s-<sid>    one per session: memory.max / limit_in_bytes
+
+The tree has the same name as the cpu isolation tree (:mod:`phoebe_spawner.cpuclass`),
+so on cgroup v2, where both controllers share one hierarchy, a worker sits in one
+group that carries both. Every method is a few small writes to the cgroup file system
+and blocks: the callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from .cpuclass import hierarchy, tree_name
+
+log = logging.getLogger(__name__)
+
+
+class MemoryGroups:
+    """The hub's memory cgroup tree: built by :meth:`setup`, a group per session added by
+    :meth:`place`, read by :meth:`oom_killed` and removed by :meth:`release`."""
+
+    def __init__(self, root: Path, version: int) -> None:
+        self.root = root
+        self.version = version
+
+    @classmethod
+    def setup(cls, parent: str, key: str) -> MemoryGroups | None:
+        """Create the tree under ``parent`` (empty: this process's own memory cgroup);
+        ``key`` (the hub's data directory) names it. None, with a log line saying why,
+        when this hub cannot create memory cgroups."""
+        where = hierarchy("memory")
+        if where is None:
+            log.info("memory limits by RLIMIT_AS: no cgroup 'memory' controller")
+            return None
+        mount, own, version = where
+        base = Path(parent) if parent else mount / own.lstrip("/")
+        tree = cls(base / tree_name(key), version)
+        try:
+            if version == 2:
+                _enable_memory(base)
+            tree.root.mkdir(exist_ok=True)
+            if version == 2:
+                _enable_memory(tree.root)
+            probe = tree.root / "probe"
+            probe.mkdir(exist_ok=True)
+            try:
+                if not (probe / tree.limit_file).exists():
+                    raise OSError(f"no {tree.limit_file} in a new group")
+            finally:
+                probe.rmdir()
+        except OSError as e:
+            log.info("memory limits by RLIMIT_AS: cannot use the cgroup tree %s: %s", tree.root, e)
+            with contextlib.suppress(OSError):
+                tree.root.rmdir()
+            return None
+        log.info("memory limits: workers in per-session memory cgroups under %s", tree.root)
+        return tree
+
+    @property
+    def limit_file(self) -> str:
+        return "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+
+    def _group(self, session_id: str) -> Path:
+        return self.root / f"s-{session_id}"
+
+    def place(self, session_id: str, pid: int, limit: int) -> bool:
+        """Give the session a group limited to ``limit`` bytes (no swap beyond it) and move
+        the worker ``pid`` into it; False (logged) if that failed."""
+        group = self._group(session_id)
+        try:
+            group.mkdir(exist_ok=True)
+            (group / self.limit_file).write_text(str(limit))
+            swap = "memory.swap.max" if self.version == 2 else "memory.memsw.limit_in_bytes"
+            with contextlib.suppress(OSError):  # no swap accounting on this kernel
+                (group / swap).write_text("0" if self.version == 2 else str(limit))
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as e:  # e.g. the worker already exited (ESRCH)
+            log.warning("session %s: worker %s not placed in %s: %s", session_id, pid, group, e)
+            return False
+        return True
+
+    def oom_killed(self, session_id: str) -> bool:
+        """Whether the kernel killed a process of the session's group for its limit."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            text = (self._group(session_id) / name).read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value) > 0
+        return False
+
+    def release(self, session_id: str) -> None:
+        """Remove the group of an ended session (it is empty once the worker is gone)."""
+        try:
+            self._group(session_id).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # EBUSY: a worker that could not be stopped is still in it
+            log.info("session %s: cgroup %s kept: %s", session_id, self._group(session_id), e)
+
+    def close(self) -> None:
+        """Remove every empty group, then the tree (groups of workers left running for
+        re-adoption stay, for the next hub)."""
+        if not self.root.is_dir():
+            return
+        for group in self.root.iterdir():
+            if group.is_dir() and group.name.startswith("s-"):
+                with contextlib.suppress(OSError):  # still holds a running worker
+                    group.rmdir()
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+
+def _enable_memory(group: Path) -> None:
+    """cgroup v2: let ``group``'s children use the memory controller."""
+    control = group / "cgroup.subtree_control"
+    if "memory" not in control.read_text().split():
+        control.write_text("+memory")
