@@ -87,10 +87,16 @@ class TestSession:
         os._exit(int(status))
 
     def hang(self) -> None:
-        """Block with SIGINT ignored: only TERM or KILL end this (a 'hung' worker)."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        """Block in C for ever, as a C loop that never checks for signals does: only
+        TERM or KILL end this (a 'hung' worker).
+
+        SIGINT is blocked in this thread, and the wait never returns to the bytecode
+        loop, so neither a signal handled by another thread nor an interrupt flag set
+        meanwhile can raise KeyboardInterrupt here.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR2})
         while True:
-            time.sleep(1)
+            signal.sigwait({signal.SIGUSR2})  # a signal nothing sends
 
     def allocate(self, mib: int) -> dict[str, int]:
         for _ in range(int(mib)):
