@@ -181,15 +181,23 @@ def _become(uid: int, gid: int, session_dir: str, read_paths: list[str]) -> None
     """Give the session directory to ``uid`` and become it for good (from root)."""
     _chown_tree(".", uid, gid)
     os.chmod(".", 0o700)
-    reach = [*read_paths, session_dir]
-    locked = _locked_ancestors(reach)
-    if locked:
-        _open_traversal(locked, reach)
+    bridge([*read_paths, session_dir])
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid) or 0 in os.getresgid():
         raise WallError("dropping root did not take")
+
+
+def bridge(paths: list[str]) -> None:
+    """Make ``paths`` reachable by any uid (from root, before dropping it): when a
+    directory on the way cannot be traversed by others, this process moves to a private
+    mount namespace where that directory shows only the entries leading to ``paths``.
+
+    Called by :func:`enter`; the wall tests use it to run a hub as ``nobody``."""
+    locked = _locked_ancestors(paths)
+    if locked:
+        _open_traversal(locked, paths)
 
 
 def _chown_tree(top: str, uid: int, gid: int) -> None:
