@@ -173,3 +173,12 @@ async def test_the_wall_holds_for_an_unprivileged_hub(make_hub: Any, backend: st
         assert "1 passed" in text, text[-3000:]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_root_hub_never_starts_a_worker_as_root(make_hub: Any) -> None:
+    if not ROOT:
+        pytest.skip("only a hub running as root hands out worker uids")
+    _app, client = await make_hub(LocalProcessSpawner__worker_uids=[])
+    resp = await client.post("/dash/start-session", {})
+    assert resp.status == 503, resp.body
+    assert "worker_uids is empty: workers never run as root" in resp.detail
