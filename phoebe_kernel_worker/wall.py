@@ -26,6 +26,11 @@ In order:
    domain (the hub, the fork server, other workers), which covers their
    ``/proc/<pid>/environ``, ``mem``, ``fd`` and ``cwd``.
 
+4. **seccomp**: no unix socket can be created (``socket(AF_UNIX)`` fails with
+   ``EACCES``), so a worker cannot reach the pathname sockets of its user that Landlock
+   does not cover (the fork server's, a Docker or D-Bus socket); system calls of another
+   architecture's ABI (i386, x32) are refused as a whole.
+
 Every layer is enforced by the kernel: a refused read is ``EACCES``/``EPERM`` from the
 system call, whatever Python code runs in the worker afterwards.
 """
@@ -33,6 +38,7 @@ system call, whatever Python code runs in the worker afterwards.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import stat
@@ -167,6 +173,8 @@ def enter(
                 opened = _open_rules(read_paths, policy)
             ports = list(range(*port_range)) if port_range else [0]
             layers.append(_landlock(abi, opened, ports))
+    if policy.get("seccomp", True):
+        layers.append(_seccomp())
     if uid is not None or mode != "off":
         os.environ["TMPDIR"] = session_dir  # the only place it can write
         tempfile.tempdir = None
@@ -336,3 +344,61 @@ def _landlock(abi: int, opened: list[tuple[int, int, bool]], ports: list[int]) -
         "signals and abstract sockets scoped" if scoped else "signals not scoped (ABI < 6)"
     )
     return "; ".join(parts)
+
+
+# --- seccomp -------------------------------------------------------------------------------
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_JSET_K = 0x45
+BPF_RET_K = 0x06
+AF_UNIX = 1
+#: machine -> (AUDIT_ARCH_*, __NR_socket, syscall-number bits of a foreign ABI)
+SECCOMP_ARCHES = {
+    "x86_64": (0xC000003E, 41, 0x40000000),  # x32 numbers carry bit 30
+    "aarch64": (0xC00000B7, 198, 0),
+}
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _seccomp() -> str:
+    """Refuse ``socket(AF_UNIX, ...)`` and foreign-ABI system calls (after no-new-privs)."""
+    arch = SECCOMP_ARCHES.get(os.uname().machine)
+    if arch is None:
+        return f"no seccomp filter (no rules for {os.uname().machine})"
+    audit_arch, nr_socket, foreign_bits = arch
+    deny = SECCOMP_RET_ERRNO | errno.EACCES
+    # index: 0 arch, 1 check, 2 nr, 3 foreign, 4 socket?, 5 domain, 6 unix?, 7 allow, 8 deny
+    program = [
+        (BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        (BPF_JEQ_K, 0, 6, audit_arch),  # another ABI: deny
+        (BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        (BPF_JSET_K, 4, 0, foreign_bits),  # x32: deny
+        (BPF_JEQ_K, 0, 2, nr_socket),
+        (BPF_LD_W_ABS, 0, 0, 16),  # low half of args[0]: the domain
+        (BPF_JEQ_K, 1, 0, AF_UNIX),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_RET_K, 0, 0, deny),
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*ins) for ins in program))
+    prog = _SockFprog(len(program), filters)
+    if _libc().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise WallError(f"seccomp: cannot install the filter: {os.strerror(err)}")
+    return "seccomp: no unix sockets"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from traitlets import Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 from phoebe_kernel_worker import wall as worker_wall
 from phoebe_kernel_worker.protocol import ConnectionInfo, endpoints_from_json
@@ -75,6 +75,14 @@ class LocalProcessSpawner(Spawner):
         which wall is active at start); 'required' makes workers refuse to start without
         it; 'off' leaves a worker that runs as the hub's user able to read the hub's data
         directory (never choose it with untrusted users).""",
+    ).tag(config=True)
+
+    seccomp = Bool(
+        True,
+        help="""A seccomp filter in each worker that refuses to create unix sockets (so a
+        worker cannot reach its user's pathname sockets, which Landlock does not cover:
+        the fork server's, a Docker or D-Bus socket) and refuses system calls of another
+        architecture's ABI. Turn off only for a session factory that needs unix sockets.""",
     ).tag(config=True)
 
     wall_read_paths = List(
@@ -140,7 +148,8 @@ class LocalProcessSpawner(Spawner):
         else:
             who = f"the hub's uid {os.geteuid()}"
         level = self.log.warning if not abi and os.geteuid() != 0 else self.log.info
-        level("worker wall: %s, no-new-privs, %s", who, landlock)
+        seccomp = "seccomp (no unix sockets)" if self.seccomp else "no seccomp filter"
+        level("worker wall: %s, no-new-privs, %s, %s", who, landlock, seccomp)
         if self.landlock == "required" and not abi:
             self.log.error("landlock = 'required' but the kernel has none: workers cannot start")
 
@@ -151,6 +160,7 @@ class LocalProcessSpawner(Spawner):
         factories = wall.session_factories(self.worker_args)
         policy: dict[str, Any] = {
             "landlock": self.landlock,
+            "seccomp": self.seccomp,
             "read": wall.read_paths(data_dir, self.wall_read_paths, factories),
             "write": list(self.wall_write_paths),
         }

@@ -4,10 +4,11 @@ A test worker's ``probe_wall`` command does what an attacker who escaped PHOEBE'
 sandbox would: read the hub secret, the database, the hub's and the fork server's
 ``/proc/<pid>/environ`` and ``mem``, another session's directory and connection file;
 write into another session's directory; ptrace and signal the hub and another worker;
-connect and send to another worker's channel and to the hub; ask the fork server for a
-worker. The test session has no Python checks at all, so every refusal is the kernel's
-errno. Both local backends, run as whoever runs the tests (root in CI: workers run as
-pool uids) and, from root, once more with the whole hub as ``nobody`` (Landlock alone).
+connect and send to another worker's channel and to the hub; connect to the fork
+server's and another unix socket of the hub's user. The test session has no Python
+checks at all, so every refusal is the kernel's errno. Both local backends, run as
+whoever runs the tests (root in CI: workers run as pool uids) and, from root, once more
+with the whole hub as ``nobody`` (Landlock and seccomp alone).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -86,39 +88,43 @@ async def check_wall(make_hub: Any, backend: str) -> None:
         pids.append(server.proc.pid)
         unix.append(server.socket_path)
     await result(client, attacker, "touch", name="mine.txt")
-    probes = await result(
-        client,
-        attacker,
-        "probe_wall",
-        read=[
-            app.secret_file,
-            str(db),
-            str(victim_dir / "secret.txt"),
-            str(victim_conn),
-            *(f"/proc/{pid}/environ" for pid in pids),
-            *(f"/proc/{pid}/mem" for pid in pids),
-            "mine.txt",  # its own files: the wall is not just everything refused
-        ],
-        list_dir=[str(victim_dir), str(data), "."],
-        write_in=[str(victim_dir), str(data), "."],
-        ptrace=pids,
-        signal_pids=[victim_pid, hub],
-        connect=[["127.0.0.1", int(victim_port)], ["127.0.0.1", app.bound_port]],
-        unix=unix,
-    )
+    hub_socket = data.parent / "hub-user.sock"  # any unix socket of the hub's user
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(hub_socket))
+    hub_socket.chmod(0o777)
+    listener.listen(1)
+    unix.append(str(hub_socket))
+    try:
+        probes = await result(
+            client,
+            attacker,
+            "probe_wall",
+            read=[
+                app.secret_file,
+                str(db),
+                str(victim_dir / "secret.txt"),
+                str(victim_conn),
+                *(f"/proc/{pid}/environ" for pid in pids),
+                *(f"/proc/{pid}/mem" for pid in pids),
+                "mine.txt",  # its own files: the wall is not just everything refused
+            ],
+            list_dir=[str(victim_dir), str(data), "."],
+            write_in=[str(victim_dir), str(data), "."],
+            ptrace=pids,
+            signal_pids=[victim_pid, hub],
+            connect=[["127.0.0.1", int(victim_port)], ["127.0.0.1", app.bound_port]],
+            unix=unix,
+        )
+    finally:
+        listener.close()
     allowed = {"read mine.txt", "list .", "write ."}
     for name in allowed:
         assert probes.pop(name)["ok"], name
-    for socket_path in unix:  # a pathname socket: the kernel or the server's peer check
-        probe = probes.pop(f"unix {socket_path}")
-        assert (not probe["ok"] and probe["errno"] in REFUSED_OR_HIDDEN) or (
-            "is not the hub: refused" in probe["value"]
-        ), probe
     in_data_dir = [k for k in probes if str(data) in k]
     for name, probe in probes.items():
         expected = REFUSED_OR_HIDDEN if name in in_data_dir else REFUSED
         assert not probe["ok"] and probe["errno"] in expected, (name, probe)
-    assert len(probes) == 4 + 2 * len(pids) + 2 + 2 + len(pids) + 2 + 2
+    assert len(probes) == 4 + 2 * len(pids) + 2 + 2 + len(pids) + 2 + 2 + len(unix)
     assert not (victim_dir / "probe-wall").exists()
     if ROOT:  # each worker has its own unprivileged uid
         owners = {
