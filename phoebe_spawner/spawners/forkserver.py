@@ -328,6 +328,7 @@ class ForkServerSpawner(LocalProcessSpawner):
             return await super().start()
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
+        await self._hold_uid()
         self._prepare_files()
         self._open_log().close()  # starts the log afresh if it grew too large
         self.emit_progress(10, "Forking a worker")

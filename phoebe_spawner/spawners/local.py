@@ -185,6 +185,11 @@ class LocalProcessSpawner(Spawner):
         except LookupError as e:
             raise SpawnCapacityError(str(e)) from None
 
+    async def _hold_uid(self) -> None:
+        """:meth:`_take_uid` off the event loop (it scans the process table)."""
+        if os.geteuid() == 0 and self.uid is None:
+            await asyncio.to_thread(self._take_uid)
+
     def _release_uid(self) -> None:
         if self.uid is not None and len(self.worker_uids) == 2:
             wall.UidPool(*self.worker_uids).release(self.uid)
@@ -195,6 +200,7 @@ class LocalProcessSpawner(Spawner):
     async def start(self) -> dict[str, str]:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
+        await self._hold_uid()
         self._prepare_files()
         self.emit_progress(10, "Starting worker process")
         read_fd, write_fd = os.pipe()

@@ -21,6 +21,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,23 +88,27 @@ class UidPool:
     """
 
     _taken: dict[tuple[int, int], set[int]] = {}
+    _lock = threading.Lock()  # allocations run in threads (they scan the process table)
 
     def __init__(self, low: int, high: int) -> None:
         self.range = (low, high)
-        self.taken = self._taken.setdefault(self.range, set())
+        with self._lock:
+            self.taken = self._taken.setdefault(self.range, set())
 
     def allocate(self) -> int:
         """A free uid, now held by the caller; raises LookupError when none is left."""
-        busy = self.taken | _running_uids()
-        for uid in range(*self.range):
-            if uid not in busy:
-                self.taken.add(uid)
-                return uid
+        running = _running_uids()
+        with self._lock:
+            for uid in range(*self.range):
+                if uid not in self.taken and uid not in running:
+                    self.taken.add(uid)
+                    return uid
         raise LookupError(f"all {self.range[1] - self.range[0]} worker uids are in use")
 
     def claim(self, uid: int) -> None:
         """Hold ``uid`` for a re-adopted worker."""
-        self.taken.add(uid)
+        with self._lock:
+            self.taken.add(uid)
 
     def release(self, uid: int) -> None:
         """Kill whatever still runs as ``uid`` (a worker's escaped grandchild), free it."""
@@ -112,7 +117,8 @@ class UidPool:
                 with contextlib.suppress(psutil.Error, TypeError):
                     if proc.info["uids"] and proc.info["uids"].real == uid:
                         os.kill(proc.pid, signal.SIGKILL)
-        self.taken.discard(uid)
+        with self._lock:
+            self.taken.discard(uid)
 
 
 def _running_uids() -> set[int]:
