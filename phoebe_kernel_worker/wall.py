@@ -255,7 +255,7 @@ def _open_traversal(locked: list[str], read_paths: list[str]) -> None:
     libc = _libc()
     if libc.unshare(CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
-        raise WallError(f"cannot make the Python installation reachable: {os.strerror(err)}")
+        raise WallError(f"cannot get a private mount namespace: {os.strerror(err)}")
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     for directory in locked:
         wanted = set()

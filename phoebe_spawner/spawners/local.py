@@ -147,9 +147,13 @@ class LocalProcessSpawner(Spawner):
             who = f"a uid of {low}-{high - 1} each"
         else:
             who = f"the hub's uid {os.geteuid()}"
-        level = self.log.warning if not abi and os.geteuid() != 0 else self.log.info
         seccomp = "seccomp (no unix sockets)" if self.seccomp else "no seccomp filter"
-        level("worker wall: %s, no-new-privs, %s, %s", who, landlock, seccomp)
+        self.log.info("worker wall: %s, no-new-privs, %s, %s", who, landlock, seccomp)
+        if os.geteuid() != 0 and (not abi or self.landlock == "off"):
+            self.log.warning(
+                "workers run as the hub's user without Landlock: one that escapes the Python"
+                " sandbox can read the data directory (run the hub as root, or on Linux 6.12+)"
+            )
         if self.landlock == "required" and not abi:
             self.log.error("landlock = 'required' but the kernel has none: workers cannot start")
 
