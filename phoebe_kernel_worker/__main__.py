@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import protocol, wall
 from .worker import EXIT_NO_FREE_PORT, KernelWorker, NoFreePort, SessionFactory
 
 DEFAULT_FACTORY = "phoebe_kernel_worker.factories:phoebe_session"
@@ -104,10 +104,15 @@ def run_session(
     """Build the session, bind its channels, ``report`` the endpoints and serve until told
     to stop; returns the exit status. Shared by :func:`main` (a cold worker) and the fork
     server's children (:mod:`phoebe_kernel_worker.forkserver`)."""
-    if info.exit_with_parent:
-        exit_with_parent()
     Path(info.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chdir(info.session_dir)
+    try:
+        summary = wall.enter(info.wall, info.session_dir, info.port_range)
+    except (wall.WallError, OSError) as e:
+        raise SystemExit(f"cannot wall the worker in: {e}") from None
+    logging.getLogger("phoebe_kernel_worker").info("%s", summary)
+    if info.exit_with_parent:  # after the wall: changing uid clears the death signal
+        exit_with_parent()
     from .serialize import dumps
 
     session = factory(info)

@@ -19,13 +19,16 @@ One connection per worker; lines of JSON::
 The signing key travels in the 0600 connection file, as for a cold worker, never in a
 request. A request the server cannot honour is answered ``{"error": reason}``.
 
-In the child: its own session and process group (``setsid``), default signal handlers,
+Only the hub (the server's parent, checked with ``SO_PEERCRED``) may connect. In the
+child: its own session and process group (``setsid``), default signal handlers,
 the server's descriptors closed, stdout/stderr to the worker's log, the environment
 replaced by the request's, the ``rlimits`` set (``AS`` from ``mem_limit``,
 ``FSIZE`` from ``max_file_size``), ``random`` and numpy
 reseeded from the OS, then the same :func:`~phoebe_kernel_worker.__main__.run_session`
-a cold worker runs. The server dies with the hub (``PR_SET_PDEATHSIG``); children asked
-to exit with their parent (``exit_with_parent``) then follow it.
+a cold worker runs, which puts up the worker's wall (:mod:`phoebe_kernel_worker.wall`:
+a root server's child drops to its own uid there). The server dies with the hub
+(``PR_SET_PDEATHSIG``); children asked to exit with their parent (``exit_with_parent``)
+then follow it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import sys
 import traceback
 from typing import Any
@@ -105,6 +109,7 @@ class ForkServer:
         except (BlockingIOError, InterruptedError):
             return
         try:
+            _check_peer(conn)
             request = self._read_request(conn)
             self._fork(conn, request)
         except (OSError, ValueError) as e:
@@ -215,6 +220,15 @@ def _set_rlimits(limits: Any) -> None:
     for name, value in limits.items():
         if name in RLIMITS and isinstance(value, int) and value > 0:
             resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
+
+
+def _check_peer(conn: socket.socket) -> None:
+    """Only the hub (this server's parent) may ask for a worker, never a worker that
+    reaches the socket: the kernel says who connected (``SO_PEERCRED``)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    if pid != os.getppid():
+        raise ValueError(f"process {pid} is not the hub: refused")
 
 
 def _redirect_stdio(log_file: str) -> None:

@@ -240,6 +240,8 @@ class ConnectionInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Z85 CurveZMQ secret key of the worker's sockets; None: no encryption (the default)
     curve_secret_key: str | None = None
+    #: the OS wall the worker puts up around itself (local backends; see ``wall.py``)
+    wall: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,6 +258,7 @@ class ConnectionInfo:
             "pooled": self.pooled,
             "extra": self.extra,
             **({"curve_secret_key": self.curve_secret_key} if self.curve_secret_key else {}),
+            **({"wall": self.wall} if self.wall else {}),
         }
 
     @classmethod
@@ -278,6 +281,7 @@ class ConnectionInfo:
             curve_secret_key=str(data["curve_secret_key"])
             if data.get("curve_secret_key")
             else None,
+            wall=dict(data["wall"]) if isinstance(data.get("wall"), dict) else None,
         )
 
 

@@ -10,10 +10,14 @@ the hub's configuration can set.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import os
 import random as _random
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -21,10 +25,13 @@ from typing import Any, ClassVar
 from .progress import ProgressBar
 from .protocol import ConnectionInfo
 
+PTRACE_ATTACH = 16
+PTRACE_DETACH = 17
+
 
 class TestSession:
     """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env,
-    whereami, touch, write, random."""
+    whereami, touch, write, random, probe_wall."""
 
     __test__ = False  # not a pytest test class
 
@@ -137,6 +144,37 @@ class TestSession:
         draw = _random.random()  # noqa: S311 - testing the reseeding, not for secrets
         return {"random": draw, "numpy": float(numpy.random.random())}
 
+    def probe_wall(
+        self,
+        read: list[str] | tuple[()] = (),
+        list_dir: list[str] | tuple[()] = (),
+        write_in: list[str] | tuple[()] = (),
+        ptrace: list[int] | tuple[()] = (),
+        signal_pids: list[int] | tuple[()] = (),
+        connect: list[list[Any]] | tuple[()] = (),
+        unix: list[str] | tuple[()] = (),
+    ) -> dict[str, dict[str, Any]]:
+        """Try what a worker that escaped PHOEBE's sandbox would (the wall tests): read
+        files, list and write directories, ptrace and signal processes, connect and send
+        to TCP addresses (``[host, port]``) and unix sockets. Each result is
+        ``{"ok": bool, "errno": name or None, ...}``, straight from the system calls."""
+        results: dict[str, dict[str, Any]] = {}
+        for path in read:
+            results[f"read {path}"] = _attempt(_read_one, path)
+        for path in list_dir:
+            results[f"list {path}"] = _attempt(_count_entries, path)
+        for path in write_in:
+            results[f"write {path}"] = _attempt(_write_in, path)
+        for pid in ptrace:
+            results[f"ptrace {pid}"] = _attempt(_ptrace_attach, int(pid))
+        for pid in signal_pids:
+            results[f"signal {pid}"] = _attempt(os.kill, int(pid), signal.SIGCONT)
+        for host, port in connect:
+            results[f"connect {host}:{port}"] = _attempt(_send, host, int(port))
+        for path in unix:
+            results[f"unix {path}"] = _attempt(_send_unix, path)
+        return results
+
     COMMANDS: ClassVar[dict[str, Callable[..., Any]]] = {
         "ping": ping,
         "echo": echo,
@@ -154,7 +192,55 @@ class TestSession:
         "touch": touch,
         "write": write,
         "random": random,
+        "probe_wall": probe_wall,
     }
+
+
+def _attempt(action: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run one probe; the kernel's answer (errno) when it refused."""
+    try:
+        value = action(*args)
+    except OSError as e:
+        return {"ok": False, "errno": errno.errorcode.get(e.errno or 0, str(e.errno))}
+    return {"ok": True, "errno": None, "value": value}
+
+
+def _read_one(path: str) -> int:
+    with open(path, "rb", buffering=0) as f:
+        return len(f.read(64))
+
+
+def _count_entries(path: str) -> int:
+    return len(os.listdir(path))
+
+
+def _write_in(directory: str) -> int:
+    fd = os.open(os.path.join(directory, "probe-wall"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    return 1
+
+
+def _ptrace_attach(pid: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(PTRACE_ATTACH, pid, None, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    libc.ptrace(PTRACE_DETACH, pid, None, None)
+    return pid
+
+
+def _send(host: str, port: int) -> int:
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        return sock.send(b"\x01probe")
+
+
+def _send_unix(path: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        with contextlib.suppress(BrokenPipeError):  # a server that refused us at once
+            sock.sendall(b'{"connection_file": "/dev/null"}\n')
+        return sock.recv(4096).decode("utf-8", "replace")
 
 
 def test_session(info: ConnectionInfo) -> TestSession:

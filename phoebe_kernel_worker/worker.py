@@ -25,6 +25,7 @@ import random
 import resource
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -404,10 +405,16 @@ class KernelWorker:
             self.info.pooled = False
         session_dir = content["session_dir"]
         try:
-            os.makedirs(session_dir, mode=0o700, exist_ok=True)
-            os.chdir(session_dir)
+            # the hub renamed our directory to the session's (a walled worker could
+            # neither reach nor make that path): we are there already
+            if not content.get("moved"):
+                os.makedirs(session_dir, mode=0o700, exist_ok=True)
+                os.chdir(session_dir)
         except OSError as e:
             return {"bound": False, "error": f"cannot use the session directory: {e.strerror}"}
+        if os.environ.get("TMPDIR") == self.info.session_dir and os.access(session_dir, os.W_OK):
+            os.environ["TMPDIR"] = session_dir
+            tempfile.tempdir = None
         self.info.session_dir = session_dir
         log.info("bound to its session; working in %s", session_dir)
         return {"bound": True}

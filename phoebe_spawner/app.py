@@ -45,6 +45,7 @@ from .plugins import load_class
 from .sessions import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
+from .spawners.wall import harden_hub, sqlite_path
 
 AUTH_GROUP = "phoebe_spawner.authenticators"
 SPAWNER_GROUP = "phoebe_spawner.spawners"
@@ -346,6 +347,11 @@ class PhoebeSpawnerApp(Application):
         return auth
 
     def make_data_dir(self) -> None:
+        """The private data directory; the hub process itself made private (umask 077,
+        non-dumpable: see :func:`~phoebe_spawner.spawners.wall.harden_hub`)."""
+        files = [sqlite_path(self.db_url), self.secret_file]
+        for problem in harden_hub(self.data_dir, files):
+            self.log.warning("cannot make the hub private: %s", problem)
         Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def setup(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 import uuid
@@ -166,9 +167,10 @@ class WarmPool:
         """
         spawner = worker.spawner
         session_dir = self.manager.session_dir(s.user.user_id, s.id)
+        moved = _move_into_place(Path(spawner.session_dir), Path(session_dir))
         try:
             reply = await worker.channel.control(
-                protocol.BIND_REQUEST, {"session_dir": session_dir}, timeout=5
+                protocol.BIND_REQUEST, {"session_dir": session_dir, "moved": moved}, timeout=5
             )
             if not reply.get("bound"):
                 raise ChannelError(str(reply.get("error") or "the worker refused the binding"))
@@ -220,3 +222,22 @@ class WarmPool:
         await asyncio.gather(
             *(self._stop_spawner(w.session_id, w.spawner) for w in ready), return_exceptions=True
         )
+
+
+def _move_into_place(pool_dir: Path, session_dir: Path) -> bool:
+    """Rename a pool worker's directory to its session's (by :meth:`WarmPool.hand_out`);
+    whether it was moved (the bind request tells the worker so).
+
+    A walled worker can neither reach nor create the new path (its Landlock rules, its
+    uid and its mount namespace cover the directory it started in, which a rename
+    keeps): it finds itself there already. Left alone when the session directory exists
+    (the worker then makes and enters it itself).
+    """
+    if session_dir.exists() or not pool_dir.is_dir():
+        return False
+    try:
+        session_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(pool_dir, session_dir)
+    except OSError:
+        return False
+    return True

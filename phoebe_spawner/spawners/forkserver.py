@@ -283,7 +283,7 @@ class ForkServerSpawner(LocalProcessSpawner):
 
     @default("forkserver_cmd")
     def _default_forkserver_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "phoebe_kernel_worker.forkserver"]
+        return [sys.executable, "-P", "-m", "phoebe_kernel_worker.forkserver"]
 
     template_threads = Unicode(
         "1",
@@ -298,6 +298,7 @@ class ForkServerSpawner(LocalProcessSpawner):
     @classmethod
     async def start_backend(cls, parent: Any, runtime_dir: str) -> ForkServer:
         proto = cls(parent=parent)
+        proto.log_wall()
         env = proto.get_env()
         for var in THREAD_VARS:
             env[var] = proto.template_threads
@@ -327,6 +328,7 @@ class ForkServerSpawner(LocalProcessSpawner):
             return await super().start()
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
+        await self._hold_uid()
         self._prepare_files()
         self._open_log().close()  # starts the log afresh if it grew too large
         self.emit_progress(10, "Forking a worker")

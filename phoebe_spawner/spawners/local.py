@@ -15,17 +15,20 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from traitlets import Float, Integer
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
-from phoebe_kernel_worker.protocol import endpoints_from_json
+from phoebe_kernel_worker import wall as worker_wall
+from phoebe_kernel_worker.protocol import ConnectionInfo, endpoints_from_json
 from phoebe_kernel_worker.worker import EXIT_NO_FREE_PORT
 
+from . import wall
 from .base import SpawnCapacityError, Spawner, SpawnError
 
 CREATE_TIME_TOLERANCE = 0.05  # seconds; psutil rounds start times to clock ticks
@@ -49,8 +52,61 @@ class LocalProcessSpawner(Spawner):
         10 * 1024 * 1024, help="Worker log size above which the log file is truncated at start."
     ).tag(config=True)
 
+    worker_uids = List(
+        Integer(),
+        default_value=[64000, 65000],
+        minlen=0,
+        maxlen=2,
+        help="""[low, high): the uids (and same-numbered gids) workers run as when the hub
+        runs as root, one per live worker, never shared; they need no account. Workers
+        never run as root: a root hub with an empty range refuses to start them. The
+        Python installation must be readable by these uids (a directory like /root on the
+        way to it is bridged in a private mount namespace). Ignored when the hub is not
+        root: workers then run as the hub's user, walled in by Landlock.""",
+    ).tag(config=True)
+
+    landlock = Enum(
+        ["auto", "required", "off"],
+        default_value="auto",
+        help="""Landlock around each worker: read-only system and Python paths, read-write
+        only its session directory, TCP bind only on its own ports and no TCP connect
+        (kernel ABI 4+), signals and abstract unix sockets scoped to itself (ABI 6+), no
+        ptrace of other processes. 'auto' uses it when the kernel offers it (the hub logs
+        which wall is active at start); 'required' makes workers refuse to start without
+        it; 'off' leaves a worker that runs as the hub's user able to read the hub's data
+        directory (never choose it with untrusted users).""",
+    ).tag(config=True)
+
+    seccomp = Bool(
+        True,
+        help="""A seccomp filter in each worker that refuses to create unix sockets (so a
+        worker cannot reach its user's pathname sockets, which Landlock does not cover:
+        the fork server's, a Docker or D-Bus socket) and refuses system calls of another
+        architecture's ABI. Turn off only for a session factory that needs unix sockets.""",
+    ).tag(config=True)
+
+    wall_read_paths = List(
+        Unicode(),
+        help="""Extra paths workers may read under Landlock (e.g. a passband directory
+        outside the Python installation). Added to the system directories, the Python
+        prefixes, sys.path and the worker packages; the data directory is always left
+        out.""",
+    ).tag(config=True)
+
+    wall_write_paths = List(
+        Unicode(),
+        help="""Extra paths workers may write under Landlock besides their session
+        directory (shared by all workers: nothing private belongs there).""",
+    ).tag(config=True)
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        # -P: the session directory (the working directory) is never on sys.path
+        return [sys.executable, "-P", "-m", "phoebe_kernel_worker"]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.uid: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         self.create_time: float | None = None
@@ -67,11 +123,88 @@ class LocalProcessSpawner(Spawner):
     def log_path(self) -> Path:
         return Path(self.runtime_dir) / "worker.log"
 
+    # --- the wall -------------------------------------------------------------------
+
+    @classmethod
+    async def start_backend(cls, parent: Any, runtime_dir: str) -> Any:
+        cls(parent=parent).log_wall()
+        return None
+
+    def log_wall(self) -> None:
+        """Say at hub start which wall workers will get, and why a layer is missing."""
+        abi = worker_wall.landlock_abi()
+        if self.landlock == "off":
+            landlock = "Landlock off (LocalProcessSpawner.landlock)"
+        elif abi:
+            landlock = f"Landlock ABI {abi}" + ("" if abi >= 4 else " (no network rules)")
+        else:
+            landlock = "no Landlock (the kernel does not offer it)"
+        if os.geteuid() == 0:
+            if len(self.worker_uids) != 2 or self.worker_uids[0] >= self.worker_uids[1]:
+                self.log.error("the hub runs as root and worker_uids is empty: no worker can start")
+                return
+            low, high = self.worker_uids
+            who = f"a uid of {low}-{high - 1} each"
+        else:
+            who = f"the hub's uid {os.geteuid()}"
+        seccomp = "seccomp (no unix sockets)" if self.seccomp else "no seccomp filter"
+        self.log.info("worker wall: %s, no-new-privs, %s, %s", who, landlock, seccomp)
+        if os.geteuid() != 0 and (not abi or self.landlock == "off"):
+            self.log.warning(
+                "workers run as the hub's user without Landlock: one that escapes the Python"
+                " sandbox can read the data directory (run the hub as root, or on Linux 6.12+)"
+            )
+        if self.landlock == "required" and not abi:
+            self.log.error("landlock = 'required' but the kernel has none: workers cannot start")
+
+    def wall_policy(self) -> dict[str, Any]:
+        """The wall this session's worker puts up (sent in its connection file)."""
+        parent_dir = getattr(self.parent, "data_dir", None)
+        data_dir = parent_dir or str(Path(self.runtime_dir).parent.parent)
+        factories = wall.session_factories(self.worker_args)
+        policy: dict[str, Any] = {
+            "landlock": self.landlock,
+            "seccomp": self.seccomp,
+            "read": wall.read_paths(data_dir, self.wall_read_paths, factories),
+            "write": list(self.wall_write_paths),
+        }
+        if self.uid is not None:
+            policy.update(uid=self.uid, gid=self.uid)
+        return policy
+
+    def connection_info(self, *, session_dir: str | None = None, **kwargs: Any) -> ConnectionInfo:
+        kwargs.setdefault("wall", self.wall_policy())
+        return super().connection_info(session_dir=session_dir, **kwargs)
+
+    def _take_uid(self) -> None:
+        """Hold a worker uid when the hub is root (workers never run as root)."""
+        if os.geteuid() != 0 or self.uid is not None:
+            return
+        if len(self.worker_uids) != 2 or self.worker_uids[0] >= self.worker_uids[1]:
+            raise SpawnError(
+                "the hub runs as root and worker_uids is empty: workers never run as root"
+            )
+        try:
+            self.uid = wall.UidPool(*self.worker_uids).allocate()
+        except LookupError as e:
+            raise SpawnCapacityError(str(e)) from None
+
+    async def _hold_uid(self) -> None:
+        """:meth:`_take_uid` off the event loop (it scans the process table)."""
+        if os.geteuid() == 0 and self.uid is None:
+            await asyncio.to_thread(self._take_uid)
+
+    def _release_uid(self) -> None:
+        if self.uid is not None and len(self.worker_uids) == 2:
+            wall.UidPool(*self.worker_uids).release(self.uid)
+        self.uid = None
+
     # --- start ----------------------------------------------------------------------
 
     async def start(self) -> dict[str, str]:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
+        await self._hold_uid()
         self._prepare_files()
         self.emit_progress(10, "Starting worker process")
         read_fd, write_fd = os.pipe()
@@ -159,6 +292,7 @@ class LocalProcessSpawner(Spawner):
 
     def _prepare_files(self) -> None:
         """Private runtime dir, session dir and the 0600 connection file (local disk, fast)."""
+        self._take_uid()
         Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         Path(self.session_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.write_connection_file(str(self.connection_file))
@@ -272,6 +406,8 @@ class LocalProcessSpawner(Spawner):
     def _finish(self) -> None:
         if self.proc is not None and self.proc.returncode is not None:
             self.exit_status = self.proc.returncode
+        if self.exit_status is not None or self.pid is None:
+            self._release_uid()  # the worker is gone: its uid may serve another
         if self.runtime_dir:
             self.connection_file.unlink(missing_ok=True)
 
@@ -286,6 +422,8 @@ class LocalProcessSpawner(Spawner):
                 endpoints=self.endpoints,
                 runtime_dir=self.runtime_dir,
             )
+            if self.uid is not None:
+                state["uid"] = self.uid
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -296,11 +434,15 @@ class LocalProcessSpawner(Spawner):
             self.create_time = float(ct) if ct is not None else None
             self.endpoints = dict(state.get("endpoints") or {})
             self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
+            if isinstance(state.get("uid"), int) and len(self.worker_uids) == 2:
+                self.uid = state["uid"]
+                wall.UidPool(*self.worker_uids).claim(self.uid)
 
     def clear_state(self) -> None:
         super().clear_state()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self._release_uid()
         self.proc = None
         self.pid = None
         self.create_time = None

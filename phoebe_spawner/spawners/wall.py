@@ -1,0 +1,193 @@
+"""The hub's half of the wall around local workers (see ``docs/security.md``).
+
+* :func:`harden_hub` (called by the app before it opens the database): the hub process
+  becomes non-dumpable (``PR_SET_DUMPABLE 0``: no process of its user may read its
+  ``/proc/<pid>/environ`` or ``mem``, or ptrace it), creates everything with umask 077,
+  and tightens an existing data directory (0700), database and secret file (0600).
+* :class:`UidPool`: the dedicated uids workers run as when the hub runs as root, one
+  per live worker, never shared, their left-over processes killed on release.
+* :func:`read_paths`: what a worker may read (system and Python paths), never the data
+  directory; the policy itself is built by
+  :meth:`~phoebe_spawner.spawners.local.LocalProcessSpawner.wall_policy` and enforced by
+  the worker (:mod:`phoebe_kernel_worker.wall`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+PR_SET_DUMPABLE = 4
+
+#: system directories every worker may read (those that exist)
+SYSTEM_READ_PATHS = ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys"]
+
+
+def harden_hub(data_dir: str, files: Iterable[str | None] = ()) -> list[str]:
+    """Make the hub process and its data directory private; returns what could not be done.
+
+    ``files`` are the database and secret files (0600 if they exist and are ours).
+    """
+    problems = []
+    os.umask(0o077)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            problems.append(f"PR_SET_DUMPABLE: {os.strerror(ctypes.get_errno())}")
+    except (OSError, AttributeError) as e:
+        problems.append(f"PR_SET_DUMPABLE: {e}")
+    root = Path(data_dir)
+    paths = [root, *(p for p in _children(root) if p.is_dir() and not p.is_symlink())]
+    for path in paths:
+        _tighten(path, 0o700, problems)
+    for name in files:
+        if not name:
+            continue
+        for path in (Path(name), Path(f"{name}-wal"), Path(f"{name}-shm")):
+            _tighten(path, 0o600, problems)
+    return problems
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _tighten(path: Path, mode: int, problems: list[str]) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) & ~mode == 0:
+        return
+    try:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    except OSError as e:
+        problems.append(f"chmod {path}: {e.strerror}")
+
+
+class UidPool:
+    """Unprivileged uids for workers of a root hub, one per live worker.
+
+    A uid is free when no worker of this hub holds it and no process on the machine
+    runs as it (so a worker re-adopted after a restart, or something an earlier worker
+    left running, is never joined by another session). Shared by all spawners of the
+    process (class-level registry per range).
+    """
+
+    _taken: dict[tuple[int, int], set[int]] = {}
+    _lock = threading.Lock()  # allocations run in threads (they scan the process table)
+
+    def __init__(self, low: int, high: int) -> None:
+        self.range = (low, high)
+        with self._lock:
+            self.taken = self._taken.setdefault(self.range, set())
+
+    def allocate(self) -> int:
+        """A free uid, now held by the caller; raises LookupError when none is left."""
+        running = _running_uids()
+        with self._lock:
+            for uid in range(*self.range):
+                if uid not in self.taken and uid not in running:
+                    self.taken.add(uid)
+                    return uid
+        raise LookupError(f"all {self.range[1] - self.range[0]} worker uids are in use")
+
+    def claim(self, uid: int) -> None:
+        """Hold ``uid`` for a re-adopted worker."""
+        with self._lock:
+            self.taken.add(uid)
+
+    def release(self, uid: int) -> None:
+        """Kill whatever still runs as ``uid`` (a worker's escaped grandchild), free it."""
+        if self.range[0] <= uid < self.range[1]:
+            for proc in psutil.process_iter(["uids"]):
+                with contextlib.suppress(psutil.Error, TypeError):
+                    if proc.info["uids"] and proc.info["uids"].real == uid:
+                        os.kill(proc.pid, signal.SIGKILL)
+        with self._lock:
+            self.taken.discard(uid)
+
+
+def _running_uids() -> set[int]:
+    uids = set()
+    for proc in psutil.process_iter(["uids"]):
+        with contextlib.suppress(TypeError):
+            if proc.info["uids"]:
+                uids.update(proc.info["uids"])
+    return uids
+
+
+def read_paths(data_dir: str, extra: Iterable[str], factories: Iterable[str]) -> list[str]:
+    """The paths a worker may read: the system's, Python's (prefixes and ``sys.path``),
+    the worker package's and its session factory's, and ``extra``; pieces of any that
+    contain ``data_dir`` are left out (:func:`split_around`)."""
+    candidates = [*SYSTEM_READ_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix]
+    candidates += [os.path.dirname(os.path.realpath(sys.executable))]
+    candidates += [p for p in sys.path if p and os.path.isabs(p)]
+    for module in ["phoebe_kernel_worker", *factories]:
+        top = module.partition(":")[0].split(".")[0]
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(top)
+            if spec is not None and spec.origin:
+                candidates.append(os.path.dirname(spec.origin))
+    candidates += list(extra)
+    result: list[str] = []
+    forbidden = os.path.realpath(data_dir)
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        for piece in split_around(os.path.realpath(path), forbidden):
+            if piece not in result:
+                result.append(piece)
+    return result
+
+
+def split_around(path: str, forbidden: str) -> list[str]:
+    """``path`` if ``forbidden`` is not inside it, else the entries of ``path`` (recursively)
+    that cover everything but ``forbidden``."""
+    if path == forbidden:
+        return []
+    if not forbidden.startswith(path.rstrip(os.sep) + os.sep):
+        return [path]
+    pieces = []
+    for child in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        pieces += split_around(os.path.join(path, child), forbidden)
+    return pieces
+
+
+def session_factories(worker_args: list[str]) -> list[str]:
+    """The ``--session-factory`` modules named in a worker command line."""
+    found = []
+    for i, arg in enumerate(worker_args):
+        if arg == "--session-factory" and i + 1 < len(worker_args):
+            found.append(worker_args[i + 1])
+        elif arg.startswith("--session-factory="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def sqlite_path(db_url: str) -> str | None:
+    """The database file of a SQLite URL (to be kept 0600); None for other databases."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(db_url)
+    except Exception:  # a bad URL is reported when the store opens it
+        return None
+    db = url.database or ""
+    if url.get_backend_name() != "sqlite" or db in ("", ":memory:") or db.startswith("file:"):
+        return None
+    return os.path.expanduser(db)
