@@ -193,3 +193,16 @@ def test_load_bundle_refuses_hostile_distribution_unit(session: PhoebeSession) -
 def test_load_bundle_accepts_phoebe_units(session: PhoebeSession) -> None:
     text = _bundle_with(session, lambda params: None)
     assert session.dispatch("load_bundle", {"bundle": text}) == {}
+
+
+def test_set_value_on_unit_parameter_checks_the_unit(session: PhoebeSession) -> None:
+    """A UnitParameter's value is a unit string (a figure's axis unit)."""
+    if "lc_units" not in session.bundle.datasets:
+        session.dispatch("add_dataset", {"kind": "lc", "dataset": "lc_units"})
+    [figure] = session.bundle.filter(context="figure", check_visible=False).figures
+    twig = f"yunit@{figure}"
+    hidden = {"twig": twig, "check_visible": False}  # shown once yunit_source is 'manual'
+    message = _refused(session, "set_value", {**hidden, "value": HOSTILE_UNIT})
+    assert message.startswith("set_value: value ") and PLAIN_UNIT_MESSAGE in message
+    session.dispatch("set_value", {**hidden, "value": "W / (m2)"})
+    assert str(session.dispatch("get_value", hidden)) == "W / m2"
