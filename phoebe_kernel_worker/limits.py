@@ -21,7 +21,7 @@ key                       default    what it bounds
                                      triangles of all stars
 ``max_array_length``      1000000    elements of any one array in a command's
                                      arguments or in a loaded bundle (times, fluxes,
-                                     ...)
+                                     ...), and a dataset's times x ``fti_oversample``
 ========================  =========  ==================================================
 
 Why these defaults (measured: PHOEBE 2.5.4, default binary with a 101-point lc, one
@@ -112,9 +112,11 @@ def check_run_cost(bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits,
     """Pre-flight of ``run_compute``/``run_solver``: refuse runs whose meshes are too big.
 
     Looks at every compute of the bundle (a solver may run any of them) with the
-    run's overrides (``ntriangles``, ``times``) applied: each star's ``ntriangles`` must
-    be within ``max_ntriangles``, and the mesh output (mesh datasets' times x columns)
-    and the lp work (wavelengths) times all stars' triangles within ``max_mesh_values``.
+    run's overrides (``ntriangles``, ``times``, ``fti_*``) applied: each star's
+    ``ntriangles`` must be within ``max_ntriangles``; the mesh output (mesh datasets'
+    times x columns) and the lp work (wavelengths) times all stars' triangles within
+    ``max_mesh_values``; a dataset's times x ``fti_oversample`` (exposure-time
+    oversampling) within ``max_array_length``.
     """
     override = kwargs.get("ntriangles")
     if override is not None:
@@ -129,6 +131,7 @@ def check_run_cost(bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits,
             limits.check_ntriangles(value, f"{what}: {param.twig}")
             values.append(value)
         triangles = max(triangles, sum(values))
+    _check_oversampling(bundle, kwargs, limits, what)
     if not triangles:
         return
     mesh_values = 0
@@ -147,6 +150,41 @@ def check_run_cost(bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits,
                 f"{what}: {label} ({count}) x {triangles} triangles is above this "
                 f"service's limit of {limits.max_mesh_values} mesh values; use fewer "
                 "times, columns, wavelengths or triangles"
+            )
+
+
+def _check_oversampling(
+    bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits, what: str
+) -> None:
+    """Exposure-time oversampling multiplies a dataset's times by ``fti_oversample``:
+    the product must stay within ``max_array_length`` like any times array."""
+    method_override = kwargs.get("fti_method")
+    factor_override = kwargs.get("fti_oversample")
+    for param in bundle.filter(qualifier="fti_oversample", context="compute", **_SKIP).to_list():
+        if param.dataset in (None, "_default"):
+            continue
+        method = method_override
+        if method is None:
+            methods = bundle.filter(
+                qualifier="fti_method", compute=param.compute, dataset=param.dataset, **_SKIP
+            ).to_list()
+            method = methods[0].get_value() if methods else None
+        if method != "oversample":
+            continue
+        factor = factor_override if factor_override is not None else param.get_value()
+        if type(factor) is not int:
+            raise CommandError(f"{what}: fti_oversample must be an integer")
+        times = _count_times(
+            bundle,
+            bundle.filter(dataset=param.dataset, context="dataset", **_SKIP),
+            kwargs.get("times"),
+            param.dataset,
+        )
+        if times * factor > limits.max_array_length:
+            raise CommandError(
+                f"{what}: {param.dataset} oversampled {factor} times at {times} times is "
+                f"{times * factor} exposure points, above this service's limit of "
+                f"{limits.max_array_length}"
             )
 
 

@@ -160,3 +160,20 @@ def test_spawner_passes_worker_limits(tmp_path: Path) -> None:
     with pytest.raises(TraitError) as error:
         LocalProcessSpawner(**common, worker_limits={"max_ntriangles": -1})
     assert "max_ntriangles must be a positive integer" in str(error.value)
+
+
+def test_exposure_oversampling_is_capped(tmp_path: Path) -> None:
+    """fti_oversample multiplies the times computed: capped like any times array."""
+    session = PhoebeSession(tmp_path, limits=WorkerLimits(max_array_length=1000))
+    session.dispatch("add_dataset", {"kind": "lc", "compute_times": [0.0, 0.1, 0.2, 0.3]})
+    session.dispatch("set_value", {"twig": "exptime@lc01", "value": 60.0})
+    session.dispatch("set_value", {"twig": "fti_method@lc01@phoebe01", "value": "oversample"})
+    message = _message(session, "run_compute", {"fti_oversample": 251})
+    assert message == (
+        "run_compute: lc01 oversampled 251 times at 4 times is 1004 exposure points, "
+        "above this service's limit of 1000"
+    )
+    session.dispatch("set_value", {"twig": "fti_oversample@lc01@phoebe01", "value": 1000})
+    assert "4000 exposure points" in _message(session, "run_compute", {})
+    assert "4000 exposure points" in _message(session, "run_solver", {"solver": "dc"})
+    assert session.bundle.models == []
