@@ -15,7 +15,7 @@ key                       default    what it bounds
                                      (PHOEBE's default is 1500), however it is set:
                                      ``run_compute``/``run_solver`` argument,
                                      ``set_value``, a loaded bundle
-``max_mesh_values``       15000000   values a run may store or build per mesh: the sum
+``max_mesh_values``       10000000   values a run may store or build per mesh: the sum
                                      over mesh datasets of times x (columns + 1), and
                                      the wavelengths of each lp dataset, times the
                                      triangles of all stars
@@ -27,8 +27,9 @@ key                       default    what it bounds
 Why these defaults (measured: PHOEBE 2.5.4, default binary with a 101-point lc, one
 process, peak RSS): 223 MiB at PHOEBE's 1500 triangles, 342 MiB at 5000, 740 MiB at
 10000, 2.3 GiB at 20000; a mesh dataset with every column at 20 times and 5000
-triangles added ~105 MiB (about 20 bytes per mesh value).  So the defaults keep a
-worker near 600-700 MiB at worst, under the ~1 GiB a worker may take.
+triangles added ~105 MiB, at 53 times (14.8 million mesh values) the run peaked at
+773 MiB (about 30 bytes per mesh value).  So the defaults keep a worker near 650 MiB
+at worst, well under the ~1 GiB a worker may take.
 
 The checks here are called by :class:`phoebe_kernel_worker.commands.PhoebeSession`
 (every command's arguments, and a pre-flight of every run) and by
@@ -54,7 +55,7 @@ class WorkerLimits:
     """The caps of one worker (see the module docstring for what each bounds)."""
 
     max_ntriangles: int = 5_000
-    max_mesh_values: int = 15_000_000
+    max_mesh_values: int = 10_000_000
     max_array_length: int = 1_000_000
 
     @classmethod

@@ -178,7 +178,7 @@ class Spawner(LoggingConfigurable):
         ``phoebe_kernel_worker.limits``; docs/configuration.md). Keys:
         ``max_ntriangles`` (ntriangles of any component in any compute; default 5000),
         ``max_mesh_values`` (mesh times x columns, or lp wavelengths, times all stars'
-        triangles; default 15000000), ``max_array_length`` (elements of any one array in
+        triangles; default 10000000), ``max_array_length`` (elements of any one array in
         a command or a loaded bundle, and a dataset's times x fti_oversample; default
         1000000). Values are positive integers.""",
     ).tag(config=True)
