@@ -23,7 +23,9 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from phoebe_kernel_worker.errors import UnsafeInput
+from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.grammar import check_unit_string, check_visible_if
+from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits, check_array_lengths
 from phoebe_kernel_worker.safety import (
     DATASET_KINDS,
     MAX_STRING_LENGTH,
@@ -168,7 +170,9 @@ _HIERARCHY_RE = re.compile(r"[A-Za-z0-9_:(), ]{0,4096}")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(\.\d+)?(\.dev.*)?")
 
 
-def validate_bundle_json(parsed: Any, *, phoebe_version: str | None = None) -> None:
+def validate_bundle_json(
+    parsed: Any, *, phoebe_version: str | None = None, limits: WorkerLimits = DEFAULT_LIMITS
+) -> None:
     """Raise :class:`UnsafeInput` unless ``parsed`` is a bundle that is safe to load.
 
     ``parsed`` is the result of ``json.loads`` on the client's bundle string.  Every
@@ -177,7 +181,9 @@ def validate_bundle_json(parsed: Any, *, phoebe_version: str | None = None) -> N
     distributions and arrays through their own allow-lists).  The bundle must come
     from the installed PHOEBE's major.minor version (``phoebe_version``, looked up
     from PHOEBE when not given), which keeps PHOEBE's version-migration code, which
-    re-adds components and datasets from stored values, out of reach.
+    re-adds components and datasets from stored values, out of reach.  Unit strings
+    and ``visible_if`` expressions must pass :mod:`phoebe_kernel_worker.grammar`;
+    ``ntriangles`` and array lengths must be within ``limits``.
     """
     if not isinstance(parsed, list) or not parsed:
         raise UnsafeInput("bundle must be a non-empty JSON list of parameters")
@@ -195,6 +201,7 @@ def validate_bundle_json(parsed: Any, *, phoebe_version: str | None = None) -> N
         if not isinstance(param, dict):
             raise UnsafeInput(f"{where} is not an object")
         _check_parameter(param, where, constraint_funcs)
+        _check_costs(param, where, limits)
         uniqueid = param.get("uniqueid")
         if uniqueid is not None:
             if uniqueid in seen_ids:
@@ -220,6 +227,23 @@ def _constraint_functions() -> frozenset[str]:
         and obj.__module__ == constraint.__name__
         and not name.startswith("_")
     )
+
+
+def _check_costs(param: dict[str, Any], where: str, limits: WorkerLimits) -> None:
+    """The worker's cost caps: ``ntriangles`` of a compute, array lengths."""
+    value = param.get("value")
+    try:
+        if param.get("qualifier") == "ntriangles" and param.get("context") == "compute":
+            limits.check_ntriangles(value, where)
+        check_array_lengths(value, limits.max_array_length, where)
+    except CommandError as exc:
+        raise exc if isinstance(exc, UnsafeInput) else UnsafeInput(str(exc)) from None
+    if (
+        isinstance(value, dict)
+        and value.get("nparray") is not None
+        and _nparray_size(value) > limits.max_array_length
+    ):
+        raise UnsafeInput(f"{where}: array would have more than {limits.max_array_length} elements")
 
 
 def _check_version(value: Any, installed: str) -> None:
@@ -277,9 +301,9 @@ def _check_common_fields(param: dict[str, Any], where: str) -> None:
         value = param.get(key)
         if value is not None and (not isinstance(value, str) or len(value) > 4096):
             raise UnsafeInput(f"{where}: {key} must be a short string")
-    default_unit = param.get("default_unit")
-    if default_unit is not None and not re.fullmatch(r"[ -~]*", default_unit):
-        raise UnsafeInput(f"{where}: default_unit must be printable ASCII")
+    if param.get("default_unit") is not None:
+        check_unit_string(param["default_unit"], f"{where}: default_unit")
+    check_visible_if(param.get("visible_if"), f"{where}: visible_if")
     latexfmt = param.get("latexfmt")
     if latexfmt is not None and not _is_plain_format(latexfmt):
         raise UnsafeInput(f"{where}: latexfmt may only use plain {{name}} fields")
@@ -326,6 +350,9 @@ def _check_value(
         choices = param.get("choices", [])
         if not isinstance(choices, list):
             raise UnsafeInput(f"{where}: choices must be a list")
+        if cls == "UnitParameter":
+            for item in [*values, *choices]:
+                check_unit_string(item, f"{where}: unit")
         for item in [*values, *choices]:
             if item is not None and not is_quote_safe(item):
                 raise UnsafeInput(
@@ -371,6 +398,8 @@ def validate_distl_dict(
         for key, item in value.items():
             if not isinstance(key, str) or not is_quote_safe(key) or key == "func":
                 raise UnsafeInput(f"{where}: distribution key {key!r} is not allowed")
+            if key == "unit" and item is not None and (strict_strings or isinstance(item, str)):
+                check_unit_string(item, f"{where}: distribution unit")
             latex = key in ("label_latex", "labels_latex")
             validate_distl_dict(
                 item, where, strict_strings=strict_strings and not latex, depth=depth + 1
@@ -405,8 +434,8 @@ def validate_nparray_dict(value: Any, where: str = "array", *, strict: bool = Tr
         if not isinstance(key, str) or not re.fullmatch(r"[a-z_]{1,32}", key):
             raise UnsafeInput(f"{where}: array key {key!r} is not allowed")
         if key == "unit":
-            if item is not None and not is_quote_safe(item):
-                raise UnsafeInput(f"{where}: invalid unit")
+            if item is not None:
+                check_unit_string(item, f"{where}: array unit")
         elif key != "nparray":
             _check_plain(item, where, key, allow_dict=False)
     if _nparray_size(value) > MAX_GENERATED_ARRAY:

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.grammar import check_unit_string
 from phoebe_kernel_worker.guards import check_constraint_variable
+from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.safety import (
     DATASET_KINDS,
     DENIED_KWARGS,
@@ -28,7 +30,10 @@ from phoebe_kernel_worker.safety import (
     check_kwargs,
     check_label,
     check_plain_value,
+    check_safe_labels,
     is_quote_safe,
+    safe_label,
+    safe_label_form,
 )
 
 __all__ = [
@@ -78,12 +83,16 @@ def filter_only(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- set_value
 
 
-def check_set_value(bundle: Any, value: Any, kwargs: Mapping[str, Any]) -> None:
+def check_set_value(
+    bundle: Any, value: Any, kwargs: Mapping[str, Any], limits: WorkerLimits = DEFAULT_LIMITS
+) -> None:
     """Check ``set_value(value, **kwargs)``: arguments, target class and the value itself.
 
     A ConstraintParameter target takes an expression that must pass the AST allow-list
     and whose ``{twig}`` variables must be numeric or choice parameters outside the
     ``ui`` context (see :func:`phoebe_kernel_worker.guards.check_constraint_variable`).
+    A UnitParameter takes a unit string of the strict grammar; a compute's
+    ``ntriangles`` is capped by ``limits``.
     """
     check_filter_kwargs(
         "set_value",
@@ -94,20 +103,33 @@ def check_set_value(bundle: Any, value: Any, kwargs: Mapping[str, Any]) -> None:
     cls = type(target).__name__
     if cls in _UNSETTABLE_CLASSES:
         raise UnsafeInput(f"set_value: {cls} values cannot be set in this service")
-    if cls == "ConstraintParameter":
+    if target.qualifier == "ntriangles":
+        limits.check_ntriangles(value, f"set_value: {target.twig}")
+    if cls == "UnitParameter":
+        check_unit_string(value, "set_value: value")
+    elif cls == "ConstraintParameter":
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise CommandError("set_value: a constraint takes an expression string")
-        check_constraint_expression(bundle, str(value))
+        check_constraint_expression(bundle, str(value), target)
     elif cls == "DictParameter":
         check_plain_value(value, "set_value: value", allow_dict=True)
     else:
         check_plain_value(value, "set_value: value")
 
 
-def check_constraint_expression(bundle: Any, expr: str) -> None:
-    """Check a new constraint expression and the parameters its placeholders name."""
+def check_constraint_expression(bundle: Any, expr: str, target: Any = None) -> None:
+    """Check a new constraint expression and the parameters its placeholders name.
+
+    Models what PHOEBE will evaluate: the ``{twig}`` form must pass the allow-list, and
+    so must the safe-label form PHOEBE builds from it (each placeholder replaced by the
+    letters of the variable's uniqueid, see :func:`phoebe_kernel_worker.safety.safe_label`),
+    whose labels must be distinct, non-empty and not reserved.  ``target`` is the
+    ConstraintParameter being set; the parameter it constrains is a variable too.
+    """
     info = analyze_expression(expr)
-    for twig in set(info.twigs):
+    labels: dict[str, str] = {}
+    uniqueids: dict[str, str] = {}
+    for twig in dict.fromkeys(info.twigs):
         matches = bundle.filter(twig=twig, **_SKIP)
         if len(matches) != 1:
             raise CommandError(f"set_value: {twig!r} does not name exactly one parameter")
@@ -119,11 +141,20 @@ def check_constraint_expression(bundle: Any, expr: str) -> None:
         check_constraint_variable(
             variable, twig, in_arithmetic=twig in info.other_twigs, has_calls=info.has_calls
         )
+        labels[twig] = safe_label(str(variable.uniqueid))
+        uniqueids[str(variable.uniqueid)] = labels[twig]
+    try:
+        constrained = target.constrained_parameter if target is not None else None
+    except (KeyError, ValueError):  # a constraint not attached to a parameter yet
+        constrained = None
+    if constrained is not None:
+        uniqueids.setdefault(str(constrained.uniqueid), safe_label(str(constrained.uniqueid)))
+    check_safe_labels(uniqueids)
+    analyze_expression(safe_label_form(expr, labels), frozenset(labels.values()))
 
 
 def _check_unit(value: Any) -> None:
-    if not isinstance(value, str) or len(value) > 128 or not re.fullmatch(r"[ -~]*", value):
-        raise CommandError("unit must be a short unit string such as 'd' or 'solRad'")
+    check_unit_string(value, "unit")
 
 
 def _check_index(value: Any) -> None:
@@ -379,7 +410,7 @@ def _check_ui_value(ptype: str, kwargs: dict[str, Any], what: str) -> None:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise CommandError(f"{what}: value must be a number")
         if kwargs.get("default_unit") is not None:
-            _check_unit(kwargs["default_unit"])
+            check_unit_string(kwargs["default_unit"], f"{what}: default_unit")
     elif ptype == "bool":
         if not isinstance(value, bool):
             raise CommandError(f"{what}: value must be true or false")

@@ -30,6 +30,13 @@ from typing import Any
 from phoebe_kernel_worker import command_args
 from phoebe_kernel_worker.bundle_safety import validate_bundle_json
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.grammar import check_unit_string
+from phoebe_kernel_worker.limits import (
+    DEFAULT_LIMITS,
+    WorkerLimits,
+    check_array_lengths,
+    check_run_cost,
+)
 from phoebe_kernel_worker.progress import install_phoebe_progress
 from phoebe_kernel_worker.safety import check_filter_kwargs, check_uniqueid
 
@@ -128,11 +135,15 @@ class PhoebeSession:
     Created once by the worker's main loop; ``session_dir`` is the directory private to
     this session (kept for the main loop, which runs the worker with it as working
     directory; no command reads or writes files).  The bundle starts as
-    ``set_morphology('detached')``.
+    ``set_morphology('detached')``.  ``limits`` are the cost caps of
+    :mod:`phoebe_kernel_worker.limits` (from the connection file).
     """
 
-    def __init__(self, session_dir: Path, bundle: Any = None) -> None:
+    def __init__(
+        self, session_dir: Path, bundle: Any = None, limits: WorkerLimits = DEFAULT_LIMITS
+    ) -> None:
         self.session_dir = Path(session_dir)
+        self.limits = limits
         configure_phoebe_process()
         #: ``bundle`` is a fresh default bundle prepared by the fork server's template
         self.bundle: Any = bundle if bundle is not None else build_bundle("detached")
@@ -152,6 +163,7 @@ class PhoebeSession:
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise CommandError(f"{name}: arguments must be an object with string keys")
         handler = _HANDLERS[name]
+        check_array_lengths(kwargs, self.limits.max_array_length, name)
         kwargs = dict(kwargs)  # handlers may normalise arguments; never touch the caller's
         if kwargs or name not in _NO_REQUIRED_ARGS:  # a bare call to those always binds
             try:
@@ -198,7 +210,7 @@ class PhoebeSession:
             parsed = json.loads(bundle, object_pairs_hook=phoebe.utils.parse_json)
         except (ValueError, RecursionError) as exc:
             raise CommandError(f"load_bundle: bundle is not valid JSON ({exc})") from None
-        validate_bundle_json(parsed, phoebe_version=str(phoebe.__version__))
+        validate_bundle_json(parsed, phoebe_version=str(phoebe.__version__), limits=self.limits)
         new_bundle = phoebe.load(parsed)
         _ensure_ui_context()
         self.bundle = new_bundle
@@ -219,14 +231,19 @@ class PhoebeSession:
         check_filter_kwargs(
             "get_value",
             kwargs,
-            extra={"unit": None, "t": _check_number, "default": None, "expand": _check_bool},
+            extra={
+                "unit": check_unit_string,
+                "t": _check_number,
+                "default": None,
+                "expand": _check_bool,
+            },
         )
         return self.bundle.get_value(**kwargs)
 
     def set_value(self, value: Any, **kwargs: Any) -> dict[str, Any]:
         """``bundle.set_value(value=value, **kwargs)`` after the checks of
         :func:`phoebe_kernel_worker.command_args.check_set_value`."""
-        command_args.check_set_value(self.bundle, value, kwargs)
+        command_args.check_set_value(self.bundle, value, kwargs, self.limits)
         self.bundle.set_value(value=value, **kwargs)
         return {}
 
@@ -344,6 +361,7 @@ class PhoebeSession:
         An interrupted run leaves no partial model behind.
         """
         command_args.check_run_compute_kwargs(self.bundle, kwargs)
+        check_run_cost(self.bundle, kwargs, self.limits, "run_compute")
         bundle = self.bundle
         result_ps = self._run_atomically("model", lambda: bundle.run_compute(**kwargs))
         label = _single_label(result_ps, "models", kwargs.get("model", "latest"))
@@ -375,6 +393,7 @@ class PhoebeSession:
         kind does not produce).  An interrupted run leaves no partial solution behind.
         """
         solver = command_args.check_run_solver_kwargs(self.bundle, kwargs)
+        check_run_cost(self.bundle, kwargs, self.limits, "run_solver")
         bundle = self.bundle
         run_kwargs = dict(kwargs)
         if (

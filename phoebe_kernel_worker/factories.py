@@ -36,11 +36,14 @@ def prepare_phoebe() -> None:
 
 
 def phoebe_session(info: ConnectionInfo) -> CommandSession:
-    """A PHOEBE session starting from the default detached binary."""
+    """A PHOEBE session starting from the default detached binary, with the cost caps
+    of the connection file's ``limits`` (see :mod:`phoebe_kernel_worker.limits`)."""
     from .commands import PhoebeSession
+    from .limits import WorkerLimits
 
+    limits = WorkerLimits.from_mapping(info.limits)
     bundle = _template_bundle.pop() if _template_bundle else None
-    return PhoebeSession(session_dir=Path(info.session_dir), bundle=bundle)
+    return PhoebeSession(session_dir=Path(info.session_dir), bundle=bundle, limits=limits)
 
 
 phoebe_session.prepare = prepare_phoebe  # type: ignore[attr-defined]

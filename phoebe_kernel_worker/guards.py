@@ -18,6 +18,9 @@ cannot evaluate or execute it without passing through one of the patched methods
 * ``distl.from_dict``/``from_json`` and ``nparray.from_dict``: the allow-lists of
   :mod:`phoebe_kernel_worker.bundle_safety` (no ``distl.Function``, which imports and
   calls ``module.function`` paths; no oversized generated arrays).
+* astropy's unit parser (``Unit("...")``, which every unit string reaches): the strict
+  grammar of :func:`phoebe_kernel_worker.grammar.check_unit_string`, so no numeric
+  scale factor (``"10**1000000000 d"``) can pin a core in C code.
 
 :func:`install_phoebe_guards` is called by
 :class:`phoebe_kernel_worker.commands.PhoebeSession`; it is idempotent and affects the
@@ -33,7 +36,8 @@ from typing import Any
 
 from phoebe_kernel_worker.bundle_safety import validate_distl_dict, validate_nparray_dict
 from phoebe_kernel_worker.errors import UnsafeInput
-from phoebe_kernel_worker.safety import analyze_expression, is_quote_safe
+from phoebe_kernel_worker.grammar import check_unit_string
+from phoebe_kernel_worker.safety import analyze_expression, check_safe_labels, is_quote_safe
 
 __all__ = ["check_constraint_before_eval", "guards_installed", "install_phoebe_guards"]
 
@@ -84,6 +88,7 @@ def install_phoebe_guards() -> None:
         distl_module.from_json = guarded_distl_json
         distl.from_json = guarded_distl_json
         nparray.from_dict = _guard_nparray(nparray.from_dict)
+        _guard_unit_parser()
         _installed = True
 
 
@@ -97,7 +102,9 @@ def check_constraint_before_eval(param: Any) -> None:
     safe_form = param._value
     if safe_form is None:
         return
-    variables = {str(var.safe_label): var for var in [*param._vars, *param._addl_vars]}
+    all_vars = [*param._vars, *param._addl_vars]
+    check_safe_labels({str(var.unique_label): str(var.safe_label) for var in all_vars})
+    variables = {str(var.safe_label): var for var in all_vars}
     info = analyze_expression(safe_form, frozenset(variables))
     for label in set(info.twigs):
         check_constraint_variable(
@@ -236,3 +243,26 @@ def _guard_nparray(from_dict: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return from_dict(d)
 
     return guarded
+
+
+def _guard_unit_parser() -> None:
+    """Check every string astropy is asked to parse as a unit against the strict grammar.
+
+    ``Unit(s)`` goes through the metaclass ``__call__``; strings PHOEBE and astropy use
+    themselves (``"solRad"``, ``"W / (nm m2)"``, ...) all fit the grammar.
+    """
+    from astropy.units import core as units_core
+
+    meta = units_core._UnitMetaClass
+    original = meta.__call__
+
+    @functools.wraps(original)
+    def call(cls: Any, s: Any = "", *args: Any, **kwargs: Any) -> Any:
+        if isinstance(s, bytes):
+            s = s.decode("ascii", "replace")
+        if isinstance(s, str):
+            check_unit_string(s, "unit")
+        return original(cls, s, *args, **kwargs)
+
+    call.__phoebe_kernel_guard__ = True  # type: ignore[attr-defined]
+    meta.__call__ = call  # type: ignore[method-assign]

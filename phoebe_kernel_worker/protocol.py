@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import json
 import os
 import secrets
 import time
@@ -242,6 +243,8 @@ class ConnectionInfo:
     curve_secret_key: str | None = None
     #: the OS wall the worker puts up around itself (local backends; see ``wall.py``)
     wall: dict[str, Any] | None = None
+    #: cost caps overriding the worker's defaults (see phoebe_kernel_worker.limits)
+    limits: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -259,6 +262,7 @@ class ConnectionInfo:
             "extra": self.extra,
             **({"curve_secret_key": self.curve_secret_key} if self.curve_secret_key else {}),
             **({"wall": self.wall} if self.wall else {}),
+            **({"limits": dict(self.limits)} if self.limits else {}),
         }
 
     @classmethod
@@ -282,6 +286,7 @@ class ConnectionInfo:
             if data.get("curve_secret_key")
             else None,
             wall=dict(data["wall"]) if isinstance(data.get("wall"), dict) else None,
+            limits=dict(data.get("limits") or {}),
         )
 
 
@@ -330,3 +335,32 @@ def endpoints_from_json(data: bytes) -> tuple[dict[str, str], int]:
         return endpoints, int(parsed["pid"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"malformed readiness report: {e}") from None
+
+
+#: What the hub and the worker answer for a body that names its command twice.
+DUPLICATE_COMMAND_ERROR = "request names 'command' more than once"
+
+
+def has_duplicate_command(body: bytes) -> bool:
+    """Whether the top-level JSON object in ``body`` has more than one ``command`` key.
+
+    JSON parsers disagree on duplicate keys (the hub's fast path reads the first, orjson
+    keeps the last), so such a body could run one command while being logged, timed and
+    rate-limited as another; the hub (:meth:`BaseHandler.command_request`) and the worker
+    refuse it.  Cheap for ordinary bodies: only one naming ``"command"`` twice or using
+    ``\\u`` escapes (which could spell it) is parsed again, with the top-level pairs kept.
+    Returns False for a body that is not valid JSON (the callers' parser reports that).
+    """
+    if body.count(b'"command"') < 2 and b"\\u" not in body:
+        return False
+    last: list[list[tuple[str, Any]]] = [[]]
+
+    def keep_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        last[0] = pairs  # objects close inner-first: the top level is the last one
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=keep_pairs)
+    except (ValueError, RecursionError):
+        return False
+    return sum(1 for key, _ in last[0] if key == "command") > 1

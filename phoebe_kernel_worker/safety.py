@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import keyword
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -50,8 +51,11 @@ __all__ = [
     "check_kwargs",
     "check_label",
     "check_plain_value",
+    "check_safe_labels",
     "check_uniqueid",
     "is_quote_safe",
+    "safe_label",
+    "safe_label_form",
     "validate_expression",
 ]
 
@@ -403,6 +407,64 @@ def _constant_value(node: ast.AST) -> float:
         except (ZeroDivisionError, OverflowError):
             return math.inf
     return math.inf
+
+
+# ------------------------------------------------------------------------ safe labels
+
+
+def safe_label(uniqueid: str) -> str:
+    """The name PHOEBE gives a constraint variable in the evaluated expression.
+
+    ``ConstraintVar`` keeps only the letters of the parameter's uniqueid
+    (``''.join(c for c in uniqueid if c.isalpha())``, ``phoebe/constraints/expression.py``)
+    and ``ConstraintParameter._parse_expr`` pastes that name in place of ``{twig}``.
+    """
+    return "".join(char for char in uniqueid if char.isalpha())
+
+
+#: Names a safe label may not be: Python keywords and constants, and the functions and
+#: constants an expression may use (a variable of that name would shadow or be shadowed).
+_RESERVED_LABELS = frozenset(keyword.kwlist) | ALLOWED_FUNCTIONS | ALLOWED_CONSTANT_NAMES
+
+
+def check_safe_labels(labels: Mapping[str, str]) -> None:
+    """Refuse constraint variables whose safe labels PHOEBE would evaluate wrongly.
+
+    ``labels`` maps each variable's uniqueid to its safe label.  Refused: an empty label
+    (a uniqueid without letters), a reserved name (keyword, allowed function or
+    constant), and two uniqueids with the same label (PHOEBE's ``eval`` globals would
+    hold one value for both).  Called by the ``set_value`` check of a new expression and
+    by the run-time guard before PHOEBE evaluates a constraint.
+    """
+    seen: dict[str, str] = {}
+    for uniqueid, label in labels.items():
+        if not label or not label.isascii() or not label.isidentifier():
+            raise UnsafeInput(
+                f"constraint variable with uniqueid {uniqueid!r}: PHOEBE names variables by "
+                "the letters of their uniqueid, and this one has none (or non-ASCII ones)"
+            )
+        if label in _RESERVED_LABELS:
+            raise UnsafeInput(
+                f"constraint variable with uniqueid {uniqueid!r} would be named {label!r} in "
+                "PHOEBE's expression, which is a reserved name"
+            )
+        other = seen.setdefault(label, uniqueid)
+        if other != uniqueid:
+            raise UnsafeInput(
+                f"constraint variables with uniqueids {other!r} and {uniqueid!r} would both be "
+                f"named {label!r} in PHOEBE's expression (it keeps only the letters)"
+            )
+
+
+def safe_label_form(expr: str, labels: Mapping[str, str]) -> str:
+    """``expr`` with each ``{twig}`` replaced by its safe label, as PHOEBE does it.
+
+    ``labels`` maps twigs to safe labels; PHOEBE replaces placeholders one after the
+    other with ``str.replace`` (``ConstraintParameter._parse_expr``).
+    """
+    for placeholder in _PLACEHOLDER_RE.findall(expr):
+        expr = expr.replace(placeholder, labels[placeholder[1:-1]])
+    return expr
 
 
 # --------------------------------------------------------------------------- kwargs

@@ -211,6 +211,10 @@ class KernelWorker:
             body = {"success": False, "error": "request must be an object with a 'command'"}
             self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
             return
+        if protocol.has_duplicate_command(msg.content):  # which one would run is ambiguous
+            body = {"success": False, "error": protocol.DUPLICATE_COMMAND_ERROR}
+            self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
+            return
         command = request.pop("command")
         payload, status = self._run(msg.msg_id, command, request)
         self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from ..auth.base import TOKEN_COOKIE, check_xsrf
 from .base import ApiError, BaseHandler
 from .routing import read_whole
@@ -176,7 +178,7 @@ class SendHandler(BaseHandler):
         command = self.command_request(fast=True)
         reply = await self.manager.send(self.user, session_id, self.body, command)
         if reply.status == "bad_request":  # a large body the hub did not parse itself
-            raise ApiError(400, "Malformed JSON body: request must be an object with a 'command'")
+            raise ApiError(400, f"Malformed JSON body: {_worker_error(reply.content)}")
         self.set_status(200)
         self.finish(reply.content)
 
@@ -192,3 +194,12 @@ class PassbandsHandler(BaseHandler):
     async def get(self) -> None:
         result: Any = await self.hub.passbands.get()
         self.write_json({"success": True, "result": result})
+
+
+def _worker_error(content: bytes) -> str:
+    """The ``error`` of a worker's ``bad_request`` reply (its fixed text if unreadable)."""
+    try:
+        error = orjson.loads(content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else "request must be an object with a 'command'"

@@ -24,6 +24,8 @@ from tornado.http1connection import HTTP1Connection
 from tornado.log import gen_log
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate_command
+
 from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
 from ..db import DatabaseUnavailable, Store
 from ..errors import SessionError
@@ -188,7 +190,8 @@ class BaseHandler(RequestHandler):
         command is not parsed here: building its arrays as Python objects only to throw
         them away costs tens of ms per MB-sized upload. The worker parses it anyway and
         answers a malformed one with status ``bad_request``, which the caller turns into
-        the same 400.
+        the same 400. A body naming ``command`` twice is refused (400) here, and by the
+        worker for the bodies the hub does not parse: parsers disagree on which one counts.
         """
         if fast and len(self.body) > FAST_PATH_BYTES:
             match = LEADING_COMMAND.match(self.body)
@@ -200,6 +203,8 @@ class BaseHandler(RequestHandler):
         command = request.get("command")
         if not isinstance(command, str) or not command:
             raise ApiError(400, "Request body must name a 'command'")
+        if has_duplicate_command(self.body):
+            raise ApiError(400, f"Malformed JSON body: {DUPLICATE_COMMAND_ERROR}")
         return command
 
     # --- helpers ------------------------------------------------------------------------

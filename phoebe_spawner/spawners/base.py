@@ -51,9 +51,11 @@ from traitlets import (
     TraitType,
     Unicode,
     default,
+    validate,
 )
 from traitlets.config import LoggingConfigurable
 
+from phoebe_kernel_worker.limits import WorkerLimits
 from phoebe_kernel_worker.protocol import ConnectionInfo, write_connection_file
 
 
@@ -171,6 +173,23 @@ class Spawner(LoggingConfigurable):
         help="""Extra fields for the worker's connection file, read by custom session
         factories (the test factory's fault injection uses it).""",
     ).tag(config=True)
+    worker_limits = Dict(
+        help="""Cost caps of each PHOEBE worker, overriding the worker's defaults (see
+        ``phoebe_kernel_worker.limits``; docs/configuration.md). Keys:
+        ``max_ntriangles`` (ntriangles of any component in any compute; default 5000),
+        ``max_mesh_values`` (mesh times x columns, or lp wavelengths, times all stars'
+        triangles; default 10000000), ``max_array_length`` (elements of any one array in
+        a command or a loaded bundle, and a dataset's times x fti_oversample; default
+        1000000). Values are positive integers.""",
+    ).tag(config=True)
+
+    @validate("worker_limits")
+    def _validate_worker_limits(self, proposal: Any) -> dict[str, Any]:
+        try:
+            WorkerLimits.from_mapping(proposal.value)
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+        return dict(proposal.value)
 
     # --- configuration ----------------------------------------------------------------
     cmd = List(
@@ -359,6 +378,7 @@ class Spawner(LoggingConfigurable):
             exit_with_parent=self.exit_with_hub,
             pooled=self.pooled,
             extra=dict(self.worker_extra),
+            limits=dict(self.worker_limits),
             **kwargs,
         )
 
