@@ -122,8 +122,10 @@ async def test_a_fork_server_that_never_answers_means_a_cold_start(make_hub):
             cold = await start(client)
     finally:
         template.resume()
-    line = cold_start_line(records, cold)
-    assert line.startswith("fork server unavailable (the fork server did not answer")
+    assert cold_start_line(records, cold) == (
+        "fork server unavailable (the fork server did not answer within 0.5 s): "
+        f"cold-starting session {cold}"
+    )
     assert_cold(app, cold, await whereami(client, cold))
     # the late request is dropped: no second worker for that session appears under the
     # template, and the template (not dead, only slow) forks the next session again
