@@ -234,7 +234,12 @@ class ForkServer:
             writer.write(orjson.dumps(request) + b"\n")
             line = await asyncio.wait_for(reader.readline(), timeout)
             reply = orjson.loads(line) if line else {}
-        except (OSError, TimeoutError, orjson.JSONDecodeError) as e:
+        except TimeoutError:
+            writer.close()
+            raise ForkServerUnavailable(
+                f"the fork server did not answer within {timeout:g} s"
+            ) from None
+        except (OSError, orjson.JSONDecodeError) as e:
             writer.close()
             raise ForkServerUnavailable(f"the fork server did not answer: {e}") from None
         if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):

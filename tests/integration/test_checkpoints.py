@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import logging
+import time
+from logging.handlers import BufferingHandler
 from pathlib import Path
 
 import pytest
@@ -104,16 +106,29 @@ async def test_idle_cull_checkpoints_first(make_hub):
 
 
 async def test_failed_checkpoint_aborts_the_cull(make_hub):
-    app, client = await make_hub(
-        SessionManager__idle_timeout=0.3, SessionManager__cull_interval=0.1
-    )
+    app, client = await make_hub(SessionManager__idle_timeout=600)
     sid = await start(client)
     await client.send(sid, "set_value", twig="fail_get_bundle", value=True)
-    await asyncio.sleep(1.5)  # several cull passes, each of which must give up
-    assert app.manager.sessions[sid].status == "running"
+    handler = BufferingHandler(capacity=100)  # the hub log's warnings
+    handler.setLevel(logging.WARNING)
+    app.log.addHandler(handler)
+    try:
+        for _ in range(3):  # several cull passes (driven here), each of which must give up
+            app.manager.sessions[sid].last_activity = time.time() - 601  # idle long enough
+            await app.manager.cull_idle()
+            assert app.manager.sessions[sid].status == "running"
+    finally:
+        app.log.removeHandler(handler)
+    assert [r.getMessage() for r in handler.buffer] == 3 * [
+        f"not culling session {sid}: checkpoint failed: "
+        "The worker could not save its bundle: get_bundle failed on purpose"
+    ]
     assert (await client.get("/api/v1/checkpoints")).json()["total"] == 0
     await client.send(sid, "set_value", twig="fail_get_bundle", value=False)
-    assert await async_wait_for(lambda: sid not in app.manager.sessions, timeout=10)
+    app.manager.sessions[sid].last_activity = time.time() - 601
+    await app.manager.cull_idle()
+    assert sid not in app.manager.sessions
+    assert (await app.store.get_session(sid))["status"] == "culled"
 
 
 async def test_checkpoints_do_not_count_as_activity(make_hub):

@@ -110,6 +110,9 @@ async def test_old_client_flow_mode_none(make_hub):
 async def test_old_client_flow_mode_jwt(make_hub):
     _, client = await make_hub(auth_mode="jwt", phoebe=True)
     token = await register(client, "astro@example.org")
+    # the registration's token is a working one for the same user
+    me = await client.get("/auth/me", token=token)
+    assert me.status == 200 and me.json()["email"] == "astro@example.org", me.body
     login = await client.post(
         "/auth/login", {"email": "astro@example.org", "password": "correct horse battery"}
     )
@@ -119,7 +122,6 @@ async def test_old_client_flow_mode_jwt(make_hub):
     assert np.array_equal(np.array(result["fluxes"]), expected), (
         "hub result differs from in-process PHOEBE"
     )
-    assert token
 
 
 def in_process_fluxes() -> np.ndarray:
@@ -150,8 +152,14 @@ async def test_constraint_expressions_cannot_run_code(make_hub, tmp_path):
     for expr in payloads:
         resp = await client.send(sid, "set_value", twig="sma@binary@constraint", value=expr)
         assert resp.status == 200 and resp.json()["success"] is False, expr
+        # refused by the expression checks (not, say, for a mistyped parameter name)
+        assert resp.json()["error"].startswith("constraint expression may not "), resp.body
     resp = await client.send(sid, "run_compute", detach=True)
-    assert resp.json()["success"] is False
+    assert resp.json() == {
+        "success": False,
+        "error": "run_compute: argument 'detach' is not allowed "
+        "(detached jobs start processes and write scripts)",
+    }
     assert not marker.exists()
     # the session is intact and its constraint still works
     assert (await client.send(sid, "get_value", twig="period@binary")).json()["success"] is True

@@ -419,14 +419,25 @@ async def test_event_loop_keeps_running_while_db_locked(
     await new_session(store)
     held = lock()
     update = asyncio.create_task(store.update_session("s1", status="running"))
-    ticks = 0
-    for _ in range(30):
+    pending_ticks = 0
+
+    async def ticker() -> None:
+        """Another task: counts its turns while the update is still waiting."""
+        nonlocal pending_ticks
+        while not update.done():
+            pending_ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    # a store that blocked the loop would hold it for the whole busy timeout (5 s) and
+    # then fail the update: the ticker would see it done after a turn or two
+    deadline = time.monotonic() + 10
+    while pending_ticks < 30 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-        ticks += 1
-    assert not update.done()  # still waiting for the lock, yet the loop ticked
+    assert pending_ticks >= 30 and not update.done()
     held.release()
     await asyncio.wait_for(update, 5)
-    assert ticks == 30
+    await asyncio.wait_for(ticking, 5)
     assert (await row(store.get_session("s1")))["status"] == "running"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -236,17 +237,25 @@ def test_set_value_refuses_constraint_payloads(
 
 
 @pytest.mark.parametrize(
-    "expr",
+    ("expr", "reason"),
     [
-        "{comments@phoebe01} * 1.0",  # StringParameter
-        "{atm@primary@phoebe01} * 1.0",  # ChoiceParameter outside a call argument
-        "{hierarchy@system} * 1.0",
-        "{ntriangles@primary@phoebe01} ** 2",  # IntParameter
-        "{sma@binary@constraint} * 1.0",
+        ("{comments@phoebe01} * 1.0", "StringParameter 'comments@phoebe01' cannot be used"),
+        (  # a ChoiceParameter outside a call argument
+            "{atm@primary@phoebe01} * 1.0",
+            "choice parameter 'atm@primary@phoebe01' may only be a function argument",
+        ),
+        ("{hierarchy@system} * 1.0", "HierarchyParameter 'hierarchy@system' cannot be used"),
+        (
+            "{ntriangles@primary@phoebe01} ** 2",
+            "IntParameter 'ntriangles@primary@phoebe01' cannot be used",
+        ),
+        ("{sma@binary@constraint} * 1.0", "constraint parameters cannot be constraint variables"),
     ],
 )
-def test_constraint_variables_must_be_numeric(expr: str, session: PhoebeSession) -> None:
-    with pytest.raises(UnsafeInput):
+def test_constraint_variables_must_be_numeric(
+    expr: str, reason: str, session: PhoebeSession
+) -> None:
+    with pytest.raises(UnsafeInput, match=re.escape(reason)):
         session.dispatch("set_value", {"twig": "sma@binary@constraint", "value": expr})
 
 
@@ -257,7 +266,7 @@ def test_constraint_variables_cannot_be_client_parameters(fresh_session: PhoebeS
     ]
     fresh_session.dispatch("attach_parameters", {"parameters": specs})
     for expr in ("{note@ui} * 1.0", "{level@ui} * 1.0"):
-        with pytest.raises(UnsafeInput):
+        with pytest.raises(UnsafeInput, match="ui parameters cannot be constraint variables"):
             fresh_session.dispatch("set_value", {"twig": "sma@binary@constraint", "value": expr})
 
 
@@ -339,31 +348,76 @@ def test_scripts_and_distl_functions_are_disabled(
 
 
 @pytest.mark.parametrize(
-    ("command", "kwargs"),
+    ("command", "kwargs", "reason"),
     [
-        ("run_compute", {"detach": True}),
-        ("run_compute", {"use_server": "localthread"}),
-        ("run_compute", {"server": "localthread"}),
-        ("run_compute", {"jobid": "../../x"}),
-        ("run_compute", {"script_fname": "x.py"}),
-        ("run_compute", {"return_changes": True}),
-        ("run_solver", {"solver": "dc", "detach": True}),
-        ("run_solver", {"solver": "dc", "out_fname": "progress"}),
-        ("run_solver", {"solver": "dc", "custom_lnprobability_callable": "os.system"}),
-        ("run_solver", {"solver": "dc", "progress_every_niters": 1}),
-        ("run_solver", {"solver": "dc", "use_server": "compute"}),
-        ("add_dataset", {"kind": "__class__"}),
-        ("add_dataset", {"kind": "ParameterSet"}),
-        ("add_dataset", {"kind": "lc", "check_label": False}),
-        ("add_dataset", {"kind": "lc", "compute_phases": {"binary": "__import__('os')"}}),
-        ("set_value", {"twig": "phoebe_version", "value": "9", "ignore_readonly": True}),
+        ("run_compute", {"detach": True}, "argument 'detach' is not allowed"),
+        (
+            "run_compute",
+            {"use_server": "localthread"},
+            "'use_server' cannot be set by this service",
+        ),
+        ("run_compute", {"server": "localthread"}, "argument 'server' is not allowed"),
+        ("run_compute", {"jobid": "../../x"}, "argument 'jobid' is not allowed"),
+        ("run_compute", {"script_fname": "x.py"}, "argument 'script_fname' is not allowed"),
+        ("run_compute", {"return_changes": True}, "argument 'return_changes' is not allowed"),
+        ("run_solver", {"solver": "dc", "detach": True}, "argument 'detach' is not allowed"),
+        (
+            "run_solver",
+            {"solver": "dc", "out_fname": "progress"},
+            "argument 'out_fname' is not allowed",
+        ),
+        (
+            "run_solver",
+            {"solver": "dc", "custom_lnprobability_callable": "os.system"},
+            "argument 'custom_lnprobability_callable' is not allowed",
+        ),
+        (
+            "run_solver",
+            {"solver": "dc", "progress_every_niters": 1},
+            "'progress_every_niters' cannot be set by this service",
+        ),
+        (
+            "run_solver",
+            {"solver": "dc", "use_server": "compute"},
+            "'use_server' cannot be set by this service",
+        ),
+        ("add_dataset", {"kind": "__class__"}, "kind must be one of"),
+        ("add_dataset", {"kind": "ParameterSet"}, "kind must be one of"),
+        (
+            "add_dataset",
+            {"kind": "lc", "check_label": False},
+            "argument 'check_label' is not allowed",
+        ),
+        (
+            "add_dataset",
+            {"kind": "lc", "compute_phases": {"binary": "__import__('os')"}},
+            "compute_phases: per-component values are not allowed",
+        ),
+        (
+            "set_value",
+            {"twig": "phoebe_version", "value": "9", "ignore_readonly": True},
+            "argument 'ignore_readonly' is not allowed",
+        ),
         (
             "set_value",
             {"twig": "atm@primary@phoebe01", "value": "x'", "allow_not_in_choices": True},
+            "argument 'allow_not_in_choices' is not allowed",
         ),
-        ("set_value", {"twig": "hierarchy@system", "value": "orbit:binary(star:a, star:b)"}),
-        ("get_value", {"twig": "period@binary", "fname": "out.txt"}),
-        ("get_parameter", {"twig": "period@binary", "filename": "out.txt"}),
+        (
+            "set_value",
+            {"twig": "hierarchy@system", "value": "orbit:binary(star:a, star:b)"},
+            "HierarchyParameter values cannot be set",
+        ),
+        (
+            "get_value",
+            {"twig": "period@binary", "fname": "out.txt"},
+            "argument 'fname' is not allowed",
+        ),
+        (
+            "get_parameter",
+            {"twig": "period@binary", "filename": "out.txt"},
+            "argument 'filename' is not allowed",
+        ),
         (
             "attach_parameters",
             {
@@ -371,22 +425,25 @@ def test_scripts_and_distl_functions_are_disabled(
                     {"ptype": "float", "qualifier": "x", "value": 1.0, "context": "component"}
                 ]
             },
+            "client parameters live in context 'ui' only",
         ),
         (
             "attach_parameters",
             {"parameters": [{"ptype": "choice", "qualifier": "x", "choices": ["a'b"]}]},
+            "choices must be printable strings without quotes",
         ),
     ],
 )
 def test_dangerous_arguments_are_refused(
     command: str,
     kwargs: dict[str, Any],
+    reason: str,
     session: PhoebeSession,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UnsafeInput):
+    with pytest.raises(UnsafeInput, match=re.escape(reason)):
         session.dispatch(command, kwargs)
     assert list(tmp_path.iterdir()) == []  # no scripts, progress files or job folders
     assert session.bundle.models == []
@@ -394,9 +451,13 @@ def test_dangerous_arguments_are_refused(
 
 
 @pytest.mark.parametrize(
-    ("command", "kwargs"),
+    ("command", "kwargs", "reason"),
     [
-        ("attach_parameters", {"parameters": [{"ptype": "code", "qualifier": "x", "value": ""}]}),
+        (
+            "attach_parameters",
+            {"parameters": [{"ptype": "code", "qualifier": "x", "value": ""}]},
+            "ptype must be one of",
+        ),
         (
             "attach_parameters",
             {
@@ -404,17 +465,30 @@ def test_dangerous_arguments_are_refused(
                     {"ptype": "float", "qualifier": "x", "value": 1.0, "copy_for": {"kind": "star"}}
                 ]
             },
+            "keys ['copy_for'] are not accepted for float",
         ),
-        ("get_value", {"twig": "period@binary", "check_visible": "yes"}),
-        ("get_value", {"twig": "period@binary", "qualifier": {"$ne": 1}}),
-        ("run_compute", {"model": "../escape"}),
-        ("set_value", {"twig": "period@binary", "value": {"nparray": "linspace", "num": 10**12}}),
+        (
+            "get_value",
+            {"twig": "period@binary", "check_visible": "yes"},
+            "check_visible must be true or false",
+        ),
+        (
+            "get_value",
+            {"twig": "period@binary", "qualifier": {"$ne": 1}},
+            "qualifier must be a label",
+        ),
+        ("run_compute", {"model": "../escape"}, "model must be 1-64 letters"),
+        (
+            "set_value",
+            {"twig": "period@binary", "value": {"nparray": "linspace", "num": 10**12}},
+            "value: unsupported value of type dict",
+        ),
     ],
 )
 def test_malformed_arguments_are_command_errors(
-    command: str, kwargs: dict[str, Any], session: PhoebeSession
+    command: str, kwargs: dict[str, Any], reason: str, session: PhoebeSession
 ) -> None:
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError, match=re.escape(reason)):
         session.dispatch(command, kwargs)
 
 
