@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
 import signal
+import socket
 import stat
 import urllib.parse
 from pathlib import Path
@@ -26,13 +28,23 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 from tornado.web import Application as TornadoApplication
 from tornado.web import RequestHandler
-from traitlets import Bool, Float, Integer, Unicode, default, validate
-from traitlets.config import Application, catch_config_error
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+from traitlets.config import Application, Config, catch_config_error
+from traitlets.config.loader import KVArgParseConfigLoader
 
 from ._data import share_dir
 from ._version import __version__
 from .auth.base import Authenticator, User
 from .checkpoints import CheckpointManager
+from .configcheck import (
+    CheckedArgLoader,
+    ConfigProblem,
+    KnownClasses,
+    check,
+    known_classes,
+    load_file,
+    setting_lines,
+)
 from .db import DatabaseSchemaError, Store
 from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
@@ -40,7 +52,7 @@ from .httpserver import CappedHTTPServer, raise_fd_limit
 from .jobs import JobManager
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
-from .plugins import load_class
+from .plugins import import_object, load_class
 from .sessions import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
@@ -73,6 +85,20 @@ def _optional_classes() -> list[type]:
     except ImportError:  # jupyterhub is not installed
         return classes
     return [*classes, HubAuthenticator]
+
+
+def _loopback_only(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback one (``""`` and
+    ``0.0.0.0`` mean every interface; a name that does not resolve counts as exposed)."""
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos
+    )
 
 
 def _service_url() -> urllib.parse.SplitResult | None:
@@ -120,6 +146,11 @@ class PhoebeSpawnerApp(Application):
         "upgrade-db": (
             {"PhoebeSpawnerApp": {"upgrade_db": True}},
             "Upgrade the database schema at start-up if it is older than this version.",
+        ),
+        "allow-insecure": (
+            {"PhoebeSpawnerApp": {"allow_insecure": True}},
+            "Allow auth mode none on an address other than loopback (anyone who can reach it "
+            "runs PHOEBE sessions).",
         ),
         "keep-workers": (
             {"SessionManager": {"stop_workers_on_shutdown": False}},
@@ -258,7 +289,15 @@ class PhoebeSpawnerApp(Application):
         beyond them a new connection gets 503 and is closed. 0 = no cap.""",
     ).tag(config=True)
     trust_proxy_headers = Bool(
-        False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
+        False,
+        help="""Take client addresses (and the scheme) from X-Forwarded-For/X-Real-Ip
+        (X-Scheme/X-Forwarded-Proto) headers. Only behind a reverse proxy that sets them,
+        with the hub reachable by nothing else: any client could send them.""",
+    ).tag(config=True)
+    allow_insecure = Bool(
+        False,
+        help="""Start in auth mode none on an address other than loopback. Without it the
+        hub refuses: anyone who can reach the port could run PHOEBE sessions.""",
     ).tag(config=True)
 
     @default("log_level")
@@ -296,14 +335,13 @@ class PhoebeSpawnerApp(Application):
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
-        super().initialize(argv)
-        if self.subapp:
-            return
-        if self.config_file and os.path.exists(self.config_file):
-            self.load_config_file(self.config_file)
-            self.update_config(self.cli_config)  # the command line wins over the file
-        elif self.config_file != "phoebe_spawner_config.py":
-            self.log.critical("config file %s not found", self.config_file)
+        try:
+            super().initialize(argv)  # the command line, checked by check_command_line
+            if self.subapp:
+                return
+            self.load_configuration(self.cli_config)
+        except ConfigProblem as e:
+            self.log.critical("cannot start: %s", e)
             self.exit(1)
         self.log.propagate = False
         # traitlets puts log_level on the *handler* and leaves the loggers at DEBUG, so
@@ -314,6 +352,54 @@ class PhoebeSpawnerApp(Application):
             logger = logging.getLogger(name)
             logger.parent = self.log
             logger.setLevel(self.log.level)
+
+    # --- configuration, failing closed (see configcheck.py) ---------------------------------
+
+    def known_classes(self, config: Config) -> KnownClasses:
+        """Every configurable this hub knows, with the backends ``config`` chooses."""
+        subcommands = [import_object(spec) for spec, _ in self.subcommands.values()]
+        section = config.get("PhoebeSpawnerApp", {})
+        chosen = [
+            (SPAWNER_GROUP, section.get("spawner_class")),
+            (AUTH_GROUP, section.get("authenticator_class")),
+        ]
+        return known_classes([*self.classes, *subcommands], (AUTH_GROUP, SPAWNER_GROUP), chosen)
+
+    def check_command_line(self, config: Config) -> None:
+        """Refuse unknown ``--Class.trait`` names and bad values (:class:`ConfigProblem`)."""
+        check(config, self.known_classes(config), "command line")
+
+    def _create_loader(self, *args: Any, **kwargs: Any) -> KVArgParseConfigLoader:
+        check = self.check_command_line
+        return CheckedArgLoader(
+            *args, **kwargs, log=self.log, subcommands=self.subcommands, check=check
+        )
+
+    def load_configuration(self, cli: Config) -> None:
+        """Load ``config_file`` strictly and apply it, then ``cli`` (which wins).
+
+        A missing default file is fine; a missing named one, a file that does not run, an
+        unknown class or trait and a bad value are a :class:`ConfigProblem`.
+        """
+        path = self.config_file
+        if not path or not os.path.exists(path):
+            if path and path != "phoebe_spawner_config.py":
+                raise ConfigProblem(f"config file {path} not found")
+            return
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigProblem(f"{path}: cannot read it: {e}") from None
+        file_config = load_file(path)
+        merged = Config()
+        merged.merge(file_config)
+        merged.merge(cli)
+        check(file_config, self.known_classes(merged), path, setting_lines(text))
+        try:
+            self.update_config(file_config)
+            self.update_config(cli)
+        except TraitError as e:
+            raise ConfigProblem(f"{path}: {' '.join(str(e).split())}") from None
 
     def load_secret(self) -> bytes:
         """The hub secret: from the environment, else the secret file (created if missing)."""
@@ -348,6 +434,8 @@ class PhoebeSpawnerApp(Application):
 
     async def setup(self) -> None:
         """Build every service and start listening (tests call this in-process)."""
+        auth_class = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
+        self.refuse_if_exposed(getattr(auth_class, "mode", ""))  # before anything is made
         self.make_data_dir()
         self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
@@ -367,6 +455,7 @@ class PhoebeSpawnerApp(Application):
             secret=secret,
             data_dir=self.data_dir,
             debug=self.debug,
+            per_user_limits=self.authenticator.mode != "none",
         )
         self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
@@ -443,7 +532,6 @@ class PhoebeSpawnerApp(Application):
         socks = bind_sockets(self.port, self.ip)
         self.http_server.add_sockets(socks)
         self.bound_port = socks[0].getsockname()[1]
-        self._warn_if_exposed()
         self.log.info(
             "phoebe-spawner %s (auth %s, spawner %s) at http://%s:%d%s",
             __version__,
@@ -461,12 +549,22 @@ class PhoebeSpawnerApp(Application):
             full_name=row.get("full_name") or "",
         )
 
-    def _warn_if_exposed(self) -> None:
-        if self.authenticator.mode == "none" and self.ip not in ("127.0.0.1", "::1", "localhost"):
-            self.log.warning(
-                "auth mode 'none' on %s: anyone who can reach this port can run PHOEBE sessions",
-                self.ip,
+    def refuse_if_exposed(self, mode: str) -> None:
+        """Auth ``mode`` none listens on loopback only, unless ``allow_insecure`` says
+        otherwise (then it warns); a ``ValueError`` refuses to start."""
+        if mode != "none" or _loopback_only(self.ip):
+            return
+        if not self.allow_insecure:
+            raise ValueError(
+                f"auth mode 'none' on {self.ip or 'every interface'} would let anyone who can "
+                "reach the port run PHOEBE sessions; listen on 127.0.0.1, choose another "
+                "--auth-mode, or pass --allow-insecure"
             )
+        self.log.warning(
+            "auth mode 'none' on %s (allow_insecure): anyone who can reach this port can run "
+            "PHOEBE sessions",
+            self.ip or "every interface",
+        )
 
     async def cleanup(self) -> None:
         """Stop listening, stop (or leave) the workers, close the database."""
@@ -482,8 +580,8 @@ class PhoebeSpawnerApp(Application):
     async def run(self) -> None:
         try:
             await self.setup()
-        except (DatabaseSchemaError, ValueError, OSError) as e:
-            self.log.critical("cannot start: %s", e)
+        except (DatabaseSchemaError, ValueError, OSError, ImportError, TraitError) as e:
+            self.log.critical("cannot start: %s", " ".join(str(e).split()))
             raise SystemExit(1) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
