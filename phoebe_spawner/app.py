@@ -285,8 +285,22 @@ class PhoebeSpawnerApp(Application):
     ).tag(config=True)
     max_connections = Integer(
         2000,
-        help="""Open HTTP connections (event streams included) the hub accepts at once;
-        beyond them a new connection gets 503 and is closed. 0 = no cap.""",
+        help="""Open HTTP connections (event streams included) the hub accepts at once. At
+        the cap a new connection replaces the one that has waited longest for request
+        headers; when every one is busy with a request it gets 503. 0 = no cap.""",
+    ).tag(config=True)
+    max_connections_per_ip = Integer(
+        64,
+        help="""Open HTTP connections one client address may hold at once; beyond them a new
+        connection gets 429 and is closed. Behind a trusted proxy (trust_proxy_headers) it
+        counts the requests in progress of each real client address instead, since every
+        connection comes from the proxy. 0 = no cap.""",
+    ).tag(config=True)
+    header_timeout = Float(
+        10.0,
+        help="""Seconds a new connection has to send the headers of its first request
+        (then it gets 408 and is closed), so connections that never finish their headers
+        cannot hold slots; idle_connection_timeout applies between requests.""",
     ).tag(config=True)
     trust_proxy_headers = Bool(
         False,
@@ -524,6 +538,8 @@ class PhoebeSpawnerApp(Application):
         self.http_server = CappedHTTPServer(
             self.web_app,
             max_connections=self.max_connections,
+            max_connections_per_ip=self.max_connections_per_ip,
+            header_timeout=self.header_timeout,
             xheaders=self.trust_proxy_headers,
             max_body_size=self.max_body_size * 2 + 1024,
             body_timeout=self.body_timeout,
