@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
 import signal
-import socket
 import stat
 import urllib.parse
 from pathlib import Path
@@ -42,8 +40,8 @@ from .configcheck import (
     KnownClasses,
     check,
     known_classes,
-    load_file,
-    setting_lines,
+    load_checked,
+    loopback_only,
 )
 from .db import DatabaseSchemaError, Store
 from .events import AdminEvents, UserEvents
@@ -85,20 +83,6 @@ def _optional_classes() -> list[type]:
     except ImportError:  # jupyterhub is not installed
         return classes
     return [*classes, HubAuthenticator]
-
-
-def _loopback_only(host: str) -> bool:
-    """Whether every address ``host`` stands for is a loopback one (``""`` and
-    ``0.0.0.0`` mean every interface; a name that does not resolve counts as exposed)."""
-    if not host:
-        return False
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError):
-        return False
-    return bool(infos) and all(
-        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos
-    )
 
 
 def _service_url() -> urllib.parse.SplitResult | None:
@@ -400,15 +384,7 @@ class PhoebeSpawnerApp(Application):
             if path and path != "phoebe_spawner_config.py":
                 raise ConfigProblem(f"config file {path} not found")
             return
-        try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigProblem(f"{path}: cannot read it: {e}") from None
-        file_config = load_file(path)
-        merged = Config()
-        merged.merge(file_config)
-        merged.merge(cli)
-        check(file_config, self.known_classes(merged), path, setting_lines(text))
+        file_config = load_checked(path, self.known_classes, cli)
         try:
             self.update_config(file_config)
             self.update_config(cli)
@@ -568,7 +544,7 @@ class PhoebeSpawnerApp(Application):
     def refuse_if_exposed(self, mode: str) -> None:
         """Auth ``mode`` none listens on loopback only, unless ``allow_insecure`` says
         otherwise (then it warns); a ``ValueError`` refuses to start."""
-        if mode != "none" or _loopback_only(self.ip):
+        if mode != "none" or loopback_only(self.ip):
             return
         if not self.allow_insecure:
             raise ValueError(

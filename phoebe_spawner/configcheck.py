@@ -3,10 +3,11 @@
 traitlets, left to itself, prints a traceback for a config file that does not load and
 starts with the defaults, only warns about an unknown trait (``auth_mdoe``) and ignores
 an unknown class (``SesionManager``) silently, so a typo can start a hub with weaker
-security than intended. :func:`load_file` and :func:`check` turn each of those into a
-:class:`ConfigProblem` whose message is one line naming the file, the line and the
-nearest valid name. The app (and its subcommands) call them before any setting is
-applied; nothing here runs on a request path.
+security than intended. :func:`load_checked` (:func:`load_file`, :func:`check`) and
+:class:`CheckedArgLoader` turn each of those into a :class:`ConfigProblem` whose message
+is one line naming the file, the line and the nearest valid name; :func:`loopback_only`
+tells whether an address is safe for auth mode none. The app (and its subcommands) call
+them before any setting is applied; nothing here runs on a request path.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import ipaddress
 import os
+import socket
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from traitlets import TraitError, TraitType
@@ -170,6 +174,40 @@ def load_file(path: str) -> Config:
             f"{where}: the config file raised {type(e).__name__}: {_one_line(str(e))}"
         ) from None
     return config
+
+
+def load_checked(
+    path: str, known_for: Callable[[Config], KnownClasses], cli: Config | None = None
+) -> Config:
+    """Load the config file at ``path`` and check it (:func:`load_file`, :func:`check`)
+    against ``known_for(settings)``: the classes known once the file's settings, with the
+    command line ``cli`` over them, have chosen their backends. Returns the file's
+    settings; raises :class:`ConfigProblem`."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigProblem(f"{path}: cannot read it: {_one_line(str(e))}") from None
+    config = load_file(path)
+    merged = Config()
+    merged.merge(config)
+    merged.merge(cli or Config())
+    check(config, known_for(merged), path, setting_lines(text))
+    return config
+
+
+def loopback_only(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback one (``""`` and
+    ``0.0.0.0`` mean every interface; a name that does not resolve counts as exposed).
+    The app refuses auth mode none anywhere else unless told to."""
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos
+    )
 
 
 def _check_value(trait: TraitType[Any, Any], value: Any) -> str | None:
