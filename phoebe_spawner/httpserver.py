@@ -82,8 +82,6 @@ class _Conn:
     stream: IOStream
     peer: str
     key: str
-    #: when it began waiting for a request's headers; None while a request is in progress
-    waiting_since: float | None
     #: still before its first request's headers (the header timeout applies)
     first: bool = True
     #: behind a trusted proxy: the client the request in progress is counted against
@@ -108,6 +106,8 @@ class CappedHTTPServer(HTTPServer):
         self.max_connections_per_ip = max_connections_per_ip
         self.header_timeout = header_timeout
         self._open: dict[IOStream, _Conn] = {}
+        #: the open connections waiting for a request's headers, longest-waiting first
+        self._waiting: dict[IOStream, _Conn] = {}
         self._per_key: Counter[str] = Counter()  # open connections per address
         self._per_client: Counter[str] = Counter()  # requests in progress per real client
         #: connections turned away: all together, per address, given up at the global
@@ -132,11 +132,10 @@ class CappedHTTPServer(HTTPServer):
             self.refused += 1
             self._refuse(stream, BUSY)
             return
-        now = IOLoop.current().time()
-        conn = _Conn(stream, str(peer), key, waiting_since=now)
+        conn = _Conn(stream, str(peer), key)
         if self.header_timeout:
             conn.timer = IOLoop.current().call_later(self.header_timeout, self._expire, conn)
-        self._open[stream] = conn
+        self._open[stream] = self._waiting[stream] = conn
         self._per_key[key] += 1
         super().handle_stream(stream, address)
 
@@ -147,10 +146,9 @@ class CappedHTTPServer(HTTPServer):
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest for request headers (None: every
         connection is busy with a request)."""
-        waiting = [c for c in self._open.values() if c.waiting_since is not None]
-        if not waiting:
+        oldest = next(iter(self._waiting.values()), None)
+        if oldest is None:
             return False
-        oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
         self._forget(oldest)
         oldest.stream.close()
         self.evicted += 1
@@ -158,7 +156,7 @@ class CappedHTTPServer(HTTPServer):
 
     def _expire(self, conn: _Conn) -> None:
         """Header timeout: a connection still without its first request's headers goes."""
-        if self._open.get(conn.stream) is conn and conn.first and conn.waiting_since is not None:
+        if conn.first and self._waiting.get(conn.stream) is conn:
             self._forget(conn)
             self.timed_out += 1
             self._refuse(conn.stream, TIMEOUT)
@@ -167,6 +165,7 @@ class CappedHTTPServer(HTTPServer):
         """Stop counting ``conn`` (closed, or about to be)."""
         if self._open.pop(conn.stream, None) is None:
             return
+        self._waiting.pop(conn.stream, None)
         self._per_key[conn.key] -= 1
         if self._per_key[conn.key] <= 0:
             del self._per_key[conn.key]
@@ -201,13 +200,15 @@ class CappedHTTPServer(HTTPServer):
         if conn is None:
             return delegate
         self._release_client(conn)  # the previous request on it is done
-        conn.waiting_since = IOLoop.current().time()
+        if not conn.first:  # (a first request waits, in order, since it was accepted)
+            self._waiting.pop(stream, None)
+            self._waiting[stream] = conn  # now the newest to wait
         return _Tracked(self, conn, delegate, request_conn)
 
     def request_started(self, conn: _Conn, headers: httputil.HTTPHeaders) -> bool:
         """Headers arrived on ``conn``: it is busy now. Behind a trusted proxy, whether its
         real client may have one more request in progress (else False: refused)."""
-        conn.waiting_since = None
+        self._waiting.pop(conn.stream, None)
         conn.first = False
         if conn.timer is not None:
             IOLoop.current().remove_timeout(conn.timer)
