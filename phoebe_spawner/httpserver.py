@@ -201,8 +201,8 @@ class CappedHTTPServer(HTTPServer):
             return delegate
         self._release_client(conn)  # the previous request on it is done
         if not conn.first:  # (a first request waits, in order, since it was accepted)
-            self._waiting.pop(stream, None)
-            self._waiting[stream] = conn  # now the newest to wait
+            self._waiting.pop(conn.stream, None)
+            self._waiting[conn.stream] = conn  # now the newest to wait
         return _Tracked(self, conn, delegate, request_conn)
 
     def request_started(self, conn: _Conn, headers: httputil.HTTPHeaders) -> bool:
