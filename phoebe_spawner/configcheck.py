@@ -210,20 +210,23 @@ def loopback_only(host: str) -> bool:
     )
 
 
-def _check_value(trait: TraitType[Any, Any], value: Any) -> str | None:
-    """Why ``value`` is not valid for ``trait`` (None when it is, or cannot be told
-    before the configurable exists: lazy ``.append()`` values, cross-validation)."""
+def _check_value(section: str, trait: TraitType[Any, Any], value: Any) -> str | None:
+    """Why ``value`` is not valid for ``trait`` of class ``section`` (None when it is, or
+    cannot be told before the configurable exists: lazy ``.append()`` values, checks
+    that need the instance). Validated against a stand-in named like the class, so the
+    message reads like traitlets' own and container elements are checked too."""
     if isinstance(value, LazyConfigValue):
         return None
+    stand_in = type(section, (), {"_cross_validation_lock": True})()
     try:
         if isinstance(value, DeferredConfig):
             value = value.get_value(trait)
         validate = getattr(trait, "validate", None)  # what every trait type but Any has
         if validate is not None and not (value is None and trait.allow_none):
-            validate(None, value)
+            validate(stand_in, value)
     except (TraitError, ValueError) as e:
         return _one_line(str(e))
-    except Exception:  # a trait that needs its instance to validate: checked when built
+    except Exception:  # a trait that needs its real instance to validate: checked when built
         return None
     return None
 
@@ -271,7 +274,7 @@ def check(
                 hint = f"; did you mean {shown(section, near)}?" if near else ""
                 add((section, name), f"unknown setting {shown(section, name)}{hint}")
                 continue
-            why = _check_value(traits[name], value)
+            why = _check_value(section, traits[name], value)
             if why:
                 add((section, name), f"bad value for {shown(section, name)}: {why}")
     if problems:

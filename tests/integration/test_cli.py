@@ -296,7 +296,14 @@ CONFIG_MISTAKES = [
     (
         'c.DockerSpawner.image = "phoebe"\nc.SessionManager.max_sessions = "many"\n',
         "config.py, line 2: bad value for c.SessionManager.max_sessions: "
-        "The 'max_sessions' trait expected an int, not the str 'many'.",
+        "The 'max_sessions' trait of a SessionManager instance expected an int, "
+        "not the str 'many'.",
+    ),
+    (  # container elements are checked too
+        'c.SessionManager.user_session_limits = {"ada@example.org": -1}\n',
+        "config.py, line 1: bad value for c.SessionManager.user_session_limits: Values of "
+        "the 'user_session_limits' trait of a SessionManager instance must be an int, but a "
+        "value of -1 <class 'int'> was specified.",
     ),
     (  # a plug-in's class is known: its misspelled trait is caught like any other
         'c.SlurmSpawner.partiton = "short"\n',
@@ -331,7 +338,8 @@ def test_config_file_mistakes_stop_the_hub_with_one_line(tmp_path, text, line):
         (
             ["--max-sessions-per-user=four", "--port=0"],
             "command line: bad value for --SessionManager.max_sessions_per_user: "
-            "The 'max_sessions_per_user' trait expected an int, not the str 'four'.",
+            "The 'max_sessions_per_user' trait of a SessionManager instance expected an "
+            "int, not the str 'four'.",
         ),
         (
             ["upgrade-db", "--PhoebeSpawnerApp.dat_dir=elsewhere"],
