@@ -101,7 +101,7 @@ class CheckedArgLoader(KVArgParseConfigLoader):
     """The command-line loader of traitlets, which warns about ``--Class.trait`` names it
     does not know, with ``check(config)`` run on its result before anything applies it."""
 
-    def __init__(self, *args: Any, check: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, check: Callable[[Config], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._check = check
 
