@@ -43,7 +43,7 @@ from .errors import (
     SessionNotFound,
     Unavailable,
 )
-from .limits import port_status, session_limit
+from .userlimits import port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name

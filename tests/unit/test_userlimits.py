@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from phoebe_spawner.auth.base import User
-from phoebe_spawner.limits import port_status, session_limit
+from phoebe_spawner.userlimits import port_status, session_limit
 from phoebe_spawner.session import LiveSession
 
 ADA = User(user_id="u1", name="ada", email="ada@example.org", groups=("staff", "lab"))
