@@ -43,11 +43,11 @@ from .errors import (
     SessionNotFound,
     Unavailable,
 )
-from .userlimits import port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
+from .userlimits import port_status, session_limit
 
 #: ``(session, command, seconds, error)`` after each command; see add_command_listener
 CommandListener = Callable[[LiveSession, str, float, str | None], None]
