@@ -26,13 +26,23 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 from tornado.web import Application as TornadoApplication
 from tornado.web import RequestHandler
-from traitlets import Bool, Float, Integer, Unicode, default, validate
-from traitlets.config import Application, catch_config_error
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+from traitlets.config import Application, Config, catch_config_error
+from traitlets.config.loader import KVArgParseConfigLoader
 
 from ._data import share_dir
 from ._version import __version__
 from .auth.base import Authenticator, User
 from .checkpoints import CheckpointManager
+from .configcheck import (
+    CheckedArgLoader,
+    ConfigProblem,
+    KnownClasses,
+    check,
+    known_classes,
+    load_checked,
+    loopback_only,
+)
 from .db import DatabaseSchemaError, Store
 from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
@@ -41,7 +51,7 @@ from .jobs import JobManager
 from .limits import SessionLimits
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
-from .plugins import load_class
+from .plugins import import_object, load_class
 from .sessions import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
@@ -122,6 +132,11 @@ class PhoebeSpawnerApp(Application):
         "upgrade-db": (
             {"PhoebeSpawnerApp": {"upgrade_db": True}},
             "Upgrade the database schema at start-up if it is older than this version.",
+        ),
+        "allow-insecure": (
+            {"PhoebeSpawnerApp": {"allow_insecure": True}},
+            "Allow auth mode none on an address other than loopback (anyone who can reach it "
+            "runs PHOEBE sessions).",
         ),
         "keep-workers": (
             {"SessionManager": {"stop_workers_on_shutdown": False}},
@@ -256,11 +271,33 @@ class PhoebeSpawnerApp(Application):
     ).tag(config=True)
     max_connections = Integer(
         2000,
-        help="""Open HTTP connections (event streams included) the hub accepts at once;
-        beyond them a new connection gets 503 and is closed. 0 = no cap.""",
+        help="""Open HTTP connections (event streams included) the hub accepts at once. At
+        the cap a new connection replaces the one that has waited longest for request
+        headers; when every one is busy with a request it gets 503. 0 = no cap.""",
+    ).tag(config=True)
+    max_connections_per_ip = Integer(
+        64,
+        help="""Open HTTP connections one client address may hold at once; beyond them a new
+        connection gets 429 and is closed. Behind a trusted proxy (trust_proxy_headers) it
+        counts the requests in progress of each real client address instead, since every
+        connection comes from the proxy. 0 = no cap.""",
+    ).tag(config=True)
+    header_timeout = Float(
+        10.0,
+        help="""Seconds a new connection has to send the headers of its first request
+        (then it gets 408 and is closed), so connections that never finish their headers
+        cannot hold slots; idle_connection_timeout applies between requests.""",
     ).tag(config=True)
     trust_proxy_headers = Bool(
-        False, help="Take client addresses from X-Forwarded-For/X-Real-Ip (behind a proxy)."
+        False,
+        help="""Take client addresses (and the scheme) from X-Forwarded-For/X-Real-Ip
+        (X-Scheme/X-Forwarded-Proto) headers. Only behind a reverse proxy that sets them,
+        with the hub reachable by nothing else: any client could send them.""",
+    ).tag(config=True)
+    allow_insecure = Bool(
+        False,
+        help="""Start in auth mode none on an address other than loopback. Without it the
+        hub refuses: anyone who can reach the port could run PHOEBE sessions.""",
     ).tag(config=True)
 
     @default("log_level")
@@ -299,14 +336,13 @@ class PhoebeSpawnerApp(Application):
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
-        super().initialize(argv)
-        if self.subapp:
-            return
-        if self.config_file and os.path.exists(self.config_file):
-            self.load_config_file(self.config_file)
-            self.update_config(self.cli_config)  # the command line wins over the file
-        elif self.config_file != "phoebe_spawner_config.py":
-            self.log.critical("config file %s not found", self.config_file)
+        try:
+            super().initialize(argv)  # the command line, checked by check_command_line
+            if self.subapp:
+                return
+            self.load_configuration(self.cli_config)
+        except ConfigProblem as e:
+            self.log.critical("cannot start: %s", e)
             self.exit(1)
         self.log.propagate = False
         # traitlets puts log_level on the *handler* and leaves the loggers at DEBUG, so
@@ -317,6 +353,46 @@ class PhoebeSpawnerApp(Application):
             logger = logging.getLogger(name)
             logger.parent = self.log
             logger.setLevel(self.log.level)
+
+    # --- configuration, failing closed (see configcheck.py) ---------------------------------
+
+    def known_classes(self, config: Config) -> KnownClasses:
+        """Every configurable this hub knows, with the backends ``config`` chooses."""
+        subcommands = [import_object(spec) for spec, _ in self.subcommands.values()]
+        section = config.get("PhoebeSpawnerApp", {})
+        chosen = [
+            (SPAWNER_GROUP, section.get("spawner_class")),
+            (AUTH_GROUP, section.get("authenticator_class")),
+        ]
+        return known_classes([*self.classes, *subcommands], (AUTH_GROUP, SPAWNER_GROUP), chosen)
+
+    def check_command_line(self, config: Config) -> None:
+        """Refuse unknown ``--Class.trait`` names and bad values (:class:`ConfigProblem`)."""
+        check(config, self.known_classes(config), "command line")
+
+    def _create_loader(self, *args: Any, **kwargs: Any) -> KVArgParseConfigLoader:
+        check = self.check_command_line
+        return CheckedArgLoader(
+            *args, **kwargs, log=self.log, subcommands=self.subcommands, check=check
+        )
+
+    def load_configuration(self, cli: Config) -> None:
+        """Load ``config_file`` strictly and apply it, then ``cli`` (which wins).
+
+        A missing default file is fine; a missing named one, a file that does not run, an
+        unknown class or trait and a bad value are a :class:`ConfigProblem`.
+        """
+        path = self.config_file
+        if not path or not os.path.exists(path):
+            if path and path != "phoebe_spawner_config.py":
+                raise ConfigProblem(f"config file {path} not found")
+            return
+        file_config = load_checked(path, self.known_classes, cli)
+        try:
+            self.update_config(file_config)
+            self.update_config(cli)
+        except TraitError as e:
+            raise ConfigProblem(f"{path}: {' '.join(str(e).split())}") from None
 
     def load_secret(self) -> bytes:
         """The hub secret: from the environment, else the secret file (created if missing)."""
@@ -356,6 +432,8 @@ class PhoebeSpawnerApp(Application):
 
     async def setup(self) -> None:
         """Build every service and start listening (tests call this in-process)."""
+        auth_class = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
+        self.refuse_if_exposed(getattr(auth_class, "mode", ""))  # before anything is made
         self.make_data_dir()
         self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
@@ -375,6 +453,7 @@ class PhoebeSpawnerApp(Application):
             secret=secret,
             data_dir=self.data_dir,
             debug=self.debug,
+            per_user_limits=self.authenticator.mode != "none",
         )
         self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
@@ -443,6 +522,8 @@ class PhoebeSpawnerApp(Application):
         self.http_server = CappedHTTPServer(
             self.web_app,
             max_connections=self.max_connections,
+            max_connections_per_ip=self.max_connections_per_ip,
+            header_timeout=self.header_timeout,
             xheaders=self.trust_proxy_headers,
             max_body_size=self.max_body_size * 2 + 1024,
             body_timeout=self.body_timeout,
@@ -451,7 +532,6 @@ class PhoebeSpawnerApp(Application):
         socks = bind_sockets(self.port, self.ip)
         self.http_server.add_sockets(socks)
         self.bound_port = socks[0].getsockname()[1]
-        self._warn_if_exposed()
         self.log.info(
             "phoebe-spawner %s (auth %s, spawner %s) at http://%s:%d%s",
             __version__,
@@ -469,12 +549,22 @@ class PhoebeSpawnerApp(Application):
             full_name=row.get("full_name") or "",
         )
 
-    def _warn_if_exposed(self) -> None:
-        if self.authenticator.mode == "none" and self.ip not in ("127.0.0.1", "::1", "localhost"):
-            self.log.warning(
-                "auth mode 'none' on %s: anyone who can reach this port can run PHOEBE sessions",
-                self.ip,
+    def refuse_if_exposed(self, mode: str) -> None:
+        """Auth ``mode`` none listens on loopback only, unless ``allow_insecure`` says
+        otherwise (then it warns); a ``ValueError`` refuses to start."""
+        if mode != "none" or loopback_only(self.ip):
+            return
+        if not self.allow_insecure:
+            raise ValueError(
+                f"auth mode 'none' on {self.ip or 'every interface'} would let anyone who can "
+                "reach the port run PHOEBE sessions; listen on 127.0.0.1, choose another "
+                "--auth-mode, or pass --allow-insecure"
             )
+        self.log.warning(
+            "auth mode 'none' on %s (allow_insecure): anyone who can reach this port can run "
+            "PHOEBE sessions",
+            self.ip or "every interface",
+        )
 
     async def cleanup(self) -> None:
         """Stop listening, stop (or leave) the workers, close the database."""
@@ -490,8 +580,8 @@ class PhoebeSpawnerApp(Application):
     async def run(self) -> None:
         try:
             await self.setup()
-        except (DatabaseSchemaError, ValueError, OSError) as e:
-            self.log.critical("cannot start: %s", e)
+        except (DatabaseSchemaError, ValueError, OSError, ImportError, TraitError) as e:
+            self.log.critical("cannot start: %s", " ".join(str(e).split()))
             raise SystemExit(1) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -39,6 +39,14 @@ def import_object(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def registered(group: str) -> dict[str, str]:
+    """Every name in ``group`` and the ``"module:Class"`` it stands for: the built-in
+    names and installed plug-ins' entry points (a plug-in wins over a built-in)."""
+    names = dict(BUILTIN.get(group, {}))
+    names.update({ep.name: ep.value for ep in entry_points(group=group)})
+    return names
+
+
 def load_class(group: str, value: str | type) -> type:
     """The class named ``value`` in ``group``: an entry-point name, a dotted path or a class."""
     if isinstance(value, type):

@@ -48,6 +48,7 @@ from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
+from .userlimits import port_status, session_limit
 
 #: ``(session, command, seconds, error)`` after each command; see add_command_listener
 CommandListener = Callable[[LiveSession, str, float, str | None], None]
@@ -57,10 +58,18 @@ class SessionManager(LoggingConfigurable):
     """Owns all sessions of one hub. Built by the app; called by the request handlers."""
 
     max_sessions_per_user = Integer(
-        0, help="Sessions one user may have at once (0 = unlimited)."
+        4, help="Sessions one user may have at once (0 = unlimited; not in auth mode none)."
+    ).tag(config=True)
+    user_session_limits = Dict(
+        key_trait=Unicode(),
+        value_trait=Integer(min=0),
+        help="""Per-user session limits over max_sessions_per_user, by user name, id or
+        email, or by group as "group:<name>" (JupyterHub groups, in hub mode), e.g.
+        {"ada@example.org": 16, "group:staff": 8}. A user's own entry wins, else their
+        most generous group's; 0 = unlimited.""",
     ).tag(config=True)
     start_rate_per_minute = Float(
-        30.0, help="Session starts a user may make per minute, on average (0 = unlimited)."
+        30.0, help="Session starts a user may make per minute (0 = unlimited; not in mode none)."
     ).tag(config=True)
     start_burst = Integer(10, help="Session starts a user may make at once.").tag(config=True)
     max_sessions = Integer(
@@ -141,6 +150,11 @@ class SessionManager(LoggingConfigurable):
         {"run_compute", "run_solver"},
         help="Commands a session runs in the background CPU class (with cpu_isolation).",
     ).tag(config=True)
+    per_user_limits = Bool(
+        True,
+        help="""Whether per-user session limits and start rates apply (set by the app: not
+        in auth mode none, where one person uses the hub).""",
+    )
     data_dir = Unicode(help="Where session storage and runtime directories live (set by the app).")
     debug = Bool(False, help="Ask workers for tracebacks in error replies (set by the app).")
 
@@ -356,19 +370,18 @@ class SessionManager(LoggingConfigurable):
             return min(self.max_sessions, max(0, (ports[1] - ports[0]) // len(protocol.CHANNELS)))
         return self.max_sessions
 
-    def capacity(self) -> dict[str, Any]:
-        """The compatible ``/dash/port-status`` shape, reporting session capacity."""
-        active = self.active()
-        total = self.capacity_limit
-        return {
-            "total_ports": total,
-            "reserved_ports": len(active),
-            "available_ports": max(0, total - len(active)),
-            "reserved_port_list": sorted(s.port for s in active if s.port is not None),
-            "port_range": (
-                f"{self.port_range[0]}-{self.port_range[1] - 1}" if self.port_range else "ephemeral"
-            ),
-        }
+    def session_limit(self, user: User) -> int:
+        """Sessions ``user`` may run at once (0: no per-user limit; see limits.py)."""
+        if not self.per_user_limits:
+            return 0
+        return session_limit(user, self.max_sessions_per_user, self.user_session_limits)
+
+    def capacity(self, user: User | None = None) -> dict[str, Any]:
+        """``/dash/port-status``: the hub's capacity (``user=None``, for admins) or only
+        ``user``'s own sessions against their limit (:func:`limits.port_status`)."""
+        limit = None if user is None else self.session_limit(user)
+        mine = None if user is None else user.user_id
+        return port_status(self.active(), self.capacity_limit, self.port_range, mine, limit)
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -384,7 +397,7 @@ class SessionManager(LoggingConfigurable):
         meta = dict(meta or {})
         if self._closing:
             raise Unavailable("The hub is shutting down")
-        wait = self._start_limiter.hit(user.user_id)
+        wait = self._start_limiter.hit(user.user_id) if self.per_user_limits else 0.0
         if wait:
             raise RateLimited(f"Too many session starts; try again in {wait:.0f} s", wait)
         # check and reserve with no await in between: concurrent starts cannot overshoot
@@ -392,10 +405,9 @@ class SessionManager(LoggingConfigurable):
         if self.capacity_limit and len(active) >= self.capacity_limit:
             raise LimitReached(f"Capacity reached: {self.capacity_limit} sessions are running")
         mine = [s for s in active if s.user.user_id == user.user_id]
-        if self.max_sessions_per_user and len(mine) >= self.max_sessions_per_user:
-            raise LimitReached(
-                f"Session limit reached: at most {self.max_sessions_per_user} per user"
-            )
+        limit = self.session_limit(user)
+        if limit and len(mine) >= limit:
+            raise LimitReached(f"Session limit reached: at most {limit} per user")
         pooled = self.pool.take()
         full = self.capacity_limit and len(active) + self.pool.count() >= self.capacity_limit
         if pooled is None and full:

@@ -1,7 +1,8 @@
 """The ``phoebe-spawner`` subcommands: ``upgrade-db`` and ``create-user``.
 
 Each is a small traitlets Application that shares the main app's configuration (its
-config file, then the command line), which ``PhoebeSpawnerApp.subcommands`` names.
+config file, then the command line, both checked as strictly as the hub's own), which
+``PhoebeSpawnerApp.subcommands`` names.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+from typing import Any
 
 from traitlets import Bool, Unicode
 from traitlets.config import Application
+from traitlets.config.loader import KVArgParseConfigLoader
 
 from .app import PhoebeSpawnerApp
+from .configcheck import CheckedArgLoader
 from .db import Store
 
 SHARED_ALIASES = {
@@ -29,15 +33,20 @@ class _SubApp(Application):
     parent_app: PhoebeSpawnerApp
     aliases = SHARED_ALIASES
 
+    def _create_loader(self, *args: Any, **kwargs: Any) -> KVArgParseConfigLoader:
+        parent = self.parent
+        assert isinstance(parent, PhoebeSpawnerApp)
+        return CheckedArgLoader(*args, **kwargs, log=self.log, check=parent.check_command_line)
+
     def initialize(self, argv: list[str] | None = None) -> None:
+        """Parse and check the command line, then load the config file strictly (a
+        :class:`ConfigProblem` stops the command; the main app prints it)."""
         super().initialize(argv)
         parent = self.parent
         assert isinstance(parent, PhoebeSpawnerApp)
         self.parent_app = parent
-        parent.update_config(self.cli_config)
-        if parent.config_file and os.path.exists(parent.config_file):
-            parent.load_config_file(parent.config_file)
-            parent.update_config(self.cli_config)
+        parent.update_config(self.cli_config)  # --config may name the file
+        parent.load_configuration(self.cli_config)
 
 
 class UpgradeDB(_SubApp):

@@ -165,10 +165,11 @@ class SessionMemoryHandler(BaseHandler):
 
 
 class PortStatusHandler(BaseHandler):
-    """``GET /dash/port-status``: capacity in the old port-pool shape."""
+    """``GET /dash/port-status``: capacity in the old port-pool shape; the whole hub's for
+    an admin, only the caller's own sessions and limit for anyone else."""
 
     async def get(self) -> None:
-        self.write_json(self.manager.capacity())
+        self.write_json(self.manager.capacity(None if self.user.admin else self.user))
 
 
 class SendHandler(BaseHandler):

@@ -112,12 +112,57 @@ async def test_unknown_session_is_404(make_hub):
 
 
 async def test_per_user_limit_holds_under_concurrency(make_hub):
-    _, client = await make_hub(SessionManager__max_sessions_per_user=2)
+    _, client = await make_hub(auth_mode="jwt", SessionManager__max_sessions_per_user=2)
+    client.token = await register(client, "ada@example.org")
     results = await asyncio.gather(*(client.post("/dash/start-session", {}) for _ in range(5)))
     codes = sorted(r.status for r in results)
     assert codes == [200, 200, 429, 429, 429]
     assert "at most 2 per user" in next(r for r in results if r.status == 429).detail
     assert len((await client.get("/dash/sessions")).json()) == 2
+
+
+async def test_default_per_user_limit_is_four(make_hub):
+    _, client = await make_hub(auth_mode="jwt")
+    ada = await register(client, "ada@example.org")
+    bob = await register(client, "bob@example.org")
+    for _ in range(4):
+        assert (await client.post("/dash/start-session", {}, token=ada)).status == 200
+    resp = await client.post("/dash/start-session", {}, token=ada)
+    assert resp.status == 429 and resp.detail == "Session limit reached: at most 4 per user"
+    assert (await client.post("/dash/start-session", {}, token=bob)).status == 200
+
+
+async def test_admins_raise_the_limit_per_user(make_hub):
+    _, client = await make_hub(
+        auth_mode="jwt",
+        SessionManager__max_sessions_per_user=1,
+        SessionManager__user_session_limits={"ada@example.org": 3, "group:staff": 8},
+    )
+    ada = await register(client, "ada@example.org")
+    bob = await register(client, "bob@example.org")
+    for _ in range(3):
+        assert (await client.post("/dash/start-session", {}, token=ada)).status == 200
+    resp = await client.post("/dash/start-session", {}, token=ada)
+    assert resp.status == 429 and "at most 3 per user" in resp.detail
+    assert (await client.post("/dash/start-session", {}, token=bob)).status == 200
+    resp = await client.post("/dash/start-session", {}, token=bob)
+    assert resp.status == 429 and "at most 1 per user" in resp.detail
+
+
+async def test_auth_mode_none_has_only_the_global_capacity(make_hub):
+    """One person on their own machine: a parallel fit starting 16 sessions at once gets
+    them all, under the default per-user limit and start rate."""
+    app, client = await make_hub(
+        SessionManager__start_rate_per_minute=30.0, SessionManager__max_sessions=16
+    )
+    assert app.manager.max_sessions_per_user == 4 and app.manager.start_burst == 10
+    results = await asyncio.gather(*(client.post("/dash/start-session", {}) for _ in range(16)))
+    assert [r.status for r in results] == [200] * 16, [r.body for r in results if r.status != 200]
+    sids = [r.json()["session_id"] for r in results]
+    replies = await asyncio.gather(*(client.send(sid, "ping") for sid in sids))
+    assert all(r.json()["success"] for r in replies)
+    resp = await client.post("/dash/start-session", {})
+    assert resp.status == 429 and resp.detail == "Capacity reached: 16 sessions are running"
 
 
 async def test_capacity_limit(make_hub):
@@ -128,9 +173,10 @@ async def test_capacity_limit(make_hub):
     resp = await client.post("/dash/start-session", {}, token=b)
     assert resp.status == 429 and "Capacity" in resp.detail
     status = (await client.get("/dash/port-status", token=b)).json()
+    # b sees none of a's sessions, but that the hub has no slot left for a start
     assert (
         status["total_ports"] == 1
-        and status["reserved_ports"] == 1
+        and status["reserved_ports"] == 0
         and status["available_ports"] == 0
     )
 
@@ -170,6 +216,35 @@ async def test_port_status_shape(make_hub):
     }
     assert status["port_range"] == "41000-41199"
     assert status["reserved_port_list"] == [sid["port"]] and 41000 <= sid["port"] < 41200
+
+
+async def test_port_status_shows_a_user_only_their_own_sessions(make_hub):
+    from .test_admin import jwt_hub_with_admin
+
+    base = free_port_block(30)
+    _app, client, admin, ada = await jwt_hub_with_admin(
+        make_hub, LocalProcessSpawner__port_range=[base, base + 30]
+    )
+    bob = await register(client, "bob@example.org")
+    mine = [(await client.post("/dash/start-session", {}, token=ada)).json() for _ in range(2)]
+    theirs = [(await client.post("/dash/start-session", {}, token=bob)).json() for _ in range(3)]
+    status = (await client.get("/dash/port-status", token=ada)).json()
+    assert status == {
+        "total_ports": 4,  # ada's own limit
+        "reserved_ports": 2,
+        "available_ports": 2,
+        "reserved_port_list": sorted(s["port"] for s in mine),
+        "port_range": f"{base}-{base + 29}",
+    }
+    everything = (await client.get("/dash/port-status", token=admin)).json()
+    assert everything == {
+        "total_ports": 10,  # thirty ports, three per worker
+        "reserved_ports": 5,
+        "available_ports": 5,
+        "reserved_port_list": sorted(s["port"] for s in mine + theirs),
+        "port_range": f"{base}-{base + 29}",
+    }
+    assert (await client.get("/dash/port-status", token=None)).status == 401
 
 
 async def test_session_memory(make_hub):
@@ -544,21 +619,3 @@ async def test_port_pool_exhaustion_is_429(make_hub):
     assert (await client.post("/dash/start-session", {})).status == 200
     resp = await client.post("/dash/start-session", {})
     assert resp.status == 429 and "Capacity reached: 2" in resp.detail
-
-
-async def test_connection_cap(make_hub):
-    app, client = await make_hub(PhoebeSpawnerApp__max_connections=3)
-    held = []
-    for _ in range(3):  # three slow clients that never finish their request
-        _reader, writer = await asyncio.open_connection("127.0.0.1", app.bound_port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-        await writer.drain()
-        held.append(writer)
-    await asyncio.sleep(0.2)
-    resp = await client.get("/health")
-    assert resp.status == 503 and resp.json()["detail"].startswith("Too many connections")
-    for writer in held:
-        writer.close()
-        await writer.wait_closed()
-    await asyncio.sleep(0.2)
-    assert (await client.get("/health")).status == 200

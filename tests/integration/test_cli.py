@@ -272,3 +272,153 @@ def test_without_readoption_workers_die_with_the_hub(tmp_path):
         for w in workers:
             if w.is_running():
                 w.kill()
+
+
+CONFIG_MISTAKES = [
+    (
+        'c.SessionManager.idle_timeout = 60\nc.PhoebeSpawnerApp.auth_mdoe = "jwt"\n',
+        "config.py, line 2: unknown setting c.PhoebeSpawnerApp.auth_mdoe; "
+        "did you mean c.PhoebeSpawnerApp.auth_mode?",
+    ),
+    (
+        "# idle sessions go quickly\nc.SesionManager.idle_timeout = 1\n",
+        "config.py, line 2: unknown configurable class SesionManager "
+        "(in c.SesionManager.idle_timeout); did you mean SessionManager?",
+    ),
+    (
+        "c.SessionManager.idle_timeout = 60\nc.SessionManager.max_sessions = (\n",
+        "config.py, line 2: syntax error: '(' was never closed",
+    ),
+    (
+        "import os\n\nc.SessionManager.idle_timeout = float(os.environ['NO_SUCH_VARIABLE'])\n",
+        "config.py, line 3: the config file raised KeyError: 'NO_SUCH_VARIABLE'",
+    ),
+    (
+        'c.DockerSpawner.image = "phoebe"\nc.SessionManager.max_sessions = "many"\n',
+        "config.py, line 2: bad value for c.SessionManager.max_sessions: "
+        "The 'max_sessions' trait of a SessionManager instance expected an int, "
+        "not the str 'many'.",
+    ),
+    (  # container elements are checked too
+        'c.SessionManager.user_session_limits = {"ada@example.org": -1}\n',
+        "config.py, line 1: bad value for c.SessionManager.user_session_limits: Values of "
+        "the 'user_session_limits' trait of a SessionManager instance must be an int, but a "
+        "value of -1 <class 'int'> was specified.",
+    ),
+    (  # a plug-in's class is known: its misspelled trait is caught like any other
+        'c.SlurmSpawner.partiton = "short"\n',
+        "config.py, line 1: unknown setting c.SlurmSpawner.partiton; "
+        "did you mean c.SlurmSpawner.partition?",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), CONFIG_MISTAKES)
+def test_config_file_mistakes_stop_the_hub_with_one_line(tmp_path, text, line):
+    (tmp_path / "config.py").write_text(text)
+    result = run(["--config=config.py", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--PhoebeSpawnerApp.auth_mdoe=jwt", "--port=0"],
+            "command line: unknown setting --PhoebeSpawnerApp.auth_mdoe; "
+            "did you mean --PhoebeSpawnerApp.auth_mode?",
+        ),
+        (
+            ["--SesionManager.idle_timeout=1", "--port=0"],
+            "command line: unknown configurable class SesionManager "
+            "(in --SesionManager.idle_timeout); did you mean SessionManager?",
+        ),
+        (
+            ["--max-sessions-per-user=four", "--port=0"],
+            "command line: bad value for --SessionManager.max_sessions_per_user: "
+            "The 'max_sessions_per_user' trait of a SessionManager instance expected an "
+            "int, not the str 'four'.",
+        ),
+        (
+            ["upgrade-db", "--PhoebeSpawnerApp.dat_dir=elsewhere"],
+            "command line: unknown setting --PhoebeSpawnerApp.dat_dir; "
+            "did you mean --PhoebeSpawnerApp.data_dir?",
+        ),
+    ],
+)
+def test_command_line_mistakes_stop_the_hub_with_one_line(tmp_path, args, line):
+    result = run([*args, f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
+
+
+def test_subcommand_reads_the_config_file_strictly(tmp_path):
+    (tmp_path / "config.py").write_text("c.SessionManager.max_sesions = 3\n")
+    result = run(["upgrade-db", "--config=config.py", f"--data-dir={tmp_path / 'd'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "[PhoebeSpawnerApp] CRITICAL | cannot start: config.py, line 1: unknown setting "
+        "c.SessionManager.max_sesions; did you mean c.SessionManager.max_sessions?"
+    ]
+
+
+def test_a_valid_config_naming_every_kind_of_class_starts(tmp_path):
+    """Base classes, optional backends, subcommands and lazy container edits are all known."""
+    port = free_port()
+    (tmp_path / "config.py").write_text(
+        "c.Spawner.start_timeout = 20\n"
+        "c.LocalProcessSpawner.worker_args = "
+        "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
+        "c.DockerSpawner.image = 'phoebe-worker'\n"
+        "c.Application.log_level = 'INFO'\n"
+        "c.CreateUser.admin = False\n"
+        "c.SessionManager.cull_exempt_users.add('ada')\n"
+        "c.SessionManager.user_session_limits = {'group:staff': 8}\n"
+    )
+    argv = [*EXE, f"--port={port}", "--config=config.py", f"--data-dir={tmp_path / 'data'}"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_auth_mode_none_refuses_a_public_address(tmp_path):
+    result = run(["--ip=0.0.0.0", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "[PhoebeSpawnerApp] CRITICAL | cannot start: auth mode 'none' on 0.0.0.0 would let "
+        "anyone who can reach the port run PHOEBE sessions; listen on 127.0.0.1, choose "
+        "another --auth-mode, or pass --allow-insecure"
+    ]
+
+
+def test_allow_insecure_starts_auth_mode_none_on_a_public_address(tmp_path):
+    port = free_port()
+    argv = [*EXE, "--ip=0.0.0.0", f"--port={port}", "--allow-insecure"]
+    proc = subprocess.Popen(
+        [*argv, f"--data-dir={tmp_path / 'data'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert "auth mode 'none' on 0.0.0.0 (allow_insecure)" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

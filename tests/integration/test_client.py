@@ -137,10 +137,12 @@ def test_context_manager_ends_only_its_own_sessions(hub: ThreadedHub) -> None:
 
 def test_typed_errors_carry_the_hub_detail(make_threaded_hub: Any) -> None:
     hub = make_threaded_hub(
+        auth_mode="jwt",
         SessionManager__max_sessions_per_user=1,
         SessionManager__command_timeouts={"ping": 30.0, "sleep": 0.5},
     )
-    with PhoebeClient(hub.url) as client:
+    token = hub.register("ada@example.org", PASSWORD)
+    with PhoebeClient(hub.url, token=token) as client:
         with pytest.raises(SessionNotFound) as not_found:
             client.ping(session_id="no-such-session")
         assert not_found.value.status == 404 and "no-such-session" in str(not_found.value)
@@ -181,9 +183,10 @@ def test_typed_errors_carry_the_hub_detail(make_threaded_hub: Any) -> None:
 
 def test_rate_limit_has_retry_after(make_threaded_hub: Any) -> None:
     hub = make_threaded_hub(
-        SessionManager__start_rate_per_minute=1.0, SessionManager__start_burst=1
+        auth_mode="jwt", SessionManager__start_rate_per_minute=1.0, SessionManager__start_burst=1
     )
-    with PhoebeClient(hub.url) as client:
+    token = hub.register("ada@example.org", PASSWORD)
+    with PhoebeClient(hub.url, token=token) as client:
         client.start_session()
         with pytest.raises(RateLimited) as limited:
             client.start_session()
