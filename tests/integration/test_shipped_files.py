@@ -189,3 +189,23 @@ def test_external_config_names_the_variables_the_service_reads(monkeypatch, tmp_
     config = load_external_config(monkeypatch, "cd" * 32)
     [service] = [s for s in config.JupyterHub.services if s["name"] == "phoebe"]
     assert exports["JUPYTERHUB_SERVICE_PREFIX"] == f"/services/{service['name']}/"
+
+
+@pytest.mark.slurm
+async def test_a_template_without_the_job_name_still_names_the_job(make_hub, slurm_cluster):
+    """A site template that drops the ``--job-name`` line: the hub names the job on the
+    sbatch command line, so the session starts (its re-adoption check still holds)."""
+    template = "\n".join(
+        line for line in BATCH_TEMPLATE.read_text().splitlines() if "--job-name" not in line
+    )
+    app, client = await make_hub(
+        **hub_config(slurm_cluster, SlurmSpawner__batch_template=template + "\n")
+    )
+    resp = await client.post("/dash/start-session", {})
+    assert resp.status == 200, resp.body
+    sid = resp.json()["session_id"]
+    job_id = app.manager.sessions[sid].spawner.job_id
+    info = slurm_cluster.run("scontrol", "show", "job", "-o", job_id)
+    assert f"JobName=phoebe-{sid} " in info
+    assert (await client.post(f"/dash/end-session/{sid}")).status == 200
+    assert not in_queue(slurm_cluster, job_id)
