@@ -506,7 +506,9 @@ class PhoebeSpawnerApp(Application):
         )
         share = share_dir()
         self.web_app = TornadoApplication(
-            [*routes(self.hub, self.base_url), *self.authenticator.extra_routes(self.base_url)],
+            # the authenticator's routes (hub mode's OAuth callback) before the table,
+            # which ends with a catch-all for unknown paths
+            [*self.authenticator.extra_routes(self.base_url), *routes(self.hub, self.base_url)],
             default_handler_class=NotFoundHandler,
             default_handler_args={"hub": self.hub},
             log_function=_log_request,

@@ -242,7 +242,11 @@ class SlurmSpawner(Spawner):
             self._prepare_files(address, token)
             script = self.batch_script()
             try:
-                self.job_id = await self.commands.submit(script, ["--export=ALL"])
+                # the name on the command line too (it overrides the script's): the
+                # re-adoption check relies on it, whatever a site's template does
+                self.job_id = await self.commands.submit(
+                    script, ["--export=ALL", f"--job-name={self.job_name}"]
+                )
             except (SlurmError, slurm_script.TemplateError) as e:
                 raise SpawnError(str(e)) from None
             finally:
