@@ -112,10 +112,10 @@ class CpuClasses:
         tree = cls(base / tree_name(key), home)
         try:
             if version == 2:
-                _enable_cpu(base)
+                enable_controller(base, "cpu")
             tree.root.mkdir(exist_ok=True)
             if version == 2:
-                _enable_cpu(tree.root)
+                enable_controller(tree.root, "cpu")
             (tree.root / "hub").mkdir(exist_ok=True)
             (tree.root / "hub" / "cgroup.procs").write_text(str(os.getpid()))
             if not (tree.root / "hub" / "cpu.idle").exists():
@@ -167,18 +167,24 @@ class CpuClasses:
             (self.home / "cgroup.procs").write_text(str(os.getpid()))
         except OSError as e:
             log.warning("cpu isolation: could not move the hub back to %s: %s", self.home, e)
-        if not self.root.is_dir():
-            return
-        for group in self.root.iterdir():
-            if group.is_dir():
-                with contextlib.suppress(OSError):  # still holds a running worker
-                    group.rmdir()
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
+        remove_tree(self.root)
 
 
-def _enable_cpu(group: Path) -> None:
-    """cgroup v2: let ``group``'s children use the cpu controller."""
+def enable_controller(group: Path, controller: str) -> None:
+    """cgroup v2: let ``group``'s children use ``controller`` (``cpu``, ``memory``)."""
     control = group / "cgroup.subtree_control"
-    if "cpu" not in control.read_text().split():
-        control.write_text("+cpu")
+    if controller not in control.read_text().split():
+        control.write_text(f"+{controller}")
+
+
+def remove_tree(root: Path, prefix: str = "") -> None:
+    """Remove ``root``'s empty groups (those named ``prefix...``), then ``root`` itself;
+    a group that still holds a running worker (left for re-adoption) stays."""
+    if not root.is_dir():
+        return
+    for group in root.iterdir():
+        if group.is_dir() and group.name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .cpuclass import hierarchy, tree_name
+from .cpuclass import enable_controller, hierarchy, remove_tree, tree_name
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ class MemoryGroups:
         tree = cls(base / tree_name(key), version)
         try:
             if version == 2:
-                _enable_memory(base)
+                enable_controller(base, "memory")
             tree.root.mkdir(exist_ok=True)
             if version == 2:
-                _enable_memory(tree.root)
+                enable_controller(tree.root, "memory")
             probe = tree.root / "probe"
             probe.mkdir(exist_ok=True)
             try:
@@ -116,18 +116,4 @@ class MemoryGroups:
     def close(self) -> None:
         """Remove every empty group, then the tree (groups of workers left running for
         re-adoption stay, for the next hub)."""
-        if not self.root.is_dir():
-            return
-        for group in self.root.iterdir():
-            if group.is_dir() and group.name.startswith("s-"):
-                with contextlib.suppress(OSError):  # still holds a running worker
-                    group.rmdir()
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
-
-
-def _enable_memory(group: Path) -> None:
-    """cgroup v2: let ``group``'s children use the memory controller."""
-    control = group / "cgroup.subtree_control"
-    if "memory" not in control.read_text().split():
-        control.write_text("+memory")
+        remove_tree(self.root, "s-")
