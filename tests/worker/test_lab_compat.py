@@ -164,11 +164,39 @@ def test_loaded_bundle_copy_for_is_checked(session: PhoebeSession) -> None:
     import json
 
     params = json.loads(session.dispatch("save_bundle", {})["bundle"])
-    teff = next(p for p in params if p.get("qualifier") == "atm" and p.get("copy_for"))
-    assert teff["copy_for"] == {"kind": ["star"], "component": "*"}  # PHOEBE's own shape
-    teff["copy_for"] = {"kind": ["star"], "component": "*", "qualifier": "*", "uniqueid": "*"}
+    atm = next(p for p in params if p.get("qualifier") == "atm" and p.get("copy_for"))
+    assert atm["copy_for"] == {"kind": ["star"], "component": "*"}  # PHOEBE's own shape
+    atm["copy_for"] = {"kind": ["star"], "component": "*", "qualifier": "*", "uniqueid": "*"}
     with pytest.raises(UnsafeInput, match="copy_for keys must be among"):
         session.dispatch("load_bundle", {"bundle": json.dumps(params)})
+
+
+@pytest.mark.parametrize("contact", [False, True])
+def test_phoebe_own_copy_for_shapes_still_load(contact: bool) -> None:
+    """Every copy_for PHOEBE writes (all dataset kinds, three backends, solvers, a spot)."""
+    import json
+
+    import phoebe
+
+    from phoebe_kernel_worker.bundle_safety import validate_bundle_json
+
+    b = phoebe.default_binary(contact_binary=contact)
+    for kind in ("lc", "rv", "orb", "mesh"):
+        b.add_dataset(kind, compute_times=[0.0])
+    b.add_dataset("lp", compute_times=[0.0], wavelengths=[500.0])
+    b.add_compute("legacy")
+    b.add_compute("ellc")
+    if not contact:
+        b.add_feature("spot", component="primary")
+    for solver in ("differential_corrections", "emcee", "lc_geometry"):
+        b.add_solver(solver)
+    parsed = json.loads(
+        json.dumps(b.to_json(incl_uniqueid=True)), object_pairs_hook=phoebe.utils.parse_json
+    )
+    shapes = {json.dumps(p["copy_for"], sort_keys=True) for p in parsed if p.get("copy_for")}
+    assert '{"component": {"kind": "star"}, "dataset": {"kind": "rv"}}' in shapes
+    assert '{"context": "dataset", "dataset": "*"}' in shapes
+    validate_bundle_json(parsed)
 
 
 def test_get_parameter_tolerates_keywords_phoebe_ignores(session: PhoebeSession) -> None:
