@@ -15,8 +15,12 @@ command's result shape, and PHOEBE's own error where the old worker let PHOEBE r
 Two steps are not sent by that Lab version as it stands and come from issue 18's
 transcript instead: ``change_morphology``/``set_morphology`` with the Lab's choice names
 (its ``update_morphology`` calls ``client.change_morphology``, which its client lacks),
-and the Lab's ``new_bundle`` is left out (its client lacks it too).  The Lab runs
-without a login, so the hub runs with ``auth_mode = "none"``.
+and the Lab's ``new_bundle`` is left out (its client lacks it too).  The unmodified Lab
+stops at two bugs of its own (a read-only ``full_name`` set from the start-session
+reply, before ``attach_parameters``; the ``boosting_method`` widget, which PHOEBE 2.5
+lacks): as in issue 18's run with those worked around in a copy of the Lab, the calls
+after them are sent as the source has them.  The Lab runs without a login, so the hub
+runs with ``auth_mode = "none"``.
 """
 
 from __future__ import annotations
