@@ -23,6 +23,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from phoebe_kernel_worker.copy_for import check_copy_for
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 from phoebe_kernel_worker.grammar import check_unit_string, check_visible_if
 from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits, check_array_lengths
@@ -307,9 +308,7 @@ def _check_common_fields(param: dict[str, Any], where: str) -> None:
     latexfmt = param.get("latexfmt")
     if latexfmt is not None and not _is_plain_format(latexfmt):
         raise UnsafeInput(f"{where}: latexfmt may only use plain {{name}} fields")
-    copy_for = param.get("copy_for")
-    if copy_for not in (None, False):
-        _check_plain(copy_for, where, "copy_for", allow_dict=True)
+    check_copy_for(param.get("copy_for"), where)
     limits = param.get("limits")
     if limits is not None and not (
         isinstance(limits, list) and len(limits) == 2 and all(_is_number_or_none(v) for v in limits)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from phoebe_kernel_worker.copy_for import DEFAULT_LABEL, check_copy_for
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 from phoebe_kernel_worker.grammar import check_unit_string
 from phoebe_kernel_worker.guards import check_constraint_variable
@@ -62,7 +63,7 @@ _PTYPES = {
     "string": "StringParameter",
 }
 _UI_COMMON_KEYS = frozenset(
-    {"ptype", "qualifier", "value", "description", "context", "dataset", "component"}
+    {"ptype", "qualifier", "value", "description", "context", "dataset", "component", "copy_for"}
 )
 _UI_EXTRA_KEYS = {
     "choice": frozenset({"choices"}),
@@ -85,8 +86,11 @@ def filter_only(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_set_value(
     bundle: Any, value: Any, kwargs: Mapping[str, Any], limits: WorkerLimits = DEFAULT_LIMITS
-) -> None:
-    """Check ``set_value(value, **kwargs)``: arguments, target class and the value itself.
+) -> dict[str, Any]:
+    """Check ``set_value(value, **kwargs)``; return the keyword arguments to pass on.
+
+    Filter keywords PHOEBE ignores are dropped (see
+    :func:`phoebe_kernel_worker.safety.check_filter_kwargs`).
 
     A ConstraintParameter target takes an expression that must pass the AST allow-list
     and whose ``{twig}`` variables must be numeric or choice parameters outside the
@@ -94,7 +98,7 @@ def check_set_value(
     A UnitParameter takes a unit string of the strict grammar; a compute's
     ``ntriangles`` is capped by ``limits``.
     """
-    check_filter_kwargs(
+    kwargs = check_filter_kwargs(
         "set_value",
         kwargs,
         extra={"unit": _check_unit, "index": _check_index},
@@ -115,6 +119,7 @@ def check_set_value(
         check_plain_value(value, "set_value: value", allow_dict=True)
     else:
         check_plain_value(value, "set_value: value")
+    return kwargs
 
 
 def check_constraint_expression(bundle: Any, expr: str, target: Any = None) -> None:
@@ -333,11 +338,18 @@ def build_ui_parameters(bundle: Any, specs: Any) -> list[Any]:
 
     Each spec is a dict with ``ptype`` (choice, int, float, bool, string) and only the
     keys ``qualifier``, ``value``, ``description``, ``context`` (must be ``"ui"``, the
-    default), ``dataset``, ``component``, plus ``choices`` (choice), ``limits`` (int,
-    float) and ``default_unit`` (float).  Other contexts are refused so client
-    parameters cannot shadow or shadow-match PHOEBE's own; a spec whose qualifier,
-    dataset and component already exist in ``ui`` is refused (duplicate twigs break
-    every later lookup).
+    default), ``dataset``, ``component``, ``copy_for``, plus ``choices`` (choice),
+    ``limits`` (int, float) and ``default_unit`` (float).  Other contexts are refused so
+    client parameters cannot shadow or shadow-match PHOEBE's own; a spec whose
+    qualifier, dataset and component already exist in ``ui`` is refused (duplicate twigs
+    break every later lookup).
+
+    ``copy_for`` and the reserved ``"_default"`` dataset/component label work as in
+    PHOEBE: ``{"copy_for": {"kind": ["lc", "rv"], "dataset": "*"}, "dataset":
+    "_default"}`` makes PHOEBE copy the parameter for every lc/rv dataset, now and
+    whenever one is added (``phase_min@ds01@ui``).  The shape is checked by
+    :func:`phoebe_kernel_worker.copy_for.check_copy_for` (tags ``kind``, ``dataset``,
+    ``component``; known kinds; ``"*"`` or labels).
     """
     from phoebe import parameters
 
@@ -381,8 +393,9 @@ def _check_ui_spec(spec: Any, what: str) -> dict[str, Any]:
     ):
         raise CommandError(f"{what}: qualifier must be a letter followed by letters, digits or '_'")
     for tag in ("dataset", "component"):
-        if kwargs.get(tag) is not None:
+        if kwargs.get(tag) is not None and kwargs[tag] != DEFAULT_LABEL:
             check_label(kwargs[tag], f"{what}: {tag}")
+    check_copy_for(kwargs.get("copy_for"), what, client_spec=True)
     description = kwargs.get("description", "")
     if not isinstance(description, str) or len(description) > 4096:
         raise CommandError(f"{what}: description must be a string of at most 4096 characters")

@@ -179,8 +179,14 @@ class PhoebeSession:
         return {"status": "ready"}
 
     def set_morphology(self, morphology: str) -> dict[str, Any]:
-        """Replace the bundle by a fresh one of ``morphology`` (see :func:`build_bundle`)."""
-        self.bundle = build_bundle(morphology)
+        """Replace the bundle by a fresh one of ``morphology`` (see :func:`build_bundle`).
+
+        The name is taken case-insensitively, as the old server did (PHOEBE Lab sends
+        ``Detached``, ``Semi-detached``, ``Contact``).
+        """
+        if not isinstance(morphology, str):
+            raise CommandError(f"{morphology!r}: morphology must be one of {list(MORPHOLOGIES)}")
+        self.bundle = build_bundle(morphology.lower())
         return {}
 
     def new_bundle(self, morphology: str = "detached") -> dict[str, Any]:
@@ -219,8 +225,11 @@ class PhoebeSession:
     # ------------------------------------------------------------------ parameters
 
     def get_parameter(self, **kwargs: Any) -> dict[str, Any]:
-        """One parameter as ``to_dict()`` plus ``'Class'`` (its class name)."""
-        check_filter_kwargs("get_parameter", kwargs)
+        """One parameter as ``to_dict()`` plus ``'Class'`` (its class name).
+
+        Keywords PHOEBE's filter ignores (PHOEBE Lab's ``options=[...]``) are dropped.
+        """
+        kwargs = check_filter_kwargs("get_parameter", kwargs)
         param = self.bundle.get_parameter(**kwargs)
         result = dict(param.to_dict())
         result["Class"] = type(param).__name__
@@ -228,7 +237,7 @@ class PhoebeSession:
 
     def get_value(self, **kwargs: Any) -> Any:
         """``bundle.get_value(**kwargs)``: filter tags, ``unit``, ``t``, ``default``, ``expand``."""
-        check_filter_kwargs(
+        kwargs = check_filter_kwargs(
             "get_value",
             kwargs,
             extra={
@@ -243,7 +252,7 @@ class PhoebeSession:
     def set_value(self, value: Any, **kwargs: Any) -> dict[str, Any]:
         """``bundle.set_value(value=value, **kwargs)`` after the checks of
         :func:`phoebe_kernel_worker.command_args.check_set_value`."""
-        command_args.check_set_value(self.bundle, value, kwargs, self.limits)
+        kwargs = command_args.check_set_value(self.bundle, value, kwargs, self.limits)
         self.bundle.set_value(value=value, **kwargs)
         return {}
 
@@ -263,7 +272,8 @@ class PhoebeSession:
         A twig that matches one parameter plus the constraint of the same name (``q@binary``
         once ``q`` is constrained) resolves to the parameter.
         """
-        check_filter_kwargs("get_uniqueid", {"twig": twig, **kwargs})
+        kwargs = check_filter_kwargs("get_uniqueid", {"twig": twig, **kwargs})
+        kwargs.pop("twig", None)
         try:
             return str(self._resolve(twig=twig, **kwargs).uniqueid)
         except ValueError:
@@ -279,7 +289,8 @@ class PhoebeSession:
         for a uniqueid already in use and for parameters that take part in constraints,
         because PHOEBE's constraints refer to their variables by uniqueid.
         """
-        check_filter_kwargs("update_uniqueid", {"twig": twig, **kwargs})
+        kwargs = check_filter_kwargs("update_uniqueid", {"twig": twig, **kwargs})
+        kwargs.pop("twig", None)
         if uniqueid is None:
             return self.get_uniqueid(twig, **kwargs)
         check_uniqueid(uniqueid)
@@ -304,8 +315,9 @@ class PhoebeSession:
     ) -> bool:
         """Whether the parameter is currently constrained (has ``constrained_by``)."""
         filters = {k: v for k, v in {"twig": twig, "uniqueid": uniqueid}.items() if v is not None}
-        check_filter_kwargs("is_parameter_constrained", {**filters, **kwargs})
-        param = self._resolve(**filters, **kwargs)
+        param = self._resolve(
+            **check_filter_kwargs("is_parameter_constrained", {**filters, **kwargs})
+        )
         if not hasattr(param, "constrained_by"):
             return False
         return bool(param.constrained_by)

@@ -44,6 +44,7 @@ __all__ = [
     "DENIED_KWARGS",
     "FILTER_FLAGS",
     "FILTER_TAGS",
+    "PHOEBE_ACTED_ON_KWARGS",
     "ExpressionInfo",
     "UnsafeInput",
     "analyze_expression",
@@ -136,6 +137,19 @@ FILTER_FLAGS: frozenset[str] = frozenset(
     {"check_visible", "check_default", "check_advanced", "check_single"}
 )
 
+#: Names PHOEBE itself acts on when they reach a filter call (its filter matches on them,
+#: or ``get_value``/``set_value`` hand them on to the Parameter, which reads them) and
+#: which this service does not accept.  A filter-taking command refuses them unless it
+#: lists them as its own arguments; every other unknown name is ignored, as PHOEBE's
+#: filter ignores it (see :func:`check_filter_kwargs`).
+_ACTED_ON_NAMES = (
+    "server uniquetwig constraint_func value autocomplete force_ps force run_checks "
+    "run_constraints from_constraint from_flip_bundle_constraint skip_update_choices "
+    "bundle parent_ps return_quantity required_shape allow_value_as_first_arg timederiv "
+    "index unit t default expand"
+)
+PHOEBE_ACTED_ON_KWARGS: frozenset[str] = frozenset(_ACTED_ON_NAMES.split())
+
 #: Keyword arguments refused by every command, with the reason given to the client.
 DENIED_KWARGS: Mapping[str, str] = {
     "detach": "detached jobs start processes and write scripts",
@@ -170,6 +184,7 @@ MAX_VALUE_DEPTH = 4
 _PLACEHOLDER_RE = re.compile(r"\{.[^{}]*\}")  # the pattern ConstraintParameter._parse_expr uses
 _TWIG_RE = re.compile(r"[A-Za-z0-9_@,]{1,256}")
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
+_KWARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _UNIQUEID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TAG_VALUE_RE = re.compile(r"[A-Za-z0-9_@,*?\-]{0,256}")
 _TWIG_FILTER_RE = re.compile(r"[A-Za-z0-9_@,.*?\-\[\]]{0,1024}")
@@ -517,15 +532,31 @@ def check_kwargs(command: str, kwargs: Mapping[str, Any], allowed: Iterable[str]
 
 def check_filter_kwargs(
     command: str, kwargs: Mapping[str, Any], extra: Mapping[str, Any] | None = None
-) -> None:
-    """Check PHOEBE filter arguments: tags hold strings (or lists of them), flags bools.
+) -> dict[str, Any]:
+    """Check PHOEBE filter arguments; return the ones to hand to PHOEBE.
 
-    ``extra`` maps further accepted argument names to a checker callable (or ``None`` to
-    accept any plain JSON value).
+    Tags hold strings (or lists of them), flags bools.  ``extra`` maps further accepted
+    argument names to a checker callable (or ``None`` to accept any plain JSON value).
+    Names in :data:`DENIED_KWARGS` and :data:`PHOEBE_ACTED_ON_KWARGS` (unless in
+    ``extra``) are refused.  Any other name is tolerated the way PHOEBE's filter
+    tolerates it: PHOEBE ignores keyword arguments that are not tags, so clients such
+    as PHOEBE Lab send widget options (``options=[...]``) along; such names are dropped
+    here, unread, and never reach PHOEBE.
     """
     extra = dict(extra or {})
-    check_kwargs(command, kwargs, FILTER_TAGS | FILTER_FLAGS | set(extra))
-    for key, value in kwargs.items():
+    accepted = FILTER_TAGS | FILTER_FLAGS | set(extra)
+    refused = set(DENIED_KWARGS) | PHOEBE_ACTED_ON_KWARGS
+    kept: dict[str, Any] = {}
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise CommandError(f"{command}: argument names must be strings")
+        if key in accepted:
+            kept[key] = kwargs[key]
+        elif key in refused:
+            check_kwargs(command, {key: None}, accepted)  # raises with the reason
+        elif not _KWARG_NAME_RE.fullmatch(key):
+            raise CommandError(f"{command}: invalid argument name {key[:64]!r}")
+    for key, value in kept.items():
         if key in FILTER_FLAGS:
             if not isinstance(value, bool):
                 raise CommandError(f"{command}: {key} must be true or false")
@@ -537,6 +568,7 @@ def check_filter_kwargs(
                 check_plain_value(value, f"{command}: {key}")
             else:
                 checker(value)
+    return kept
 
 
 def _check_tag_value(command: str, key: str, value: Any) -> None:

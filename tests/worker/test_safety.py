@@ -462,10 +462,15 @@ def test_dangerous_arguments_are_refused(
             "attach_parameters",
             {
                 "parameters": [
-                    {"ptype": "float", "qualifier": "x", "value": 1.0, "copy_for": {"kind": "star"}}
+                    {
+                        "ptype": "float",
+                        "qualifier": "x",
+                        "value": 1.0,
+                        "copy_for": {"uniqueid": "*"},
+                    }
                 ]
             },
-            "keys ['copy_for'] are not accepted for float",
+            "copy_for keys must be among ['component', 'dataset', 'kind'], not 'uniqueid'",
         ),
         (
             "get_value",
