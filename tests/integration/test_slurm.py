@@ -41,6 +41,8 @@ def hub_config(cluster: Any, **overrides: Any) -> dict[str, Any]:
         "SlurmSpawner__job_poll_interval": 0.2,
         "SlurmSpawner__state_cache_seconds": 0.2,
         "SlurmSpawner__start_timeout": 60.0,
+        # the private node has 4 GiB: the default 4 GiB per session would fill it
+        "SlurmSpawner__mem_limit": "1G",
         **overrides,
     }
 
