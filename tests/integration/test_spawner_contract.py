@@ -92,6 +92,7 @@ def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
 
     def make(session_id: str = "c1", **kw: Any) -> Spawner:
         kw.setdefault("worker_args", TEST_FACTORY)
+        kw.setdefault("mem_limit", "1G")  # the private node has 4 GiB
         return SlurmSpawner(
             session_id=session_id,
             key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
