@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -185,7 +186,7 @@ class LocalProcessSpawner(Spawner):
                 "the hub runs as root and worker_uids is empty: workers never run as root"
             )
         try:
-            self.uid = wall.UidPool(*self.worker_uids).allocate()
+            self.uid = self._uid_pool().allocate()
         except LookupError as e:
             raise SpawnCapacityError(str(e)) from None
 
@@ -194,9 +195,19 @@ class LocalProcessSpawner(Spawner):
         if os.geteuid() == 0 and self.uid is None:
             await asyncio.to_thread(self._take_uid)
 
+    def _uid_pool(self) -> wall.UidPool:
+        low, high = self.worker_uids
+        return wall.UidPool(low, high)
+
     def _release_uid(self) -> None:
+        """Give the worker's uid back (in a thread when a loop runs: it scans the
+        process table for what still runs as that uid)."""
         if self.uid is not None and len(self.worker_uids) == 2:
-            wall.UidPool(*self.worker_uids).release(self.uid)
+            release = functools.partial(self._uid_pool().release, self.uid)
+            try:
+                asyncio.get_running_loop().run_in_executor(None, release)
+            except RuntimeError:  # no loop (shutdown, tests): here and now
+                release()
         self.uid = None
 
     # --- start ----------------------------------------------------------------------
@@ -436,7 +447,12 @@ class LocalProcessSpawner(Spawner):
             self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
             if isinstance(state.get("uid"), int) and len(self.worker_uids) == 2:
                 self.uid = state["uid"]
-                wall.UidPool(*self.worker_uids).claim(self.uid)
+                if not self._uid_pool().claim(self.uid):
+                    self.log.warning(
+                        "session %s: worker uid %d is held by another hub",
+                        self.session_id,
+                        self.uid,
+                    )
 
     def clear_state(self) -> None:
         super().clear_state()

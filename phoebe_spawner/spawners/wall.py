@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import os
 import signal
@@ -78,47 +79,81 @@ def _tighten(path: Path, mode: int, problems: list[str]) -> None:
         problems.append(f"chmod {path}: {e.strerror}")
 
 
+#: where root hubs hold their worker uids (one lock file a uid): every hub on the
+#: machine sees the same locks, so two hubs never hand out the same uid
+UID_LOCK_DIR = "/run/phoebe-spawner/worker-uids"
+
+
 class UidPool:
     """Unprivileged uids for workers of a root hub, one per live worker.
 
-    A uid is free when no worker of this hub holds it and no process on the machine
-    runs as it (so a worker re-adopted after a restart, or something an earlier worker
-    left running, is never joined by another session). Shared by all spawners of the
-    process (class-level registry per range).
+    A uid is free when no hub on the machine holds it and no process runs as it (so a
+    worker re-adopted after a restart, or something an earlier worker left running, is
+    never joined by another session). Holding a uid means holding an exclusive
+    ``flock`` on its file in :data:`UID_LOCK_DIR`: the kernel keeps two hubs (or two
+    hubs in one process) from holding the same uid, and drops the lock when a hub dies.
+    Shared by all spawners of the process (class-level registry per range).
     """
 
-    _taken: dict[tuple[int, int], set[int]] = {}
-    _lock = threading.Lock()  # allocations run in threads (they scan the process table)
+    _held: dict[tuple[int, int], dict[int, int]] = {}  # range -> {uid: lock fd}
+    _mutex = threading.Lock()  # allocations run in threads (they scan the process table)
 
-    def __init__(self, low: int, high: int) -> None:
+    def __init__(self, low: int, high: int, lock_dir: str = UID_LOCK_DIR) -> None:
         self.range = (low, high)
-        with self._lock:
-            self.taken = self._taken.setdefault(self.range, set())
+        self.lock_dir = lock_dir
+        with self._mutex:
+            self.held = self._held.setdefault(self.range, {})
 
     def allocate(self) -> int:
         """A free uid, now held by the caller; raises LookupError when none is left."""
         running = _running_uids()
-        with self._lock:
+        with self._mutex:
             for uid in range(*self.range):
-                if uid not in self.taken and uid not in running:
-                    self.taken.add(uid)
+                if uid in self.held or uid in running:
+                    continue
+                fd = self._lock(uid)
+                if fd is not None:
+                    self.held[uid] = fd
                     return uid
         raise LookupError(f"all {self.range[1] - self.range[0]} worker uids are in use")
 
-    def claim(self, uid: int) -> None:
-        """Hold ``uid`` for a re-adopted worker."""
-        with self._lock:
-            self.taken.add(uid)
+    def claim(self, uid: int) -> bool:
+        """Hold ``uid`` for a re-adopted worker; False if another hub holds it."""
+        with self._mutex:
+            if uid in self.held:
+                return True
+            fd = self._lock(uid)
+            if fd is None:
+                return False
+            self.held[uid] = fd
+            return True
 
     def release(self, uid: int) -> None:
-        """Kill whatever still runs as ``uid`` (a worker's escaped grandchild), free it."""
-        if self.range[0] <= uid < self.range[1]:
-            for proc in psutil.process_iter(["uids"]):
-                with contextlib.suppress(psutil.Error, TypeError):
-                    if proc.info["uids"] and proc.info["uids"].real == uid:
-                        os.kill(proc.pid, signal.SIGKILL)
-        with self._lock:
-            self.taken.discard(uid)
+        """Kill whatever still runs as ``uid`` (a worker's escaped grandchild), free it.
+
+        Only a uid this hub holds is touched: another hub's worker never is."""
+        with self._mutex:
+            fd = self.held.get(uid)
+        if fd is None:
+            return
+        for proc in psutil.process_iter(["uids"]):
+            with contextlib.suppress(psutil.Error, TypeError):
+                if proc.info["uids"] and proc.info["uids"].real == uid:
+                    os.kill(proc.pid, signal.SIGKILL)
+        with self._mutex:
+            self.held.pop(uid, None)
+        os.close(fd)  # drops the lock
+
+    def _lock(self, uid: int) -> int | None:
+        """An exclusive lock on ``uid``'s file (its descriptor), or None if held."""
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.lock_dir, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
 
 
 def _running_uids() -> set[int]:

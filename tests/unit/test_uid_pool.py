@@ -1,0 +1,59 @@
+"""Worker uids of root hubs: never handed out twice, by one hub or by two.
+
+Each hub holds its workers' uids with locks the kernel keeps across processes, so a
+second hub on the machine (or a second hub in one process) skips them, and a hub's
+release never touches a uid it does not hold. No root needed: the pool is exercised
+with a private lock directory and uids no process runs as.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phoebe_spawner.spawners.wall import UidPool
+
+HOLDER = """
+import sys
+from phoebe_spawner.spawners.wall import UidPool
+print(UidPool({low}, {high}, lock_dir={lock_dir!r}).allocate(), flush=True)
+sys.stdin.read()  # hold the uid until told to exit
+"""
+
+
+def test_two_hubs_never_share_a_uid(tmp_path: Path) -> None:
+    low, high = 70100, 70102
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(low=low, high=high, lock_dir=str(tmp_path))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as other_hub:
+        assert other_hub.stdout is not None
+        assert int(other_hub.stdout.readline()) == low
+        pool = UidPool(low, high, lock_dir=str(tmp_path))
+        assert pool.allocate() == low + 1  # the other hub's uid is skipped
+        with pytest.raises(LookupError, match="all 2 worker uids are in use"):
+            pool.allocate()
+        assert pool.claim(low) is False  # re-adoption cannot take it either
+        pool.release(low)  # not ours: nothing happens
+        assert other_hub.stdin is not None
+        other_hub.stdin.close()
+        other_hub.wait(timeout=30)
+    # the other hub is gone, and the kernel dropped its lock with it
+    assert pool.allocate() == low
+    pool.release(low)
+    pool.release(low + 1)
+    assert pool.allocate() == low
+    pool.release(low)
+
+
+def test_two_hubs_in_one_process_share_the_registry(tmp_path: Path) -> None:
+    first, second = (UidPool(70200, 70202, lock_dir=str(tmp_path)) for _ in range(2))
+    uids = {first.allocate(), second.allocate()}
+    assert uids == {70200, 70201}
+    for uid in uids:
+        first.release(uid)
