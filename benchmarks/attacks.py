@@ -19,8 +19,8 @@ through the public HTTP API against the attacker's first session:
 * half-open connections from many loopback addresses, and more than the per-address cap
   from one address;
 * a failed-login burst against the victim from one address, then the victim's own
-  login from another; the same from 20 addresses at once (each failure costs an Argon2
-  check in the hub).
+  login from another; the same from 20 addresses at once, the victim logging in
+  meanwhile (each failure costs an Argon2 check in the hub).
 
 Meanwhile a process of its own pings the victim's session and the attacker's second
 session every ``--interval`` (20 ms). Each attack is repeated for at least ``--window``
@@ -33,12 +33,16 @@ or ``success: false`` (or a job ending with a clear reason) within 2 s, and ping
 
     PYTHONPATH=. .venv/bin/python benchmarks/attacks.py [--only unit_get_value,...]
 
-It reports and does not assert: the exit code is 0 with misses, 1 if the hub did not
-start. Everything is stopped at the end and the data directory removed.
+It reports and does not assert: the exit code is 0 with misses, 1 if the hub (or the
+run's accounts and sessions) did not start. Everything is stopped at the end and the
+data directory removed. As root, do not run it beside another root hub that uses the
+default ``LocalProcessSpawner.worker_uids`` (see docs/performance.md), or give it a
+range of its own with ``--hub-arg=--LocalProcessSpawner.worker_uids=[71000,71100]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import multiprocessing
@@ -60,7 +64,7 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
-from common import REPO, emit, machine, parser, percentiles, summary
+from common import REPO, emit, machine, percentiles, summary
 
 BENCH = "attacks"
 BOMB_UNIT = "10**1000000000 d"
@@ -71,7 +75,8 @@ PING_BODY = orjson.dumps({"command": "ping"})
 
 
 class HubDidNotStart(RuntimeError):
-    pass
+    """The hub did not answer /health, or the run's accounts or sessions could not be set
+    up: nothing was measured (exit code 1)."""
 
 
 # -- the hub ----------------------------------------------------------------------------
@@ -302,7 +307,7 @@ async def register(url: str, email: str) -> User:
             orjson.dumps({"email": email, "password": password}),
         )
     if answer.status != 200:
-        raise RuntimeError(f"register {email}: {answer.status} {answer.head()}")
+        raise HubDidNotStart(f"register {email}: {answer.status} {answer.head()}")
     token = str(answer.json()["access_token"])
     return User(email, password, token, new_client(token), url)
 
@@ -784,34 +789,45 @@ class Attacks:
         return await self._wrong_logins(["127.0.0.3"], attempts=30, parallel=6)
 
     async def login_spray(self) -> Outcome:
-        """The same from 20 addresses at once (100 wrong logins, 20 at a time): each
-        (account, address) pair gets its free failures, each costing an Argon2 check."""
+        """The same from 20 addresses at once (100 wrong logins, 20 at a time: each
+        (account, address) pair gets its free failures, each costing an Argon2 check),
+        with the owner's login from 127.0.0.2 half-way through."""
         sources = [f"127.0.0.{100 + i}" for i in range(20)]
-        return await self._wrong_logins(sources, attempts=100, parallel=20)
+        return await self._wrong_logins(sources, attempts=100, parallel=20, owner_during=True)
 
-    async def _wrong_logins(self, sources: list[str], attempts: int, parallel: int) -> Outcome:
+    async def _wrong_logins(
+        self, sources: list[str], attempts: int, parallel: int, owner_during: bool = False
+    ) -> Outcome:
+        """``attempts`` wrong logins, ``parallel`` at a time, spread over ``sources``; the
+        owner's own login from 127.0.0.2 after them, or (``owner_during``) in the middle."""
         wrong = orjson.dumps({"email": self.victim.email, "password": "not-the-password-1"})
+        right = orjson.dumps({"email": self.victim.email, "password": self.victim.password})
         url = self.hub.url + "/auth/login"
         answers: list[Answer] = []
         clients = [new_client(source=src) for src in sources]
+        owner = new_client(source="127.0.0.2")
+        owner_login: asyncio.Task[Answer] | None = None
         try:
             for i in range(0, attempts, parallel):
+                if owner_during and owner_login is None and i >= attempts // 2:
+                    owner_login = asyncio.create_task(call(owner, "POST", url, right))
                 batch = range(i, min(i + parallel, attempts))
                 answers += await asyncio.gather(
                     *(call(clients[j % len(clients)], "POST", url, wrong) for j in batch)
                 )
+            if owner_login is None:
+                owner_login = asyncio.create_task(call(owner, "POST", url, right))
+            login = await owner_login
         finally:
-            for http in clients:
+            for http in [*clients, owner]:
                 await http.close()
-        right = orjson.dumps({"email": self.victim.email, "password": self.victim.password})
-        async with new_client(source="127.0.0.2") as http:
-            login = await call(http, "POST", url, right)
         statuses: dict[str, int] = {}
         for a in answers:
             statuses[str(a.status)] = statuses.get(str(a.status), 0) + 1
         where = sources[0] if len(sources) == 1 else f"{len(sources)} addresses"
+        when = "meanwhile" if owner_during else "then"
         return Outcome(
-            f"{attempts} wrong logins from {where}, then the owner's from 127.0.0.2",
+            f"{attempts} wrong logins from {where}, {when} the owner's from 127.0.0.2",
             login,
             clear=login.status == 200 and all(a.status in (401, 429) for a in answers),
             slowest=max([login.seconds, *(a.seconds for a in answers)]),
@@ -908,8 +924,11 @@ async def run(hub: HubProcess, args: Any) -> list[str]:
     victim = await register(hub.url, f"victor-{secrets.token_hex(3)}@example.org")
     pinger: Pinger | None = None
     try:
-        sids = {"attacker": await attacker.start(), "attacker_other": await attacker.start()}
-        sids["victim"] = await victim.start()
+        try:
+            sids = {"attacker": await attacker.start(), "attacker_other": await attacker.start()}
+            sids["victim"] = await victim.start()
+        except RuntimeError as e:
+            raise HubDidNotStart(f"the run's sessions did not start: {e}") from None
         hub.note_descendants()
         # something of the victim's that must survive every attack
         await victim.send(sids["victim"], "set_value", twig="period@binary", value=1.2345)
@@ -1050,7 +1069,8 @@ def _x(value: float | None) -> str:
 
 
 async def main() -> int:
-    p = parser(__doc__.splitlines()[0])
+    # no --url: the point is a hub with default settings, started here
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help=f"comma-separated attacks of: {','.join(ORDER)}")
     p.add_argument("--spawner", default=None, help="a spawner other than the hub's default")
     p.add_argument("--window", type=float, default=3.0, help="seconds each attack repeats")
@@ -1065,8 +1085,6 @@ async def main() -> int:
         help="an extra hub option (repeatable; the run is then no longer of default settings)",
     )
     args = p.parse_args()
-    if args.url:
-        p.error("attacks.py starts its own hub with default settings; --url is not supported")
     unknown = set(filter(None, args.only.split(","))) - set(ORDER)
     if unknown:
         p.error(f"unknown attacks: {sorted(unknown)}")

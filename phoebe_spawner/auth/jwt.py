@@ -19,7 +19,8 @@ import os
 import re
 import time
 from collections import Counter
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
@@ -31,6 +32,8 @@ from ..ratelimit import Backoff, RateLimiter
 from .base import Authenticator, AuthError, User
 from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .tokens import check_secret, decode
+
+T = TypeVar("T")
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s.]{1,63}$")
 ISSUER = "phoebe-spawner"
@@ -117,6 +120,18 @@ class JWTAuthenticator(Authenticator):
         help="""Longest back-off of one (account, client address) pair, in seconds; a pair
         is forgotten this long after its last lock-out ended.""",
     ).tag(config=True)
+    password_checks = Integer(
+        1,
+        help="""Password hashes computed or verified at once (Argon2id costs ~0.2 s of a
+        core each): bounds the CPU that sign-ins and registrations can take from
+        everyone else, whatever the number of client addresses.""",
+    ).tag(config=True)
+    password_check_queue = Integer(
+        16,
+        help="""Sign-ins and registrations that may wait for a password check; past it
+        they are answered 429 at once (with Retry-After).""",
+    ).tag(config=True)
+
     user_cache_seconds = Float(
         30.0,
         help="""Seconds a verified user is cached, so requests do not read the database
@@ -142,6 +157,8 @@ class JWTAuthenticator(Authenticator):
         #: (account, address) pairs and addresses whose password check is under way
         self._verifying: set[str] = set()
         self._verifying_from: Counter[str] = Counter()
+        self._hashing = asyncio.Semaphore(max(1, self.password_checks))
+        self._hash_waiting = 0  # checks under way or waiting for the semaphore
 
     async def setup(self) -> None:
         check_secret(self.secret, source="The jwt secret (PHOEBE_SPAWNER_JWT_SECRET)")
@@ -202,7 +219,7 @@ class JWTAuthenticator(Authenticator):
     # --- accounts -------------------------------------------------------------------------
 
     async def hash_password(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(None, self._hasher.hash, password)
+        return await self._argon2(self._hasher.hash, password)
 
     async def _verify(self, hashed: str, password: str) -> bool:
         def verify() -> bool:
@@ -211,7 +228,20 @@ class JWTAuthenticator(Authenticator):
             except (VerificationError, InvalidHashError):
                 return False
 
-        return await asyncio.get_running_loop().run_in_executor(None, verify)
+        return await self._argon2(verify)
+
+    async def _argon2(self, work: Callable[..., T], *args: Any) -> T:
+        """Run one Argon2 computation in a thread, at most ``password_checks`` at once;
+        429 when ``password_check_queue`` are already waiting (a spray from many
+        addresses queues here instead of taking every core)."""
+        if self._hash_waiting >= self.password_checks + self.password_check_queue:
+            raise AuthError(429, "Too many sign-ins in progress, try again shortly", 1.0)
+        self._hash_waiting += 1
+        try:
+            async with self._hashing:
+                return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+        finally:
+            self._hash_waiting -= 1
 
     def _credentials(self, body: dict[str, Any]) -> tuple[str, str]:
         email, password = body.get("email"), body.get("password")

@@ -152,6 +152,58 @@ async def test_password_spraying_is_limited_per_address(make_hub):
         assert (await login_from(client, OWNER, f"{name}@example.org", PASSWORD)).status == 200
 
 
+class CountingHasher:
+    """The hub's real Argon2 hasher, counting how many computations run at once."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.running = 0
+        self.most = 0
+
+    def _count(self, work: Any, *args: Any) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return work(*args)
+        finally:
+            self.running -= 1
+
+    def verify(self, hashed: str, password: str) -> bool:
+        return bool(self._count(self.real.verify, hashed, password))
+
+    def hash(self, password: str) -> str:
+        return str(self._count(self.real.hash, password))
+
+    def __getattr__(self, name: str) -> Any:  # check_needs_rehash and the like
+        return getattr(self.real, name)
+
+
+async def test_a_spray_from_many_addresses_takes_one_core_at_most(make_hub):
+    """Failed logins from many addresses each cost an Argon2 check: they run one at a
+    time (``password_checks``), a few wait, the rest are 429 at once, and the owner's
+    login still succeeds afterwards."""
+    app, client = await make_hub(
+        auth_mode="jwt",
+        JWTAuthenticator__password_checks=1,
+        JWTAuthenticator__password_check_queue=2,
+    )
+    await register(client, "owner@example.org", PASSWORD)
+    hasher = CountingHasher(app.authenticator._hasher)
+    app.authenticator._hasher = hasher
+    spray = [
+        login_from(client, f"127.0.1.{i}", "owner@example.org", f"Guess-{i}-Autumn!")
+        for i in range(1, 21)
+    ]
+    answers = await asyncio.gather(*spray)
+    statuses = sorted(a.status for a in answers)
+    assert set(statuses) <= {401, 429} and statuses.count(429) >= 1, statuses
+    busy = [a for a in answers if a.status == 429]
+    assert {a.detail for a in busy} == {"Too many sign-ins in progress, try again shortly"}
+    assert all(a.headers["Retry-After"] == "1" for a in busy)
+    assert hasher.most == 1  # never two Argon2 computations at once
+    assert (await login_from(client, OWNER, "owner@example.org", PASSWORD)).status == 200
+
+
 # --- registration -------------------------------------------------------------------------
 
 
