@@ -221,20 +221,25 @@ class JWTAuthenticator(Authenticator):
     async def hash_password(self, password: str) -> str:
         return await self._argon2(self._hasher.hash, password)
 
-    async def _verify(self, hashed: str, password: str) -> bool:
+    async def _verify(self, hashed: str, password: str, *, clean: bool = False) -> bool:
         def verify() -> bool:
             try:
                 return self._hasher.verify(hashed, password)
             except (VerificationError, InvalidHashError):
                 return False
 
-        return await self._argon2(verify)
+        return await self._argon2(verify, clean=clean)
 
-    async def _argon2(self, work: Callable[..., T], *args: Any) -> T:
-        """Run one Argon2 computation in a thread, at most ``password_checks`` at once;
-        429 when ``password_check_queue`` are already waiting (a spray from many
-        addresses queues here instead of taking every core)."""
-        if self._hash_waiting >= self.password_checks + self.password_check_queue:
+    async def _argon2(self, work: Callable[..., T], *args: Any, clean: bool = False) -> T:
+        """Run one Argon2 computation in a thread, at most ``password_checks`` at once, so
+        a spray from many addresses queues here instead of taking every core.
+
+        Past ``password_check_queue`` waiting, a request is answered 429 at once unless
+        it is ``clean``: the only request in flight from an address with no recent
+        failed login. The owner's own sign-in therefore waits its turn but is never
+        refused, and each address gets at most one such place in the queue."""
+        full = self._hash_waiting >= self.password_checks + self.password_check_queue
+        if full and not clean:
             raise AuthError(429, "Too many sign-ins in progress, try again shortly", 1.0)
         self._hash_waiting += 1
         try:
@@ -336,7 +341,13 @@ class JWTAuthenticator(Authenticator):
         try:
             row = await self.store.get_user_by_name(email)
             hashed = (row or {}).get("password_hash") or self._dummy_hash
-            ok = len(password) <= MAX_PASSWORD_LENGTH and await self._verify(hashed, password)
+            limiter = self._failed_by_address
+            clean = self._verifying_from[address] == 1 and not limiter.wait_time(
+                address, need=limiter.burst
+            )
+            ok = len(password) <= MAX_PASSWORD_LENGTH and await self._verify(
+                hashed, password, clean=clean
+            )
         finally:
             self._verifying.discard(pair)
             self._verifying_from[address] -= 1
