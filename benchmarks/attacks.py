@@ -35,9 +35,8 @@ or ``success: false`` (or a job ending with a clear reason) within 2 s, and ping
 
 It reports and does not assert: the exit code is 0 with misses, 1 if the hub (or the
 run's accounts and sessions) did not start. Everything is stopped at the end and the
-data directory removed. As root, do not run it beside another root hub that uses the
-default ``LocalProcessSpawner.worker_uids`` (see docs/performance.md), or give it a
-range of its own with ``--hub-arg=--LocalProcessSpawner.worker_uids=[71000,71100]``.
+data directory removed. ``--hub-arg`` passes an option to the hub (recorded in the
+``config`` line).
 """
 
 from __future__ import annotations
