@@ -153,12 +153,7 @@ class CpuClasses:
 
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""
-        try:
-            self._group(session_id).rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as e:  # EBUSY: a worker that could not be stopped is still in it
-            log.info("session %s: cgroup %s kept: %s", session_id, self._group(session_id), e)
+        remove_group(self._group(session_id), session_id)
 
     def close(self) -> None:
         """Move the hub back where it was and remove every empty group, then the tree
@@ -175,6 +170,17 @@ def enable_controller(group: Path, controller: str) -> None:
     control = group / "cgroup.subtree_control"
     if controller not in control.read_text().split():
         control.write_text(f"+{controller}")
+
+
+def remove_group(group: Path, session_id: str) -> None:
+    """Remove an ended session's (empty) group; one that still holds a worker that
+    could not be stopped stays, with a log line."""
+    try:
+        group.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # EBUSY
+        log.info("session %s: cgroup %s kept: %s", session_id, group, e)
 
 
 def remove_tree(root: Path, prefix: str = "") -> None:

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .cpuclass import enable_controller, hierarchy, remove_tree, tree_name
+from .cpuclass import enable_controller, hierarchy, remove_group, remove_tree, tree_name
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,7 @@ class MemoryGroups:
 
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""
-        try:
-            self._group(session_id).rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as e:  # EBUSY: a worker that could not be stopped is still in it
-            log.info("session %s: cgroup %s kept: %s", session_id, self._group(session_id), e)
+        remove_group(self._group(session_id), session_id)
 
     def close(self) -> None:
         """Remove every empty group, then the tree (groups of workers left running for

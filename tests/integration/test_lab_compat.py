@@ -32,52 +32,10 @@ import numpy as np
 import pytest
 
 from ..conftest import Client
+from ..lab_calls import LAB_UI_PARAMETERS
 
 pytestmark = pytest.mark.phoebe
 
-#: ``attach_ui_parameters`` of lab/phoebe_ui.py, with its defaults filled in.
-LAB_UI_PARAMETERS: list[dict[str, Any]] = [
-    {
-        "ptype": "string",
-        "qualifier": "project_name",
-        "value": "Unnamed Project",
-        "description": "Name of the binary system / project",
-        "context": "ui",
-    },
-    {
-        "ptype": "choice",
-        "qualifier": "backend",
-        "value": "PHOEBE",
-        "choices": ["PHOEBE", "PHOEBAI"],
-        "description": "Computation backend",
-        "context": "ui",
-    },
-    {
-        "ptype": "choice",
-        "qualifier": "morphology",
-        "value": "Detached",
-        "choices": ["Detached", "Semi-detached", "Contact"],
-        "description": "Morphology of the binary system",
-        "context": "ui",
-        "component": "binary",
-    },
-    *(
-        {
-            "ptype": ptype,
-            "qualifier": qualifier,
-            "value": value,
-            "description": description,
-            "context": "ui",
-            "copy_for": {"kind": ["lc", "rv"], "dataset": "*"},
-            "dataset": "_default",
-        }
-        for ptype, qualifier, value, description in (
-            ("float", "phase_min", -0.5, "Starting phase for light curve plots"),
-            ("float", "phase_max", 0.5, "Ending phase for light curve plots"),
-            ("int", "phase_length", 201, "Number of phase points for light curve plots"),
-        )
-    ),
-]
 
 #: The ``PhoebeParameterWidget``s ``PhoebeUI.__init__`` builds, in order: each sends
 #: ``get_parameter(qualifier=..., **tags)`` then ``is_parameter_constrained(uniqueid=...)``.

@@ -19,60 +19,7 @@ import pytest
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 
-#: PHOEBE Lab's ``attach_ui_parameters`` specs (lab/phoebe_ui.py), as sent on the wire.
-LAB_UI_SPECS: list[dict[str, Any]] = [
-    {
-        "ptype": "string",
-        "qualifier": "project_name",
-        "value": "Unnamed Project",
-        "description": "Name of the binary system / project",
-        "context": "ui",
-    },
-    {
-        "ptype": "choice",
-        "qualifier": "backend",
-        "value": "PHOEBE",
-        "choices": ["PHOEBE", "PHOEBAI"],
-        "description": "Computation backend",
-        "context": "ui",
-    },
-    {
-        "ptype": "choice",
-        "qualifier": "morphology",
-        "value": "Detached",
-        "choices": ["Detached", "Semi-detached", "Contact"],
-        "description": "Morphology of the binary system",
-        "context": "ui",
-        "component": "binary",
-    },
-    {
-        "ptype": "float",
-        "qualifier": "phase_min",
-        "value": -0.5,
-        "description": "Starting phase for light curve plots",
-        "context": "ui",
-        "copy_for": {"kind": ["lc", "rv"], "dataset": "*"},
-        "dataset": "_default",
-    },
-    {
-        "ptype": "float",
-        "qualifier": "phase_max",
-        "value": 0.5,
-        "description": "Ending phase for light curve plots",
-        "context": "ui",
-        "copy_for": {"kind": ["lc", "rv"], "dataset": "*"},
-        "dataset": "_default",
-    },
-    {
-        "ptype": "int",
-        "qualifier": "phase_length",
-        "value": 201,
-        "description": "Number of phase points for light curve plots",
-        "context": "ui",
-        "copy_for": {"kind": ["lc", "rv"], "dataset": "*"},
-        "dataset": "_default",
-    },
-]
+from ..lab_calls import LAB_UI_PARAMETERS
 
 
 @pytest.fixture
@@ -89,7 +36,7 @@ def ui_twigs(session: PhoebeSession) -> set[str]:
 
 
 def test_lab_ui_parameters_attach_and_copy_per_dataset(session: PhoebeSession) -> None:
-    result = session.dispatch("attach_parameters", {"parameters": LAB_UI_SPECS})
+    result = session.dispatch("attach_parameters", {"parameters": LAB_UI_PARAMETERS})
     assert len(result["unique_ids"]) == 6
     assert session.dispatch("get_value", {"twig": "project_name@ui"}) == "Unnamed Project"
     # the _default templates are hidden like PHOEBE's own, as in PHOEBE
@@ -120,7 +67,7 @@ def test_lab_ui_parameters_attach_and_copy_per_dataset(session: PhoebeSession) -
 
 
 def test_copy_for_survives_a_bundle_round_trip(session: PhoebeSession) -> None:
-    session.dispatch("attach_parameters", {"parameters": LAB_UI_SPECS})
+    session.dispatch("attach_parameters", {"parameters": LAB_UI_PARAMETERS})
     saved = session.dispatch("save_bundle", {})["bundle"]
     session.dispatch("new_bundle", {})
     session.dispatch("load_bundle", {"bundle": saved})
