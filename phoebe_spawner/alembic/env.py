@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from phoebe_spawner.orm import Base
+from phoebe_spawner.store.orm import Base
 
 config = context.config
 target_metadata = Base.metadata

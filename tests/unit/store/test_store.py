@@ -1,4 +1,4 @@
-"""Tests of the database layer (phoebe_spawner.db / db_schema / orm / alembic migrations).
+"""Tests of the database layer (phoebe_spawner.store: facade, schema, orm, alembic migrations).
 
 Everything runs against real SQLite files in ``tmp_path``.  Locks are taken with a
 second plain ``sqlite3`` connection (``BEGIN EXCLUSIVE``), which is what another
@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from phoebe_spawner import db_schema
-from phoebe_spawner.db import (
+from phoebe_spawner.store import (
     DatabaseSchemaError,
     DatabaseUnavailable,
     Store,
     make_engine,
+    schema,
     schema_status,
     upgrade_schema,
 )
-from phoebe_spawner.orm import Base
+from phoebe_spawner.store.orm import Base
 
 from .conftest import HEAD, StoreFactory, query, wait_for
 
@@ -147,9 +147,9 @@ def test_migrations_match_models(url: str) -> None:
 def alembic_with_test_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Returns a switch that makes the code's head a test revision 0099 (after 0003)."""
     copy = tmp_path / "alembic"
-    shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)
-    return lambda: monkeypatch.setattr(db_schema, "ALEMBIC_DIR", copy)
+    return lambda: monkeypatch.setattr(schema, "ALEMBIC_DIR", copy)
 
 
 async def test_older_schema_needs_upgrade(

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .db_schema import DatabaseUnavailable
+from .schema import DatabaseUnavailable
 
 __all__ = ["BatchBuffer", "WriteBatch"]
 

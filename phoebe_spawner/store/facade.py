@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from . import orm
-from .db_checkpoints import CheckpointQueries
-from .db_commands import BatchBuffer
-from .db_jobs import JobQueries
-from .db_schema import (
+from .batch import BatchBuffer
+from .checkpoints import CheckpointQueries
+from .jobs import JobQueries
+from .schema import (
     DatabaseSchemaError,
     DatabaseUnavailable,
     as_unavailable,

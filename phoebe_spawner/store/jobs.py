@@ -31,7 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session as OrmSession
 
 from . import orm
-from .db_commands import BatchBuffer
+from .batch import BatchBuffer
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import sessionmaker

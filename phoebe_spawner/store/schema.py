@@ -38,7 +38,7 @@ __all__ = [
 log = logging.getLogger("phoebe_spawner.db")
 
 #: Directory of the alembic environment (tests point it at a copy with extra revisions).
-ALEMBIC_DIR = Path(__file__).with_name("alembic")
+ALEMBIC_DIR = Path(__file__).parent.parent / "alembic"
 #: alembic's ``context``/``op`` proxies are module globals: one migration at a time.
 _ALEMBIC_LOCK = threading.Lock()
 _UPGRADE_HINT = "run `phoebe-spawner upgrade-db`"
