@@ -268,7 +268,7 @@ async def test_event_flush_by_batch_size(make_store: StoreFactory) -> None:
     assert store.pending_job_events == 4
     event(store, "j1", 5)
     await wait_for(lambda: store.pending_job_events == 0)
-    await wait_for(lambda: not store._job_events.busy)
+    await wait_for(lambda: not store._job_events.buffer.busy)
     assert len(await store.get_job_events("j1")) == 5
     assert store.pending_commands == 0  # the command buffer is separate
 
@@ -284,7 +284,7 @@ async def test_event_buffer_is_bounded_and_retried_in_outage(
     try:
         for seq in range(1, 26):
             event(store, "j1", seq)
-        await wait_for(lambda: not store._job_events.busy)
+        await wait_for(lambda: not store._job_events.buffer.busy)
         with pytest.raises(DatabaseUnavailable, match="locked"):
             await store.flush_job_events()
         assert store.pending_job_events == 20

@@ -347,7 +347,7 @@ async def test_batch_flush_by_size(make_store: StoreFactory) -> None:
     assert store.pending_commands == 4
     log(store)
     await wait_for(lambda: store.pending_commands == 0)
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert len(await store.list_commands("s1")) == 5
     assert (await row(store.get_session("s1")))["command_count"] == 5
 
@@ -376,7 +376,7 @@ async def test_flusher_retries_after_outage(
     assert await store.list_commands("s1") == []  # WAL: reads still work
     held.release()
     await wait_for(lambda: store.pending_commands == 0)
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert len(await store.list_commands("s1")) == 3
     assert (await row(store.get_session("s1")))["command_count"] == 3
     assert store.commands_dropped == 0
@@ -390,7 +390,7 @@ async def test_buffer_is_bounded_during_outage(
     held = lock()
     for i in range(25):
         log(store, command=f"c{i}")
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert store.pending_commands == 20
     assert store.commands_dropped == 5
     held.release()
