@@ -2,8 +2,9 @@
 
 The hub builds one :class:`Store` at start-up (``PhoebeSpawnerApp``) and hands it to
 the session manager, job manager, checkpoint code, accounts and handlers, which
-await its coroutines and get rows back as plain dicts.  The ``upgrade-db`` CLI and
-tests use :func:`make_engine`, :func:`schema_status` and :func:`upgrade_schema`.
+await its coroutines and get rows back as plain dicts; so do the ``upgrade-db`` and
+``create-user`` subcommands.  Tests and admin scripts use :func:`make_engine`,
+:func:`schema_status` and :func:`upgrade_schema` on their own.
 Outages surface as :class:`DatabaseUnavailable`; a schema that does not match the
 code as :class:`DatabaseSchemaError`.  Import these names from here.
 

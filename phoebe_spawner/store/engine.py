@@ -8,8 +8,8 @@ One thread also means SQLite sees a single writer per process.  Driver errors th
 mean "database not usable now" leave the thread as
 :class:`~phoebe_spawner.store.DatabaseUnavailable`.
 
-:func:`make_engine` is also used on its own by the ``phoebe-spawner upgrade-db``
-CLI and by tests; :func:`sqlite_file` by the schema module's backups.
+:func:`make_engine` is also used on its own by tests (through
+:mod:`phoebe_spawner.store`); :func:`sqlite_file` by the schema module's backups.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _sqlite_on_connect(busy_timeout_ms: int, dbapi_conn: Any, _record: Any) -> N
 
 
 def make_engine(url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 5000) -> Engine:
-    """Create the engine for ``url``; used by :class:`DatabaseThread` and the ``upgrade-db`` CLI.
+    """Create the engine for ``url``; used by :class:`DatabaseThread` (and tests).
 
     SQLite: the parent directory is created (``~`` is expanded) and every connection
     gets WAL journaling, ``synchronous=NORMAL``, foreign keys and a busy timeout of

@@ -1,7 +1,7 @@
 """The hub's async database facade, :class:`Store`: the one object callers use.
 
 The hub builds one :class:`Store` at start-up (``PhoebeSpawnerApp``, and the
-``upgrade-db``/``check-config`` subcommands) and hands it to the session manager,
+``upgrade-db``/``create-user`` subcommands) and hands it to the session manager,
 job manager, checkpoint code, accounts and handlers; they await its coroutines and
 get rows back as plain dicts.  The store itself holds no SQL: it composes
 

@@ -1,8 +1,9 @@
 """Schema versions and migrations of the hub's database (synchronous).
 
-``Store.init`` calls :func:`prepare_schema` on its database thread; the
-``phoebe-spawner upgrade-db`` CLI and tests call :func:`schema_status` and
-:func:`upgrade_schema` (import those from :mod:`phoebe_spawner.store`).
+``Store.init`` calls :func:`prepare_schema` on its database thread (the hub at
+start-up, and the ``phoebe-spawner upgrade-db`` subcommand with ``upgrade=True``);
+tests call :func:`schema_status` and :func:`upgrade_schema` directly (import those
+from :mod:`phoebe_spawner.store`).
 
 The schema is owned by the alembic migrations in ``phoebe_spawner/alembic``;
 alembic's ``alembic_version`` table is the schema version.  Alembic is imported
@@ -158,7 +159,8 @@ def _run_upgrade(engine: Engine) -> None:
 def upgrade_schema(engine: Engine, *, backup: bool = True) -> str:
     """Migrate the database to the head revision and return that revision.
 
-    Called by the ``phoebe-spawner upgrade-db`` CLI and by ``Store.init(upgrade=True)``.
+    Called by ``Store.init(upgrade=True)`` (the ``phoebe-spawner upgrade-db``
+    subcommand, or the hub with ``--upgrade-db``) and by tests.
     A non-fresh SQLite file is first backed up to ``<file>.<timestamp>.bak`` when
     ``backup`` is true.  Raises :class:`DatabaseSchemaError` for a non-empty
     unversioned DB or one from a newer phoebe-spawner.
