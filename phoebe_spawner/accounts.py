@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .auth.base import Authenticator
-from .db import Store
 from .session import ACTIVE, LiveSession
 from .sessions import SessionManager
+from .store import Store
 
 
 @dataclass

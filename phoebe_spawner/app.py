@@ -43,7 +43,6 @@ from .configcheck import (
     load_checked,
     loopback_only,
 )
-from .db import DatabaseSchemaError, Store
 from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
 from .httpserver import CappedHTTPServer, raise_fd_limit
@@ -56,6 +55,7 @@ from .sessions import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
 from .spawners.wall import harden_hub, sqlite_path
+from .store import DatabaseSchemaError, Store
 
 AUTH_GROUP = "phoebe_spawner.authenticators"
 SPAWNER_GROUP = "phoebe_spawner.spawners"

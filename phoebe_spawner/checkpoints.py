@@ -26,10 +26,10 @@ from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .auth.base import User
-from .db import Store
 from .errors import SessionError, SessionNotFound
 from .session import LiveSession, user_dir_name
 from .spawners.base import ByteSpecification
+from .store import Store
 
 REASONS = ("manual", "cull", "shutdown", "stop")
 

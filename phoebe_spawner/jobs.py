@@ -35,11 +35,11 @@ from phoebe_kernel_worker.protocol import Message
 
 from .auth.base import User
 from .channels import ChannelError
-from .db import DatabaseUnavailable, Store
 from .errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
 from .events import Event, EventLog
 from .session import LiveSession
 from .sessions import SessionManager
+from .store import DatabaseUnavailable, Store
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", *TERMINAL})

@@ -16,8 +16,8 @@ from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.errors import out_of_memory
 
 from .channels import ChannelError
-from .db import DatabaseUnavailable
 from .session import LiveSession
+from .store import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from .sessions import SessionManager

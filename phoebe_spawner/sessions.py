@@ -35,7 +35,6 @@ from . import culling, endings, execution, memory, recovery
 from .auth.base import User
 from .channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
 from .cpuclass import CpuClasses
-from .db import DatabaseUnavailable, Store
 from .errors import (
     LimitReached,
     NotOwner,
@@ -48,6 +47,7 @@ from .pool import PooledWorker, WarmPool
 from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name
 from .spawners.base import SpawnCapacityError, Spawner, SpawnError
+from .store import DatabaseUnavailable, Store
 from .userlimits import port_status, session_limit
 
 #: ``(session, command, seconds, error)`` after each command; see add_command_listener

@@ -18,7 +18,7 @@ from traitlets.config.loader import KVArgParseConfigLoader
 
 from .app import PhoebeSpawnerApp
 from .configcheck import CheckedArgLoader
-from .db import Store
+from .store import Store
 
 SHARED_ALIASES = {
     "data-dir": "PhoebeSpawnerApp.data_dir",

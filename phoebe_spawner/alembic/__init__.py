@@ -1,1 +1,1 @@
-"""Alembic migration environment of phoebe-spawner (see env.py); run from phoebe_spawner.db."""
+"""Alembic migration environment of phoebe-spawner (see env.py); run by phoebe_spawner.store."""

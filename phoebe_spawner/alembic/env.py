@@ -1,11 +1,11 @@
 """Alembic environment of phoebe-spawner's database migrations.
 
-Loaded by alembic whenever :mod:`phoebe_spawner.db` runs a migration command
-(``Store.init`` on a fresh or outdated database, ``phoebe-spawner upgrade-db``).
-There is no ``alembic.ini``: ``db.py`` builds the ``alembic.config.Config`` in code
-and passes the open connection of the store's engine in
-``config.attributes["connection"]``, so the engine's SQLite pragmas apply and no
-second engine is made.  Without it, a URL in the ``sqlalchemy.url`` option is used
+Loaded by alembic whenever :mod:`phoebe_spawner.store.schema` runs a migration
+command (``Store.init`` on a fresh or outdated database, ``phoebe-spawner
+upgrade-db``).  There is no ``alembic.ini``: ``store/schema.py`` builds the
+``alembic.config.Config`` in code and passes the open connection of the store's
+engine in ``config.attributes["connection"]``, so the engine's SQLite pragmas apply
+and no second engine is made.  Without it, a URL in the ``sqlalchemy.url`` option is used
 (handy for ad-hoc ``alembic`` runs by a developer).
 
 Logging is deliberately *not* configured here: the hub owns the logging set-up.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from phoebe_spawner.orm import Base
+from phoebe_spawner.store.orm import Base
 
 config = context.config
 target_metadata = Base.metadata

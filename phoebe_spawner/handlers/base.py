@@ -27,9 +27,9 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate_command
 
 from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
-from ..db import DatabaseUnavailable, Store
 from ..errors import SessionError
 from ..sessions import SessionManager
+from ..store import DatabaseUnavailable, Store
 
 #: request bodies larger than this may skip the hub's JSON parse (``command_request``)
 FAST_PATH_BYTES = 256 * 1024

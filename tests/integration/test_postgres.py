@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from phoebe_spawner.db import Store, make_engine, schema_status
+from phoebe_spawner.store import Store, make_engine, schema_status
 
 from ..conftest import register
 from ..sse import SSEStream
@@ -74,7 +74,7 @@ async def test_store_upgrade_path_on_postgres(postgres):
     url = postgres.create_database("upgrade_path")
     from alembic import command
 
-    from phoebe_spawner.db_schema import DatabaseSchemaError, _alembic_config
+    from phoebe_spawner.store.schema import DatabaseSchemaError, _alembic_config
 
     engine = make_engine(url)
     with engine.begin() as conn:

@@ -13,8 +13,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from phoebe_spawner.db import Store, make_engine, schema_status
-from phoebe_spawner.db_schema import DatabaseSchemaError, _alembic_config
+from phoebe_spawner.store import Store, make_engine, schema_status
+from phoebe_spawner.store.schema import DatabaseSchemaError, _alembic_config
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,7 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Same type as orm._BigId: 64-bit on PostgreSQL, INTEGER (rowid alias) on SQLite.
+# Same type as store.orm._BigId: 64-bit on PostgreSQL, INTEGER (rowid alias) on SQLite.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 

@@ -1,6 +1,6 @@
-"""Tests of the checkpoint table and queries (phoebe_spawner.db_checkpoints via Store, 0003).
+"""Tests of the checkpoint table and queries (phoebe_spawner.store.checkpoints via Store, 0003).
 
-Everything runs against real SQLite files in ``tmp_path``, like ``test_db.py``.
+Everything runs against real SQLite files in ``tmp_path``, like ``test_store.py``.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from phoebe_spawner import db_schema
-from phoebe_spawner.db import (
+from phoebe_spawner.store import (
     DatabaseSchemaError,
     DatabaseUnavailable,
     Store,
     make_engine,
+    schema,
     schema_status,
     upgrade_schema,
 )
-from phoebe_spawner.orm import CHECKPOINT_REASONS
+from phoebe_spawner.store.orm import CHECKPOINT_REASONS
 
 from .conftest import HEAD, StoreFactory, query
-from .test_db import ExclusiveLock
+from .test_store import ExclusiveLock
 
 SHA = "ab" * 32
 
@@ -54,7 +54,7 @@ def _migrate(url: str, action: str, revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            getattr(command, action)(db_schema._alembic_config(conn), revision)
+            getattr(command, action)(schema._alembic_config(conn), revision)
     finally:
         engine.dispose()
 

@@ -2,10 +2,10 @@
 
 These declarative classes describe the tables the hub keeps: users, sessions,
 per-session memory/CPU samples, the per-session command log, async jobs with
-their event history, and the metadata of saved bundle checkpoints.  Only
-:mod:`phoebe_spawner.db`, :mod:`phoebe_spawner.db_jobs` and
-:mod:`phoebe_spawner.db_checkpoints` (the :class:`~phoebe_spawner.db.Store`) and the
-alembic migrations import this module; the rest of the hub sees rows as plain dicts.
+their event history, and the metadata of saved bundle checkpoints.  Only the
+modules of :mod:`phoebe_spawner.store` (the query objects behind
+:class:`~phoebe_spawner.store.Store`) and the alembic environment import this
+module; the rest of the hub sees rows as plain dicts (:func:`as_dict`).
 
 The schema itself is created and changed only by the alembic migrations in
 ``phoebe_spawner/alembic/versions``; never call ``Base.metadata.create_all`` on a
@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -47,6 +48,8 @@ __all__ = [
     "SessionCommand",
     "SessionMetric",
     "User",
+    "as_dict",
+    "truncate",
 ]
 
 #: Values of ``sessions.status``; the spawner/hub moves a session through them.
@@ -259,3 +262,25 @@ class Checkpoint(Base):
     # 64-bit: a bundle file is far below 2 GiB, but nothing is lost by not betting on it.
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+# ------------------------------------------------------------------------- helpers
+
+_COLUMN_KEYS: dict[type[Base], tuple[str, ...]] = {}
+
+
+def as_dict(obj: Base) -> dict[str, Any]:
+    """A row as a plain dict of its column attributes (``meta`` for ``metadata``).
+
+    How the store's queries hand ORM rows to the rest of the hub.
+    """
+    cls = type(obj)
+    keys = _COLUMN_KEYS.get(cls)
+    if keys is None:
+        keys = _COLUMN_KEYS[cls] = tuple(a.key for a in sa.inspect(cls).column_attrs)
+    return {k: getattr(obj, k) for k in keys}
+
+
+def truncate(value: str | None, length: int) -> str | None:
+    """``value`` cut to ``length`` characters (``None`` stays ``None``): free text to a column."""
+    return value[:length] if value is not None and len(value) > length else value

@@ -1,7 +1,8 @@
-"""Queries for bundle checkpoints: the :class:`CheckpointQueries` mixin.
+"""Queries on bundle checkpoints (the ``checkpoints`` table): :class:`CheckpointQueries`.
 
-:class:`phoebe_spawner.db.Store` inherits :class:`CheckpointQueries`; the hub's
-checkpoint code calls these methods on the store (never this module directly).  A
+The :class:`~phoebe_spawner.store.Store` owns one :class:`CheckpointQueries` and
+exposes its methods as ``create_checkpoint``, ``get_checkpoint`` & co; the hub's
+checkpoint code calls the store, never this module.  A
 *checkpoint* is a saved copy of a session's PHOEBE bundle: the hub writes the
 bundle's JSON to a file under its data directory and records the file's metadata
 (path relative to the data directory, size, SHA-256, why and when it was taken) in
@@ -10,28 +11,25 @@ the ``checkpoints`` table.  The database never holds the bundle itself.
 A checkpoint row is independent of its session's row (``session_id`` is not a
 foreign key), so checkpoints survive the session and its deletion.  Keeping the
 files and the rows consistent is the hub's job: write the file before
-:meth:`CheckpointQueries.create_checkpoint`, and delete the row with
-:meth:`CheckpointQueries.delete_checkpoint` before (or together with) the file.
+:meth:`CheckpointQueries.create`, and delete the row with
+:meth:`CheckpointQueries.delete` before (or together with) the file.
 
 Like the rest of the store, every query runs on the store's single DB thread and
-driver outages surface as :class:`~phoebe_spawner.db.DatabaseUnavailable`.  Split
-out of ``db.py`` only to keep modules small.
+driver outages surface as :class:`~phoebe_spawner.store.DatabaseUnavailable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session as OrmSession
 
 from . import orm
+from .engine import DatabaseThread
 
 __all__ = ["CheckpointQueries"]
-
-T = TypeVar("T")
 
 _CKPT = orm.Base.metadata.tables["checkpoints"]
 #: Newest first, with ``id`` as a tie-breaker so that pages never overlap.
@@ -55,7 +53,7 @@ _LENGTHS = {name: _length(name) for name in (*_TRUNCATE, *_EXACT)}
 def _checkpoint_row(values: dict[str, Any]) -> dict[str, Any]:
     """Validate ``create_checkpoint`` arguments and return the row to insert.
 
-    ``reason`` must be one of :data:`~phoebe_spawner.orm.CHECKPOINT_REASONS`;
+    ``reason`` must be one of :data:`~phoebe_spawner.store.orm.CHECKPOINT_REASONS`;
     ``id``/``user_id``/``path``/``sha256`` must be non-empty and, like
     ``session_id``, fit their columns; ``size`` must be an int >= 0.  ``name`` and
     ``project_name`` are cut to 255 chars.  Raises ``ValueError`` otherwise.
@@ -85,20 +83,18 @@ def _checkpoint_row(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class CheckpointQueries:
-    """Checkpoint methods of :class:`~phoebe_spawner.db.Store` (a mixin).
+    """Record, read, list, delete and count checkpoint rows; queries run on ``db``'s thread.
 
-    Relies only on the store's ``_run`` plumbing (one DB thread, outages turned
-    into :class:`~phoebe_spawner.db.DatabaseUnavailable`).  Rows come back as plain
+    Rows come back as plain
     dicts with every column of ``checkpoints``: ``id``, ``user_id``,
     ``session_id``, ``created_at``, ``reason``, ``name``, ``project_name``,
     ``path``, ``size``, ``sha256``.
     """
 
-    if TYPE_CHECKING:
+    def __init__(self, db: DatabaseThread) -> None:
+        self._db = db
 
-        async def _run(self, fn: Callable[[OrmSession], T]) -> T: ...
-
-    async def create_checkpoint(
+    async def create(
         self,
         *,
         id: str,
@@ -119,7 +115,7 @@ class CheckpointQueries:
         a session that no longer exists (or be ``None``): it is not checked.
         ``name``/``project_name`` are cut to 255 chars.  Raises ``ValueError`` for
         a duplicate id, an unknown ``reason`` (see
-        :data:`~phoebe_spawner.orm.CHECKPOINT_REASONS`), an empty or over-long
+        :data:`~phoebe_spawner.store.orm.CHECKPOINT_REASONS`), an empty or over-long
         id/user_id/session_id/path/sha256 or a negative ``size``.
         """
         row = _checkpoint_row(
@@ -142,12 +138,12 @@ class CheckpointQueries:
                 s.connection().execute(sa.insert(_CKPT), row)
 
         try:
-            await self._run(work)
+            await self._db.run(work)
         except sa_exc.IntegrityError as exc:
             raise ValueError(f"cannot create checkpoint {id!r}: {exc.orig}") from exc
         return row
 
-    async def get_checkpoint(self, checkpoint_id: str) -> dict[str, Any] | None:
+    async def get(self, checkpoint_id: str) -> dict[str, Any] | None:
         """Checkpoint ``checkpoint_id`` as a dict, or ``None`` (download/restore/delete).
 
         Not scoped to a user: the caller must check ``row["user_id"]`` itself.
@@ -158,9 +154,9 @@ class CheckpointQueries:
             found = s.connection().execute(query).mappings().first()
             return None if found is None else dict(found)
 
-        return await self._run(work)
+        return await self._db.run(work)
 
-    async def list_checkpoints(
+    async def page(
         self,
         *,
         user_id: str,
@@ -188,9 +184,9 @@ class CheckpointQueries:
             total = conn.execute(count).scalar_one()
             return [dict(m) for m in conn.execute(query).mappings()], total
 
-        return await self._run(work)
+        return await self._db.run(work)
 
-    async def delete_checkpoint(self, checkpoint_id: str) -> bool:
+    async def delete(self, checkpoint_id: str) -> bool:
         """Delete the row of checkpoint ``checkpoint_id``; True if there was one.
 
         Only the row: removing the bundle file is the caller's job.
@@ -201,9 +197,9 @@ class CheckpointQueries:
             with s.begin():
                 return s.connection().execute(stmt).rowcount > 0
 
-        return await self._run(work)
+        return await self._db.run(work)
 
-    async def checkpoint_usage(self, user_id: str) -> tuple[int, int]:
+    async def usage(self, user_id: str) -> tuple[int, int]:
         """``(count, total size in bytes)`` of a user's checkpoints (quota checks).
 
         ``(0, 0)`` for a user without checkpoints.
@@ -216,9 +212,9 @@ class CheckpointQueries:
             count, total = s.connection().execute(query).one()
             return int(count), int(total)  # SUM is NUMERIC on PostgreSQL
 
-        return await self._run(work)
+        return await self._db.run(work)
 
-    async def oldest_checkpoints(self, user_id: str, *, limit: int) -> list[dict[str, Any]]:
+    async def oldest(self, user_id: str, *, limit: int) -> list[dict[str, Any]]:
         """A user's ``limit`` oldest checkpoints, oldest first (retention pruning).
 
         The hub deletes these (rows and files) until the user is back within the
@@ -229,6 +225,6 @@ class CheckpointQueries:
         query = (
             sa.select(_CKPT).where(_CKPT.c.user_id == user_id).order_by(*_OLDEST_FIRST).limit(limit)
         )
-        return await self._run(
+        return await self._db.run(
             lambda s: [dict(m) for m in s.connection().execute(query).mappings()]
         )

@@ -1,13 +1,13 @@
 """The bounded in-memory row buffer behind the store's fire-and-forget logs.
 
-:class:`phoebe_spawner.db.Store` owns two :class:`BatchBuffer` instances: one for
-``Store.log_command`` (the per-session command log) and one for
-``Store.log_job_event`` (the event history of async jobs, see
-:mod:`phoebe_spawner.db_jobs`); nothing else uses them.  Logging must never block or
-fail the caller, so rows are only appended here and a flusher task writes them in
-batches through a ``write`` callable the store supplies (which runs on the store's
-DB thread).  During an outage rows are kept, bounded, and retried.  Split out of
-``db.py`` only to keep modules small; it knows nothing about SQL.
+Two logs own a :class:`BatchBuffer`: the command log
+(:class:`~phoebe_spawner.store.commands.CommandLog`, behind ``Store.log_command``)
+and the job-event log (:class:`~phoebe_spawner.store.job_events.JobEventLog`,
+behind ``Store.log_job_event``); the :class:`~phoebe_spawner.store.Store` starts
+and shuts down both.  Logging must never block or fail the caller, so rows are only
+appended here and a flusher task writes them in batches through a ``write``
+callable the log supplies (which runs on the store's database thread).  During an
+outage rows are kept, bounded, and retried.  This module knows nothing about SQL.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .db_schema import DatabaseUnavailable
+from .errors import DatabaseUnavailable
 
 __all__ = ["BatchBuffer", "WriteBatch"]
 
-log = logging.getLogger("phoebe_spawner.db")
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 #: Schedules the write of a batch on the DB thread; the future's result is the
@@ -84,7 +84,7 @@ class BatchBuffer:
         return self._lock.locked()
 
     def add(self, row: Row) -> None:
-        """Append a row (``Store.log_command``, ``Store.log_job_event``).
+        """Append a row (``CommandLog.log``, ``JobEventLog.log``).
 
         Wakes the flusher once ``batch_max`` rows are waiting; after :meth:`shutdown`
         the row is only counted as dropped.

@@ -1,4 +1,4 @@
-"""Tests of the database layer (phoebe_spawner.db / db_schema / orm / alembic migrations).
+"""Tests of the database layer (phoebe_spawner.store: facade, schema, orm, alembic migrations).
 
 Everything runs against real SQLite files in ``tmp_path``.  Locks are taken with a
 second plain ``sqlite3`` connection (``BEGIN EXCLUSIVE``), which is what another
@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from phoebe_spawner import db_schema
-from phoebe_spawner.db import (
+from phoebe_spawner.store import (
     DatabaseSchemaError,
     DatabaseUnavailable,
     Store,
     make_engine,
+    schema,
     schema_status,
     upgrade_schema,
 )
-from phoebe_spawner.orm import Base
+from phoebe_spawner.store.orm import Base
 
 from .conftest import HEAD, StoreFactory, query, wait_for
 
@@ -147,9 +147,9 @@ def test_migrations_match_models(url: str) -> None:
 def alembic_with_test_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Returns a switch that makes the code's head a test revision 0099 (after 0003)."""
     copy = tmp_path / "alembic"
-    shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)
-    return lambda: monkeypatch.setattr(db_schema, "ALEMBIC_DIR", copy)
+    return lambda: monkeypatch.setattr(schema, "ALEMBIC_DIR", copy)
 
 
 async def test_older_schema_needs_upgrade(
@@ -347,7 +347,7 @@ async def test_batch_flush_by_size(make_store: StoreFactory) -> None:
     assert store.pending_commands == 4
     log(store)
     await wait_for(lambda: store.pending_commands == 0)
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert len(await store.list_commands("s1")) == 5
     assert (await row(store.get_session("s1")))["command_count"] == 5
 
@@ -376,7 +376,7 @@ async def test_flusher_retries_after_outage(
     assert await store.list_commands("s1") == []  # WAL: reads still work
     held.release()
     await wait_for(lambda: store.pending_commands == 0)
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert len(await store.list_commands("s1")) == 3
     assert (await row(store.get_session("s1")))["command_count"] == 3
     assert store.commands_dropped == 0
@@ -390,7 +390,7 @@ async def test_buffer_is_bounded_during_outage(
     held = lock()
     for i in range(25):
         log(store, command=f"c{i}")
-    await wait_for(lambda: not store._commands.busy)
+    await wait_for(lambda: not store._commands.buffer.busy)
     assert store.pending_commands == 20
     assert store.commands_dropped == 5
     held.release()

@@ -1,6 +1,6 @@
-"""Tests of the job tables and queries (phoebe_spawner.db_jobs via Store, migration 0002).
+"""Tests of the job tables and queries (phoebe_spawner.store.jobs via Store, migration 0002).
 
-Everything runs against real SQLite files in ``tmp_path``, like ``test_db.py``.
+Everything runs against real SQLite files in ``tmp_path``, like ``test_store.py``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from phoebe_spawner import db_schema
-from phoebe_spawner.db import (
+from phoebe_spawner.store import (
     DatabaseSchemaError,
     DatabaseUnavailable,
     Store,
     make_engine,
+    schema,
     schema_status,
     upgrade_schema,
 )
-from phoebe_spawner.orm import Base
+from phoebe_spawner.store.orm import Base
 
 from .conftest import HEAD, StoreFactory, query, wait_for
-from .test_db import MIGRATION_TEST
+from .test_store import MIGRATION_TEST
 
 
 @pytest.fixture
@@ -268,7 +268,7 @@ async def test_event_flush_by_batch_size(make_store: StoreFactory) -> None:
     assert store.pending_job_events == 4
     event(store, "j1", 5)
     await wait_for(lambda: store.pending_job_events == 0)
-    await wait_for(lambda: not store._job_events.busy)
+    await wait_for(lambda: not store._job_events.buffer.busy)
     assert len(await store.get_job_events("j1")) == 5
     assert store.pending_commands == 0  # the command buffer is separate
 
@@ -284,7 +284,7 @@ async def test_event_buffer_is_bounded_and_retried_in_outage(
     try:
         for seq in range(1, 26):
             event(store, "j1", seq)
-        await wait_for(lambda: not store._job_events.busy)
+        await wait_for(lambda: not store._job_events.buffer.busy)
         with pytest.raises(DatabaseUnavailable, match="locked"):
             await store.flush_job_events()
         assert store.pending_job_events == 20
@@ -352,7 +352,7 @@ def _migrate(url: str, action: str, revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            getattr(command, action)(db_schema._alembic_config(conn), revision)
+            getattr(command, action)(schema._alembic_config(conn), revision)
     finally:
         engine.dispose()
 
@@ -405,9 +405,9 @@ async def test_later_batch_migration_keeps_jobs(
     await old.close()
 
     copy = tmp_path / "alembic"
-    shutil.copytree(db_schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(schema.ALEMBIC_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "versions" / "0099_test.py").write_text(MIGRATION_TEST)
-    monkeypatch.setattr(db_schema, "ALEMBIC_DIR", copy)
+    monkeypatch.setattr(schema, "ALEMBIC_DIR", copy)
     new = await make_store(upgrade=True)
     assert schema_status(new.engine) == ("0099", "0099")
     assert (await job(new, "j1"))["last_event_id"] == 1

@@ -1,8 +1,9 @@
-"""Engine set-up and schema migrations of the hub's database (synchronous).
+"""Schema versions and migrations of the hub's database (synchronous).
 
-Used by :class:`phoebe_spawner.db.Store` (on its DB thread) and by the
-``phoebe-spawner upgrade-db`` CLI; :mod:`phoebe_spawner.db` re-exports the public
-names, so import them from there.  Split out of ``db.py`` only to keep modules small.
+``Store.init`` calls :func:`prepare_schema` on its database thread (the hub at
+start-up, and the ``phoebe-spawner upgrade-db`` subcommand with ``upgrade=True``);
+tests call :func:`schema_status` and :func:`upgrade_schema` directly (import those
+from :mod:`phoebe_spawner.store`).
 
 The schema is owned by the alembic migrations in ``phoebe_spawner/alembic``;
 alembic's ``alembic_version`` table is the schema version.  Alembic is imported
@@ -17,102 +18,27 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
+
+from .engine import sqlite_file
+from .errors import DatabaseSchemaError
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-__all__ = [
-    "DatabaseSchemaError",
-    "DatabaseUnavailable",
-    "make_engine",
-    "schema_status",
-    "upgrade_schema",
-]
+__all__ = ["ALEMBIC_DIR", "prepare_schema", "schema_status", "upgrade_schema"]
 
-log = logging.getLogger("phoebe_spawner.db")
+log = logging.getLogger(__name__)
 
 #: Directory of the alembic environment (tests point it at a copy with extra revisions).
-ALEMBIC_DIR = Path(__file__).with_name("alembic")
+ALEMBIC_DIR = Path(__file__).parent.parent / "alembic"
 #: alembic's ``context``/``op`` proxies are module globals: one migration at a time.
 _ALEMBIC_LOCK = threading.Lock()
 _UPGRADE_HINT = "run `phoebe-spawner upgrade-db`"
-
-
-class DatabaseSchemaError(Exception):
-    """The database schema does not match this code; the message says what to do.
-
-    Raised by :meth:`Store.init` and :func:`upgrade_schema`; the hub should exit.
-    """
-
-
-class DatabaseUnavailable(Exception):
-    """The database could not be used right now (unreachable, locked, read-only, full).
-
-    Raised by every :class:`Store` coroutine in place of SQLAlchemy's
-    ``OperationalError`` & co.  The message never contains the database URL.
-    """
-
-
-# --------------------------------------------------------------------------- engine
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    """The file of a plain SQLite file URL; ``None`` for in-memory and ``file:`` URIs."""
-    db = url.database or ""
-    if db in ("", ":memory:") or db.startswith("file:") or url.query.get("mode") == "memory":
-        return None
-    return Path(db).expanduser()
-
-
-def _sqlite_on_connect(busy_timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
-    """Set the pragmas every SQLite connection of the hub needs (engine ``connect`` hook)."""
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cur.close()
-
-
-def make_engine(url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = 5000) -> Engine:
-    """Create the engine for ``url``; used by :class:`Store` and the ``upgrade-db`` CLI.
-
-    SQLite: the parent directory is created (``~`` is expanded) and every connection
-    gets WAL journaling, ``synchronous=NORMAL``, foreign keys and a busy timeout of
-    ``sqlite_busy_timeout_ms``.  Other databases get ``pool_pre_ping``; a bare
-    ``postgresql://`` / ``postgres://`` URL selects the psycopg (v3) driver.  Bound
-    parameters are left out of error messages (they may hold password hashes)
-    unless ``echo`` is on.
-    """
-    u = make_url(url)
-    common: dict[str, Any] = {"echo": echo, "hide_parameters": not echo}
-    if u.get_backend_name() == "sqlite":
-        path = _sqlite_file(u)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            u = u.set(database=str(path))
-        timeout = {"timeout": sqlite_busy_timeout_ms / 1000}
-        engine = sa.create_engine(u, connect_args=timeout, **common)
-        hook = functools.partial(_sqlite_on_connect, sqlite_busy_timeout_ms)
-        sa.event.listen(engine, "connect", hook)
-        return engine
-    if u.drivername in ("postgresql", "postgres"):
-        u = u.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
-    if u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
-        connect_args["connect_timeout"] = 10  # never hang the DB thread on a dead host
-    return sa.create_engine(u, pool_pre_ping=True, connect_args=connect_args, **common)
-
-
-# ------------------------------------------------------------------------ migrations
 
 
 def _alembic_config(connection: Connection | None = None, location: str | None = None) -> Config:
@@ -184,7 +110,7 @@ def schema_status(engine: Engine) -> tuple[str | None, str]:
 
 def _backup_sqlite(engine: Engine) -> Path | None:
     """Copy a SQLite file DB to ``<file>.<timestamp>.bak`` (online backup API, WAL-safe)."""
-    src_path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    src_path = sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
     if src_path is None:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -233,7 +159,8 @@ def _run_upgrade(engine: Engine) -> None:
 def upgrade_schema(engine: Engine, *, backup: bool = True) -> str:
     """Migrate the database to the head revision and return that revision.
 
-    Called by the ``phoebe-spawner upgrade-db`` CLI and by ``Store.init(upgrade=True)``.
+    Called by ``Store.init(upgrade=True)`` (the ``phoebe-spawner upgrade-db``
+    subcommand, or the hub with ``--upgrade-db``) and by tests.
     A non-fresh SQLite file is first backed up to ``<file>.<timestamp>.bak`` when
     ``backup`` is true.  Raises :class:`DatabaseSchemaError` for a non-empty
     unversioned DB or one from a newer phoebe-spawner.
@@ -266,20 +193,3 @@ def prepare_schema(engine: Engine, upgrade: bool) -> str:
             f"needs {state.head!r}; back up the database and {_UPGRADE_HINT}"
         )
     return upgrade_schema(engine, backup=True)
-
-
-_NOT_OUTAGES = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means "database not usable now" rather than a bad request/bug."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated or not isinstance(exc, _NOT_OUTAGES)
-    return isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | sqlite3.Error)
-
-
-def as_unavailable(exc: BaseException) -> DatabaseUnavailable:
-    """A short :class:`DatabaseUnavailable` for ``exc`` (driver message only, no URL/SQL)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
-    return DatabaseUnavailable(f"database unavailable: {text}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from phoebe_spawner.db import Store
+from phoebe_spawner.store import Store
 
 #: The newest migration; update when adding one (and the test-only "0099" after it).
 HEAD = "0003"
