@@ -113,6 +113,7 @@ async def test_client_distribution_drives_a_session_on_a_running_hub(
     row = await app.store.get_session(sid)
     assert row is not None and row["project_name"] == "from the client distribution"
     assert row["status"] == "stopped"
+    assert row["user_agent"] == f"phoebe-spawner-client/{phoebe_spawner.__version__}"
 
 
 def test_worker_distribution_brings_phoebe_and_nothing_of_the_hubs(tmp_path: Path) -> None:
