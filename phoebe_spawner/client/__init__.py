@@ -6,9 +6,10 @@
 ...     client.add_dataset("lc", compute_times=np.linspace(0, 1, 201))
 ...     model = client.run_compute()           # progress bar; Ctrl-C cancels on the worker
 
-See ``docs/client.md``. Only numpy and orjson are required; tqdm draws progress bars
-and astropy turns unit-carrying values into Quantities when they are installed
-(``pip install 'phoebe-spawner[client]'``).
+See ``docs/client.md``. It is its own distribution, ``phoebe-spawner-client``
+(``packaging/client``), which requires only numpy and orjson; tqdm draws progress bars
+and astropy turns unit-carrying values into Quantities when they are installed (its
+extras ``progress``, ``units``, ``widgets`` and ``all``).
 """
 
 from ._client import PhoebeClient

@@ -4,19 +4,21 @@
 when given an email and password, keeps the *current session* (set by
 :meth:`ClientBase.start_session` or :meth:`ClientBase.set_session_id`; every command
 may name another with ``session_id=``), sends commands with :meth:`ClientBase.send`,
-and ends the sessions it started when it is closed. The PHOEBE commands, jobs and
-checkpoints are added by the subclass in :mod:`._client`.
+saves, lists, fetches and deletes checkpoints (:meth:`ClientBase.checkpoint` and the
+methods after it), and ends the sessions it started when it is closed. The PHOEBE
+commands and jobs are added by the subclass in :mod:`._client`.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
 import os
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
 
-from .._version import __version__
 from ._config import resolve_token, resolve_url
 from ._convert import dumps
 from ._errors import (
@@ -27,7 +29,7 @@ from ._errors import (
 )
 from ._http import Transport
 
-__all__ = ["READ_ONLY_COMMANDS", "ClientBase"]
+__all__ = ["READ_ONLY_COMMANDS", "ClientBase", "client_version"]
 
 log = logging.getLogger("phoebe_spawner.client")
 
@@ -46,8 +48,21 @@ READ_ONLY_COMMANDS = frozenset(
 )
 
 
+@functools.cache
+def client_version() -> str:
+    """The installed phoebe-spawner-client's version, for the User-Agent header.
+
+    Its build takes it from ``phoebe_spawner/_version.py``, which the client does not
+    ship (``phoebe_spawner`` may be a namespace package holding only the client).
+    """
+    try:
+        return importlib.metadata.version("phoebe-spawner-client")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that did not install it
+        return "unknown"
+
+
 class ClientBase:
-    """Connection, authentication and sessions; see :class:`PhoebeClient` for the API."""
+    """Connection, authentication, sessions and checkpoints; see :class:`PhoebeClient`."""
 
     def __init__(
         self,
@@ -85,7 +100,7 @@ class ClientBase:
         self.user: dict[str, Any] | None = None
         headers = {
             "Accept": "application/json",
-            "User-Agent": f"phoebe-spawner-client/{__version__}",
+            "User-Agent": f"phoebe-spawner-client/{client_version()}",
         }
         self._http = Transport(
             self.url, headers, connect_timeout=connect_timeout, read_timeout=timeout

@@ -1,6 +1,6 @@
-""":class:`PhoebeClient`: the PHOEBE commands, jobs and checkpoints of the client.
+""":class:`PhoebeClient`: the PHOEBE commands and jobs of the client.
 
-Built on :class:`~._base.ClientBase` (connection, auth, sessions). Every command goes
+Built on :class:`~._base.ClientBase` (connection, auth, sessions, checkpoints). Every command goes
 to the current session unless it names another with ``session_id=``; with
 ``auto_session`` (the default) the first command starts a session when there is none.
 Results come back in the worker's shapes, with lists of numbers as numpy arrays and

@@ -10,8 +10,10 @@ trusted. It is imported into the private
 engine under the official name (cached between runs in ``$XDG_CACHE_HOME``).
 
 Then the Dockerfile is built unchanged (its build steps reach Debian and PyPI through
-the host's network), with a build context holding what it copies, and the image runs a
-real PHOEBE session through the hub with nothing of the host mounted in.
+the host's network), with a build context holding what it copies (the worker
+distribution's packaging and source: its first stage builds the wheel the image
+installs), and the image runs a real PHOEBE session through the hub with nothing of
+the host mounted in.
 """
 
 from __future__ import annotations
@@ -96,16 +98,31 @@ def base_tar() -> Path:
     return tar
 
 
+#: What the Dockerfile copies from the repository root: the worker distribution's
+#: packaging (packaging/worker and its build helper), the version file, the package.
+CONTEXT = (
+    "packaging/from_tree.py",
+    "packaging/worker",
+    "phoebe_spawner/_version.py",
+    "phoebe_kernel_worker",
+)
+
+
 def build_context() -> io.BytesIO:
-    """The Dockerfile and what it copies (the repository root minus everything else)."""
+    """The Dockerfile and what it copies (the repository root minus everything else;
+    no byte code nor build output of the checkout)."""
+
+    def source_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if "__pycache__" in parts or "build" in parts or info.name.endswith(".egg-info"):
+            return None
+        return info
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(DOCKERFILE), arcname="Dockerfile")
-        tar.add(
-            str(REPO_ROOT / "phoebe_kernel_worker"),
-            arcname="phoebe_kernel_worker",
-            filter=lambda info: None if "__pycache__" in info.name else info,
-        )
+        for path in CONTEXT:
+            tar.add(str(REPO_ROOT / path), arcname=path, filter=source_only)
     buf.seek(0)
     return buf
 
