@@ -26,7 +26,8 @@ from typing import Any
 from phoebe_kernel_worker.copy_for import check_copy_for
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 from phoebe_kernel_worker.grammar import check_unit_string, check_visible_if
-from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits, check_array_lengths
+from phoebe_kernel_worker.limits import check_array_lengths, check_ntriangles
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.safety import (
     DATASET_KINDS,
     MAX_STRING_LENGTH,
@@ -235,7 +236,7 @@ def _check_costs(param: dict[str, Any], where: str, limits: WorkerLimits) -> Non
     value = param.get("value")
     try:
         if param.get("qualifier") == "ntriangles" and param.get("context") == "compute":
-            limits.check_ntriangles(value, where)
+            check_ntriangles(limits, value, where)
         check_array_lengths(value, limits.max_array_length, where)
     except CommandError as exc:
         raise exc if isinstance(exc, UnsafeInput) else UnsafeInput(str(exc)) from None

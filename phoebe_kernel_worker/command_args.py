@@ -19,7 +19,8 @@ from phoebe_kernel_worker.copy_for import DEFAULT_LABEL, check_copy_for
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 from phoebe_kernel_worker.grammar import check_unit_string
 from phoebe_kernel_worker.guards import check_constraint_variable
-from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits
+from phoebe_kernel_worker.limits import check_ntriangles
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.safety import (
     DATASET_KINDS,
     DENIED_KWARGS,
@@ -108,7 +109,7 @@ def check_set_value(
     if cls in _UNSETTABLE_CLASSES:
         raise UnsafeInput(f"set_value: {cls} values cannot be set in this service")
     if target.qualifier == "ntriangles":
-        limits.check_ntriangles(value, f"set_value: {target.twig}")
+        check_ntriangles(limits, value, f"set_value: {target.twig}")
     if cls == "UnitParameter":
         check_unit_string(value, "set_value: value")
     elif cls == "ConstraintParameter":

@@ -11,9 +11,10 @@ phoebe-server worker, so existing clients keep working.  Differences are limited
 what safety requires (see :mod:`phoebe_kernel_worker.safety`) and to cases where the
 old code was wrong (results with several models or solutions, interrupted runs).
 
-Only names in :data:`COMMANDS` run: :meth:`PhoebeSession.dispatch` looks the name up in
-an explicit table and never uses ``getattr`` with client input.  PHOEBE is imported
-lazily, so importing this module (e.g. for :data:`COMMANDS`) stays cheap.
+Only the names of :data:`phoebe_kernel_worker.protocol.COMMANDS` run (the table here
+serves exactly those): :meth:`PhoebeSession.dispatch` looks the name up in an explicit
+table and never uses ``getattr`` with client input.  PHOEBE is imported lazily, so
+importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -31,16 +32,12 @@ from phoebe_kernel_worker import command_args
 from phoebe_kernel_worker.bundle_safety import validate_bundle_json
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
 from phoebe_kernel_worker.grammar import check_unit_string
-from phoebe_kernel_worker.limits import (
-    DEFAULT_LIMITS,
-    WorkerLimits,
-    check_array_lengths,
-    check_run_cost,
-)
+from phoebe_kernel_worker.limits import check_array_lengths, check_run_cost
 from phoebe_kernel_worker.progress import install_phoebe_progress
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.safety import check_filter_kwargs, check_uniqueid
 
-__all__ = ["COMMANDS", "CommandError", "PhoebeSession", "UnsafeInput", "list_passbands"]
+__all__ = ["CommandError", "PhoebeSession", "UnsafeInput", "list_passbands"]
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +492,8 @@ def _check_bool(value: Any) -> None:
         raise CommandError("expected true or false")
 
 
-#: The command table: client-visible name -> handler.  Nothing else can be called.
+#: The command table: client-visible name -> handler.  Nothing else can be called; the
+#: names are exactly :data:`phoebe_kernel_worker.protocol.COMMANDS` (tests/worker/test_commands.py).
 _HANDLERS: dict[str, Callable[..., Any]] = {
     "ping": PhoebeSession.ping,
     "set_morphology": PhoebeSession.set_morphology,
@@ -527,6 +525,3 @@ _NO_REQUIRED_ARGS = frozenset(
         for p in list(sig.parameters.values())[1:]
     )
 )
-
-#: Every command name a client may send.
-COMMANDS: frozenset[str] = frozenset(_HANDLERS)

@@ -39,7 +39,7 @@ def phoebe_session(info: ConnectionInfo) -> CommandSession:
     """A PHOEBE session starting from the default detached binary, with the cost caps
     of the connection file's ``limits`` (see :mod:`phoebe_kernel_worker.limits`)."""
     from .commands import PhoebeSession
-    from .limits import WorkerLimits
+    from .protocol.limits import WorkerLimits
 
     limits = WorkerLimits.from_mapping(info.limits)
     bundle = _template_bundle.pop() if _template_bundle else None

@@ -15,8 +15,8 @@ import pytest
 
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
-from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.protocol import ConnectionInfo
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
 
 pytestmark = pytest.mark.phoebe
 
