@@ -4,7 +4,8 @@
 raises for an unknown command or a rejected argument; its ``str()`` is a message meant
 for the client.  :class:`UnsafeInput` is the subclass raised by
 :mod:`phoebe_kernel_worker.safety` when an argument could make PHOEBE run code, start
-processes or touch files.  The worker's main loop turns both into
+processes or touch files.  Worker-only: the hub never sees these classes, only the
+messages in replies.  The worker's main loop turns both into
 ``{"success": false, "error": str(exc)}``.
 """
 

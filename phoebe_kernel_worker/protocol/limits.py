@@ -3,7 +3,7 @@
 The hub validates ``Spawner.worker_limits`` with :meth:`WorkerLimits.from_mapping`
 (``phoebe_spawner.spawners.base``) and sends the dict in the connection file's
 ``limits`` field; the worker builds its :class:`WorkerLimits` from it
-(``phoebe_kernel_worker.factories``) and enforces it (``phoebe_kernel_worker.limits``,
+(``phoebe_kernel_worker.factories``) and enforces it (``phoebe_kernel_worker.safety.costs``,
 whose docstring explains what each cap bounds and why the defaults are what they are).
 Pure: no sockets, no PHOEBE.
 """
@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_LIMITS", "WorkerLimits"]
 
 @dataclass(frozen=True)
 class WorkerLimits:
-    """The caps of one worker (see :mod:`phoebe_kernel_worker.limits` for what each bounds)."""
+    """The caps of one worker (see :mod:`phoebe_kernel_worker.safety.costs`: what each bounds)."""
 
     max_ntriangles: int = 5_000
     max_mesh_values: int = 10_000_000

@@ -1,4 +1,4 @@
-"""Cost caps: mesh size, mesh output and array lengths (phoebe_kernel_worker.limits).
+"""Cost caps: mesh size, mesh output and array lengths (phoebe_kernel_worker.safety.costs).
 
 ``run_compute(ntriangles=200000)`` ended in ``bad_alloc`` and a mesh dataset with every
 column at many times took GiBs.  Each way of asking for that must be refused before

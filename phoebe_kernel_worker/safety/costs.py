@@ -1,4 +1,4 @@
-"""Cost caps of one PHOEBE worker: mesh size, mesh output and array lengths.
+"""Cost caps: what one request may cost a worker in mesh size, mesh output and arrays.
 
 A single client request can ask PHOEBE for far more memory than a worker has:
 ``run_compute(ntriangles=200000)`` ends in ``bad_alloc``, and a mesh dataset exposing
@@ -33,7 +33,7 @@ at worst, well under the ~1 GiB a worker may take.
 
 The checks here are called by :class:`phoebe_kernel_worker.commands.PhoebeSession`
 (every command's arguments, and a pre-flight of every run) and by
-:mod:`phoebe_kernel_worker.bundle_safety` (loaded bundles).
+:mod:`phoebe_kernel_worker.safety.bundle` (loaded bundles).
 """
 
 from __future__ import annotations
