@@ -54,7 +54,9 @@ def test_wheel_contains_share_files_and_migrations(tmp_path):
         "phoebe_spawner/alembic/script.py.mako",
         "phoebe_spawner/alembic/versions/0001_initial.py",
         "phoebe_kernel_worker/__main__.py",
-        "phoebe_kernel_worker/protocol.py",
+        "phoebe_kernel_worker/protocol/__init__.py",
+        "phoebe_kernel_worker/protocol/sockets.py",
+        "phoebe_kernel_worker/safety/patches.py",
     ):
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
