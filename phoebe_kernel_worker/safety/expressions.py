@@ -406,8 +406,11 @@ def check_constraint_variable(
 ) -> None:
     """Refuse a constraint variable whose value PHOEBE could paste unsafely into ``eval``.
 
-    Also used by ``set_value`` on a ConstraintParameter before the new expression is
-    stored.  ``in_arithmetic``: the variable appears outside a direct call argument;
+    Called by the run-time patch before PHOEBE evaluates a constraint
+    (:func:`phoebe_kernel_worker.safety.patches.check_constraint_before_eval`) and by
+    ``set_value`` on a ConstraintParameter before the new expression is stored
+    (:func:`phoebe_kernel_worker.safety.edits.check_constraint_expression`).
+    ``in_arithmetic``: the variable appears outside a direct call argument;
     ``has_calls``: the expression calls a function (PHOEBE then formats values into
     the text, arrays as Python lists and strings between quotes).
     """
