@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol, wall
-from .worker import EXIT_NO_FREE_PORT, KernelWorker, NoFreePort, SessionFactory
+from .protocol.exits import EXIT_NO_FREE_PORT
+from .worker import KernelWorker, NoFreePort, SessionFactory
 
 DEFAULT_FACTORY = "phoebe_kernel_worker.factories:phoebe_session"
 PR_SET_PDEATHSIG = 1

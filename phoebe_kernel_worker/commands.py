@@ -11,9 +11,10 @@ phoebe-server worker, so existing clients keep working.  Differences are limited
 what safety requires (see :mod:`phoebe_kernel_worker.safety`) and to cases where the
 old code was wrong (results with several models or solutions, interrupted runs).
 
-Only names in :data:`COMMANDS` run: :meth:`PhoebeSession.dispatch` looks the name up in
-an explicit table and never uses ``getattr`` with client input.  PHOEBE is imported
-lazily, so importing this module (e.g. for :data:`COMMANDS`) stays cheap.
+Only the names of :data:`phoebe_kernel_worker.protocol.COMMANDS` run (the table here
+serves exactly those): :meth:`PhoebeSession.dispatch` looks the name up in an explicit
+table and never uses ``getattr`` with client input.  PHOEBE is imported lazily, so
+importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -27,20 +28,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from phoebe_kernel_worker import command_args
-from phoebe_kernel_worker.bundle_safety import validate_bundle_json
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
-from phoebe_kernel_worker.grammar import check_unit_string
-from phoebe_kernel_worker.limits import (
-    DEFAULT_LIMITS,
-    WorkerLimits,
-    check_array_lengths,
-    check_run_cost,
-)
 from phoebe_kernel_worker.progress import install_phoebe_progress
-from phoebe_kernel_worker.safety import check_filter_kwargs, check_uniqueid
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
+from phoebe_kernel_worker.safety import edits, runs
+from phoebe_kernel_worker.safety.arguments import (
+    check_bool,
+    check_filter_kwargs,
+    check_number,
+    check_uniqueid,
+)
+from phoebe_kernel_worker.safety.bundle import validate_bundle_json
+from phoebe_kernel_worker.safety.costs import check_array_lengths, check_run_cost
+from phoebe_kernel_worker.safety.ui_parameters import build_ui_parameters
+from phoebe_kernel_worker.safety.units import check_unit_string
 
-__all__ = ["COMMANDS", "CommandError", "PhoebeSession", "UnsafeInput", "list_passbands"]
+__all__ = ["CommandError", "PhoebeSession", "UnsafeInput", "list_passbands"]
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +70,14 @@ def configure_phoebe_process() -> None:
 
     Called by :class:`PhoebeSession`: no multiprocessing pools, progress bars reported
     to the hub instead of drawn on stderr, the custom ``ui`` context registered, and the
-    run-time guards of :mod:`phoebe_kernel_worker.guards` installed.
+    run-time guards of :mod:`phoebe_kernel_worker.safety.patches` installed.
     """
     global _process_configured
     with _process_lock:
         if _process_configured:
             return
         phoebe = _phoebe()
-        from phoebe_kernel_worker.guards import install_phoebe_guards
+        from phoebe_kernel_worker.safety.patches import install_phoebe_guards
 
         phoebe.multiprocessing_off()
         install_phoebe_progress()  # progress to the hub, nothing drawn on stderr
@@ -136,7 +139,7 @@ class PhoebeSession:
     this session (kept for the main loop, which runs the worker with it as working
     directory; no command reads or writes files).  The bundle starts as
     ``set_morphology('detached')``.  ``limits`` are the cost caps of
-    :mod:`phoebe_kernel_worker.limits` (from the connection file).
+    :mod:`phoebe_kernel_worker.safety.costs` (from the connection file).
     """
 
     def __init__(
@@ -204,7 +207,7 @@ class PhoebeSession:
     def load_bundle(self, bundle: str, **_ignored: Any) -> dict[str, Any]:
         """Replace the bundle by one from PHOEBE JSON text, after the safety checks.
 
-        See :func:`phoebe_kernel_worker.bundle_safety.validate_bundle_json`.  The current
+        See :func:`phoebe_kernel_worker.safety.bundle.validate_bundle_json`.  The current
         bundle is kept when anything fails.
         """
         phoebe = _phoebe()
@@ -242,27 +245,27 @@ class PhoebeSession:
             kwargs,
             extra={
                 "unit": check_unit_string,
-                "t": _check_number,
+                "t": check_number,
                 "default": None,
-                "expand": _check_bool,
+                "expand": check_bool,
             },
         )
         return self.bundle.get_value(**kwargs)
 
     def set_value(self, value: Any, **kwargs: Any) -> dict[str, Any]:
         """``bundle.set_value(value=value, **kwargs)`` after the checks of
-        :func:`phoebe_kernel_worker.command_args.check_set_value`."""
-        kwargs = command_args.check_set_value(self.bundle, value, kwargs, self.limits)
+        :func:`phoebe_kernel_worker.safety.edits.check_set_value`."""
+        kwargs = edits.check_set_value(self.bundle, value, kwargs, self.limits)
         self.bundle.set_value(value=value, **kwargs)
         return {}
 
     def attach_parameters(self, parameters: list[dict[str, Any]]) -> dict[str, list[str]]:
         """Attach client-defined parameters (context 'ui') and return their uniqueids.
 
-        See :func:`phoebe_kernel_worker.command_args.build_ui_parameters` for the
+        See :func:`phoebe_kernel_worker.safety.ui_parameters.build_ui_parameters` for the
         accepted spec keys.
         """
-        params = command_args.build_ui_parameters(self.bundle, parameters)
+        params = build_ui_parameters(self.bundle, parameters)
         self.bundle._attach_params(params)
         return {"unique_ids": [p.uniqueid for p in params]}
 
@@ -338,7 +341,7 @@ class PhoebeSession:
         """``bundle.add_dataset(**kwargs)``, e.g. ``kind="lc", compute_times=[...]``."""
         if isinstance(kwargs.get("kind"), str):
             kwargs["kind"] = kwargs["kind"].lower()  # PHOEBE accepts any case too
-        command_args.check_add_dataset_kwargs(self.bundle, kwargs)
+        edits.check_add_dataset_kwargs(self.bundle, kwargs)
         self.bundle.add_dataset(**kwargs)
         return {}
 
@@ -372,7 +375,7 @@ class PhoebeSession:
         contain.  With ``solution=`` the model holds samples; the first one is returned.
         An interrupted run leaves no partial model behind.
         """
-        command_args.check_run_compute_kwargs(self.bundle, kwargs)
+        runs.check_run_compute_kwargs(self.bundle, kwargs)
         check_run_cost(self.bundle, kwargs, self.limits, "run_compute")
         bundle = self.bundle
         result_ps = self._run_atomically("model", lambda: bundle.run_compute(**kwargs))
@@ -404,7 +407,7 @@ class PhoebeSession:
         "fitted_values"}}`` of the solution just produced (None for values the solver
         kind does not produce).  An interrupted run leaves no partial solution behind.
         """
-        solver = command_args.check_run_solver_kwargs(self.bundle, kwargs)
+        solver = runs.check_run_solver_kwargs(self.bundle, kwargs)
         check_run_cost(self.bundle, kwargs, self.limits, "run_solver")
         bundle = self.bundle
         run_kwargs = dict(kwargs)
@@ -485,17 +488,8 @@ def _sample(value: Any, first_sample: bool) -> Any:
     return value
 
 
-def _check_number(value: Any) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise CommandError("expected a number")
-
-
-def _check_bool(value: Any) -> None:
-    if not isinstance(value, bool):
-        raise CommandError("expected true or false")
-
-
-#: The command table: client-visible name -> handler.  Nothing else can be called.
+#: The command table: client-visible name -> handler.  Nothing else can be called; the
+#: names are exactly :data:`phoebe_kernel_worker.protocol.COMMANDS` (tests/worker/test_commands.py).
 _HANDLERS: dict[str, Callable[..., Any]] = {
     "ping": PhoebeSession.ping,
     "set_morphology": PhoebeSession.set_morphology,
@@ -527,6 +521,3 @@ _NO_REQUIRED_ARGS = frozenset(
         for p in list(sig.parameters.values())[1:]
     )
 )
-
-#: Every command name a client may send.
-COMMANDS: frozenset[str] = frozenset(_HANDLERS)

@@ -37,9 +37,9 @@ def prepare_phoebe() -> None:
 
 def phoebe_session(info: ConnectionInfo) -> CommandSession:
     """A PHOEBE session starting from the default detached binary, with the cost caps
-    of the connection file's ``limits`` (see :mod:`phoebe_kernel_worker.limits`)."""
+    of the connection file's ``limits`` (see :mod:`phoebe_kernel_worker.safety.costs`)."""
     from .commands import PhoebeSession
-    from .limits import WorkerLimits
+    from .protocol.limits import WorkerLimits
 
     limits = WorkerLimits.from_mapping(info.limits)
     bundle = _template_bundle.pop() if _template_bundle else None

@@ -46,14 +46,18 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from phoebe_kernel_worker.protocol.landlock import (
+    SYS_LANDLOCK_CREATE_RULESET,
+    landlock_abi,
+)
+from phoebe_kernel_worker.protocol.landlock import libc as _libc
+
 log = logging.getLogger("phoebe_kernel_worker.wall")
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
-SYS_LANDLOCK_CREATE_RULESET = 444  # the same number on every Linux architecture
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
-LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_RULE_NET_PORT = 2
 
@@ -104,24 +108,6 @@ class _PathBeneathAttr(ctypes.Structure):
 
 class _NetPortAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def landlock_abi() -> int:
-    """The Landlock ABI version of the running kernel; 0 when it has none (or it is off).
-
-    Also called by the hub for its start-up log line."""
-    try:
-        libc = _libc()
-        version = int(
-            libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-        )
-    except (OSError, AttributeError):
-        return 0
-    return max(version, 0)
 
 
 def _prctl(option: int, arg: int) -> int:

@@ -38,10 +38,10 @@ import psutil
 import zmq
 
 from . import progress, protocol
-from .errors import out_of_memory
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
-from .zmqio import readable, send_frames
+from .protocol.exits import out_of_memory
+from .protocol.sockets import readable, send_frames
 
 log = logging.getLogger("phoebe_kernel_worker")
 
@@ -50,10 +50,6 @@ POLL_MS = 100
 SUBSCRIPTION_CHECK = 0.05
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_LOGGED_REJECTIONS = 20
-
-
-#: Exit status of a worker that found no free port in its range (the pool is full).
-EXIT_NO_FREE_PORT = 75  # EX_TEMPFAIL
 
 
 class NoFreePort(Exception):

@@ -27,7 +27,7 @@ import zmq
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
-from phoebe_kernel_worker.zmqio import readable, send_frames
+from phoebe_kernel_worker.protocol.sockets import readable, send_frames
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_REJECTIONS = 20

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
-from phoebe_kernel_worker.errors import describe_bytes, out_of_memory
+from phoebe_kernel_worker.protocol.exits import describe_bytes, out_of_memory
 
 from .memgroups import MemoryGroups
 from .session import LiveSession

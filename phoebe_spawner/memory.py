@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from phoebe_kernel_worker import protocol
-from phoebe_kernel_worker.errors import out_of_memory
+from phoebe_kernel_worker.protocol.exits import out_of_memory
 
 from .channels import ChannelError
 from .session import LiveSession

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from phoebe_kernel_worker.commands import COMMANDS
+from phoebe_kernel_worker.protocol import COMMANDS
 
 from .session import LiveSession
 

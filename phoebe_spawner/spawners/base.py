@@ -65,8 +65,8 @@ from traitlets import (
 )
 from traitlets.config import LoggingConfigurable
 
-from phoebe_kernel_worker.limits import WorkerLimits
 from phoebe_kernel_worker.protocol import ConnectionInfo, write_connection_file
+from phoebe_kernel_worker.protocol.limits import WorkerLimits
 
 from ..channels import WorkerEndpoint
 
@@ -230,7 +230,7 @@ class Spawner(LoggingConfigurable):
     ).tag(config=True)
     worker_limits = Dict(
         help="""Cost caps of each PHOEBE worker, overriding the worker's defaults (see
-        ``phoebe_kernel_worker.limits``; docs/configuration.md). Keys:
+        ``phoebe_kernel_worker.protocol.limits``; docs/configuration.md). Keys:
         ``max_ntriangles`` (ntriangles of any component in any compute; default 5000),
         ``max_mesh_values`` (mesh times x columns, or lp wavelengths, times all stars'
         triangles; default 10000000), ``max_array_length`` (elements of any one array in

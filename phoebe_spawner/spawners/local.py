@@ -25,9 +25,9 @@ from typing import IO, Any
 import psutil
 from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
-from phoebe_kernel_worker import wall as worker_wall
 from phoebe_kernel_worker.protocol import ConnectionInfo, endpoints_from_json
-from phoebe_kernel_worker.worker import EXIT_NO_FREE_PORT
+from phoebe_kernel_worker.protocol.exits import EXIT_NO_FREE_PORT
+from phoebe_kernel_worker.protocol.landlock import landlock_abi
 
 from ..channels import WorkerEndpoint
 from . import wall
@@ -133,7 +133,7 @@ class LocalProcessSpawner(Spawner):
 
     def log_wall(self) -> None:
         """Say at hub start which wall workers will get, and why a layer is missing."""
-        abi = worker_wall.landlock_abi()
+        abi = landlock_abi()
         if self.landlock == "off":
             landlock = "Landlock off (LocalProcessSpawner.landlock)"
         elif abi:

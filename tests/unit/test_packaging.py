@@ -136,7 +136,12 @@ def test_worker_wheel_holds_the_worker_only_and_none_of_the_hubs_requirements(
 ):
     wheel = build_wheel(ROOT / "packaging" / "worker", tmp_path, sdist_first=sdist_first)
     names = set(wheel.namelist())
-    assert {"phoebe_kernel_worker/__main__.py", "phoebe_kernel_worker/protocol.py"} <= names
+    assert {
+        "phoebe_kernel_worker/__main__.py",
+        "phoebe_kernel_worker/protocol/__init__.py",
+        "phoebe_kernel_worker/protocol/sockets.py",
+        "phoebe_kernel_worker/safety/patches.py",
+    } <= names
     packaged = {n for n in names if n.endswith(".py")}
     in_tree = {
         p.relative_to(ROOT).as_posix()

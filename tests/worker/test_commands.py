@@ -13,12 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
+from phoebe_kernel_worker import commands
 from phoebe_kernel_worker.commands import (
-    COMMANDS,
     CommandError,
     PhoebeSession,
     list_passbands,
 )
+from phoebe_kernel_worker.protocol import COMMANDS
 from phoebe_kernel_worker.serialize import dumps
 
 pytestmark = pytest.mark.phoebe
@@ -60,7 +61,9 @@ def wire(result: Any) -> Any:
 
 
 def test_command_table() -> None:
+    """The protocol's command names (what the hub counts) are the worker's table."""
     assert EXPECTED_COMMANDS == COMMANDS
+    assert set(commands._HANDLERS) == COMMANDS
 
 
 def test_ping_and_unknown_commands(session: PhoebeSession) -> None:

@@ -125,7 +125,7 @@ def test_phoebe_own_copy_for_shapes_still_load(contact: bool) -> None:
 
     import phoebe
 
-    from phoebe_kernel_worker.bundle_safety import validate_bundle_json
+    from phoebe_kernel_worker.safety.bundle import validate_bundle_json
 
     b = phoebe.default_binary(contact_binary=contact)
     for kind in ("lc", "rv", "orb", "mesh"):

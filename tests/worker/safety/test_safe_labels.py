@@ -15,8 +15,8 @@ import pytest
 
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import UnsafeInput
-from phoebe_kernel_worker.guards import check_constraint_before_eval
-from phoebe_kernel_worker.safety import check_safe_labels, safe_label, safe_label_form
+from phoebe_kernel_worker.safety.expressions import check_safe_labels, safe_label, safe_label_form
+from phoebe_kernel_worker.safety.patches import check_constraint_before_eval
 
 pytestmark = pytest.mark.phoebe
 

@@ -1,5 +1,9 @@
 """Two small ZMQ helpers for the command path, shared by the worker and the hub.
 
+Used by the worker's loop (``phoebe_kernel_worker.worker``) and the hub's channels
+(``phoebe_spawner.channels``). The only protocol module that imports ``zmq``, so
+:mod:`phoebe_kernel_worker.protocol` itself does not re-export it.
+
 Every command crosses a socket four times (hub and worker, each way); pyzmq's
 ``send_multipart`` re-checks every frame's type and combines its flags as Python enums
 for each frame, which costs more than the sends themselves for small messages.
@@ -8,6 +12,8 @@ for each frame, which costs more than the sends themselves for small messages.
 from __future__ import annotations
 
 import zmq
+
+__all__ = ["readable", "send_frames"]
 
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)

@@ -1,4 +1,4 @@
-"""Cost caps: mesh size, mesh output and array lengths (phoebe_kernel_worker.limits).
+"""Cost caps: mesh size, mesh output and array lengths (phoebe_kernel_worker.safety.costs).
 
 ``run_compute(ntriangles=200000)`` ended in ``bad_alloc`` and a mesh dataset with every
 column at many times took GiBs.  Each way of asking for that must be refused before
@@ -15,8 +15,8 @@ import pytest
 
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
-from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits
 from phoebe_kernel_worker.protocol import ConnectionInfo
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
 
 pytestmark = pytest.mark.phoebe
 

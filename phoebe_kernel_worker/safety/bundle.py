@@ -12,42 +12,57 @@ JobParameter run code or talk to job servers.
 :func:`validate_bundle_json` is called by
 :meth:`phoebe_kernel_worker.commands.PhoebeSession.load_bundle` on the parsed JSON and
 refuses, with :class:`~phoebe_kernel_worker.errors.UnsafeInput`, everything outside an
-allow-list built from bundles PHOEBE itself writes (checked by round-trip tests).
+allow-list built from bundles PHOEBE itself writes (checked by round-trip tests).  The
+checks it shares with the command checks live beside it in
+:mod:`phoebe_kernel_worker.safety`: constraint expressions (``expressions``), unit
+strings (``units``), ``visible_if``, ``copy_for``, distribution and array dicts
+(``object_dicts``), plain values (``values``), cost caps (``costs``) and the one table
+of patterns (``patterns``).
 """
 
 from __future__ import annotations
 
-import math
-import re
 import string
 from collections.abc import Mapping
 from typing import Any
 
-from phoebe_kernel_worker.copy_for import check_copy_for
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
-from phoebe_kernel_worker.grammar import check_unit_string, check_visible_if
-from phoebe_kernel_worker.limits import DEFAULT_LIMITS, WorkerLimits, check_array_lengths
-from phoebe_kernel_worker.safety import (
+from phoebe_kernel_worker.protocol.limits import DEFAULT_LIMITS, WorkerLimits
+from phoebe_kernel_worker.safety.copy_for import check_copy_for
+from phoebe_kernel_worker.safety.costs import check_array_lengths, check_ntriangles
+from phoebe_kernel_worker.safety.expressions import analyze_expression
+from phoebe_kernel_worker.safety.object_dicts import (
+    nparray_size,
+    validate_distl_dict,
+    validate_nparray_dict,
+)
+from phoebe_kernel_worker.safety.patterns import (
+    COMPONENT_KINDS,
+    CONTEXTS,
     DATASET_KINDS,
-    MAX_STRING_LENGTH,
+    FEATURE_KINDS,
+    FORMAT_FIELD_RE,
+    HIERARCHY_RE,
     META_TAGS,
-    analyze_expression,
+    TAG_RE,
+    TIME_RE,
+    TWIG_RE,
+    UNIQUEID_RE,
+    VERSION_RE,
     is_quote_safe,
 )
+from phoebe_kernel_worker.safety.units import check_unit_string
+from phoebe_kernel_worker.safety.values import BUNDLE_VALUES, check_plain_value
+from phoebe_kernel_worker.safety.visible_if import check_visible_if
 
 __all__ = [
     "ALLOWED_PARAMETER_CLASSES",
     "MAX_BUNDLE_PARAMETERS",
     "validate_bundle_json",
-    "validate_distl_dict",
-    "validate_nparray_dict",
 ]
 
 #: Upper bound on the number of parameters in a loaded bundle.
 MAX_BUNDLE_PARAMETERS = 200_000
-#: Upper bound on the number of elements an ``nparray`` generator may produce.
-MAX_GENERATED_ARRAY = 10_000_000
-
 #: Parameter classes a loaded bundle may contain.  Refused: JobParameter (detached
 #: jobs, job servers, files), CodeParameter (``exec``), and anything else the lookup by
 #: name could find in ``phoebe.parameters.parameters``.
@@ -98,23 +113,6 @@ _ALLOWED_KEYS: frozenset[str] = frozenset(
         *META_TAGS,
     }
 )
-_CONTEXTS = frozenset(
-    {
-        "system",
-        "component",
-        "feature",
-        "dataset",
-        "constraint",
-        "distribution",
-        "compute",
-        "model",
-        "solver",
-        "solution",
-        "figure",
-        "setting",
-        "ui",
-    }
-)
 #: Kinds allowed per context, where PHOEBE resolves the kind to code by name.
 #: ``jktebop`` is left out of compute kinds: its backend shells out to an executable.
 _KINDS_BY_CONTEXT: Mapping[str, frozenset[str]] = {
@@ -137,38 +135,9 @@ _KINDS_BY_CONTEXT: Mapping[str, frozenset[str]] = {
             "emcee",
         }
     ),
-    "feature": frozenset({"spot", "rv_offset", "gp_sklearn", "gp_celerite2", "gaussian_process"}),
-    "component": frozenset({"star", "orbit", "envelope"}),
+    "feature": FEATURE_KINDS,
+    "component": COMPONENT_KINDS,
 }
-_DISTL_CLASSES = frozenset(
-    {
-        "Delta",
-        "Delta_Around",
-        "Gaussian",
-        "Gaussian_Around",
-        "Uniform",
-        "Uniform_Around",
-        "Histogram",
-        "Samples",
-        "Composite",
-        "MVGaussian",
-        "MVGaussianSlice",
-        "MVHistogram",
-        "MVHistogramSlice",
-        "MVSamples",
-        "MVSamplesSlice",
-        "DistributionCollection",
-    }
-)
-_NPARRAY_CLASSES = frozenset(
-    {"array", "arange", "linspace", "logspace", "geomspace", "invspace", "full", "zeros", "ones"}
-)
-_TAG_RE = re.compile(r"[A-Za-z0-9_,]{0,128}")
-_TIME_RE = re.compile(r"[0-9eE+\-.]{1,40}")
-_UNIQUEID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TWIG_RE = re.compile(r"[A-Za-z0-9_@,]{1,256}")
-_HIERARCHY_RE = re.compile(r"[A-Za-z0-9_:(), ]{0,4096}")
-_VERSION_RE = re.compile(r"(\d+)\.(\d+)(\.\d+)?(\.dev.*)?")
 
 
 def validate_bundle_json(
@@ -183,7 +152,8 @@ def validate_bundle_json(
     from the installed PHOEBE's major.minor version (``phoebe_version``, looked up
     from PHOEBE when not given), which keeps PHOEBE's version-migration code, which
     re-adds components and datasets from stored values, out of reach.  Unit strings
-    and ``visible_if`` expressions must pass :mod:`phoebe_kernel_worker.grammar`;
+    and ``visible_if`` expressions must pass their grammars (``safety.units``,
+    ``safety.visible_if``);
     ``ntriangles`` and array lengths must be within ``limits``.
     """
     if not isinstance(parsed, list) or not parsed:
@@ -235,21 +205,21 @@ def _check_costs(param: dict[str, Any], where: str, limits: WorkerLimits) -> Non
     value = param.get("value")
     try:
         if param.get("qualifier") == "ntriangles" and param.get("context") == "compute":
-            limits.check_ntriangles(value, where)
+            check_ntriangles(limits, value, where)
         check_array_lengths(value, limits.max_array_length, where)
     except CommandError as exc:
         raise exc if isinstance(exc, UnsafeInput) else UnsafeInput(str(exc)) from None
     if (
         isinstance(value, dict)
         and value.get("nparray") is not None
-        and _nparray_size(value) > limits.max_array_length
+        and nparray_size(value) > limits.max_array_length
     ):
         raise UnsafeInput(f"{where}: array would have more than {limits.max_array_length} elements")
 
 
 def _check_version(value: Any, installed: str) -> None:
-    match_bundle = _VERSION_RE.fullmatch(value) if isinstance(value, str) else None
-    match_installed = _VERSION_RE.fullmatch(installed)
+    match_bundle = VERSION_RE.fullmatch(value) if isinstance(value, str) else None
+    match_installed = VERSION_RE.fullmatch(installed)
     if match_bundle is None or match_installed is None:
         raise UnsafeInput(f"bundle has an unreadable phoebe_version {value!r}")
     if match_bundle.group(1, 2) != match_installed.group(1, 2):
@@ -270,10 +240,10 @@ def _check_parameter(param: dict[str, Any], where: str, constraint_funcs: frozen
         raise UnsafeInput(f"{where}: server parameters are not allowed")
     for tag in META_TAGS:
         value = param.get(tag)
-        if value is not None and (not isinstance(value, str) or not _TAG_RE.fullmatch(value)):
+        if value is not None and (not isinstance(value, str) or not TAG_RE.fullmatch(value)):
             raise UnsafeInput(f"{where}: invalid {tag} {value!r}")
     context = param.get("context")
-    if context not in _CONTEXTS:
+    if context not in CONTEXTS:
         raise UnsafeInput(f"{where}: context {context!r} is not allowed")
     kinds = _KINDS_BY_CONTEXT.get(context)
     kind = param.get("kind")
@@ -282,12 +252,12 @@ def _check_parameter(param: dict[str, Any], where: str, constraint_funcs: frozen
     time = param.get("time")
     if time is not None and not (
         (isinstance(time, int | float) and not isinstance(time, bool))
-        or (isinstance(time, str) and _TIME_RE.fullmatch(time))
+        or (isinstance(time, str) and TIME_RE.fullmatch(time))
     ):
         raise UnsafeInput(f"{where}: invalid time {time!r}")
     uniqueid = param.get("uniqueid")
     if uniqueid is not None and (
-        not isinstance(uniqueid, str) or not _UNIQUEID_RE.fullmatch(uniqueid)
+        not isinstance(uniqueid, str) or not UNIQUEID_RE.fullmatch(uniqueid)
     ):
         raise UnsafeInput(f"{where}: invalid uniqueid")
     _check_common_fields(param, where)
@@ -339,7 +309,7 @@ def _check_value(
             raise UnsafeInput(f"{where}: constraint_kwargs must map names to plain values")
         addl = param.get("constraint_addl_vars", [])
         if not isinstance(addl, list) or not all(
-            isinstance(t, str) and _TWIG_RE.fullmatch(t) for t in addl
+            isinstance(t, str) and TWIG_RE.fullmatch(t) for t in addl
         ):
             raise UnsafeInput(f"{where}: constraint_addl_vars must be a list of twigs")
     elif cls == "DistributionParameter":
@@ -364,119 +334,17 @@ def _check_value(
         }:
             raise UnsafeInput(f"{where}: use_server may only be 'none' or 'compute'")
     elif cls == "HierarchyParameter":
-        if not isinstance(value, str) or not _HIERARCHY_RE.fullmatch(value):
+        if not isinstance(value, str) or not HIERARCHY_RE.fullmatch(value):
             raise UnsafeInput(f"{where}: invalid hierarchy")
     elif cls == "TwigParameter":
-        if value is not None and (not isinstance(value, str) or not _TWIG_RE.fullmatch(value)):
+        if value is not None and (not isinstance(value, str) or not TWIG_RE.fullmatch(value)):
             raise UnsafeInput(f"{where}: invalid twig value")
     elif cls == "FloatArrayParameter" and isinstance(value, dict):
         validate_nparray_dict(value, where)
     elif cls == "DictParameter":
-        _check_plain(value, where, "value", allow_dict=True)
+        check_plain_value(value, f"{where}: value", allow_dict=True, limits=BUNDLE_VALUES)
     else:
-        _check_plain(value, where, "value", allow_dict=False)
-
-
-def validate_distl_dict(
-    value: Any, where: str = "distribution", *, strict_strings: bool = True, depth: int = 0
-) -> None:
-    """Refuse distl dicts outside the allow-list of distribution classes.
-
-    Used for DistributionParameter values of loaded bundles and (with
-    ``strict_strings=False``) by the run-time guard on ``distl.from_dict``.
-    ``Function`` (imports ``module.function`` paths and calls them) and any ``func`` key
-    are refused.  With ``strict_strings`` every string except LaTeX labels must be
-    quote-safe, because PHOEBE pastes distribution JSON (without the LaTeX labels) into
-    ``eval``-ed text as ``distl_from_json('...')``.
-    """
-    if depth > 8:
-        raise UnsafeInput(f"{where}: distribution nested too deeply")
-    if isinstance(value, dict):
-        if "distl" in value and value["distl"] not in _DISTL_CLASSES:
-            raise UnsafeInput(f"{where}: distribution class {value['distl']!r} is not allowed")
-        for key, item in value.items():
-            if not isinstance(key, str) or not is_quote_safe(key) or key == "func":
-                raise UnsafeInput(f"{where}: distribution key {key!r} is not allowed")
-            if key == "unit" and item is not None and (strict_strings or isinstance(item, str)):
-                check_unit_string(item, f"{where}: distribution unit")
-            latex = key in ("label_latex", "labels_latex")
-            validate_distl_dict(
-                item, where, strict_strings=strict_strings and not latex, depth=depth + 1
-            )
-    elif isinstance(value, list):
-        if len(value) > MAX_GENERATED_ARRAY:
-            raise UnsafeInput(f"{where}: distribution too large")
-        if all(type(v) is float or type(v) is int for v in value):
-            return
-        for item in value:
-            validate_distl_dict(item, where, strict_strings=strict_strings, depth=depth + 1)
-    elif isinstance(value, str):
-        if len(value) > MAX_STRING_LENGTH or (strict_strings and not is_quote_safe(value)):
-            raise UnsafeInput(f"{where}: distribution strings may not contain quotes")
-    elif strict_strings and not (value is None or isinstance(value, bool | int | float)):
-        raise UnsafeInput(f"{where}: unsupported value in distribution")
-
-
-def validate_nparray_dict(value: Any, where: str = "array", *, strict: bool = True) -> None:
-    """Refuse nparray dicts of an unknown class or that would allocate huge arrays.
-
-    ``strict`` (bundle JSON) also checks every key and value; the run-time guard on
-    ``nparray.from_dict`` passes ``strict=False`` because PHOEBE's own dicts may hold
-    numpy values.
-    """
-    if not isinstance(value, dict):
-        raise UnsafeInput(f"{where}: array must be an object")
-    kind = value.get("nparray")
-    if kind not in _NPARRAY_CLASSES:
-        raise UnsafeInput(f"{where}: array class {kind!r} is not allowed")
-    for key, item in value.items() if strict else ():
-        if not isinstance(key, str) or not re.fullmatch(r"[a-z_]{1,32}", key):
-            raise UnsafeInput(f"{where}: array key {key!r} is not allowed")
-        if key == "unit":
-            if item is not None:
-                check_unit_string(item, f"{where}: array unit")
-        elif key != "nparray":
-            _check_plain(item, where, key, allow_dict=False)
-    if _nparray_size(value) > MAX_GENERATED_ARRAY:
-        raise UnsafeInput(f"{where}: array would have more than {MAX_GENERATED_ARRAY} elements")
-
-
-def _nparray_size(value: dict[str, Any]) -> float:
-    kind = value["nparray"]
-    try:
-        if kind in ("linspace", "logspace", "geomspace", "invspace"):
-            return float(value.get("num", 50))
-        if kind == "arange":
-            start, stop = float(value.get("start", 0)), float(value["stop"])
-            step = float(value.get("step", 1))
-            return abs((stop - start) / step) if step else math.inf
-        if kind in ("full", "zeros", "ones"):
-            shape = value.get("shape", 1)
-            dims = shape if isinstance(shape, list) else [shape]
-            return math.prod(float(d) for d in dims)
-        return 0.0  # "array": the values are in the JSON already
-    except (TypeError, ValueError, KeyError, OverflowError):
-        return math.inf
-
-
-def _check_plain(value: Any, where: str, what: str, *, allow_dict: bool, depth: int = 0) -> None:
-    if depth > 6:
-        raise UnsafeInput(f"{where}: {what} nested too deeply")
-    if _is_safe_scalar(value) or (isinstance(value, str) and len(value) <= MAX_STRING_LENGTH):
-        return
-    if isinstance(value, list):
-        if all(type(v) is float or type(v) is int for v in value):
-            return
-        for item in value:
-            _check_plain(item, where, what, allow_dict=allow_dict, depth=depth + 1)
-        return
-    if isinstance(value, dict) and allow_dict:
-        for key, item in value.items():
-            if not isinstance(key, str) or len(key) > 1024:
-                raise UnsafeInput(f"{where}: {what} has an invalid key")
-            _check_plain(item, where, what, allow_dict=allow_dict, depth=depth + 1)
-        return
-    raise UnsafeInput(f"{where}: {what} has an unsupported value of type {type(value).__name__}")
+        check_plain_value(value, f"{where}: value", limits=BUNDLE_VALUES)
 
 
 def _is_plain_format(text: str) -> bool:
@@ -492,7 +360,7 @@ def _is_plain_format(text: str) -> bool:
     for _literal, field, spec, _conversion in parsed:
         if field is None:
             continue
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field) or "{" in (spec or ""):
+        if not FORMAT_FIELD_RE.fullmatch(field) or "{" in (spec or ""):
             return False
     return True
 

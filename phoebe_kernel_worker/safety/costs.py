@@ -1,12 +1,12 @@
-"""Cost caps of one PHOEBE worker: mesh size, mesh output and array lengths.
+"""Cost caps: what one request may cost a worker in mesh size, mesh output and arrays.
 
 A single client request can ask PHOEBE for far more memory than a worker has:
 ``run_compute(ntriangles=200000)`` ends in ``bad_alloc``, and a mesh dataset exposing
 every column (``columns=["*"]``) at many times stores ``times x columns x triangles``
-values.  :class:`WorkerLimits` holds the caps (the table below is the single source of
-the defaults); the hub may override them per spawner through the ``limits`` dict of the
-connection file (``Spawner.worker_limits``), read by
-:func:`phoebe_kernel_worker.factories.phoebe_session`.
+values.  :class:`~phoebe_kernel_worker.protocol.limits.WorkerLimits` holds the caps
+(shared with the hub, which may override them per spawner through the ``limits`` dict
+of the connection file, ``Spawner.worker_limits``, read by
+:func:`phoebe_kernel_worker.factories.phoebe_session`); this module enforces them.
 
 ========================  =========  ==================================================
 key                       default    what it bounds
@@ -33,61 +33,33 @@ at worst, well under the ~1 GiB a worker may take.
 
 The checks here are called by :class:`phoebe_kernel_worker.commands.PhoebeSession`
 (every command's arguments, and a pre-flight of every run) and by
-:mod:`phoebe_kernel_worker.bundle_safety` (loaded bundles).
+:mod:`phoebe_kernel_worker.safety.bundle` (loaded bundles).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 from phoebe_kernel_worker.errors import CommandError
+from phoebe_kernel_worker.protocol.limits import WorkerLimits
 
-__all__ = ["DEFAULT_LIMITS", "WorkerLimits", "check_array_lengths", "check_run_cost"]
+__all__ = ["check_array_lengths", "check_ntriangles", "check_run_cost"]
 
 _SKIP = {"check_visible": False, "check_default": False}
 
 
-@dataclass(frozen=True)
-class WorkerLimits:
-    """The caps of one worker (see the module docstring for what each bounds)."""
-
-    max_ntriangles: int = 5_000
-    max_mesh_values: int = 10_000_000
-    max_array_length: int = 1_000_000
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> WorkerLimits:
-        """Build limits from the connection file's ``limits`` dict (missing keys: defaults).
-
-        Raises ValueError for unknown keys or values that are not positive integers, so
-        a typo in the hub's configuration stops the worker instead of lifting a cap.
-        """
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown worker limits {sorted(unknown)} (known: {sorted(known)})")
-        for key, value in data.items():
-            if type(value) is not int or value <= 0:
-                raise ValueError(f"worker limit {key} must be a positive integer, not {value!r}")
-        return cls(**data)
-
-    def check_ntriangles(self, value: Any, what: str) -> None:
-        """Refuse an ``ntriangles`` value (an int, or a list of them) above the cap."""
-        for item in value if isinstance(value, list) else [value]:
-            if type(item) is not int:
-                raise CommandError(f"{what}: ntriangles must be an integer")
-            if item > self.max_ntriangles:
-                raise CommandError(
-                    f"{what}: ntriangles={item} is above this service's limit of "
-                    f"{self.max_ntriangles} (PHOEBE's default is 1500)"
-                )
-
-
-DEFAULT_LIMITS = WorkerLimits()
+def check_ntriangles(limits: WorkerLimits, value: Any, what: str) -> None:
+    """Refuse an ``ntriangles`` value (an int, or a list of them) above ``limits``."""
+    for item in value if isinstance(value, list) else [value]:
+        if type(item) is not int:
+            raise CommandError(f"{what}: ntriangles must be an integer")
+        if item > limits.max_ntriangles:
+            raise CommandError(
+                f"{what}: ntriangles={item} is above this service's limit of "
+                f"{limits.max_ntriangles} (PHOEBE's default is 1500)"
+            )
 
 
 def check_array_lengths(value: Any, limit: int, what: str, depth: int = 0) -> None:
@@ -121,7 +93,7 @@ def check_run_cost(bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits,
     """
     override = kwargs.get("ntriangles")
     if override is not None:
-        limits.check_ntriangles(override, what)
+        check_ntriangles(limits, override, what)
     triangles = 0
     for compute in bundle.filter(context="compute", **_SKIP).computes:
         params = bundle.filter(qualifier="ntriangles", compute=compute, **_SKIP).to_list()
@@ -129,7 +101,7 @@ def check_run_cost(bundle: Any, kwargs: Mapping[str, Any], limits: WorkerLimits,
         values = []
         for param in stars:
             value = int(param.get_value()) if override is None else _largest(override)
-            limits.check_ntriangles(value, f"{what}: {param.twig}")
+            check_ntriangles(limits, value, f"{what}: {param.twig}")
             values.append(value)
         triangles = max(triangles, sum(values))
     _check_oversampling(bundle, kwargs, limits, what)

@@ -16,7 +16,7 @@ from astropy.units import UnitsWarning
 
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import UnsafeInput
-from phoebe_kernel_worker.grammar import MAX_UNIT_LENGTH, check_unit_string, is_unit_string
+from phoebe_kernel_worker.safety.units import MAX_UNIT_LENGTH, check_unit_string, is_unit_string
 
 pytestmark = pytest.mark.phoebe
 

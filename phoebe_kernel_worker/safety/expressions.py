@@ -1,27 +1,24 @@
-"""Input checks that keep clients from running code through PHOEBE.
+"""Constraint expressions: the strings PHOEBE evaluates with ``eval``.
 
 PHOEBE evaluates constraint expressions with Python's ``eval``
 (``ConstraintParameter.get_result`` in ``phoebe/parameters/parameters.py``, twice: once
 on the expression with ``{twig}`` placeholders replaced by ``repr``-ish values, once on
 the "safe label" form with the values as globals *and the builtins available*).  String
 values of parameters referenced by a constraint are pasted into that text between
-single quotes.  ``CodeParameter`` runs ``exec``; compute/solver ``detach``/``use_server``
-write scripts and start processes; a few options name files.
+single quotes.
 
-This module holds the pure, PHOEBE-free part of the defence, used by
-:mod:`phoebe_kernel_worker.commands` before anything reaches PHOEBE:
+This module is the pure, PHOEBE-free model of what PHOEBE will evaluate:
 
 * :func:`validate_expression` / :func:`analyze_expression`: an AST allow-list for
   constraint expressions (numbers, placeholders, arithmetic, comparisons and calls of
   PHOEBE's constraint math functions; nothing else);
-* per-command keyword checks (:func:`check_filter_kwargs`, :func:`check_kwargs`,
-  :func:`check_plain_value`, :func:`check_label`, :func:`check_uniqueid`);
-* :data:`DATASET_KINDS` and the deny lists.
+* :func:`safe_label`, :func:`safe_label_form`, :func:`check_safe_labels`: the names
+  PHOEBE gives constraint variables in the evaluated text;
+* :func:`check_constraint_variable`: which parameters may be constraint variables.
 
-The bundle-JSON checks for ``load_bundle`` live in
-:mod:`phoebe_kernel_worker.bundle_safety`; the run-time guards patched into PHOEBE
-classes (the last line of defence at the ``eval``/``exec`` sites) live in
-:mod:`phoebe_kernel_worker.guards`.
+Called by the ``set_value`` check (:mod:`phoebe_kernel_worker.safety.edits`), the
+bundle checks (:mod:`phoebe_kernel_worker.safety.bundle`) and the run-time patches
+right before PHOEBE evaluates (:mod:`phoebe_kernel_worker.safety.patches`).
 """
 
 from __future__ import annotations
@@ -31,30 +28,25 @@ import functools
 import keyword
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.errors import UnsafeInput
+from phoebe_kernel_worker.safety.patterns import (
+    PLACEHOLDER_RE,
+    PRINTABLE_ASCII_RE,
+    TWIG_RE,
+    is_quote_safe,
+)
 
 __all__ = [
     "ALLOWED_CONSTANT_NAMES",
     "ALLOWED_FUNCTIONS",
-    "DATASET_KINDS",
-    "DENIED_KWARGS",
-    "FILTER_FLAGS",
-    "FILTER_TAGS",
-    "PHOEBE_ACTED_ON_KWARGS",
     "ExpressionInfo",
-    "UnsafeInput",
     "analyze_expression",
-    "check_filter_kwargs",
-    "check_kwargs",
-    "check_label",
-    "check_plain_value",
+    "check_constraint_variable",
     "check_safe_labels",
-    "check_uniqueid",
-    "is_quote_safe",
     "safe_label",
     "safe_label_form",
     "validate_expression",
@@ -107,89 +99,13 @@ ALLOWED_FUNCTIONS: frozenset[str] = frozenset(
 #: Bare names (not calls) an expression may use besides its placeholders.
 ALLOWED_CONSTANT_NAMES: frozenset[str] = frozenset({"pi", "e"})
 
-#: The real dataset kinds; ``add_dataset(kind=...)`` is resolved by PHOEBE with
-#: ``getattr`` on ``phoebe.parameters.dataset``, so nothing else may pass.
-DATASET_KINDS: frozenset[str] = frozenset({"lc", "rv", "lp", "orb", "mesh"})
-
-#: The tags that label every PHOEBE parameter (a parameter dict's "meta" keys).
-META_TAGS: tuple[str, ...] = (
-    "qualifier",
-    "feature",
-    "component",
-    "dataset",
-    "constraint",
-    "distribution",
-    "compute",
-    "model",
-    "solver",
-    "solution",
-    "figure",
-    "kind",
-    "context",
-)
-
-#: Filter tags accepted wherever PHOEBE filters parameters (get_value, set_value, ...).
-#: ``server`` is left out on purpose: the worker has no server context.
-FILTER_TAGS: frozenset[str] = frozenset({"twig", "uniqueid", "time", *META_TAGS})
-
-#: Boolean switches of PHOEBE's filter calls.
-FILTER_FLAGS: frozenset[str] = frozenset(
-    {"check_visible", "check_default", "check_advanced", "check_single"}
-)
-
-#: Names PHOEBE itself acts on when they reach a filter call (its filter matches on them,
-#: or ``get_value``/``set_value`` hand them on to the Parameter, which reads them) and
-#: which this service does not accept.  A filter-taking command refuses them unless it
-#: lists them as its own arguments; every other unknown name is ignored, as PHOEBE's
-#: filter ignores it (see :func:`check_filter_kwargs`).
-_ACTED_ON_NAMES = (
-    "server uniquetwig constraint_func value autocomplete force_ps force run_checks "
-    "run_constraints from_constraint from_flip_bundle_constraint skip_update_choices "
-    "bundle parent_ps return_quantity required_shape allow_value_as_first_arg timederiv "
-    "index unit t default expand"
-)
-PHOEBE_ACTED_ON_KWARGS: frozenset[str] = frozenset(_ACTED_ON_NAMES.split())
-
-#: Keyword arguments refused by every command, with the reason given to the client.
-DENIED_KWARGS: Mapping[str, str] = {
-    "detach": "detached jobs start processes and write scripts",
-    "use_server": "remote/threaded servers start processes",
-    "server": "remote/threaded servers start processes",
-    "sleep": "only used by detached jobs",
-    "jobid": "names script files of detached jobs",
-    "out_fname": "writes files",
-    "fname": "writes files",
-    "filename": "reads or writes files",
-    "script_fname": "writes files",
-    "save": "writes files",
-    "export": "writes files",
-    "custom_lnprobability_callable": "is code",
-    "continue_from_ps": "internal to PHOEBE",
-    "ignore_readonly": "readonly parameters stay readonly",
-    "allow_not_in_choices": "choice parameters only take their choices",
-    "check_label": "labels are always checked",
-    "return_changes": "not supported by this service",
-}
-
 MAX_EXPRESSION_LENGTH = 4000
 MAX_EXPRESSION_NODES = 1000
 MAX_EXPRESSION_DEPTH = 60
 MAX_INT_CONSTANT = 10**18
 MAX_CONSTANT_EXPONENT = 1000.0
 MAX_CONSTANT_BASE = 1.0e6
-MAX_STRING_LENGTH = 100_000
-MAX_LIST_LENGTH = 10_000_000
-MAX_VALUE_DEPTH = 4
 
-_PLACEHOLDER_RE = re.compile(r"\{.[^{}]*\}")  # the pattern ConstraintParameter._parse_expr uses
-_TWIG_RE = re.compile(r"[A-Za-z0-9_@,]{1,256}")
-_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
-_KWARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_UNIQUEID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TAG_VALUE_RE = re.compile(r"[A-Za-z0-9_@,*?\-]{0,256}")
-_TWIG_FILTER_RE = re.compile(r"[A-Za-z0-9_@,.*?\-\[\]]{0,1024}")
-_TIME_TAG_RE = re.compile(r"[0-9eE+\-.]{1,40}")
-_PRINTABLE_ASCII_RE = re.compile(r"[ -~]*")
 _PLACEHOLDER_PREFIX = "_phoebe_var_"
 
 _BIN_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
@@ -241,7 +157,7 @@ def analyze_expression(expr: str, variable_names: frozenset[str] | None = None) 
 def _analyze_cached(expr: str, variable_names: frozenset[str] | None) -> ExpressionInfo:
     if len(expr) > MAX_EXPRESSION_LENGTH:
         raise UnsafeInput(f"constraint expression longer than {MAX_EXPRESSION_LENGTH} characters")
-    if not _PRINTABLE_ASCII_RE.fullmatch(expr):
+    if not PRINTABLE_ASCII_RE.fullmatch(expr):
         raise UnsafeInput("constraint expression may only contain printable ASCII characters")
     if _PLACEHOLDER_PREFIX in expr:
         raise UnsafeInput(f"constraint expression may not contain {_PLACEHOLDER_PREFIX!r}")
@@ -251,13 +167,13 @@ def _analyze_cached(expr: str, variable_names: frozenset[str] | None) -> Express
 
         def _replace(match: re.Match[str]) -> str:
             twig = match.group(0)[1:-1]
-            if not _TWIG_RE.fullmatch(twig):
+            if not TWIG_RE.fullmatch(twig):
                 raise UnsafeInput(f"invalid twig {twig!r} in constraint expression")
             name = f"{_PLACEHOLDER_PREFIX}{len(names)}"
             names[name] = twig
             return name
 
-        source = _PLACEHOLDER_RE.sub(_replace, expr)
+        source = PLACEHOLDER_RE.sub(_replace, expr)
     else:
         source = expr
         names = {name: name for name in variable_names}
@@ -477,148 +393,41 @@ def safe_label_form(expr: str, labels: Mapping[str, str]) -> str:
     ``labels`` maps twigs to safe labels; PHOEBE replaces placeholders one after the
     other with ``str.replace`` (``ConstraintParameter._parse_expr``).
     """
-    for placeholder in _PLACEHOLDER_RE.findall(expr):
+    for placeholder in PLACEHOLDER_RE.findall(expr):
         expr = expr.replace(placeholder, labels[placeholder[1:-1]])
     return expr
 
 
-# --------------------------------------------------------------------------- kwargs
+# ------------------------------------------------------------ constraint variables
 
 
-def is_quote_safe(text: str) -> bool:
-    """Whether ``text`` can be pasted between single quotes in Python source harmlessly.
+def check_constraint_variable(
+    variable: Any, twig: str, *, in_arithmetic: bool, has_calls: bool
+) -> None:
+    """Refuse a constraint variable whose value PHOEBE could paste unsafely into ``eval``.
 
-    PHOEBE pastes string values of constraint variables as ``'{}'.format(value)``; a
-    quote, a backslash or a control character could end or bend that literal.
+    Called by the run-time patch before PHOEBE evaluates a constraint
+    (:func:`phoebe_kernel_worker.safety.patches.check_constraint_before_eval`) and by
+    ``set_value`` on a ConstraintParameter before the new expression is stored
+    (:func:`phoebe_kernel_worker.safety.edits.check_constraint_expression`).
+    ``in_arithmetic``: the variable appears outside a direct call argument;
+    ``has_calls``: the expression calls a function (PHOEBE then formats values into
+    the text, arrays as Python lists and strings between quotes).
     """
-    return (
-        isinstance(text, str)
-        and len(text) <= 1024
-        and _PRINTABLE_ASCII_RE.fullmatch(text) is not None
-        and "'" not in text
-        and "\\" not in text
-    )
-
-
-def check_label(value: Any, what: str) -> str:
-    """Check a new label (dataset, model, solution): PHOEBE's label rule, bounded length."""
-    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
-        raise CommandError(
-            f"{what} must be 1-64 letters, digits or '_' and start with a letter or digit"
-        )
-    return value
-
-
-def check_uniqueid(value: Any) -> str:
-    """Check a client-chosen uniqueid: a string of at most 64 ``[A-Za-z0-9_-]``."""
-    if not isinstance(value, str) or not _UNIQUEID_RE.fullmatch(value):
-        raise CommandError("uniqueid must be a string of 1-64 characters from [A-Za-z0-9_-]")
-    return value
-
-
-def check_kwargs(command: str, kwargs: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Refuse keyword arguments of ``command`` that are denied or not in ``allowed``."""
-    allowed_set = set(allowed)
-    for key in kwargs:
-        if not isinstance(key, str):
-            raise CommandError(f"{command}: argument names must be strings")
-        if key in DENIED_KWARGS and key not in allowed_set:
-            raise UnsafeInput(f"{command}: argument {key!r} is not allowed ({DENIED_KWARGS[key]})")
-        if key not in allowed_set:
-            raise CommandError(
-                f"{command}: unknown argument {key!r} (accepted: {', '.join(sorted(allowed_set))})"
+    cls = type(variable).__name__
+    if cls == "FloatParameter":
+        return
+    if cls == "FloatArrayParameter":
+        if in_arithmetic and has_calls:
+            raise UnsafeInput(
+                f"array parameter {twig!r} may only be a function argument in an expression "
+                "that calls functions"
             )
-
-
-def check_filter_kwargs(
-    command: str, kwargs: Mapping[str, Any], extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Check PHOEBE filter arguments; return the ones to hand to PHOEBE.
-
-    Tags hold strings (or lists of them), flags bools.  ``extra`` maps further accepted
-    argument names to a checker callable (or ``None`` to accept any plain JSON value).
-    Names in :data:`DENIED_KWARGS` and :data:`PHOEBE_ACTED_ON_KWARGS` (unless in
-    ``extra``) are refused.  Any other name is tolerated the way PHOEBE's filter
-    tolerates it: PHOEBE ignores keyword arguments that are not tags, so clients such
-    as PHOEBE Lab send widget options (``options=[...]``) along; such names are dropped
-    here, unread, and never reach PHOEBE.
-    """
-    extra = dict(extra or {})
-    accepted = FILTER_TAGS | FILTER_FLAGS | set(extra)
-    refused = set(DENIED_KWARGS) | PHOEBE_ACTED_ON_KWARGS
-    kept: dict[str, Any] = {}
-    for key in kwargs:
-        if not isinstance(key, str):
-            raise CommandError(f"{command}: argument names must be strings")
-        if key in accepted:
-            kept[key] = kwargs[key]
-        elif key in refused:
-            check_kwargs(command, {key: None}, accepted)  # raises with the reason
-        elif not _KWARG_NAME_RE.fullmatch(key):
-            raise CommandError(f"{command}: invalid argument name {key[:64]!r}")
-    for key, value in kept.items():
-        if key in FILTER_FLAGS:
-            if not isinstance(value, bool):
-                raise CommandError(f"{command}: {key} must be true or false")
-        elif key in FILTER_TAGS:
-            _check_tag_value(command, key, value)
-        else:
-            checker = extra[key]
-            if checker is None:
-                check_plain_value(value, f"{command}: {key}")
-            else:
-                checker(value)
-    return kept
-
-
-def _check_tag_value(command: str, key: str, value: Any) -> None:
-    if key == "time" and (
-        (isinstance(value, int | float) and not isinstance(value, bool))
-        or (isinstance(value, str) and _TIME_TAG_RE.fullmatch(value))
-    ):
         return
-    if key == "twig" and isinstance(value, str) and _TWIG_FILTER_RE.fullmatch(value):
+    if cls == "ChoiceParameter":
+        if in_arithmetic:
+            raise UnsafeInput(f"choice parameter {twig!r} may only be a function argument")
+        if not is_quote_safe(variable.get_value()):
+            raise UnsafeInput(f"choice parameter {twig!r} has a value unsafe for constraints")
         return
-    values = value if isinstance(value, list) else [value]
-    if len(values) > 1000:
-        raise CommandError(f"{command}: too many values for {key}")
-    for item in values:
-        if item is None:
-            continue
-        if not isinstance(item, str) or not _TAG_VALUE_RE.fullmatch(item):
-            raise CommandError(
-                f"{command}: {key} must be a label (letters, digits, '_', '@', ',', wildcards)"
-            )
-
-
-def check_plain_value(value: Any, what: str, *, allow_dict: bool = False, depth: int = 0) -> None:
-    """Check a value is plain JSON data PHOEBE will only store or convert.
-
-    Accepts ``None``, bools, finite-or-not numbers, strings (bounded length) and nested
-    lists of those; dicts (string keys) only if ``allow_dict``.  Dicts are refused
-    elsewhere because PHOEBE turns them into objects (``nparray.from_dict``,
-    ``distl.from_dict``) or treats their keys as twigs.
-    """
-    if depth > MAX_VALUE_DEPTH:
-        raise CommandError(f"{what}: value nested too deeply")
-    if value is None or isinstance(value, bool | int | float):
-        return
-    if isinstance(value, str):
-        if len(value) > MAX_STRING_LENGTH:
-            raise CommandError(f"{what}: string longer than {MAX_STRING_LENGTH} characters")
-        return
-    if isinstance(value, list | tuple):
-        if len(value) > MAX_LIST_LENGTH:
-            raise CommandError(f"{what}: list too long")
-        if value and all(type(v) is float or type(v) is int for v in value):
-            return
-        for item in value:
-            check_plain_value(item, what, allow_dict=False, depth=depth + 1)
-        return
-    if isinstance(value, dict) and allow_dict:
-        for key, item in value.items():
-            if not isinstance(key, str) or len(key) > 1024:
-                raise CommandError(f"{what}: dict keys must be short strings")
-            check_plain_value(item, what, allow_dict=False, depth=depth + 1)
-        return
-    raise CommandError(f"{what}: unsupported value of type {type(value).__name__}")
+    raise UnsafeInput(f"{cls} {twig!r} cannot be used in a constraint")

@@ -9,16 +9,21 @@ dict's keys to ``filter`` and, for a key whose value is ``"*"`` or a dict, reads
 as attribute names and several ``"*"`` keys multiply the number of copies.
 
 :func:`check_copy_for` is called on client ``attach_parameters`` specs (by
-:func:`phoebe_kernel_worker.command_args.build_ui_parameters`) and on every parameter
-of a loaded bundle (by :mod:`phoebe_kernel_worker.bundle_safety`).
+:func:`phoebe_kernel_worker.safety.ui_parameters.build_ui_parameters`) and on every parameter
+of a loaded bundle (by :mod:`phoebe_kernel_worker.safety.bundle`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from phoebe_kernel_worker.errors import UnsafeInput
+from phoebe_kernel_worker.safety.patterns import (
+    COMPONENT_KINDS,
+    DATASET_KINDS,
+    FEATURE_KINDS,
+    LABEL_RE,
+)
 
 __all__ = [
     "COPY_FOR_CONTEXTS",
@@ -35,25 +40,8 @@ COPY_FOR_TAGS: frozenset[str] = frozenset({"context", "kind", "component", "data
 COPY_FOR_EXPANDING_TAGS: frozenset[str] = frozenset({"component", "dataset", "feature"})
 #: Kinds a ``copy_for`` may select: PHOEBE's dataset, component and feature kinds (and
 #: the ``rv_dep`` kind its compute options name).
-COPY_FOR_KINDS: frozenset[str] = frozenset(
-    {
-        "lc",
-        "rv",
-        "lp",
-        "orb",
-        "mesh",
-        "rv_dep",
-        "star",
-        "orbit",
-        "envelope",
-        "disk",
-        "custombody",
-        "spot",
-        "rv_offset",
-        "gp_sklearn",
-        "gp_celerite2",
-        "gaussian_process",
-    }
+COPY_FOR_KINDS: frozenset[str] = (
+    DATASET_KINDS | COMPONENT_KINDS | FEATURE_KINDS | {"rv_dep", "disk", "custombody"}
 )
 #: The contexts a ``copy_for`` may select.
 COPY_FOR_CONTEXTS: frozenset[str] = frozenset(
@@ -61,8 +49,6 @@ COPY_FOR_CONTEXTS: frozenset[str] = frozenset(
 )
 #: The label PHOEBE reserves for the template a ``copy_for`` parameter is copied from.
 DEFAULT_LABEL = "_default"
-
-_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
 
 
 def check_copy_for(value: Any, what: str, *, client_spec: bool = False) -> None:
@@ -77,8 +63,8 @@ def check_copy_for(value: Any, what: str, *, client_spec: bool = False) -> None:
     :data:`COPY_FOR_KINDS`, contexts from :data:`COPY_FOR_CONTEXTS`, labels from
     PHOEBE's label alphabet.  ``client_spec`` (``attach_parameters``) allows only
     ``kind``, ``dataset`` and ``component`` and no dicts.  Raises :class:`UnsafeInput`.
-    Called by :func:`phoebe_kernel_worker.command_args.build_ui_parameters` and the
-    bundle checks of :mod:`phoebe_kernel_worker.bundle_safety`.
+    Called by :func:`phoebe_kernel_worker.safety.ui_parameters.build_ui_parameters` and the
+    bundle checks of :mod:`phoebe_kernel_worker.safety.bundle`.
     """
     if value is None or value is False:
         return
@@ -115,7 +101,7 @@ def _check_copy_for_values(key: str, item: Any, what: str) -> None:
             ok = entry in COPY_FOR_CONTEXTS
         else:
             ok = isinstance(entry, str) and (
-                entry == DEFAULT_LABEL or _LABEL_RE.fullmatch(entry) is not None
+                entry == DEFAULT_LABEL or LABEL_RE.fullmatch(entry) is not None
             )
         if not ok:
             allowed = {

@@ -1,9 +1,10 @@
-"""Run-time guards patched into PHOEBE at its ``eval``/``exec``/process sites.
+"""Run-time patches of PHOEBE: guards at its ``eval``/``exec``/process sites.
 
-The command-level checks in :mod:`phoebe_kernel_worker.safety` and
-:mod:`phoebe_kernel_worker.bundle_safety` refuse bad input before it reaches PHOEBE.
-These guards are the second line: whatever path a value took into the bundle, PHOEBE
-cannot evaluate or execute it without passing through one of the patched methods.
+The command checks (:mod:`~phoebe_kernel_worker.safety.arguments`, ``edits``, ``runs``,
+``ui_parameters``) and the bundle checks (:mod:`~phoebe_kernel_worker.safety.bundle`)
+refuse bad input before it reaches PHOEBE.  These guards are the second line: whatever
+path a value took into the bundle, PHOEBE cannot evaluate or execute it without
+passing through one of the patched methods.
 
 * ``ConstraintParameter.get_result`` (the only place constraint expressions are
   ``eval``-ed): both the ``{twig}`` form PHOEBE formats and evaluates and the internal
@@ -16,10 +17,10 @@ cannot evaluate or execute it without passing through one of the patched methods
 * ``JobParameter`` and the bundle's detached-job script writers: raise (they write
   scripts and start processes).
 * ``distl.from_dict``/``from_json`` and ``nparray.from_dict``: the allow-lists of
-  :mod:`phoebe_kernel_worker.bundle_safety` (no ``distl.Function``, which imports and
+  :mod:`phoebe_kernel_worker.safety.object_dicts` (no ``distl.Function``, which imports and
   calls ``module.function`` paths; no oversized generated arrays).
 * astropy's unit parser (``Unit("...")``, which every unit string reaches): the strict
-  grammar of :func:`phoebe_kernel_worker.grammar.check_unit_string`, so no numeric
+  grammar of :func:`phoebe_kernel_worker.safety.units.check_unit_string`, so no numeric
   scale factor (``"10**1000000000 d"``) can pin a core in C code.
 
 :func:`install_phoebe_guards` is called by
@@ -34,10 +35,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from phoebe_kernel_worker.bundle_safety import validate_distl_dict, validate_nparray_dict
 from phoebe_kernel_worker.errors import UnsafeInput
-from phoebe_kernel_worker.grammar import check_unit_string
-from phoebe_kernel_worker.safety import analyze_expression, check_safe_labels, is_quote_safe
+from phoebe_kernel_worker.safety.expressions import (
+    analyze_expression,
+    check_constraint_variable,
+    check_safe_labels,
+)
+from phoebe_kernel_worker.safety.object_dicts import validate_distl_dict, validate_nparray_dict
+from phoebe_kernel_worker.safety.units import check_unit_string
 
 __all__ = ["check_constraint_before_eval", "guards_installed", "install_phoebe_guards"]
 
@@ -113,35 +118,6 @@ def check_constraint_before_eval(param: Any) -> None:
             in_arithmetic=label in info.other_twigs,
             has_calls=info.has_calls,
         )
-
-
-def check_constraint_variable(
-    variable: Any, twig: str, *, in_arithmetic: bool, has_calls: bool
-) -> None:
-    """Refuse a constraint variable whose value PHOEBE could paste unsafely into ``eval``.
-
-    Also used by ``set_value`` on a ConstraintParameter before the new expression is
-    stored.  ``in_arithmetic``: the variable appears outside a direct call argument;
-    ``has_calls``: the expression calls a function (PHOEBE then formats values into
-    the text, arrays as Python lists and strings between quotes).
-    """
-    cls = type(variable).__name__
-    if cls == "FloatParameter":
-        return
-    if cls == "FloatArrayParameter":
-        if in_arithmetic and has_calls:
-            raise UnsafeInput(
-                f"array parameter {twig!r} may only be a function argument in an expression "
-                "that calls functions"
-            )
-        return
-    if cls == "ChoiceParameter":
-        if in_arithmetic:
-            raise UnsafeInput(f"choice parameter {twig!r} may only be a function argument")
-        if not is_quote_safe(variable.get_value()):
-            raise UnsafeInput(f"choice parameter {twig!r} has a value unsafe for constraints")
-        return
-    raise UnsafeInput(f"{cls} {twig!r} cannot be used in a constraint")
 
 
 def _check_new_expression(_param: Any, value: Any, *_args: Any, **_kwargs: Any) -> None:

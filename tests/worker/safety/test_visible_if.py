@@ -16,7 +16,7 @@ import pytest
 
 from phoebe_kernel_worker.commands import PhoebeSession
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
-from phoebe_kernel_worker.grammar import HIERARCHY_PREDICATES, check_visible_if
+from phoebe_kernel_worker.safety.visible_if import HIERARCHY_PREDICATES, check_visible_if
 
 pytestmark = pytest.mark.phoebe
 
