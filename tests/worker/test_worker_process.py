@@ -32,14 +32,14 @@ async def worker(tmp_path):
         runtime_dir=str(tmp_path / "runtime"),
         worker_args=TEST_FACTORY,
     )
-    endpoints = await spawner.start()
+    endpoint = await spawner.start()
     ctx = zmq.Context()
     socks = {}
     for name in ("shell", "control"):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVTIMEO, 3000)
-        s.connect(endpoints[name])
+        s.connect(endpoint.url(name))
         socks[name] = s
     yield spawner, socks, Signer(key, "w1"), key
     for s in socks.values():
