@@ -22,7 +22,7 @@ import pytest
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.spawners.base import SpawnError
 from phoebe_spawner.spawners.slurm import SlurmSpawner
-from phoebe_spawner.spawners.slurm_commands import SlurmCommands, SlurmError, SlurmUnavailable
+from phoebe_spawner.spawners.slurm.commands import SlurmCommands, SlurmError, SlurmUnavailable
 
 from ..conftest import TEST_FACTORY, async_wait_for
 
@@ -134,7 +134,8 @@ async def test_secrets_stay_out_of_slurm_and_the_job(make_hub, slurm_cluster, mo
         "scontrol": slurm_cluster.run("scontrol", "-dd", "show", "job", spawner.job_id),
         "script": slurm_cluster.run("scontrol", "write", "batch_script", spawner.job_id, "-"),
     }
-    assert "exec " in seen["script"] and "slurm_agent" in seen["script"]
+    assert "exec " in seen["script"]
+    assert "-m phoebe_spawner.spawners.slurm.agent " in seen["script"]
     # the job's processes: command lines and environments
     worker = psutil.Process(spawner.node_pid)
     for proc in (worker, worker.parent()):

@@ -8,16 +8,18 @@ shortened, and the CANCELLED line lost fields the parser does not read.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from phoebe_spawner.spawners import slurm_script
-from phoebe_spawner.spawners.slurm_agent import (
+from phoebe_spawner.spawners.slurm import script as slurm_script
+from phoebe_spawner.spawners.slurm.agent import (
     registration_message,
     split_address,
     verify_registration,
 )
-from phoebe_spawner.spawners.slurm_commands import (
+from phoebe_spawner.spawners.slurm.commands import (
     JobInfo,
     SlurmError,
     is_unreachable,
@@ -219,3 +221,25 @@ def test_registration_signature():
 def test_split_address():
     assert split_address("10.0.0.1:5000") == ("10.0.0.1", 5000)
     assert split_address("[fd00::1]:5000") == ("fd00::1", 5000)
+
+
+def test_the_agent_imports_neither_traitlets_nor_tornado_nor_the_hub():
+    # the agent runs on compute nodes: standard library and the worker protocol only
+    code = (
+        "import sys\n"
+        "import phoebe_spawner.spawners.slurm.agent\n"
+        "hub = {'phoebe_spawner', 'phoebe_spawner._version', 'phoebe_spawner.spawners',\n"
+        "       'phoebe_spawner.spawners.slurm', 'phoebe_spawner.spawners.slurm.agent'}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "                ('traitlets', 'tornado', 'sqlalchemy', 'phoebe_spawner'))\n"
+        "print(' '.join(m for m in loaded if m not in hub))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
+    # and the package still offers the spawner (the entry point's target)
+    from phoebe_spawner.spawners import slurm
+    from phoebe_spawner.spawners.slurm.spawner import SlurmSpawner
+
+    assert slurm.SlurmSpawner is SlurmSpawner

@@ -1,20 +1,20 @@
 """SlurmSpawner: each worker runs as one Slurm batch job on a node Slurm picks.
 
 ``spawner_class = "slurm"``. The hub runs Slurm's own client commands (``sbatch``,
-``scontrol``, ``scancel``) asynchronously (:mod:`.slurm_commands`); it never schedules
+``scontrol``, ``scancel``) asynchronously (:mod:`.commands`); it never schedules
 anything itself. One start, in order:
 
 1. write the session's 0600 connection file (signing key, optional CurveZMQ secret key,
    the registration address and a one-time token) into the session's runtime directory,
    which must be on a filesystem the compute nodes share;
 2. open a one-shot registration listener on ``registration_ip``
-   (:mod:`.slurm_registration`);
-3. submit the batch script (:mod:`.slurm_script`) with ``sbatch --parsable`` on stdin,
+   (:mod:`.registration`);
+3. submit the batch script (:mod:`.script`) with ``sbatch --parsable`` on stdin,
    with a minimal environment: the hub's secrets never reach Slurm or the job;
 4. while the job waits, report its queue state through :meth:`progress` (pending with
    Slurm's reason, running on which node); if Slurm ends it first, fail with Slurm's
    words and the last line of the job's log;
-5. on the node, the agent (:mod:`.slurm_agent`) starts the worker, which binds its
+5. on the node, the agent (:mod:`.agent`) starts the worker, which binds its
    channels on the node's address on ports it picks, and registers the endpoints with
    the hub over TCP, signed with the token. The hub never guesses a port on a node.
 
@@ -41,12 +41,12 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, 
 
 from phoebe_kernel_worker.protocol import derive_curve_secret
 
-from ..channels import WorkerEndpoint
-from . import slurm_script
-from .base import Spawner, SpawnError
-from .slurm_agent import REGISTRATION_FIELD
-from .slurm_commands import JobInfo, SlurmCommands, SlurmError
-from .slurm_registration import RegistrationError, RegistrationListener
+from ...channels import WorkerEndpoint
+from ..base import Spawner, SpawnError
+from . import script as slurm_script
+from .agent import REGISTRATION_FIELD
+from .commands import JobInfo, SlurmCommands, SlurmError
+from .registration import RegistrationError, RegistrationListener
 
 LOG_TAIL_BYTES = 4096
 
@@ -103,7 +103,7 @@ class SlurmSpawner(Spawner):
 
     @default("agent_cmd")
     def _default_agent_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "phoebe_spawner.spawners.slurm_agent"]
+        return [sys.executable, "-m", "phoebe_spawner.spawners.slurm.agent"]
 
     @default("ip")
     def _default_ip(self) -> str:
