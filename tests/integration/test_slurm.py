@@ -90,8 +90,8 @@ async def test_phoebe_session_runs_as_a_slurm_job(make_hub, slurm_cluster):
     assert in_queue(slurm_cluster, spawner.job_id)
     assert spawner.endpoint is not None and spawner.local_pid() is None  # not a local process
     host = spawner.endpoint.shell.removeprefix("tcp://").rsplit(":", 1)[0]
-    if slurm_cluster.isolated:
-        assert host == slurm_cluster.node_ip  # bound on the node, reached over the network
+    # bound on the node, reached over the network (the fixture fails if it is not isolated)
+    assert slurm_cluster.isolated and host == slurm_cluster.node_ip != slurm_cluster.hub_ip
     assert spawner.endpoint.curve_server_key  # the channels are encrypted
 
     async def send(command: str, **kwargs: Any) -> Any:
