@@ -4,8 +4,8 @@ Selected with ``PhoebeSpawnerApp.spawner_class = "docker"``; the session manager
 only caller. The hub-wide :class:`~.engine.EngineConnection` (made by
 :meth:`DockerSpawner.start_backend`, given to every spawner as ``backend``) runs each
 blocking docker SDK call on its own threads, never on the event loop; the container's
-mounts, limits and security options come from :mod:`.layout`.
-The hub dials only addresses it derives itself (see :mod:`.layout`).
+mounts, limits and security options come from :mod:`.layout`, which also says how the
+worker's key and endpoints travel. The hub dials only addresses it derives itself.
 """
 
 from __future__ import annotations
@@ -313,25 +313,20 @@ class DockerSpawner(Spawner):
             self.container_id = await self.engine.run(self._create, binds)
             self.emit_progress(55, f"Starting container {self.container_name}")
             await self.engine.api("start", self.container_id)
-        except engine_errors() as e:
+        except BaseException as e:
             await self._abort()
-            raise SpawnError(f"docker could not start the worker: {explain(e)}") from None
-        except BaseException:
-            await self._abort()
+            if isinstance(e, engine_errors()):
+                raise SpawnError(f"docker could not start the worker: {explain(e)}") from None
             raise
         self.emit_progress(70, "Container started, loading PHOEBE")
         try:
             report = await self._wait_ready(deadline)
             endpoints, _pid = endpoints_from_json(report)
             endpoint = await self._host_endpoint(endpoints, transport)
-        except SpawnError:
+        except BaseException as e:
             await self._abort()
-            raise
-        except ValueError:
-            await self._abort()
-            raise SpawnError("worker wrote a malformed ready file") from None
-        except BaseException:
-            await self._abort()
+            if isinstance(e, ValueError):
+                raise SpawnError("worker wrote a malformed ready file") from None
             raise
         self.emit_progress(100, "Worker ready", done=True)
         self.log.debug(
