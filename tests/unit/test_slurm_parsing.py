@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from phoebe_spawner.spawners.slurm import script as slurm_script
+from phoebe_spawner.spawners.slurm import script as batch
 from phoebe_spawner.spawners.slurm.agent import (
     registration_message,
     split_address,
@@ -162,42 +162,42 @@ def test_unreachable_controller_is_recognised():
 
 
 def test_render_fills_placeholders_and_rejects_unknown_ones():
-    values = {name: f"<{name}>" for name in slurm_script.PLACEHOLDERS}
-    script = slurm_script.render(slurm_script.DEFAULT_TEMPLATE, values)
+    values = {name: f"<{name}>" for name in batch.PLACEHOLDERS}
+    script = batch.render(batch.DEFAULT_TEMPLATE, values)
     assert "{{" not in script and script.startswith("#!/bin/bash\n")
     assert "#SBATCH --job-name=<job_name>" in script and script.rstrip().endswith("exec <agent>")
-    with pytest.raises(slurm_script.TemplateError, match="unknown placeholder"):
-        slurm_script.render("{{agent}} {{partiton}}", values)
-    with pytest.raises(slurm_script.TemplateError, match="must run"):
-        slurm_script.check_template("#!/bin/bash\necho no agent\n")
+    with pytest.raises(batch.TemplateError, match="unknown placeholder"):
+        batch.render("{{agent}} {{partiton}}", values)
+    with pytest.raises(batch.TemplateError, match="must run"):
+        batch.check_template("#!/bin/bash\necho no agent\n")
     # bash's own braces are left alone
-    assert slurm_script.render('echo "${HOME}" {{agent}}', values) == 'echo "${HOME}" <agent>'
+    assert batch.render('echo "${HOME}" {{agent}}', values) == 'echo "${HOME}" <agent>'
 
 
 def test_sbatch_lines_refuse_injection():
-    assert slurm_script.sbatch_lines(["--partition=debug", "--exclusive"]) == (
+    assert batch.sbatch_lines(["--partition=debug", "--exclusive"]) == (
         "#SBATCH --partition=debug\n#SBATCH --exclusive"
     )
     for bad in ("--partition=debug\nrm -rf /", "partition=debug", "--qos=", "; echo"):
-        with pytest.raises(slurm_script.TemplateError):
-            slurm_script.sbatch_lines([bad])
-    with pytest.raises(slurm_script.TemplateError):
-        slurm_script.single_line("output", "/tmp/x\n#SBATCH --exclusive")
+        with pytest.raises(batch.TemplateError):
+            batch.sbatch_lines([bad])
+    with pytest.raises(batch.TemplateError):
+        batch.single_line("output", "/tmp/x\n#SBATCH --exclusive")
 
 
 def test_exports_are_quoted():
-    lines = slurm_script.export_lines({"A": "x y", "B": "$(reboot)", "C": "it's"})
+    lines = batch.export_lines({"A": "x y", "B": "$(reboot)", "C": "it's"})
     assert lines.splitlines() == ["export A='x y'", "export B='$(reboot)'", "export C='it'\"'\"'s'"]
-    with pytest.raises(slurm_script.TemplateError):
-        slurm_script.export_lines({"BAD NAME": "x"})
+    with pytest.raises(batch.TemplateError):
+        batch.export_lines({"BAD NAME": "x"})
 
 
 def test_limits_map_to_slurm_units():
-    assert slurm_script.mem_option(2 * 1024**3) == "--mem=2048M"
-    assert slurm_script.mem_option(1000) == "--mem=1M"  # never 0 (which means "all")
-    assert slurm_script.cpus_option(2) == "--cpus-per-task=2"
-    assert slurm_script.cpus_option(0.5) == "--cpus-per-task=1"
-    assert slurm_script.cpus_option(2.5) == "--cpus-per-task=3"
+    assert batch.mem_option(2 * 1024**3) == "--mem=2048M"
+    assert batch.mem_option(1000) == "--mem=1M"  # never 0 (which means "all")
+    assert batch.cpus_option(2) == "--cpus-per-task=2"
+    assert batch.cpus_option(0.5) == "--cpus-per-task=1"
+    assert batch.cpus_option(2.5) == "--cpus-per-task=3"
 
 
 # --- the registration message -----------------------------------------------------------

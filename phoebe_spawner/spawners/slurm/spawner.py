@@ -43,7 +43,7 @@ from phoebe_kernel_worker.protocol import derive_curve_secret
 
 from ...channels import WorkerEndpoint
 from ..base import Spawner, SpawnError
-from . import script as slurm_script
+from . import script as batch
 from .agent import REGISTRATION_FIELD
 from .commands import JobInfo, SlurmCommands, SlurmError
 from .registration import RegistrationError, RegistrationListener
@@ -80,7 +80,7 @@ class SlurmSpawner(Spawner):
         ``module load python/3.11`` or ``source /opt/phoebe/venv/bin/activate``.""",
     ).tag(config=True)
     batch_template = Unicode(
-        slurm_script.DEFAULT_TEMPLATE,
+        batch.DEFAULT_TEMPLATE,
         help="""The batch script; placeholders ``{{job_name}} {{output}} {{chdir}}
         {{sbatch_options}} {{prologue}} {{environment}} {{agent}}`` (see
         share/phoebe_spawner/slurm/batch_template.sh).""",
@@ -89,8 +89,8 @@ class SlurmSpawner(Spawner):
     @validate("batch_template")
     def _check_template(self, proposal: Any) -> str:
         try:
-            slurm_script.check_template(proposal["value"])
-        except slurm_script.TemplateError as e:
+            batch.check_template(proposal["value"])
+        except batch.TemplateError as e:
             raise TraitError(str(e)) from None
         return str(proposal["value"])
 
@@ -248,7 +248,7 @@ class SlurmSpawner(Spawner):
                 self.job_id = await self.commands.submit(
                     script, ["--export=ALL", f"--job-name={self.job_name}"]
                 )
-            except (SlurmError, slurm_script.TemplateError) as e:
+            except (SlurmError, batch.TemplateError) as e:
                 raise SpawnError(str(e)) from None
             finally:
                 if self.job_id is None:
@@ -289,9 +289,9 @@ class SlurmSpawner(Spawner):
             if value:
                 options.append(f"{flag}={value}")
         if self.cpu_limit:
-            options.append(slurm_script.cpus_option(self.cpu_limit))
+            options.append(batch.cpus_option(self.cpu_limit))
         if self.mem_limit:
-            options.append(slurm_script.mem_option(self.mem_limit))
+            options.append(batch.mem_option(self.mem_limit))
         return [*options, *self.extra_sbatch_options]
 
     def batch_script(self) -> str:
@@ -306,16 +306,16 @@ class SlurmSpawner(Spawner):
             *self.cmd,
             *self.worker_args,
         ]
-        return slurm_script.render(
+        return batch.render(
             self.batch_template,
             {
-                "job_name": slurm_script.single_line("job name", self.job_name),
-                "output": slurm_script.single_line("output", str(self.output_path)),
-                "chdir": slurm_script.single_line("runtime_dir", self.runtime_dir),
-                "sbatch_options": slurm_script.sbatch_lines(self.sbatch_options()),
+                "job_name": batch.single_line("job name", self.job_name),
+                "output": batch.single_line("output", str(self.output_path)),
+                "chdir": batch.single_line("runtime_dir", self.runtime_dir),
+                "sbatch_options": batch.sbatch_lines(self.sbatch_options()),
                 "prologue": self.prologue,
-                "environment": slurm_script.export_lines(self.get_env()),
-                "agent": slurm_script.agent_command(agent),
+                "environment": batch.export_lines(self.get_env()),
+                "agent": batch.agent_command(agent),
             },
         )
 
