@@ -142,3 +142,48 @@ def test_the_traits_are_configured_on_docker_spawner_itself():
     config = Config()
     config.DockerSpawner.image = "site/worker:2"
     assert DockerSpawner(config=config).image == "site/worker:2"
+
+
+def test_the_hub_dials_only_endpoints_it_derives_itself():
+    inside = {ch: f"ipc:///run/phoebe/{ch}" for ch in ("shell", "control", "iopub")}
+    endpoint = layout.ipc_endpoint(inside, "/run/phoebe", "/data/runtime/s1/c")
+    assert endpoint.shell == "ipc:///data/runtime/s1/c/shell"
+    assert endpoint.iopub == "ipc:///data/runtime/s1/c/iopub"
+    for bad in ("ipc:///tmp/elsewhere/shell", "ipc:///run/phoebe/control", "tcp://1.2.3.4:5"):
+        with pytest.raises(ValueError, match="unexpected endpoint"):
+            layout.ipc_endpoint({**inside, "shell": bad}, "/run/phoebe", "/data/runtime/s1/c")
+    # TCP: the reported ports, on the address the hub looked up (never the reported host)
+    reported = {"shell": "tcp://0.0.0.0:5001", "control": "tcp://9.9.9.9:5002"}
+    endpoint = layout.tcp_endpoint({**reported, "iopub": "tcp://x:5003"}, "172.18.0.5")
+    assert (endpoint.shell, endpoint.control, endpoint.iopub) == (
+        "tcp://172.18.0.5:5001",
+        "tcp://172.18.0.5:5002",
+        "tcp://172.18.0.5:5003",
+    )
+    for bad in ("ipc:///run/phoebe/iopub", "tcp://1.2.3.4:port"):
+        with pytest.raises(ValueError, match="unexpected endpoint"):
+            layout.tcp_endpoint({**reported, "iopub": bad}, "172.18.0.5")
+
+
+def test_transport_follows_the_network_and_tcp_needs_one():
+    assert layout.choose_transport("auto", "none") == "ipc"
+    assert layout.choose_transport("auto", "host") == "tcp"
+    assert layout.choose_transport("ipc", "phoebe-net") == "ipc"
+    with pytest.raises(ValueError, match="needs a network"):
+        layout.choose_transport("tcp", "none")
+
+
+def test_extra_host_config_is_applied_last():
+    config = layout.hardened_host_config(
+        mounts=["/a:/b:ro"],
+        network="none",
+        tmpfs_size=1024,
+        pids_limit=0,
+        mem_limit=None,
+        cpu_limit=None,
+        extra={"cpuset_cpus": "0-1", "read_only": False},
+    )
+    assert config["cap_drop"] == ["ALL"] and config["security_opt"] == ["no-new-privileges"]
+    assert config["pids_limit"] is None and "mem_limit" not in config  # 0/None: no limit
+    assert config["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=1024"}
+    assert config["cpuset_cpus"] == "0-1" and config["read_only"] is False
