@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 import zmq.asyncio
+from traitlets.config import Config, Configurable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,6 +109,9 @@ async def run(args: argparse.Namespace, engine: DockerEngine | None) -> None:
     if args.image:
         traits["image"] = args.image
     ctx = zmq.asyncio.Context()
+    # the hub-wide engine connection, made once as a hub makes it
+    parent = Configurable(config=Config({"DockerSpawner": {"docker_host": url}}))
+    connection = await DockerSpawner.start_backend(parent, str(base / "rt"))
     results: dict[str, list[float]] = {}
     stops: dict[str, list[float]] = {}
 
@@ -125,7 +129,7 @@ async def run(args: argparse.Namespace, engine: DockerEngine | None) -> None:
             common["worker_args"] = TEST_FACTORY
         if kind.startswith("local"):
             return LocalProcessSpawner(**common)
-        return DockerSpawner(**traits, **common)
+        return DockerSpawner(**traits, **common, backend=connection)
 
     kinds = [("local", False), ("docker", False)]
     if args.phoebe:
@@ -155,6 +159,7 @@ async def run(args: argparse.Namespace, engine: DockerEngine | None) -> None:
                     }
                 )
     finally:
+        await DockerSpawner.stop_backend(connection)
         ctx.destroy(linger=0)
         shutil.rmtree(base, ignore_errors=True)
     lines = []

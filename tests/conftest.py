@@ -239,8 +239,10 @@ def docker_engine() -> Any:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Any:
-    """A private single-node Slurm cluster for the run (skips with the reason if it cannot
-    start; see tests/slurm_cluster.py). Its queue must be empty at the end."""
+    """A private single-node Slurm cluster for the run, its node in a network namespace of
+    its own (see tests/slurm_cluster.py). Skips with the reason where the machine cannot
+    run one; fails (``IsolationFailed``) where it could isolate the node and did not.
+    Its queue must be empty at the end."""
     from .slurm_cluster import ClusterUnavailable, SlurmCluster
 
     cluster = SlurmCluster()
@@ -248,6 +250,7 @@ def slurm_cluster() -> Any:
         cluster.start()
     except ClusterUnavailable as e:
         pytest.skip(f"no Slurm cluster: {e}")
+    assert cluster.isolated, "the Slurm node shares the hub's network"
     SERVICE_PIDS.update(cluster.daemon_pids())
     yield cluster
     left = cluster.stop()

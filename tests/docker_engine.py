@@ -308,6 +308,4 @@ def start_engine() -> DockerEngine:
 
 async def kill_container(spawner: Any, sig: str = "SIGKILL") -> None:
     """Kill a docker spawner's container with ``sig`` behind the spawner's back."""
-    import asyncio
-
-    await asyncio.to_thread(spawner.client.api.kill, spawner.container_id, signal=sig)
+    await spawner.engine.api("kill", spawner.container_id, signal=sig)

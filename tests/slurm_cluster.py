@@ -10,9 +10,13 @@ never used.
 The compute node runs in its own network namespace, joined to the test's namespace by
 a veth pair (``10.x.y.1`` on the hub's side, ``10.x.y.2`` on the node's side), so a
 worker in a job really is on another host from the hub's point of view: it binds on the
-node's address and can reach the hub only through ``10.x.y.1``. Where namespaces cannot
-be made (not root, no ``ip``), the node shares the test's network on 127.0.0.1 and
-:attr:`SlurmCluster.isolated` says so.
+node's address and can reach the hub only through ``10.x.y.1``. Isolation is asked for
+by default and never silently dropped: where the machine cannot make namespaces (not
+root, no ``ip netns``, no CAP_NET_ADMIN) the cluster is unavailable (the tests skip with
+that reason, and CI's ``PHOEBE_SPAWNER_REQUIRE_ALL=1`` turns the skip into a failure);
+where it can but making one fails, :meth:`SlurmCluster.start` raises
+:class:`IsolationFailed`. Only ``SlurmCluster(isolate=False)`` runs the node on the
+test's own network (127.0.0.1).
 
 The daemons run in the foreground as children of the test process (``-D``), which
 starts them before any test's leak check takes its snapshot; job processes are their
@@ -50,6 +54,31 @@ COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
 class ClusterUnavailable(Exception):
     """The cluster cannot be started here; ``str()`` is the reason tests skip with."""
+
+
+class IsolationFailed(Exception):
+    """The node's network namespace was asked for, the machine can make one, and making
+    it failed: the cluster does not start (tests fail, they do not skip)."""
+
+
+#: CAP_NET_ADMIN's bit in the capability sets of /proc/<pid>/status
+CAP_NET_ADMIN = 12
+
+
+def isolation_unavailable() -> str | None:
+    """Why this machine cannot give the node a network namespace of its own, or None."""
+    if os.geteuid() != 0:
+        return "not root"
+    if shutil.which("ip") is None:
+        return "no `ip` program (iproute2)"
+    with open("/proc/self/status") as f:
+        caps = dict(line.split(":", 1) for line in f if ":" in line)
+    if not int(caps.get("CapEff", "0").strip(), 16) >> CAP_NET_ADMIN & 1:
+        return "no CAP_NET_ADMIN"
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"`ip netns` does not work here: {done.stderr.strip()[:200]}"
+    return None
 
 
 def missing_programs() -> list[str]:
@@ -91,7 +120,8 @@ class SlurmCluster:
         self.netns = f"phoebe-slurm-{tag}"
         self.veth_hub, self.veth_node = f"psh{tag}", f"psn{tag}"
         self.isolated = False
-        self.want_isolation = isolate and os.geteuid() == 0 and shutil.which("ip") is not None
+        #: a network namespace for the node was asked for (the default)
+        self.want_isolation = isolate
         self.hub_ip = self.node_ip = "127.0.0.1"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -128,6 +158,13 @@ class SlurmCluster:
             )
         if os.geteuid() != 0:
             raise ClusterUnavailable("the private Slurm cluster must be started as root")
+        if self.want_isolation:
+            reason = isolation_unavailable()
+            if reason:
+                raise ClusterUnavailable(
+                    f"the compute node cannot get a network of its own ({reason}), so a "
+                    "worker would not be on another host"
+                )
         try:
             if self.want_isolation:
                 self._make_netns()
@@ -168,7 +205,7 @@ class SlurmCluster:
             None,
         )
         if prefix is None:
-            return
+            raise IsolationFailed("no free 10.213.x.0/24 subnet for the node's network")
         steps = [
             ["ip", "netns", "add", self.netns],
             ["ip", "link", "add", self.veth_hub, "type", "veth", "peer", "name", self.veth_node],
@@ -183,7 +220,10 @@ class SlurmCluster:
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 self._delete_netns()
-                return  # fall back to one namespace; ``isolated`` stays False
+                raise IsolationFailed(
+                    f"making the node's network failed at `{' '.join(argv)}`: "
+                    f"{done.stderr.strip()[:300]}"
+                )
         self.isolated = True
         self.hub_ip, self.node_ip = f"{prefix}.1", f"{prefix}.2"
 

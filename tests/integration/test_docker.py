@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from traitlets.config import Config, Configurable
 
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.spawners.base import SpawnError
@@ -257,7 +258,10 @@ async def test_poll_is_none_while_the_image_is_pulled(docker_engine, tmp_path):
     registry.bind(("127.0.0.1", 0))
     registry.listen()
     port = registry.getsockname()[1]
+    parent = Configurable(config=Config({"DockerSpawner": {"docker_host": docker_engine.url}}))
+    connection = await DockerSpawner.start_backend(parent, str(tmp_path / "rt"))
     spawner = DockerSpawner(
+        backend=connection,
         session_id="pull-1",
         user={"name": "puller", "user_id": "puller"},
         key="0" * 64,
@@ -285,6 +289,7 @@ async def test_poll_is_none_while_the_image_is_pulled(docker_engine, tmp_path):
             await asyncio.wait_for(task, 60)
     assert isinstance(await spawner.poll(), int)
     spawner.clear_state()
+    await DockerSpawner.stop_backend(connection)
 
 
 async def test_a_container_the_hub_never_recorded_is_removed_at_restart(

@@ -22,7 +22,7 @@ import pytest
 from phoebe_kernel_worker import protocol
 from phoebe_spawner.spawners.base import SpawnError
 from phoebe_spawner.spawners.slurm import SlurmSpawner
-from phoebe_spawner.spawners.slurm_commands import SlurmCommands, SlurmError, SlurmUnavailable
+from phoebe_spawner.spawners.slurm.commands import SlurmCommands, SlurmError, SlurmUnavailable
 
 from ..conftest import TEST_FACTORY, async_wait_for
 
@@ -90,8 +90,8 @@ async def test_phoebe_session_runs_as_a_slurm_job(make_hub, slurm_cluster):
     assert in_queue(slurm_cluster, spawner.job_id)
     assert spawner.endpoint is not None and spawner.local_pid() is None  # not a local process
     host = spawner.endpoint.shell.removeprefix("tcp://").rsplit(":", 1)[0]
-    if slurm_cluster.isolated:
-        assert host == slurm_cluster.node_ip  # bound on the node, reached over the network
+    # bound on the node, reached over the network (the fixture fails if it is not isolated)
+    assert slurm_cluster.isolated and host == slurm_cluster.node_ip != slurm_cluster.hub_ip
     assert spawner.endpoint.curve_server_key  # the channels are encrypted
 
     async def send(command: str, **kwargs: Any) -> Any:
@@ -134,7 +134,8 @@ async def test_secrets_stay_out_of_slurm_and_the_job(make_hub, slurm_cluster, mo
         "scontrol": slurm_cluster.run("scontrol", "-dd", "show", "job", spawner.job_id),
         "script": slurm_cluster.run("scontrol", "write", "batch_script", spawner.job_id, "-"),
     }
-    assert "exec " in seen["script"] and "slurm_agent" in seen["script"]
+    assert "exec " in seen["script"]
+    assert "-m phoebe_spawner.spawners.slurm.agent " in seen["script"]
     # the job's processes: command lines and environments
     worker = psutil.Process(spawner.node_pid)
     for proc in (worker, worker.parent()):

@@ -1,7 +1,8 @@
 """The one-shot registration listener against real TCP clients (no cluster needed).
 
-The agent's own sender (:func:`slurm_agent.send_registration`) is the good client; bad
-clients send wrong tokens, other sessions, wildcard endpoints and oversized lines.
+The agent's own sender (:func:`phoebe_spawner.spawners.slurm.agent.send_registration`)
+is the good client; bad clients send wrong tokens, other sessions, wildcard endpoints
+and oversized lines.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import socket
 
 import pytest
 
-from phoebe_spawner.spawners.slurm_agent import registration_message, send_registration
-from phoebe_spawner.spawners.slurm_registration import (
+from phoebe_spawner.spawners.slurm.agent import registration_message, send_registration
+from phoebe_spawner.spawners.slurm.registration import (
     RegistrationError,
     RegistrationListener,
     check_endpoints,
@@ -81,7 +82,7 @@ async def test_bad_reports_are_denied_and_the_good_one_still_counts(listener):
 
 
 async def test_a_silent_client_does_not_block_others(listener, monkeypatch):
-    monkeypatch.setattr("phoebe_spawner.spawners.slurm_registration.READ_TIMEOUT", 0.5)
+    monkeypatch.setattr("phoebe_spawner.spawners.slurm.registration.READ_TIMEOUT", 0.5)
     host, _, port = listener.address.rpartition(":")
     _idle_reader, idle_writer = await asyncio.open_connection(host, int(port))
     try:

@@ -72,19 +72,36 @@ class ForkServerFactory:
         await ForkServerSpawner.stop_backend(self.server)
 
 
-def docker_factory(tmp_path: Any, docker_engine: Any) -> SpawnerFactory:
-    def make(session_id: str = "c1", **kw: Any) -> Spawner:
+class DockerFactory:
+    """Docker spawners sharing one engine connection (``start``/``aclose``, as a hub does)."""
+
+    fixtures = ("docker_engine",)
+
+    def __init__(self, tmp_path: Any, docker_engine: Any) -> None:
+        self.tmp_path = tmp_path
+        self.docker_engine = docker_engine
+        self.connection: Any = None
+
+    def __call__(self, session_id: str = "c1", **kw: Any) -> Spawner:
         kw.setdefault("worker_args", TEST_FACTORY)
         return DockerSpawner(
             session_id=session_id,
             user={"name": "contract", "user_id": "contract"},
             key=protocol.derive_session_key(b"contract-secret", session_id).decode(),
-            session_dir=str(tmp_path / "sessions" / session_id),
-            runtime_dir=str(tmp_path / "runtime" / session_id),
-            **{**docker_engine.traits(), **kw},
+            session_dir=str(self.tmp_path / "sessions" / session_id),
+            runtime_dir=str(self.tmp_path / "runtime" / session_id),
+            backend=self.connection,
+            **{**self.docker_engine.traits(), **kw},
         )
 
-    return make
+    async def start(self) -> None:
+        config = Config()
+        config.DockerSpawner.docker_host = self.docker_engine.url
+        parent = Configurable(config=config)
+        self.connection = await DockerSpawner.start_backend(parent, str(self.tmp_path / "rt"))
+
+    async def aclose(self) -> None:
+        await DockerSpawner.stop_backend(self.connection)
 
 
 def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
@@ -110,12 +127,11 @@ def slurm_factory(tmp_path: Any, slurm_cluster: Any) -> SpawnerFactory:
 
 
 slurm_factory.fixtures = ("slurm_cluster",)  # type: ignore[attr-defined]
-docker_factory.fixtures = ("docker_engine",)  # type: ignore[attr-defined]
 
 BACKENDS: dict[str, Any] = {
     "local": local_factory,
     "local-forkserver": ForkServerFactory,
-    "docker": docker_factory,
+    "docker": DockerFactory,
     "slurm": slurm_factory,
 }
 #: backends are marked, so their tier can be selected (-m docker) and skips say why

@@ -8,16 +8,18 @@ shortened, and the CANCELLED line lost fields the parser does not read.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from phoebe_spawner.spawners import slurm_script
-from phoebe_spawner.spawners.slurm_agent import (
+from phoebe_spawner.spawners.slurm import script as batch
+from phoebe_spawner.spawners.slurm.agent import (
     registration_message,
     split_address,
     verify_registration,
 )
-from phoebe_spawner.spawners.slurm_commands import (
+from phoebe_spawner.spawners.slurm.commands import (
     JobInfo,
     SlurmError,
     is_unreachable,
@@ -160,42 +162,42 @@ def test_unreachable_controller_is_recognised():
 
 
 def test_render_fills_placeholders_and_rejects_unknown_ones():
-    values = {name: f"<{name}>" for name in slurm_script.PLACEHOLDERS}
-    script = slurm_script.render(slurm_script.DEFAULT_TEMPLATE, values)
+    values = {name: f"<{name}>" for name in batch.PLACEHOLDERS}
+    script = batch.render(batch.DEFAULT_TEMPLATE, values)
     assert "{{" not in script and script.startswith("#!/bin/bash\n")
     assert "#SBATCH --job-name=<job_name>" in script and script.rstrip().endswith("exec <agent>")
-    with pytest.raises(slurm_script.TemplateError, match="unknown placeholder"):
-        slurm_script.render("{{agent}} {{partiton}}", values)
-    with pytest.raises(slurm_script.TemplateError, match="must run"):
-        slurm_script.check_template("#!/bin/bash\necho no agent\n")
+    with pytest.raises(batch.TemplateError, match="unknown placeholder"):
+        batch.render("{{agent}} {{partiton}}", values)
+    with pytest.raises(batch.TemplateError, match="must run"):
+        batch.check_template("#!/bin/bash\necho no agent\n")
     # bash's own braces are left alone
-    assert slurm_script.render('echo "${HOME}" {{agent}}', values) == 'echo "${HOME}" <agent>'
+    assert batch.render('echo "${HOME}" {{agent}}', values) == 'echo "${HOME}" <agent>'
 
 
 def test_sbatch_lines_refuse_injection():
-    assert slurm_script.sbatch_lines(["--partition=debug", "--exclusive"]) == (
+    assert batch.sbatch_lines(["--partition=debug", "--exclusive"]) == (
         "#SBATCH --partition=debug\n#SBATCH --exclusive"
     )
     for bad in ("--partition=debug\nrm -rf /", "partition=debug", "--qos=", "; echo"):
-        with pytest.raises(slurm_script.TemplateError):
-            slurm_script.sbatch_lines([bad])
-    with pytest.raises(slurm_script.TemplateError):
-        slurm_script.single_line("output", "/tmp/x\n#SBATCH --exclusive")
+        with pytest.raises(batch.TemplateError):
+            batch.sbatch_lines([bad])
+    with pytest.raises(batch.TemplateError):
+        batch.single_line("output", "/tmp/x\n#SBATCH --exclusive")
 
 
 def test_exports_are_quoted():
-    lines = slurm_script.export_lines({"A": "x y", "B": "$(reboot)", "C": "it's"})
+    lines = batch.export_lines({"A": "x y", "B": "$(reboot)", "C": "it's"})
     assert lines.splitlines() == ["export A='x y'", "export B='$(reboot)'", "export C='it'\"'\"'s'"]
-    with pytest.raises(slurm_script.TemplateError):
-        slurm_script.export_lines({"BAD NAME": "x"})
+    with pytest.raises(batch.TemplateError):
+        batch.export_lines({"BAD NAME": "x"})
 
 
 def test_limits_map_to_slurm_units():
-    assert slurm_script.mem_option(2 * 1024**3) == "--mem=2048M"
-    assert slurm_script.mem_option(1000) == "--mem=1M"  # never 0 (which means "all")
-    assert slurm_script.cpus_option(2) == "--cpus-per-task=2"
-    assert slurm_script.cpus_option(0.5) == "--cpus-per-task=1"
-    assert slurm_script.cpus_option(2.5) == "--cpus-per-task=3"
+    assert batch.mem_option(2 * 1024**3) == "--mem=2048M"
+    assert batch.mem_option(1000) == "--mem=1M"  # never 0 (which means "all")
+    assert batch.cpus_option(2) == "--cpus-per-task=2"
+    assert batch.cpus_option(0.5) == "--cpus-per-task=1"
+    assert batch.cpus_option(2.5) == "--cpus-per-task=3"
 
 
 # --- the registration message -----------------------------------------------------------
@@ -219,3 +221,25 @@ def test_registration_signature():
 def test_split_address():
     assert split_address("10.0.0.1:5000") == ("10.0.0.1", 5000)
     assert split_address("[fd00::1]:5000") == ("fd00::1", 5000)
+
+
+def test_the_agent_imports_neither_traitlets_nor_tornado_nor_the_hub():
+    # the agent runs on compute nodes: standard library and the worker protocol only
+    code = (
+        "import sys\n"
+        "import phoebe_spawner.spawners.slurm.agent\n"
+        "hub = {'phoebe_spawner', 'phoebe_spawner._version', 'phoebe_spawner.spawners',\n"
+        "       'phoebe_spawner.spawners.slurm', 'phoebe_spawner.spawners.slurm.agent'}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "                ('traitlets', 'tornado', 'sqlalchemy', 'phoebe_spawner'))\n"
+        "print(' '.join(m for m in loaded if m not in hub))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
+    # and the package still offers the spawner (the entry point's target)
+    from phoebe_spawner.spawners import slurm
+    from phoebe_spawner.spawners.slurm.spawner import SlurmSpawner
+
+    assert slurm.SlurmSpawner is SlurmSpawner

@@ -2,7 +2,7 @@
 
 The batch script of a :class:`~phoebe_spawner.spawners.slurm.SlurmSpawner` job ends with::
 
-    exec python -m phoebe_spawner.spawners.slurm_agent --connection-file F -- <worker cmd>
+    exec python -m phoebe_spawner.spawners.slurm.agent --connection-file F -- <worker cmd>
 
 The agent (standard library and ``phoebe_kernel_worker.protocol`` only, so it starts in
 milliseconds on the node):
@@ -140,7 +140,7 @@ def _exit_like(returncode: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the agent (see the module docstring); returns the worker's exit status."""
-    parser = argparse.ArgumentParser(prog="phoebe_spawner.spawners.slurm_agent")
+    parser = argparse.ArgumentParser(prog="phoebe_spawner.spawners.slurm.agent")
     parser.add_argument("--connection-file", required=True)
     parser.add_argument("--registration-timeout", type=float, default=60.0)
     parser.add_argument("worker", nargs=argparse.REMAINDER)

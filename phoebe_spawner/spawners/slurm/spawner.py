@@ -1,20 +1,20 @@
 """SlurmSpawner: each worker runs as one Slurm batch job on a node Slurm picks.
 
 ``spawner_class = "slurm"``. The hub runs Slurm's own client commands (``sbatch``,
-``scontrol``, ``scancel``) asynchronously (:mod:`.slurm_commands`); it never schedules
+``scontrol``, ``scancel``) asynchronously (:mod:`.commands`); it never schedules
 anything itself. One start, in order:
 
 1. write the session's 0600 connection file (signing key, optional CurveZMQ secret key,
    the registration address and a one-time token) into the session's runtime directory,
    which must be on a filesystem the compute nodes share;
 2. open a one-shot registration listener on ``registration_ip``
-   (:mod:`.slurm_registration`);
-3. submit the batch script (:mod:`.slurm_script`) with ``sbatch --parsable`` on stdin,
+   (:mod:`.registration`);
+3. submit the batch script (:mod:`.script`) with ``sbatch --parsable`` on stdin,
    with a minimal environment: the hub's secrets never reach Slurm or the job;
 4. while the job waits, report its queue state through :meth:`progress` (pending with
    Slurm's reason, running on which node); if Slurm ends it first, fail with Slurm's
    words and the last line of the job's log;
-5. on the node, the agent (:mod:`.slurm_agent`) starts the worker, which binds its
+5. on the node, the agent (:mod:`.agent`) starts the worker, which binds its
    channels on the node's address on ports it picks, and registers the endpoints with
    the hub over TCP, signed with the token. The hub never guesses a port on a node.
 
@@ -41,12 +41,12 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, 
 
 from phoebe_kernel_worker.protocol import derive_curve_secret
 
-from ..channels import WorkerEndpoint
-from . import slurm_script
-from .base import Spawner, SpawnError
-from .slurm_agent import REGISTRATION_FIELD
-from .slurm_commands import JobInfo, SlurmCommands, SlurmError
-from .slurm_registration import RegistrationError, RegistrationListener
+from ...channels import WorkerEndpoint
+from ..base import Spawner, SpawnError
+from . import script as batch
+from .agent import REGISTRATION_FIELD
+from .commands import JobInfo, SlurmCommands, SlurmError
+from .registration import RegistrationError, RegistrationListener
 
 LOG_TAIL_BYTES = 4096
 
@@ -80,7 +80,7 @@ class SlurmSpawner(Spawner):
         ``module load python/3.11`` or ``source /opt/phoebe/venv/bin/activate``.""",
     ).tag(config=True)
     batch_template = Unicode(
-        slurm_script.DEFAULT_TEMPLATE,
+        batch.DEFAULT_TEMPLATE,
         help="""The batch script; placeholders ``{{job_name}} {{output}} {{chdir}}
         {{sbatch_options}} {{prologue}} {{environment}} {{agent}}`` (see
         share/phoebe_spawner/slurm/batch_template.sh).""",
@@ -89,8 +89,8 @@ class SlurmSpawner(Spawner):
     @validate("batch_template")
     def _check_template(self, proposal: Any) -> str:
         try:
-            slurm_script.check_template(proposal["value"])
-        except slurm_script.TemplateError as e:
+            batch.check_template(proposal["value"])
+        except batch.TemplateError as e:
             raise TraitError(str(e)) from None
         return str(proposal["value"])
 
@@ -103,7 +103,7 @@ class SlurmSpawner(Spawner):
 
     @default("agent_cmd")
     def _default_agent_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "phoebe_spawner.spawners.slurm_agent"]
+        return [sys.executable, "-m", "phoebe_spawner.spawners.slurm.agent"]
 
     @default("ip")
     def _default_ip(self) -> str:
@@ -248,7 +248,7 @@ class SlurmSpawner(Spawner):
                 self.job_id = await self.commands.submit(
                     script, ["--export=ALL", f"--job-name={self.job_name}"]
                 )
-            except (SlurmError, slurm_script.TemplateError) as e:
+            except (SlurmError, batch.TemplateError) as e:
                 raise SpawnError(str(e)) from None
             finally:
                 if self.job_id is None:
@@ -289,9 +289,9 @@ class SlurmSpawner(Spawner):
             if value:
                 options.append(f"{flag}={value}")
         if self.cpu_limit:
-            options.append(slurm_script.cpus_option(self.cpu_limit))
+            options.append(batch.cpus_option(self.cpu_limit))
         if self.mem_limit:
-            options.append(slurm_script.mem_option(self.mem_limit))
+            options.append(batch.mem_option(self.mem_limit))
         return [*options, *self.extra_sbatch_options]
 
     def batch_script(self) -> str:
@@ -306,16 +306,16 @@ class SlurmSpawner(Spawner):
             *self.cmd,
             *self.worker_args,
         ]
-        return slurm_script.render(
+        return batch.render(
             self.batch_template,
             {
-                "job_name": slurm_script.single_line("job name", self.job_name),
-                "output": slurm_script.single_line("output", str(self.output_path)),
-                "chdir": slurm_script.single_line("runtime_dir", self.runtime_dir),
-                "sbatch_options": slurm_script.sbatch_lines(self.sbatch_options()),
+                "job_name": batch.single_line("job name", self.job_name),
+                "output": batch.single_line("output", str(self.output_path)),
+                "chdir": batch.single_line("runtime_dir", self.runtime_dir),
+                "sbatch_options": batch.sbatch_lines(self.sbatch_options()),
                 "prologue": self.prologue,
-                "environment": slurm_script.export_lines(self.get_env()),
-                "agent": slurm_script.agent_command(agent),
+                "environment": batch.export_lines(self.get_env()),
+                "agent": batch.agent_command(agent),
             },
         )
 
