@@ -18,8 +18,8 @@ from typing import Any
 
 from .auth.base import Authenticator
 from .db import Store
-from .session import ACTIVE, LiveSession
-from .sessions import SessionManager
+from .sessions.manager import SessionManager
+from .sessions.session import ACTIVE, LiveSession
 
 
 @dataclass

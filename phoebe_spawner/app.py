@@ -44,15 +44,15 @@ from .configcheck import (
     loopback_only,
 )
 from .db import DatabaseSchemaError, Store
-from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
 from .httpserver import CappedHTTPServer, raise_fd_limit
-from .jobs import JobManager
-from .limits import SessionLimits
+from .jobs.events import AdminEvents, UserEvents
+from .jobs.manager import JobManager
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
 from .plugins import import_object, load_class
-from .sessions import SessionManager
+from .sessions.limits import SessionLimits
+from .sessions.manager import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
 from .spawners.wall import harden_hub, sqlite_path

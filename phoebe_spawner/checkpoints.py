@@ -28,7 +28,7 @@ from traitlets.config import LoggingConfigurable
 from .auth.base import User
 from .db import Store
 from .errors import SessionError, SessionNotFound
-from .session import LiveSession, user_dir_name
+from .sessions.session import LiveSession, user_dir_name
 from .spawners.base import ByteSpecification
 
 REASONS = ("manual", "cull", "shutdown", "stop")

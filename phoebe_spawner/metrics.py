@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 
 from phoebe_kernel_worker.commands import COMMANDS
 
-from .session import LiveSession
+from .sessions.session import LiveSession
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .sessions.manager import SessionManager
 
 #: The content type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

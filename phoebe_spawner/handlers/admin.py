@@ -14,9 +14,9 @@ import time
 from tornado.log import app_log
 
 from ..accounts import set_account_active
-from ..events import AdminEvents
+from ..jobs.events import AdminEvents
 from ..metrics import CONTENT_TYPE, HubMetrics
-from ..session import LiveSession
+from ..sessions.session import LiveSession
 from .base import ApiError, BaseHandler
 from .streams import EventStreamHandler
 

@@ -29,7 +29,7 @@ from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate
 from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
 from ..db import DatabaseUnavailable, Store
 from ..errors import SessionError
-from ..sessions import SessionManager
+from ..sessions.manager import SessionManager
 
 #: request bodies larger than this may skip the hub's JSON parse (``command_request``)
 FAST_PATH_BYTES = 256 * 1024

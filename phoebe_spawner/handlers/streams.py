@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from tornado.iostream import StreamClosedError
 
-from ..events import Event, EventLog
+from ..jobs.events import Event, EventLog
 from .base import ApiError, BaseHandler
 
 Backfill = Callable[[int, int], Awaitable[list[Event]]]

@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
-from phoebe_spawner.jobs import JobManager
-from phoebe_spawner.limits import SessionLimits, disk_reason, measure
-from phoebe_spawner.sessions import SessionManager
+from phoebe_spawner.jobs.manager import JobManager
+from phoebe_spawner.sessions.limits import SessionLimits, disk_reason, measure
+from phoebe_spawner.sessions.manager import SessionManager
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import Client, async_wait_for

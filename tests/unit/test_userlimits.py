@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from phoebe_spawner.auth.base import User
-from phoebe_spawner.session import LiveSession
-from phoebe_spawner.userlimits import port_status, session_limit
+from phoebe_spawner.sessions.session import LiveSession
+from phoebe_spawner.sessions.userlimits import port_status, session_limit
 
 ADA = User(user_id="u1", name="ada", email="ada@example.org", groups=("staff", "lab"))
 BOB = User(user_id="u2", name="bob", email="bob@example.org", groups=("lab",))

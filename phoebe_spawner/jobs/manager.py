@@ -33,13 +33,13 @@ from traitlets.config import LoggingConfigurable
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
-from .auth.base import User
-from .channels import ChannelError
-from .db import DatabaseUnavailable, Store
-from .errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
+from ..auth.base import User
+from ..channels import ChannelError
+from ..db import DatabaseUnavailable, Store
+from ..errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
+from ..sessions.manager import SessionManager
+from ..sessions.session import LiveSession
 from .events import Event, EventLog
-from .session import LiveSession
-from .sessions import SessionManager
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", *TERMINAL})

@@ -33,13 +33,13 @@ import orjson
 
 from phoebe_kernel_worker import protocol
 
-from .auth.base import User
-from .channels import ChannelError, WorkerChannel
-from .spawners.base import Spawner
+from ..auth.base import User
+from ..channels import ChannelError, WorkerChannel
+from ..spawners.base import Spawner
 
 if TYPE_CHECKING:
+    from .manager import SessionManager
     from .session import LiveSession
-    from .sessions import SessionManager
 
 #: the owner a pool worker's spawner has until it is handed out
 POOL_USER = User(user_id="", name="(warm pool)")

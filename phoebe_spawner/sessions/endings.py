@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from phoebe_kernel_worker import protocol
 
-from .channels import ChannelClosed, ChannelError, ChannelTimeout
+from ..channels import ChannelClosed, ChannelError, ChannelTimeout
 from .session import ACTIVE, LiveSession, describe_exit
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 
 async def recover_from_timeout(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .auth.base import User
+from ..auth.base import User
 from .session import LiveSession
 
 #: prefix of a ``user_session_limits`` key that names a group (JupyterHub's, in hub mode)

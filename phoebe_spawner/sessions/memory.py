@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.errors import out_of_memory
 
-from .channels import ChannelError
-from .db import DatabaseUnavailable
+from ..channels import ChannelError
+from ..db import DatabaseUnavailable
 from .session import LiveSession
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 
 async def sample(s: LiveSession) -> float:

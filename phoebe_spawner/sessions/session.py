@@ -15,9 +15,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .auth.base import User
-from .channels import WorkerChannel
-from .spawners.base import Spawner
+from ..auth.base import User
+from ..channels import WorkerChannel
+from ..spawners.base import Spawner
 
 #: Statuses of a session that holds (or is about to hold, or still holds) a worker.
 ACTIVE = ("pending", "running", "stopping")

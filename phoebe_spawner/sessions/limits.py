@@ -26,12 +26,12 @@ from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker.errors import describe_bytes, out_of_memory
 
+from ..spawners.base import ByteSpecification, Spawner
 from .memgroups import MemoryGroups
 from .session import LiveSession
-from .spawners.base import ByteSpecification, Spawner
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 #: session events after which a session's worker is gone for good
 ENDED = ("stopped", "culled", "failed")

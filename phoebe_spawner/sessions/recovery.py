@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from phoebe_kernel_worker import protocol
 
-from .auth.base import User
-from .channels import ChannelError
+from ..auth.base import User
+from ..channels import ChannelError
 from .session import ACTIVE, LiveSession
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 
 async def recover(manager: SessionManager, users: Callable[[dict[str, Any]], User]) -> None:

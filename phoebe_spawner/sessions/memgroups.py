@@ -22,7 +22,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .cpuclass import enable_controller, hierarchy, remove_group, remove_tree, tree_name
+from .cpu import enable_controller, hierarchy, remove_group, remove_tree, tree_name
 
 log = logging.getLogger(__name__)
 

@@ -31,23 +31,23 @@ from traitlets.config import LoggingConfigurable
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
-from . import culling, endings, execution, memory, recovery
-from .auth.base import User
-from .channels import ChannelError, Reply, WorkerChannel
-from .cpuclass import CpuClasses
-from .db import DatabaseUnavailable, Store
-from .errors import (
+from ..auth.base import User
+from ..channels import ChannelError, Reply, WorkerChannel
+from ..db import DatabaseUnavailable, Store
+from ..errors import (
     LimitReached,
     NotOwner,
     RateLimited,
     SessionNotFound,
     Unavailable,
 )
+from ..ratelimit import RateLimiter
+from ..spawners.base import SpawnCapacityError, Spawner, SpawnError
+from . import culling, endings, execution, memory, recovery
+from .cpu import CpuClasses
 from .limits import SessionLimits
 from .pool import PooledWorker, WarmPool
-from .ratelimit import RateLimiter
 from .session import ACTIVE, LiveSession, user_dir_name
-from .spawners.base import SpawnCapacityError, Spawner, SpawnError
 from .userlimits import port_status, session_limit
 
 #: ``(session, command, seconds, error)`` after each command; see add_command_listener

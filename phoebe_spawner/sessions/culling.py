@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .errors import Unavailable
+from ..errors import Unavailable
 from .session import LiveSession
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 
 async def cull_idle(manager: SessionManager) -> None:

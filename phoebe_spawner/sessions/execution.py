@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 from phoebe_kernel_worker import protocol
 
+from ..channels import ChannelBusy, ChannelClosed, ChannelError, ChannelTimeout, Reply
+from ..errors import CommandTimedOut, Unavailable
 from . import endings
-from .channels import ChannelBusy, ChannelClosed, ChannelError, ChannelTimeout, Reply
-from .errors import CommandTimedOut, Unavailable
 from .session import LiveSession
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .manager import SessionManager
 
 
 async def control_ping(s: LiveSession) -> Reply:

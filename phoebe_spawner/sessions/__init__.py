@@ -1,0 +1,1 @@
+"""The session core: the manager of all sessions and one session's worker and state."""
