@@ -62,8 +62,8 @@ def emit(record: dict[str, Any]) -> None:
 async def time_session(spawner: Spawner, ctx: zmq.asyncio.Context) -> tuple[float, float]:
     """Seconds from start() to a signed status reply, and seconds stop() took."""
     t0 = time.perf_counter()
-    endpoints = await spawner.start()
-    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
+    endpoint = await spawner.start()
+    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoint)
     channel.connect()
     try:
         await channel.control(protocol.STATUS_REQUEST, timeout=60)

@@ -38,9 +38,6 @@ MAX_LOGGED_REJECTIONS = 20
 IOPUB_TOPICS = (b"progress", b"stream", protocol.DELIM)
 #: ...and those (from such workers) are dropped unread (the header is orjson output)
 IGNORED_IOPUB = b'"msg_type":"status"'
-#: Optional key of a spawner's endpoints: the worker's Z85 CurveZMQ public key. When it
-#: is there, every socket to that worker is encrypted (CurveZMQ); otherwise plain TCP.
-CURVE_SERVER_KEY = "curve_server_key"
 #: messages one drain callback takes before it yields the loop (a flooding worker must
 #: not starve the other sessions)
 DRAIN_BATCH = 64
@@ -84,6 +81,52 @@ class Reply:
 IOPubHandler = Callable[[Message], None]
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerEndpoint:
+    """How the hub reaches one worker: what ``Spawner.start()`` returns.
+
+    The three ZMQ URLs the worker bound (``tcp://host:port``), and the worker's Z85
+    CurveZMQ public key when its sockets are encrypted (a worker on another host; plain
+    TCP otherwise). The base :class:`~phoebe_spawner.spawners.base.Spawner` keeps it in
+    its state (:meth:`to_state`), so a restarted hub reconnects to a re-adopted worker.
+    """
+
+    shell: str
+    control: str
+    iopub: str
+    curve_server_key: str | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The shell channel's port: the ``port`` API clients are shown."""
+        tail = self.shell.rsplit(":", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+    def url(self, channel: str) -> str:
+        """The URL of ``channel`` (one of ``protocol.CHANNELS``)."""
+        return str(getattr(self, channel))
+
+    def to_state(self) -> dict[str, str]:
+        """A JSON-able form, read back by :meth:`from_state`."""
+        state = {"shell": self.shell, "control": self.control, "iopub": self.iopub}
+        if self.curve_server_key:
+            state["curve_server_key"] = self.curve_server_key
+        return state
+
+    @classmethod
+    def from_state(cls, state: Any) -> WorkerEndpoint | None:
+        """The endpoint :meth:`to_state` wrote, or None if ``state`` does not hold one."""
+        if not isinstance(state, dict):
+            return None
+        try:
+            urls = [str(state[ch]) for ch in protocol.CHANNELS]
+        except KeyError:
+            return None
+        key = state.get("curve_server_key")
+        shell, control, iopub = urls
+        return cls(shell, control, iopub, str(key) if key else None)
+
+
 class WorkerChannel:
     """Persistent, signed request/reply channels to one worker."""
 
@@ -92,10 +135,10 @@ class WorkerChannel:
         ctx: zmq.Context[Any],
         session_id: str,
         key: bytes,
-        endpoints: dict[str, str],
+        endpoint: WorkerEndpoint,
     ) -> None:
         self.session_id = session_id
-        self.endpoints = endpoints
+        self.endpoint = endpoint
         self._ctx = ctx
         self._key = key
         self._pending: dict[str, asyncio.Future[Reply]] = {}
@@ -116,7 +159,7 @@ class WorkerChannel:
             if kind == zmq.SUB:
                 for topic in IOPUB_TOPICS:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
-            server_key = self.endpoints.get(CURVE_SERVER_KEY)
+            server_key = self.endpoint.curve_server_key
             if server_key:
                 # CurveZMQ client with a throw-away key pair: the worker authenticates
                 # messages by their HMAC signature, the curve layer only encrypts
@@ -124,7 +167,7 @@ class WorkerChannel:
                 sock.curve_serverkey = server_key.encode()
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
-            sock.connect(self.endpoints[name])
+            sock.connect(self.endpoint.url(name))
             self._sockets[name] = sock
             self._signers[name] = Signer(self._key, self.session_id)
             loop.add_reader(sock.FD, self._drain, name)

@@ -32,7 +32,7 @@ from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
 
 from ..auth.base import User
-from ..channels import ChannelError, Reply, WorkerChannel
+from ..channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
 from ..db import DatabaseUnavailable, Store
 from ..errors import (
     LimitReached,
@@ -260,16 +260,16 @@ class SessionManager(LoggingConfigurable):
         """Call ``listener(session, message)`` for every iopub message of every session."""
         self._iopub_listeners.append(listener)
 
-    def connect(self, s: LiveSession, endpoints: dict[str, str]) -> WorkerChannel:
+    def connect(self, s: LiveSession, endpoint: WorkerEndpoint) -> WorkerChannel:
         """Open the session's channel and route its iopub messages to the listeners."""
-        channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoints)
+        channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoint)
         channel.connect()
         channel.add_iopub_handler(lambda msg: self._dispatch_iopub(s, msg))
         s.channel = channel
-        pid = getattr(s.spawner, "pid", None)  # a local worker's
-        if isinstance(pid, int):
+        pid = s.spawner.local_pid()  # None unless the worker is a process of this machine
+        if pid is not None:
             self.limits.place(s, pid)
-        if self.cpu is not None and isinstance(pid, int):
+        if self.cpu is not None and pid is not None:
             # moving a process can wait on the kernel's cgroup locks: not on the loop
             self.spawn_task(asyncio.to_thread(self.cpu.place, s.id, pid))
         return channel
@@ -445,8 +445,8 @@ class SessionManager(LoggingConfigurable):
         finally:
             s.launched.set()
 
-    async def _start_worker(self, s: LiveSession, pooled: PooledWorker | None) -> dict[str, str]:
-        """The worker's endpoints: a warm-pool worker bound to ``s``, or a fresh start."""
+    async def _start_worker(self, s: LiveSession, pooled: PooledWorker | None) -> WorkerEndpoint:
+        """The worker's endpoint: a warm-pool worker bound to ``s``, or a fresh start."""
         if pooled is not None:
             try:
                 return await self.pool.hand_out(pooled, s)
@@ -458,8 +458,8 @@ class SessionManager(LoggingConfigurable):
     async def _launch_inner(self, s: LiveSession, pooled: PooledWorker | None) -> None:
         t0 = time.perf_counter()
         try:
-            endpoints = await self._start_worker(s, pooled)
-            channel = self.connect(s, endpoints)
+            endpoint = await self._start_worker(s, pooled)
+            channel = self.connect(s, endpoint)
             status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:
             await self.fail(s, f"No capacity for a worker: {e}")
@@ -474,8 +474,7 @@ class SessionManager(LoggingConfigurable):
             self.log.exception("starting session %s failed", s.id)
             await self.fail(s, "Worker failed to start (see the hub log)")
             raise Unavailable(s.reason or "Worker failed to start") from None
-        port = endpoints.get("port")
-        s.port = int(port) if port and port.isdigit() else None
+        s.port = endpoint.port
         s.status = "running"
         s.mem_used = float(status.get("rss_mib") or 0.0)
         s.last_activity = s.started_at = time.time()

@@ -34,7 +34,7 @@ import orjson
 from phoebe_kernel_worker import protocol
 
 from ..auth.base import User
-from ..channels import ChannelError, WorkerChannel
+from ..channels import ChannelError, WorkerChannel, WorkerEndpoint
 from ..spawners.base import Spawner
 
 if TYPE_CHECKING:
@@ -49,11 +49,11 @@ RETRY_DELAY = 5.0
 
 @dataclass(eq=False)
 class PooledWorker:
-    """One ready pool worker: its spawner, endpoints and its (pool-side) channel."""
+    """One ready pool worker: its spawner, endpoint and its (pool-side) channel."""
 
     session_id: str
     spawner: Spawner
-    endpoints: dict[str, str]
+    endpoint: WorkerEndpoint
     channel: WorkerChannel
     ready_at: float = field(default_factory=time.monotonic)
 
@@ -121,14 +121,14 @@ class WarmPool:
         worker: PooledWorker | None = None
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            endpoints = await spawner.start()
+            endpoint = await spawner.start()
             self._state_file(session_id).write_bytes(orjson.dumps(spawner.get_state()))
             channel = WorkerChannel(
-                self.manager.zmq_ctx, session_id, spawner.key.encode(), endpoints
+                self.manager.zmq_ctx, session_id, spawner.key.encode(), endpoint
             )
             channel.connect()
             await channel.control(protocol.STATUS_REQUEST, timeout=spawner.start_timeout)
-            worker = PooledWorker(session_id, spawner, endpoints, channel)
+            worker = PooledWorker(session_id, spawner, endpoint, channel)
         except Exception as e:
             self.manager.log.warning("a warm-pool worker failed to start: %s", e)
             self._retry_at = time.monotonic() + RETRY_DELAY
@@ -159,8 +159,8 @@ class WarmPool:
         self._state_file(session_id).unlink(missing_ok=True)
         shutil.rmtree(self.dir / session_id, ignore_errors=True)
 
-    async def hand_out(self, worker: PooledWorker, s: LiveSession) -> dict[str, str]:
-        """Bind ``worker`` to session ``s`` (which has its id and spawner); its endpoints.
+    async def hand_out(self, worker: PooledWorker, s: LiveSession) -> WorkerEndpoint:
+        """Bind ``worker`` to session ``s`` (which has its id and spawner); its endpoint.
 
         Raises :class:`~phoebe_spawner.channels.ChannelError` if the worker does not take
         the binding (it died in the pool); the worker is stopped then.
@@ -179,11 +179,9 @@ class WarmPool:
             await self._stop_spawner(worker.session_id, spawner)
             raise
         await worker.channel.close()
-        spawner.user = s.user.to_dict()
-        spawner.session_dir = session_dir
-        spawner.pooled = False
+        spawner.bind(s.user.to_dict(), session_dir)
         self._forget(worker.session_id)
-        return dict(worker.endpoints)
+        return worker.endpoint
 
     def discard(self, worker: PooledWorker) -> None:
         """Stop a taken worker that will not be used (its session could not be recorded)."""

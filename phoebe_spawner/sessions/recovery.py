@@ -56,9 +56,8 @@ async def recover_one(manager: SessionManager, row: dict[str, Any], user: User) 
         await manager.fail(s, "the hub restarted and does not re-adopt workers")
         return
     alive = row["status"] == "running" and await spawner.poll() is None
-    endpoints = row.get("spawner_state", {}).get("endpoints") or {}
-    if alive and all(ch in endpoints for ch in protocol.CHANNELS):
-        channel = manager.connect(s, endpoints)
+    if alive and spawner.endpoint is not None:
+        channel = manager.connect(s, spawner.endpoint)
         try:
             status = await channel.control(
                 protocol.STATUS_REQUEST, timeout=manager.recover_ping_timeout

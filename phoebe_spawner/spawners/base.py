@@ -8,13 +8,22 @@ reports back through return values and :meth:`get_state`.
 Lifecycle, as the session manager drives it::
 
     spawner = SpawnerClass(session_id=..., user=..., key=..., session_dir=..., ...)
-    endpoints = await spawner.start()     # returns once the worker's channels are bound
+    endpoint = await spawner.start()      # a WorkerEndpoint, once the channels are bound
     await spawner.poll()                  # None while running, an int exit status after
     state = spawner.get_state()           # JSON-able; persisted by the manager
     await spawner.stop()                  # idempotent; returns once the worker is gone
 
 After a hub restart a fresh spawner is built with the same arguments, then
-``load_state(state)`` re-adopts the worker; ``poll()`` says whether it is still there.
+``load_state(state)`` re-adopts the worker (``spawner.endpoint`` says where it listens);
+``poll()`` says whether it is still there.
+
+The contract is sealed: a subclass that does not implement ``start``, ``stop`` and
+``poll`` is refused when it is defined (pass ``abstract=True`` in the class statement for
+an intermediate base class), and whatever ``start()`` returns must be a
+:class:`~phoebe_spawner.channels.WorkerEndpoint`. The base class records it as
+:attr:`Spawner.endpoint` and owns that part of the state. The hub learns a local process
+id only from :meth:`Spawner.local_pid` (None unless the worker is a process of the hub's
+machine), and a warm-pool worker is given its owner through :meth:`Spawner.bind`.
 
 Contract details every backend honours (``tests/unit/test_spawner_contract.py``
 checks them for each backend):
@@ -34,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from traitlets import Any as TraitAny
@@ -57,6 +67,8 @@ from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker.limits import WorkerLimits
 from phoebe_kernel_worker.protocol import ConnectionInfo, write_connection_file
+
+from ..channels import WorkerEndpoint
 
 
 class SpawnError(Exception):
@@ -145,8 +157,51 @@ def select_env(environ: Mapping[str, str], keep: Iterable[str]) -> dict[str, str
     }
 
 
+#: what every backend implements (checked when a subclass is defined)
+REQUIRED_METHODS = ("start", "stop", "poll")
+
+
+def _recording_start(
+    start: Callable[[Any], Awaitable[WorkerEndpoint]],
+) -> Callable[[Any], Awaitable[WorkerEndpoint]]:
+    """Wrap a backend's ``start`` so that the base class records (and checks) the
+    endpoint it returns; applied by :meth:`Spawner.__init_subclass__`."""
+    if getattr(start, "_records_endpoint", False):
+        return start
+
+    @functools.wraps(start)
+    async def recorded(self: Spawner) -> WorkerEndpoint:
+        self.endpoint = None
+        endpoint = await start(self)
+        if not isinstance(endpoint, WorkerEndpoint):
+            raise TypeError(
+                f"{type(self).__name__}.start() returned {type(endpoint).__name__}, "
+                "not a WorkerEndpoint"
+            )
+        self.endpoint = endpoint
+        return endpoint
+
+    recorded._records_endpoint = True  # type: ignore[attr-defined]
+    return recorded
+
+
 class Spawner(LoggingConfigurable):
     """Base class of all backends. Configure subclasses in ``phoebe_spawner_config.py``."""
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        """Seal the contract: refuse a backend that misses a required method, and make
+        its ``start`` record the endpoint it returns."""
+        super().__init_subclass__(**kwargs)
+        if "start" in cls.__dict__:
+            cls.start = _recording_start(cls.__dict__["start"])  # type: ignore[method-assign,assignment]
+        if abstract:
+            return
+        missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(Spawner, m)]
+        if missing:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__name__} does not implement the Spawner contract: "
+                f"{', '.join(missing)} missing (see phoebe_spawner.spawners.base)"
+            )
 
     # --- set by the session manager for each session (not config) -------------------
     session_id = Unicode(help="The session this spawner serves.")
@@ -277,6 +332,8 @@ class Spawner(LoggingConfigurable):
         self._progress: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         self._progress_done = False
+        #: where the worker listens: what start() returned, or what load_state() restored
+        self.endpoint: WorkerEndpoint | None = None
 
     # --- the hub-wide backend resource (optional) --------------------------------------
 
@@ -294,11 +351,11 @@ class Spawner(LoggingConfigurable):
 
     # --- the contract -----------------------------------------------------------------
 
-    async def start(self) -> dict[str, str]:
-        """Start the worker; return its endpoints ``{"shell", "control", "iopub"}``.
+    async def start(self) -> WorkerEndpoint:
+        """Start the worker; return where it listens once its channels are bound.
 
-        May also include ``"port"`` (the shell port, shown to API clients). Raise
-        :class:`SpawnError` with a reason if the worker cannot start.
+        Raise :class:`SpawnError` with a reason if the worker cannot start. The base class
+        records the result as :attr:`endpoint`.
         """
         raise NotImplementedError
 
@@ -321,15 +378,34 @@ class Spawner(LoggingConfigurable):
         """
         return None
 
+    def local_pid(self) -> int | None:
+        """The worker's process id on the hub's machine, or None (the default) when it is
+        not a local process: a container's or a batch job's pid means another process
+        here. The hub's cgroups (memory, cpu isolation) place only what this returns."""
+        return None
+
+    def bind(self, user: dict[str, Any], session_dir: str) -> None:
+        """Give a warm-pool worker (started with ``pooled=True``) its owner and session
+        directory; the warm pool calls this after the worker accepted the binding."""
+        self.user = user
+        self.session_dir = session_dir
+        self.pooled = False
+
     def get_state(self) -> dict[str, Any]:
-        """JSON-able state the manager persists to re-adopt the worker after a restart."""
-        return {}
+        """JSON-able state the manager persists to re-adopt the worker after a restart.
+
+        The base class keeps the endpoint; backends add what they need to find the worker.
+        """
+        return {"endpoint": self.endpoint.to_state()} if self.endpoint else {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned (called on a fresh instance)."""
+        # "endpoints": the key earlier versions wrote (the same URLs, plus "port")
+        self.endpoint = WorkerEndpoint.from_state(state.get("endpoint") or state.get("endpoints"))
 
     def clear_state(self) -> None:
         """Forget the worker (called after it stopped for good)."""
+        self.endpoint = None
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         """Events while starting: ``{"progress": 0-100, "message": str}``, ending at ready.

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from phoebe_kernel_worker.protocol import endpoints_from_json
 
+from ..channels import WorkerEndpoint
 from . import docker_support as ds
 from .base import SpawnError
 from .docker_config import DockerSpawnerConfig
@@ -63,7 +64,6 @@ class DockerSpawner(DockerSpawnerConfig):
         self.container_id: str | None = None
         self.container_name: str | None = None
         self.host_run_dir: str | None = None
-        self.endpoints: dict[str, str] = {}
         self.exit_status: int | None = None
         self._exit_reason: str | None = None
         self._engine_error: str | None = None
@@ -103,14 +103,14 @@ class DockerSpawner(DockerSpawnerConfig):
 
     # --- start --------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> WorkerEndpoint:
         self._starting = True
         try:
             return await self._start()
         finally:
             self._starting = False
 
-    async def _start(self) -> dict[str, str]:
+    async def _start(self) -> WorkerEndpoint:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
         if self.allowed_images and self.image not in self.allowed_images:
@@ -150,7 +150,7 @@ class DockerSpawner(DockerSpawnerConfig):
         try:
             report = await self._wait_ready(deadline)
             endpoints, _pid = endpoints_from_json(report)
-            self.endpoints = await self._host_endpoints(endpoints, transport)
+            endpoint = await self._host_endpoint(endpoints, transport)
         except SpawnError:
             await self._abort()
             raise
@@ -165,9 +165,9 @@ class DockerSpawner(DockerSpawnerConfig):
             "container %s for session %s ready: %s",
             self.container_name,
             self.session_id,
-            self.endpoints,
+            endpoint,
         )
-        return dict(self.endpoints)
+        return endpoint
 
     def _transport(self) -> str:
         if self.transport != "auto":
@@ -366,7 +366,7 @@ class DockerSpawner(DockerSpawnerConfig):
         lines = [ln.strip() for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()]
         return lines[-1] if lines else ""
 
-    async def _host_endpoints(self, endpoints: dict[str, str], transport: str) -> dict[str, str]:
+    async def _host_endpoint(self, endpoints: dict[str, str], transport: str) -> WorkerEndpoint:
         """Map the endpoints the worker bound inside the container to what the hub dials."""
         assert self.host_run_dir is not None
         out: dict[str, str] = {}
@@ -377,15 +377,14 @@ class DockerSpawner(DockerSpawnerConfig):
                 if url != f"ipc://{self.runtime_mount}/{ch}":
                     raise SpawnError(f"worker bound {ch} on an unexpected endpoint {url}")
                 out[ch] = f"ipc://{self.host_run_dir}/{ch}"
-            return out
+            return WorkerEndpoint(**out)
         host = self.ip if self._network() == "host" else await self._container_address()
         for ch, url in endpoints.items():
             port = url.rsplit(":", 1)[-1]
             if not (url.startswith("tcp://") and port.isdigit()):
                 raise SpawnError(f"worker bound {ch} on an unexpected endpoint {url}")
             out[ch] = f"tcp://{host}:{port}"
-        out["port"] = out["shell"].rsplit(":", 1)[-1]
-        return out
+        return WorkerEndpoint(**out)
 
     async def _container_address(self) -> str:
         assert self.container_id is not None
@@ -530,7 +529,6 @@ class DockerSpawner(DockerSpawnerConfig):
                 container_id=self.container_id,
                 container_name=self.container_name,
                 host_run_dir=self.host_run_dir,
-                endpoints=self.endpoints,
                 runtime_dir=self.runtime_dir,
             )
         return state
@@ -541,7 +539,6 @@ class DockerSpawner(DockerSpawnerConfig):
             self.container_id = str(state["container_id"])
             self.container_name = state.get("container_name")
             self.host_run_dir = state.get("host_run_dir")
-            self.endpoints = dict(state.get("endpoints") or {})
             self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
 
     def clear_state(self) -> None:
@@ -555,6 +552,5 @@ class DockerSpawner(DockerSpawnerConfig):
         self.container_id = None
         self.container_name = None
         self.host_run_dir = None
-        self.endpoints = {}
         self.exit_status = None
         self._exit_reason = None

@@ -28,7 +28,7 @@ from traitlets import (
 from .base import NUMERICAL_ENV, PHOEBE_ENV, ByteSpecification, Spawner
 
 
-class DockerSpawnerConfig(Spawner):
+class DockerSpawnerConfig(Spawner, abstract=True):
     """The traits of the Docker backend (the lifecycle is :class:`DockerSpawner`)."""
 
     # --- the image ---------------------------------------------------------------------

@@ -36,6 +36,7 @@ import orjson
 import psutil
 from traitlets import Float, List, Unicode, default
 
+from ..channels import WorkerEndpoint
 from .base import THREAD_VARS, SpawnError
 from .local import LocalProcessSpawner
 
@@ -326,7 +327,7 @@ class ForkServerSpawner(LocalProcessSpawner):
         super().__init__(**kwargs)
         self.child: ForkedChild | None = None
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> WorkerEndpoint:
         server = self.backend
         if not isinstance(server, ForkServer):
             self.log.warning("no fork server: cold-starting session %s", self.session_id)

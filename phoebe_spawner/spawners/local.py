@@ -29,6 +29,7 @@ from phoebe_kernel_worker import wall as worker_wall
 from phoebe_kernel_worker.protocol import ConnectionInfo, endpoints_from_json
 from phoebe_kernel_worker.worker import EXIT_NO_FREE_PORT
 
+from ..channels import WorkerEndpoint
 from . import wall
 from .base import SpawnCapacityError, Spawner, SpawnError
 
@@ -111,7 +112,6 @@ class LocalProcessSpawner(Spawner):
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         self.create_time: float | None = None
-        self.endpoints: dict[str, str] = {}
         self.exit_status: int | None = None
 
     # --- paths ----------------------------------------------------------------------
@@ -212,7 +212,7 @@ class LocalProcessSpawner(Spawner):
 
     # --- start ----------------------------------------------------------------------
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> WorkerEndpoint:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
         await self._hold_uid()
@@ -225,8 +225,8 @@ class LocalProcessSpawner(Spawner):
             os.close(write_fd)
         return await self._await_ready(self._read_all(read_fd))
 
-    async def _await_ready(self, ready: Awaitable[bytes | None]) -> dict[str, str]:
-        """The worker's endpoints from its readiness report (``ready``), or a SpawnError
+    async def _await_ready(self, ready: Awaitable[bytes | None]) -> WorkerEndpoint:
+        """The worker's endpoint from its readiness report (``ready``), or a SpawnError
         saying why it did not come (timeout, or its exit status and last log line).
 
         Shared by cold starts (a pipe) and forked workers (the fork server's socket).
@@ -246,11 +246,9 @@ class LocalProcessSpawner(Spawner):
             if status == EXIT_NO_FREE_PORT:
                 raise SpawnCapacityError(self._failure_reason(status)) from None
             raise SpawnError(self._failure_reason(status)) from None
-        self.endpoints = endpoints
-        self.endpoints["port"] = endpoints["shell"].rsplit(":", 1)[-1]
         self.emit_progress(100, "Worker ready", done=True)
         self.log.debug("worker %s for session %s ready: %s", self.pid, self.session_id, endpoints)
-        return dict(self.endpoints)
+        return WorkerEndpoint(**endpoints)
 
     async def _spawn(self, write_fd: int) -> None:
         argv = [
@@ -424,13 +422,16 @@ class LocalProcessSpawner(Spawner):
 
     # --- state ------------------------------------------------------------------------
 
+    def local_pid(self) -> int | None:
+        """The worker's process id (a process of the hub's machine)."""
+        return self.pid
+
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self.pid is not None:
             state.update(
                 pid=self.pid,
                 create_time=self.create_time,
-                endpoints=self.endpoints,
                 runtime_dir=self.runtime_dir,
             )
             if self.uid is not None:
@@ -443,7 +444,6 @@ class LocalProcessSpawner(Spawner):
             self.pid = int(state["pid"])
             ct = state.get("create_time")
             self.create_time = float(ct) if ct is not None else None
-            self.endpoints = dict(state.get("endpoints") or {})
             self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
             if isinstance(state.get("uid"), int) and len(self.worker_uids) == 2:
                 self.uid = state["uid"]
@@ -463,4 +463,3 @@ class LocalProcessSpawner(Spawner):
         self.pid = None
         self.create_time = None
         self.exit_status = None
-        self.endpoints = {}

@@ -41,7 +41,7 @@ from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, 
 
 from phoebe_kernel_worker.protocol import derive_curve_secret
 
-from ..channels import CURVE_SERVER_KEY
+from ..channels import WorkerEndpoint
 from . import slurm_script
 from .base import Spawner, SpawnError
 from .slurm_agent import REGISTRATION_FIELD
@@ -175,8 +175,9 @@ class SlurmSpawner(Spawner):
         self.job_id: str | None = None
         self.job_name = ""
         self.node = ""
-        self.pid: int | None = None  # the worker's pid on its node
-        self.endpoints: dict[str, str] = {}
+        #: the worker's pid on its compute node: never a process of the hub's machine
+        #: (so local_pid() stays None)
+        self.node_pid: int | None = None
         self.exit_status: int | None = None
         self._exit_reason: str | None = None
         self._last_info: JobInfo | None = None
@@ -218,7 +219,7 @@ class SlurmSpawner(Spawner):
 
     # --- start ------------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> WorkerEndpoint:
         if not self.runtime_dir:
             raise SpawnError("no runtime directory was assigned to this session")
         if self.encrypt and not zmq.has("curve"):
@@ -260,10 +261,10 @@ class SlurmSpawner(Spawner):
                 await self.stop(now=True)
             raise
         await listener.close()
-        self._adopt_report(report)
+        endpoint = self._adopt_report(report)
         self.emit_progress(100, f"Worker ready on {self.node or 'its node'}", done=True)
         self.log.debug("session %s: Slurm job %s ready: %s", self.session_id, self.job_id, report)
-        return dict(self.endpoints)
+        return endpoint
 
     def _prepare_files(self, address: str, token: str) -> None:
         Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -356,15 +357,13 @@ class SlurmSpawner(Spawner):
         what = f"{info.describe()}, before the worker registered"
         return f"{what}: {last}" if last else what
 
-    def _adopt_report(self, report: dict[str, Any]) -> None:
-        self.endpoints = dict(report["endpoints"])
-        self.endpoints["port"] = self.endpoints["shell"].rsplit(":", 1)[-1]
+    def _adopt_report(self, report: dict[str, Any]) -> WorkerEndpoint:
+        server_key = None
         if self.encrypt:
-            self.endpoints[CURVE_SERVER_KEY] = zmq.curve_public(
-                derive_curve_secret(self.key.encode()).encode()
-            ).decode()
+            server_key = zmq.curve_public(derive_curve_secret(self.key.encode()).encode()).decode()
         self.node = report["host"]
-        self.pid = report["pid"] or None
+        self.node_pid = report["pid"] or None
+        return WorkerEndpoint(**report["endpoints"], curve_server_key=server_key)
 
     # --- poll / stop ------------------------------------------------------------------------
 
@@ -480,8 +479,7 @@ class SlurmSpawner(Spawner):
                 job_id=self.job_id,
                 job_name=self.job_name,
                 node=self.node,
-                pid=self.pid,
-                endpoints=self.endpoints,
+                pid=self.node_pid,
                 runtime_dir=self.runtime_dir,
             )
         return state
@@ -492,8 +490,7 @@ class SlurmSpawner(Spawner):
             self.job_id = str(state["job_id"])
             self.job_name = str(state.get("job_name") or "")
             self.node = str(state.get("node") or "")
-            self.pid = int(state["pid"]) if state.get("pid") else None
-            self.endpoints = dict(state.get("endpoints") or {})
+            self.node_pid = int(state["pid"]) if state.get("pid") else None
             self.runtime_dir = state.get("runtime_dir") or self.runtime_dir
 
     def clear_state(self) -> None:
@@ -503,8 +500,7 @@ class SlurmSpawner(Spawner):
         self.job_id = None
         self.job_name = ""
         self.node = ""
-        self.pid = None
-        self.endpoints = {}
+        self.node_pid = None
         self.exit_status = None
         self._exit_reason = None
         self._last_info = None

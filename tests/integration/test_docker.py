@@ -196,17 +196,18 @@ async def test_tcp_networks(make_hub, docker_engine, network):
     app, client = await make_hub(**docker_engine.hub_config(**net))
     sid = await start(client)
     spawner = app.manager.sessions[sid].spawner
-    endpoints = spawner.endpoints
-    assert all(endpoints[ch].startswith("tcp://") for ch in protocol.CHANNELS)
+    endpoint = spawner.endpoint
+    assert endpoint is not None and spawner.local_pid() is None
+    assert all(endpoint.url(ch).startswith("tcp://") for ch in protocol.CHANNELS)
     attrs = inspect(docker_engine, app, sid)
     if network == "private":
         address = attrs["NetworkSettings"]["Networks"][docker_engine.network]["IPAddress"]
-        assert endpoints["shell"].startswith(f"tcp://{address}:")
+        assert endpoint.shell.startswith(f"tcp://{address}:")
     else:
-        assert endpoints["shell"].startswith("tcp://127.0.0.1:")
+        assert endpoint.shell.startswith("tcp://127.0.0.1:")
     assert not attrs["HostConfig"]["PortBindings"]
     listed = (await client.get("/dash/sessions")).json()[sid]
-    assert listed["port"] == int(endpoints["port"])
+    assert listed["port"] == endpoint.port
     assert await ok(client, sid, "echo", x=1) == {"x": 1}
     await client.post(f"/dash/end-session/{sid}")
 

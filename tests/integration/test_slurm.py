@@ -88,10 +88,11 @@ async def test_phoebe_session_runs_as_a_slurm_job(make_hub, slurm_cluster):
     spawner = app.manager.sessions[sid].spawner
     assert isinstance(spawner, SlurmSpawner) and spawner.node == "node1"
     assert in_queue(slurm_cluster, spawner.job_id)
-    host = spawner.endpoints["shell"].removeprefix("tcp://").rsplit(":", 1)[0]
+    assert spawner.endpoint is not None and spawner.local_pid() is None  # not a local process
+    host = spawner.endpoint.shell.removeprefix("tcp://").rsplit(":", 1)[0]
     if slurm_cluster.isolated:
         assert host == slurm_cluster.node_ip  # bound on the node, reached over the network
-    assert spawner.endpoints["curve_server_key"]  # the channels are encrypted
+    assert spawner.endpoint.curve_server_key  # the channels are encrypted
 
     async def send(command: str, **kwargs: Any) -> Any:
         r = await client.post(f"/send/{sid}", {"command": command, **kwargs}, timeout=300)
@@ -122,7 +123,7 @@ async def test_secrets_stay_out_of_slurm_and_the_job(make_hub, slurm_cluster, mo
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     latency = time.perf_counter() - started
     spawner = app.manager.sessions[sid].spawner
-    assert isinstance(spawner, SlurmSpawner) and spawner.job_id and spawner.pid
+    assert isinstance(spawner, SlurmSpawner) and spawner.job_id and spawner.node_pid
     key = spawner.key
     curve_secret = protocol.derive_curve_secret(key.encode())
     secrets = [key, curve_secret, "ab" * 32]
@@ -135,7 +136,7 @@ async def test_secrets_stay_out_of_slurm_and_the_job(make_hub, slurm_cluster, mo
     }
     assert "exec " in seen["script"] and "slurm_agent" in seen["script"]
     # the job's processes: command lines and environments
-    worker = psutil.Process(spawner.pid)
+    worker = psutil.Process(spawner.node_pid)
     for proc in (worker, worker.parent()):
         assert proc is not None
         seen[f"cmdline {proc.pid}"] = " ".join(proc.cmdline())
@@ -234,9 +235,9 @@ async def test_queue_state_is_reported_while_the_node_is_busy(slurm_cluster, tmp
         info = slurm_cluster.run("scontrol", "show", "job", "-o", spawner.job_id or "")
         assert "NumCPUs=1 " in info and "MinMemoryNode=256M" in info  # the limits, in Slurm
         slurm_cluster.run("scancel", filler)
-        endpoints = await asyncio.wait_for(start, 60)
+        endpoint = await asyncio.wait_for(start, 60)
         await asyncio.wait_for(collector, 5)
-        assert set(protocol.CHANNELS) <= set(endpoints)
+        assert endpoint == spawner.endpoint and endpoint.shell.startswith("tcp://")
         messages = [e["message"] for e in events]
         pending = messages.index(f"Slurm job {spawner.job_id} is pending (Resources)")
         running = messages.index(f"Slurm job {spawner.job_id} is running on node1")

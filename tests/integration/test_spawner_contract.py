@@ -17,7 +17,7 @@ import zmq.asyncio
 from traitlets.config import Config, Configurable
 
 from phoebe_kernel_worker import protocol
-from phoebe_spawner.channels import WorkerChannel
+from phoebe_spawner.channels import WorkerChannel, WorkerEndpoint
 from phoebe_spawner.spawners.base import Spawner, SpawnError
 from phoebe_spawner.spawners.docker import DockerSpawner
 from phoebe_spawner.spawners.forkserver import ForkServerSpawner
@@ -136,9 +136,9 @@ async def make_spawner(request, tmp_path) -> Any:
         await make.aclose()
 
 
-async def status_of(spawner: Spawner, endpoints: dict[str, str]) -> dict[str, Any]:
+async def status_of(spawner: Spawner, endpoint: WorkerEndpoint) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
-    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
+    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoint)
     channel.connect()
     try:
         return await channel.control(protocol.STATUS_REQUEST, timeout=10)
@@ -159,10 +159,10 @@ async def poll_until_exited(spawner: Spawner, timeout: float = 5) -> bool:
 async def test_start_poll_stop(make_spawner):
     spawner = make_spawner()
     assert await spawner.poll() == 0  # before start
-    endpoints = await spawner.start()
-    assert set(protocol.CHANNELS) <= set(endpoints)
+    endpoint = await spawner.start()
+    assert isinstance(endpoint, WorkerEndpoint) and spawner.endpoint == endpoint
     assert await spawner.poll() is None
-    status = await status_of(spawner, endpoints)
+    status = await status_of(spawner, endpoint)
     assert status["state"] == "idle"
     await spawner.stop()
     code = await spawner.poll()
@@ -183,14 +183,13 @@ async def test_stop_now(make_spawner):
 
 async def test_state_round_trips_and_readopts(make_spawner):
     spawner = make_spawner()
-    endpoints = await spawner.start()
+    endpoint = await spawner.start()
     state = orjson.loads(orjson.dumps(spawner.get_state()))  # JSON-able
     adopted = make_spawner()
     adopted.load_state(state)
+    assert adopted.endpoint == endpoint  # the base class keeps the endpoint in the state
     assert await adopted.poll() is None
-    assert (await status_of(adopted, {k: endpoints[k] for k in protocol.CHANNELS}))[
-        "state"
-    ] == "idle"
+    assert (await status_of(adopted, adopted.endpoint))["state"] == "idle"
     await adopted.stop()
     assert isinstance(await adopted.poll(), int)
     # the original instance learns of the exit when its child is reaped, a moment later
@@ -230,10 +229,15 @@ async def test_progress_replays_to_ready(make_spawner):
 async def test_a_died_worker_reports_its_status(make_spawner):
     spawner = make_spawner()
     await spawner.start()
-    if isinstance(spawner, LocalProcessSpawner | SlurmSpawner):
-        # the Slurm test node shares this machine's pid namespace (only its network differs)
-        assert spawner.pid is not None
-        os.kill(spawner.pid, signal.SIGKILL)
+    if isinstance(spawner, LocalProcessSpawner):
+        pid = spawner.local_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    elif isinstance(spawner, SlurmSpawner):
+        # the Slurm test node shares this machine's pid namespace (only its network
+        # differs), so its worker can be killed from here; the hub never assumes that
+        assert spawner.local_pid() is None and spawner.node_pid is not None
+        os.kill(spawner.node_pid, signal.SIGKILL)
     elif isinstance(spawner, DockerSpawner):
         await kill_container(spawner, "SIGKILL")
     deadline = asyncio.get_running_loop().time() + 10
@@ -300,9 +304,9 @@ def _pgid(pid: int) -> int | None:
 
 async def test_local_memory_limit(tmp_path):
     spawner = local_factory(tmp_path)(mem_limit="1G")
-    endpoints = await spawner.start()
+    endpoint = await spawner.start()
     ctx = zmq.asyncio.Context()
-    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoints)
+    channel = WorkerChannel(ctx, spawner.session_id, spawner.key.encode(), endpoint)
     channel.connect()
     reply = await channel.execute(orjson.dumps({"command": "allocate", "mib": 2048}), timeout=30)
     assert reply.json()["success"] is False and reply.json()["error"].startswith(

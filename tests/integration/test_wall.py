@@ -78,7 +78,7 @@ async def check_wall(make_hub: Any, backend: str) -> None:
     hub = os.getpid()
     victim_pid = (await result(client, victim, "whereami"))["pid"]
     attacker_where = await result(client, attacker, "whereami")
-    victim_port = app.manager.sessions[victim].spawner.endpoints["shell"].rsplit(":", 1)[-1]
+    victim_port = app.manager.sessions[victim].spawner.endpoint.port
     pids = [hub, victim_pid]
     unix = []
     if backend == "local-forkserver":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import zmq.asyncio
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import ConnectionInfo, Signer
-from phoebe_spawner.channels import CURVE_SERVER_KEY, ChannelTimeout, WorkerChannel
+from phoebe_spawner.channels import ChannelTimeout, WorkerChannel, WorkerEndpoint
 
 from ..conftest import TEST_FACTORY, wait_for
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CUR
 
 @pytest.fixture
 def curve_worker(tmp_path):
-    """A test worker serving with CurveZMQ; yields (endpoints with the public key, key)."""
+    """A test worker serving with CurveZMQ; yields (its endpoint with the public key, key)."""
     key = protocol.new_key()
     secret = protocol.derive_curve_secret(key)
     info = ConnectionInfo(
@@ -49,16 +50,16 @@ def curve_worker(tmp_path):
         assert wait_for(ready.exists, timeout=20), "the worker did not report ready"
         endpoints, _ = protocol.endpoints_from_json(ready.read_bytes())
         public = zmq.curve_public(secret.encode()).decode()
-        yield {**endpoints, CURVE_SERVER_KEY: public}, key
+        yield WorkerEndpoint(**endpoints, curve_server_key=public), key
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
 async def test_encrypted_channel_works(curve_worker):
-    endpoints, key = curve_worker
+    endpoint, key = curve_worker
     ctx = zmq.asyncio.Context()
-    channel = WorkerChannel(ctx, "cz", key, endpoints)
+    channel = WorkerChannel(ctx, "cz", key, endpoint)
     channel.connect()
     try:
         assert (await channel.control(protocol.STATUS_REQUEST, timeout=10))["state"] == "idle"
@@ -87,15 +88,15 @@ def _plain_request_gets_nothing(endpoint: str, key: bytes, **curve: bytes) -> bo
 
 
 async def test_plain_and_wrong_key_clients_get_nothing(curve_worker):
-    endpoints, key = curve_worker
+    endpoint, key = curve_worker
     # right signing key, but no encryption: the handshake never completes
-    assert await asyncio.to_thread(_plain_request_gets_nothing, endpoints["control"], key)
+    assert await asyncio.to_thread(_plain_request_gets_nothing, endpoint.control, key)
     # encryption, but against another server key
     wrong_public, _ = zmq.curve_keypair()
     public, secret = zmq.curve_keypair()
     assert await asyncio.to_thread(
         _plain_request_gets_nothing,
-        endpoints["control"],
+        endpoint.control,
         key,
         curve_serverkey=wrong_public,
         curve_publickey=public,
@@ -103,7 +104,9 @@ async def test_plain_and_wrong_key_clients_get_nothing(curve_worker):
     )
     # the hub's channel with a wrong server key times out instead of talking
     ctx = zmq.asyncio.Context()
-    wrong = WorkerChannel(ctx, "cz", key, {**endpoints, CURVE_SERVER_KEY: wrong_public.decode()})
+    wrong = WorkerChannel(
+        ctx, "cz", key, dataclasses.replace(endpoint, curve_server_key=wrong_public.decode())
+    )
     wrong.connect()
     try:
         with pytest.raises(ChannelTimeout):
@@ -113,7 +116,7 @@ async def test_plain_and_wrong_key_clients_get_nothing(curve_worker):
         ctx.destroy(linger=0)
     # and the worker still serves the right client
     ctx = zmq.asyncio.Context()
-    channel = WorkerChannel(ctx, "cz", key, endpoints)
+    channel = WorkerChannel(ctx, "cz", key, endpoint)
     channel.connect()
     try:
         assert (await channel.control(protocol.STATUS_REQUEST, timeout=10))["state"] == "idle"
@@ -123,14 +126,14 @@ async def test_plain_and_wrong_key_clients_get_nothing(curve_worker):
 
 
 async def test_plain_subscriber_hears_nothing_on_iopub(curve_worker):
-    endpoints, key = curve_worker
+    endpoint, key = curve_worker
     zctx = zmq.Context()
     plain = zctx.socket(zmq.SUB)
     plain.setsockopt(zmq.LINGER, 0)
     plain.setsockopt(zmq.SUBSCRIBE, b"")
-    plain.connect(endpoints["iopub"])
+    plain.connect(endpoint.iopub)
     ctx = zmq.asyncio.Context()
-    channel = WorkerChannel(ctx, "cz", key, endpoints)
+    channel = WorkerChannel(ctx, "cz", key, endpoint)
     heard: list[str] = []
     channel.add_iopub_handler(lambda msg: heard.append(msg.msg_type))
     channel.connect()
