@@ -19,7 +19,7 @@ from typing import Any
 from .auth.base import Authenticator
 from .db import Store
 from .sessions.manager import SessionManager
-from .sessions.session import ACTIVE, LiveSession
+from .sessions.session import ACTIVE, Session
 
 
 @dataclass
@@ -72,13 +72,11 @@ async def set_account_active(
     return change
 
 
-async def _stop(
-    manager: SessionManager, s: LiveSession, reason: str, change: AccountChange
-) -> None:
+async def _stop(manager: SessionManager, s: Session, reason: str, change: AccountChange) -> None:
     if manager.before_stop is not None and s.status == "running":
         try:
             await manager.before_stop(s, "stop")
         except Exception as e:  # a disabled account's session stops anyway
             manager.log.warning("no checkpoint of session %s before disabling: %s", s.id, e)
             change.checkpoint_failed.append(s.id)
-    await manager.stop_session(s, "stopped", reason)
+    await s.stop("stopped", reason)

@@ -457,11 +457,9 @@ class PhoebeSpawnerApp(Application):
         )
         self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
-        self.manager.add_listener(self.user_events.on_session_event)
+        self.user_events.subscribe(self.manager.bus)
         self.admin_events = AdminEvents()
-        self.manager.add_listener(self.admin_events.on_session_event)
-        self.manager.add_command_listener(self.admin_events.on_command)
-        self.manager.add_sample_listener(self.admin_events.on_sampled)
+        self.admin_events.subscribe(self.manager.bus)
         self.metrics = HubMetrics()
         self.metrics.connect(self.manager)
         self.jobs = JobManager(

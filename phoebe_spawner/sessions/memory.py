@@ -1,55 +1,147 @@
-"""Memory sampling: what each worker uses, its recent history, and the memory limit.
+"""Memory: each worker's sampled use, and per-session memory cgroups holding ``mem_limit``.
 
-The session manager's memory loop calls :func:`sample_all` every ``memory_interval``;
-``/dash/session-memory`` calls :func:`sample` for one session. Samples are kept in the
-session (``mem_history``, for the admin page's plots) and in the database
-(``session_metrics``); a session over its spawner's ``mem_limit`` is failed.
+Sampling: the session manager's memory loop calls :func:`sample_all` every
+``memory_interval`` (``/dash/session-memory`` asks one :meth:`Session.sample`). Samples
+are kept in the session (``mem_history``, for the admin page's plots), in the store
+(``session_metrics``) and announced on the bus; a session over its spawner's
+``mem_limit`` is failed.
+
+Memory groups: ``RLIMIT_AS`` counts address space, not memory: a worker's threads and
+libraries reserve far more than they touch, and a C++ allocation past it ends the worker
+with ``std::bad_alloc``. A memory cgroup counts what the worker really uses (its whole
+process tree, page cache included) and, past the limit, the kernel kills that worker
+and no other process on the machine. Where the hub can create cgroups (root, or a
+delegated subtree), :class:`~phoebe_spawner.sessions.limits.SessionLimits` keeps a
+:class:`MemoryGroups` tree in the ``memory`` hierarchy (version 1 or 2)::
+
+    <parent>/phoebe-spawner-<id>/s-<sid>    one per session: memory.max / limit_in_bytes
+
+The tree has the same name as the cpu isolation tree (:mod:`.cpu`), so on cgroup v2,
+where both controllers share one hierarchy, a worker sits in one group that carries
+both. Every method of it is a few small writes to the cgroup file system and blocks:
+the callers run them in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.errors import out_of_memory
 
-from ..channels import ChannelError
-from ..db import DatabaseUnavailable
-from .session import LiveSession
+from ..db import DatabaseUnavailable, Store
+from .bus import EventBus, SessionsSampled
+from .cpu import enable_controller, hierarchy, remove_group, remove_tree, tree_name
+from .session import Session
 
-if TYPE_CHECKING:
-    from .manager import SessionManager
-
-
-async def sample(s: LiveSession) -> float:
-    """Ask the worker for its process-tree memory in MiB (does not count as activity)."""
-    if s.status == "running" and s.channel is not None:
-        try:
-            status = await s.channel.control(protocol.STATUS_REQUEST, timeout=2)
-            s.mem_used = float(status.get("rss_mib", s.mem_used))
-        except ChannelError:
-            pass
-    return s.mem_used
+log = logging.getLogger(__name__)
 
 
-async def sample_all(manager: SessionManager) -> None:
-    """Memory loop: sample every running session, record it, enforce ``mem_limit``."""
-    running = [s for s in manager.sessions.values() if s.status == "running"]
-    await asyncio.gather(*(sample(s) for s in running))
+async def sample_all(running: list[Session], store: Store, bus: EventBus) -> None:
+    """One round of the memory loop over the ``running`` sessions: sample each, record
+    it, announce the round, and fail a session over its ``mem_limit``."""
+    await asyncio.gather(*(s.sample() for s in running))
     now = time.time()
     for s in running:
         s.mem_history.append((now, s.mem_used))
-    manager.notify_sampled(running)
+    bus.publish(SessionsSampled(running))
     store_ok = True
     for s in running:
         if store_ok:
             try:
-                await manager.store.record_metric(s.id, now, s.mem_used)
+                await store.record_metric(s.id, now, s.mem_used)
             except DatabaseUnavailable:
                 store_ok = False
         limit = s.spawner.mem_limit
         if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-            reason = f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB"
-            await manager.fail(s, reason)
+            await s.fail(f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB")
+
+
+class MemoryGroups:
+    """The hub's memory cgroup tree: built by :meth:`setup`, a group per session added by
+    :meth:`place`, read by :meth:`oom_killed` and removed by :meth:`release`."""
+
+    def __init__(self, root: Path, version: int) -> None:
+        self.root = root
+        self.version = version
+
+    @classmethod
+    def setup(cls, parent: str, key: str) -> MemoryGroups | None:
+        """Create the tree under ``parent`` (empty: this process's own memory cgroup);
+        ``key`` (the hub's data directory) names it. None, with a log line saying why,
+        when this hub cannot create memory cgroups."""
+        where = hierarchy("memory")
+        if where is None:
+            log.info("memory limits by RLIMIT_AS: no cgroup 'memory' controller")
+            return None
+        mount, own, version = where
+        base = Path(parent) if parent else mount / own.lstrip("/")
+        tree = cls(base / tree_name(key), version)
+        try:
+            if version == 2:
+                enable_controller(base, "memory")
+            tree.root.mkdir(exist_ok=True)
+            if version == 2:
+                enable_controller(tree.root, "memory")
+            probe = tree.root / "probe"
+            probe.mkdir(exist_ok=True)
+            try:
+                if not (probe / tree.limit_file).exists():
+                    raise OSError(f"no {tree.limit_file} in a new group")
+            finally:
+                probe.rmdir()
+        except OSError as e:
+            log.info("memory limits by RLIMIT_AS: cannot use the cgroup tree %s: %s", tree.root, e)
+            with contextlib.suppress(OSError):
+                tree.root.rmdir()
+            return None
+        log.info("memory limits: workers in per-session memory cgroups under %s", tree.root)
+        return tree
+
+    @property
+    def limit_file(self) -> str:
+        return "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+
+    def _group(self, session_id: str) -> Path:
+        return self.root / f"s-{session_id}"
+
+    def place(self, session_id: str, pid: int, limit: int) -> bool:
+        """Give the session a group limited to ``limit`` bytes (no swap beyond it) and move
+        the worker ``pid`` into it; False (logged) if that failed."""
+        group = self._group(session_id)
+        try:
+            group.mkdir(exist_ok=True)
+            (group / self.limit_file).write_text(str(limit))
+            swap = "memory.swap.max" if self.version == 2 else "memory.memsw.limit_in_bytes"
+            with contextlib.suppress(OSError):  # no swap accounting on this kernel
+                (group / swap).write_text("0" if self.version == 2 else str(limit))
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as e:  # e.g. the worker already exited (ESRCH)
+            log.warning("session %s: worker %s not placed in %s: %s", session_id, pid, group, e)
+            return False
+        return True
+
+    def oom_killed(self, session_id: str) -> bool:
+        """Whether the kernel killed a process of the session's group for its limit."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            text = (self._group(session_id) / name).read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value) > 0
+        return False
+
+    def release(self, session_id: str) -> None:
+        """Remove the group of an ended session (it is empty once the worker is gone)."""
+        remove_group(self._group(session_id), session_id)
+
+    def close(self) -> None:
+        """Remove every empty group, then the tree (groups of workers left running for
+        re-adoption stay, for the next hub)."""
+        remove_tree(self.root, "s-")
