@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from phoebe_kernel_worker.commands import COMMANDS
 
 from .sessions.bus import CommandFinished, SessionChanged
+from .sessions.session import Session
 
 if TYPE_CHECKING:
     from .sessions.manager import SessionManager
@@ -109,7 +110,7 @@ class HubMetrics:
         manager.bus.subscribe(SessionChanged, self.on_session_changed)
         manager.bus.subscribe(CommandFinished, self.on_command)
 
-    def on_session_changed(self, change: SessionChanged) -> None:
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
         """Count starts, failures and ends."""
         event, s = change.event, change.session
         if event == "started":
@@ -128,7 +129,7 @@ class HubMetrics:
             if event == "culled":
                 self.culls.inc()
 
-    def on_command(self, finished: CommandFinished) -> None:
+    def on_command(self, finished: CommandFinished[Session]) -> None:
         """Count a finished command's duration and error."""
         command, seconds, error = finished.command, finished.seconds, finished.error
         # the worker's registered names get their own label value; anything else is "other",

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..sessions.bus import CommandFinished, EventBus, SessionChanged, SessionsSampled
+from ..sessions.session import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class UserEvents:
         """Follow the session events on ``bus``."""
         bus.subscribe(SessionChanged, self.on_session_changed)
 
-    def on_session_changed(self, change: SessionChanged) -> None:
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
         """``session_<event>`` for the session's owner."""
         event, session = change.event, change.session
         self.publish(
@@ -159,11 +160,11 @@ class AdminEvents:
         bus.subscribe(CommandFinished, self.on_command)
         bus.subscribe(SessionsSampled, self.on_sampled)
 
-    def on_session_changed(self, change: SessionChanged) -> None:
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
         """``session_<event>`` with the session's admin view."""
         self.log.append(f"session_{change.event}", change.session.to_admin(time.time()))
 
-    def on_command(self, finished: CommandFinished) -> None:
+    def on_command(self, finished: CommandFinished[Session]) -> None:
         """``session_updated`` after a command (only while an admin stream is open)."""
         if not self.watchers:
             return
@@ -182,7 +183,7 @@ class AdminEvents:
             },
         )
 
-    def on_sampled(self, sampled: SessionsSampled) -> None:
+    def on_sampled(self, sampled: SessionsSampled[Session]) -> None:
         """``sessions_sampled`` after a round of samples (only while a stream is open)."""
         sessions = sampled.sessions
         if not self.watchers or not sessions:

@@ -402,7 +402,7 @@ class JobManager(LoggingConfigurable):
             job_id=job.id, seq=event.seq, ts=event.ts, type=type, data=orjson.dumps(data)
         )
 
-    def _on_iopub(self, event: IopubMessage) -> None:
+    def _on_iopub(self, event: IopubMessage[Session]) -> None:
         msg = event.message
         job = self._by_msg.get(msg.parent_id or "")
         if job is None or job.status != "running":
@@ -418,7 +418,7 @@ class JobManager(LoggingConfigurable):
         elif msg.msg_type == "stream":
             self._emit(job, "log", {"stream": content.get("name"), "line": content.get("text")})
 
-    def _on_session_changed(self, change: SessionChanged) -> None:
+    def _on_session_changed(self, change: SessionChanged[Session]) -> None:
         s = change.session
         if change.event in ("stopping", "failed"):
             for job in list(self._live.values()):

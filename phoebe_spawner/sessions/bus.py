@@ -5,7 +5,8 @@ The :class:`~phoebe_spawner.sessions.manager.SessionManager` owns one :class:`Ev
 follows sessions from outside subscribes to it: the job manager (iopub messages, ends),
 the user and admin event logs, the metrics, the cpu and memory groups, the warm pool.
 Subscribers run synchronously on the event loop, in the order they subscribed; one that
-raises is logged and the others still run. Nothing here does I/O.
+raises is logged and the others still run. Nothing here does I/O. The events are generic
+in the session type (``SessionChanged[Session]``), so this module needs no session.
 """
 
 from __future__ import annotations
@@ -13,48 +14,47 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from phoebe_kernel_worker.protocol import Message
 
-if TYPE_CHECKING:
-    from .session import Session
-
+#: the session type the events carry (:class:`~.session.Session`)
+S = TypeVar("S")
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class SessionChanged:
+class SessionChanged(Generic[S]):
     """A session reached a point of its life: ``event`` is ``started``, ``stopping``,
     ``stopped``, ``culled`` or ``failed`` (after the status was written to the store)."""
 
     event: str
-    session: Session
+    session: S
 
 
 @dataclass(frozen=True, slots=True)
-class CommandFinished:
+class CommandFinished(Generic[S]):
     """A command of ``session`` finished after ``seconds``; ``error`` is None on success,
     else ``"timeout"`` or what the worker said."""
 
-    session: Session
+    session: S
     command: str
     seconds: float
     error: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class SessionsSampled:
+class SessionsSampled(Generic[S]):
     """A round of memory samples of the running ``sessions`` is done."""
 
-    sessions: list[Session]
+    sessions: list[S]
 
 
 @dataclass(frozen=True, slots=True)
-class IopubMessage:
+class IopubMessage(Generic[S]):
     """An iopub message (progress, output) of one session's worker."""
 
-    session: Session
+    session: S
     message: Message
 
 

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from .bus import SessionChanged
 
@@ -147,7 +148,7 @@ class CpuClasses:
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
 
-    def on_session_changed(self, change: SessionChanged) -> None:
+    def on_session_changed(self, change: SessionChanged[Any]) -> None:
         """Bus subscriber (the manager subscribes it): an ended session's group goes."""
         if change.event not in ("started", "stopping"):
             self.release(change.session.id)

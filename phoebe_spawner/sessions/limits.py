@@ -135,7 +135,7 @@ class SessionLimits(LoggingConfigurable):
 
     # --- clean-up ---------------------------------------------------------------------------
 
-    def on_session_changed(self, change: SessionChanged) -> None:
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
         """Bus subscriber: an ended session's memory group and directory go."""
         if change.event not in ENDED:
             return

@@ -205,7 +205,7 @@ class SessionManager(LoggingConfigurable):
         self.bus.subscribe(SessionChanged, self._forget_ended)
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
 
-    def _forget_ended(self, change: SessionChanged) -> None:
+    def _forget_ended(self, change: SessionChanged[Session]) -> None:
         """Drop an ended session from the registry, unless it lingers (a failure)."""
         if change.event in ENDED and not change.session.linger:
             self.sessions.pop(change.session.id, None)

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
@@ -42,7 +42,6 @@ from ..db import DatabaseUnavailable, Store
 from ..errors import CommandTimedOut, Unavailable
 from ..spawners.base import Spawner
 from .bus import CommandFinished, EventBus, IopubMessage, SessionChanged
-from .cpu import CpuClasses
 
 #: Statuses of a session that holds (or is about to hold, or still holds) a worker.
 ACTIVE = ("pending", "running", "stopping")
@@ -50,6 +49,12 @@ ACTIVE = ("pending", "running", "stopping")
 ENDED = ("stopped", "culled", "failed")
 #: longest error message kept per command (the command log's column holds 1000)
 ERROR_CHARS = 1000
+
+
+class CpuClassing(Protocol):
+    """The cpu isolation tree as a session uses it (:class:`.cpu.CpuClasses`)."""
+
+    def background(self, session_id: str, on: bool) -> None: ...
 
 
 class Tasks:
@@ -83,7 +88,7 @@ class SessionServices:
     #: commands run in the background cpu class (with cpu isolation)
     background_commands: Collection[str] = ()
     #: the cpu isolation tree, once set up (None: off)
-    cpu: CpuClasses | None = None
+    cpu: CpuClassing | None = None
 
 
 class Session:
