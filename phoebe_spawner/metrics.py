@@ -3,7 +3,7 @@
 The app builds one :class:`HubMetrics` per hub (its own registry, so several hubs in
 one process — the tests — do not share counters) and subscribes it to the session
 manager's bus; ``GET /metrics`` renders :meth:`HubMetrics.render`. Nothing here
-does I/O: listeners only bump counters on the event loop.
+does I/O: its subscribers only bump counters on the event loop.
 """
 
 from __future__ import annotations
