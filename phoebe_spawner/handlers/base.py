@@ -2,7 +2,7 @@
 
 Handlers stay thin: parse, authenticate in :meth:`BaseHandler.prepare`, call the
 session manager or authenticator, serialize. Errors raised by those services
-(:class:`~phoebe_spawner.sessions.SessionError`,
+(:class:`~phoebe_spawner.errors.SessionError`,
 :class:`~phoebe_spawner.auth.base.AuthError`) carry their status and detail and are
 written here; anything else is logged with its traceback and answered with a generic
 500 (with the traceback only when the hub runs with ``--debug``).
