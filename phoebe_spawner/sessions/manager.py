@@ -510,8 +510,7 @@ class SessionManager(LoggingConfigurable):
         await sample_all(running, self.store, self.bus)
 
     async def cull_idle(self) -> None:
-        """Cull loop: stop the sessions :attr:`cull_policy` names (idle for
-        ``idle_timeout``, older than ``max_age``), each after ``before_stop`` (a
+        """Cull loop: stop what :attr:`cull_policy` names, each after ``before_stop`` (a
         checkpoint); if that fails, or the user came back meanwhile, it is left alone."""
         now = time.time()
         for s in list(self.sessions.values()):
@@ -570,8 +569,7 @@ class SessionManager(LoggingConfigurable):
         await s.stop("stopped", reason)
 
     async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
-        """Re-adopt what a previous hub left running, or fail it (:mod:`.recovery`);
-        ``users`` maps a stored session row to its owner."""
+        """Re-adopt or fail what a previous hub left (:mod:`.recovery`; ``users``: owners)."""
         recovery = Recovery(
             register=self._register_stored,
             connect=self.connect,
