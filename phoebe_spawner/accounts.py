@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .auth.base import Authenticator
-from .session import ACTIVE, LiveSession
-from .sessions import SessionManager
+from .sessions.manager import SessionManager
+from .sessions.session import ACTIVE, Session
 from .store import Store
 
 
@@ -72,13 +72,11 @@ async def set_account_active(
     return change
 
 
-async def _stop(
-    manager: SessionManager, s: LiveSession, reason: str, change: AccountChange
-) -> None:
+async def _stop(manager: SessionManager, s: Session, reason: str, change: AccountChange) -> None:
     if manager.before_stop is not None and s.status == "running":
         try:
             await manager.before_stop(s, "stop")
         except Exception as e:  # a disabled account's session stops anyway
             manager.log.warning("no checkpoint of session %s before disabling: %s", s.id, e)
             change.checkpoint_failed.append(s.id)
-    await manager.stop_session(s, "stopped", reason)
+    await s.stop("stopped", reason)

@@ -43,15 +43,15 @@ from .configcheck import (
     load_checked,
     loopback_only,
 )
-from .events import AdminEvents, UserEvents
 from .handlers import HubContext, NotFoundHandler, routes
 from .httpserver import CappedHTTPServer, raise_fd_limit
-from .jobs import JobManager
-from .limits import SessionLimits
+from .jobs.events import AdminEvents, UserEvents
+from .jobs.manager import JobManager
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
 from .plugins import import_object, load_class
-from .sessions import SessionManager
+from .sessions.limits import SessionLimits
+from .sessions.manager import SessionManager
 from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
 from .spawners.wall import harden_hub, sqlite_path
@@ -457,11 +457,9 @@ class PhoebeSpawnerApp(Application):
         )
         self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
-        self.manager.add_listener(self.user_events.on_session_event)
+        self.user_events.subscribe(self.manager.bus)
         self.admin_events = AdminEvents()
-        self.manager.add_listener(self.admin_events.on_session_event)
-        self.manager.add_command_listener(self.admin_events.on_command)
-        self.manager.add_sample_listener(self.admin_events.on_sampled)
+        self.admin_events.subscribe(self.manager.bus)
         self.metrics = HubMetrics()
         self.metrics.connect(self.manager)
         self.jobs = JobManager(

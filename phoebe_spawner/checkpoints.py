@@ -27,7 +27,7 @@ from traitlets.config import LoggingConfigurable
 
 from .auth.base import User
 from .errors import SessionError, SessionNotFound
-from .session import LiveSession, user_dir_name
+from .sessions.session import Session, user_dir_name
 from .spawners.base import ByteSpecification
 from .store import Store
 
@@ -96,12 +96,11 @@ class CheckpointManager(LoggingConfigurable):
 
     # --- saving -------------------------------------------------------------------------
 
-    async def save(self, s: LiveSession, reason: str, name: str | None = None) -> dict[str, Any]:
+    async def save(self, s: Session, reason: str, name: str | None = None) -> dict[str, Any]:
         """Checkpoint ``s`` now (waits for its running command); returns the stored row."""
         if reason not in REASONS:
             raise ValueError(f"unknown checkpoint reason {reason!r}")
-        reply = await self.manager.execute(
-            s,
+        reply = await s.run(
             b'{"command": "get_bundle"}',
             "get_bundle",
             timeout=self.shutdown_timeout if reason == "shutdown" else self.timeout,
@@ -148,7 +147,7 @@ class CheckpointManager(LoggingConfigurable):
         return lock
 
     async def _store_checkpoint(
-        self, s: LiveSession, reason: str, name: str | None, data: bytes
+        self, s: Session, reason: str, name: str | None, data: bytes
     ) -> dict[str, Any]:
         store: Store = self.store
         await self._make_room(s.user.user_id, len(data))
@@ -251,23 +250,23 @@ class CheckpointManager(LoggingConfigurable):
 
     # --- restoring -----------------------------------------------------------------------
 
-    async def restore(self, s: LiveSession, row: dict[str, Any]) -> None:
+    async def restore(self, s: Session, row: dict[str, Any]) -> None:
         """Load a checkpoint's bundle into ``s`` (``load_bundle`` through its queue)."""
         data = await self.read(row)
         body = b'{"command":"load_bundle","bundle":' + orjson.dumps(data.decode()) + b"}"
-        reply = await self.manager.execute(s, body, "load_bundle", timeout=self.timeout)
+        reply = await s.run(body, "load_bundle", timeout=self.timeout)
         answer = orjson.loads(reply.content)
         if not answer.get("success"):
             raise CheckpointFailed(
                 f"The worker could not load the checkpoint: {answer.get('error')}"
             )
 
-    async def before_stop(self, s: LiveSession, reason: str) -> None:
+    async def before_stop(self, s: Session, reason: str) -> None:
         """The session manager's hook before a hub-initiated stop (cull, shutdown)."""
         if s.status == "running":
             await self.save(s, reason)
 
-    async def start_session(self, user: User, meta: dict[str, Any], **kwargs: Any) -> LiveSession:
+    async def start_session(self, user: User, meta: dict[str, Any], **kwargs: Any) -> Session:
         """Start a session from the checkpoint named in ``meta["checkpoint_id"]``.
 
         The checkpoint is checked (owner, file, fingerprint) before any worker starts;
@@ -277,7 +276,7 @@ class CheckpointManager(LoggingConfigurable):
         await self.read(row)  # fail fast on a missing or damaged file
         if row.get("project_name") and "project_name" not in meta:
             meta = {**meta, "project_name": row["project_name"]}
-        s: LiveSession = await self.manager.start_session(user, meta, **kwargs)
+        s: Session = await self.manager.start_session(user, meta, **kwargs)
         try:
             await self.restore(s, row)
         except BaseException:

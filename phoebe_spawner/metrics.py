@@ -1,9 +1,9 @@
 """Prometheus metrics of one hub: sessions by status, spawn and command latency, failures.
 
 The app builds one :class:`HubMetrics` per hub (its own registry, so several hubs in
-one process — the tests — do not share counters) and connects it to the session
-manager's listeners; ``GET /metrics`` renders :meth:`HubMetrics.render`. Nothing here
-does I/O: listeners only bump counters on the event loop.
+one process — the tests — do not share counters) and subscribes it to the session
+manager's bus; ``GET /metrics`` renders :meth:`HubMetrics.render`. Nothing here
+does I/O: its subscribers only bump counters on the event loop.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from prometheus_client.registry import Collector
 
 from phoebe_kernel_worker.protocol import COMMANDS
 
-from .session import LiveSession
+from .sessions.bus import CommandFinished, SessionChanged
+from .sessions.session import Session
 
 if TYPE_CHECKING:
-    from .sessions import SessionManager
+    from .sessions.manager import SessionManager
 
 #: The content type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -106,11 +107,12 @@ class HubMetrics:
     def connect(self, manager: SessionManager) -> None:
         """Count what ``manager`` does from now on."""
         self.registry.register(_SessionsCollector(manager))
-        manager.add_listener(self.on_session_event)
-        manager.add_command_listener(self.on_command)
+        manager.bus.subscribe(SessionChanged, self.on_session_changed)
+        manager.bus.subscribe(CommandFinished, self.on_command)
 
-    def on_session_event(self, event: str, s: LiveSession) -> None:
-        """A SessionManager listener."""
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
+        """Count starts, failures and ends."""
+        event, s = change.event, change.session
         if event == "started":
             if s.readopted:
                 return
@@ -127,8 +129,9 @@ class HubMetrics:
             if event == "culled":
                 self.culls.inc()
 
-    def on_command(self, s: LiveSession, command: str, seconds: float, error: str | None) -> None:
-        """A SessionManager command listener."""
+    def on_command(self, finished: CommandFinished[Session]) -> None:
+        """Count a finished command's duration and error."""
+        command, seconds, error = finished.command, finished.seconds, finished.error
         # the worker's registered names get their own label value; anything else is "other",
         # so a client cannot grow the label set without bound
         name = command if command in COMMANDS else "other"

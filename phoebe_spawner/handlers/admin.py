@@ -14,9 +14,9 @@ import time
 from tornado.log import app_log
 
 from ..accounts import set_account_active
-from ..events import AdminEvents
+from ..jobs.events import AdminEvents
 from ..metrics import CONTENT_TYPE, HubMetrics
-from ..session import LiveSession
+from ..sessions.session import Session
 from .base import ApiError, BaseHandler
 from .streams import EventStreamHandler
 
@@ -61,7 +61,7 @@ class AdminSessionHandler(AdminHandler):
     """``GET`` one session (admin view) · ``DELETE`` ends it (checkpoint-free, like an
     owner's end-session) -> ``{"success": true}``; 404 unknown."""
 
-    def _session(self, session_id: str) -> LiveSession:
+    def _session(self, session_id: str) -> Session:
         s = self.manager.sessions.get(session_id)
         if s is None:
             raise ApiError(404, f"Session {session_id} not found")

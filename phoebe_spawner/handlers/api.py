@@ -156,12 +156,12 @@ class SessionMemoryHandler(BaseHandler):
 
     async def get(self) -> None:
         sessions = [s for s in self.manager.list_for(self.user) if s.status == "running"]
-        values = await asyncio.gather(*(self.manager.sample(s) for s in sessions))
+        values = await asyncio.gather(*(s.sample() for s in sessions))
         self.write_json({s.id: v for s, v in zip(sessions, values, strict=True)})
 
     async def post(self, session_id: str) -> None:
         session = self.manager.get_owned(self.user, session_id)
-        self.write_json({"mem_used": await self.manager.sample(session)})
+        self.write_json({"mem_used": await session.sample()})
 
 
 class PortStatusHandler(BaseHandler):

@@ -2,7 +2,7 @@
 
 Handlers stay thin: parse, authenticate in :meth:`BaseHandler.prepare`, call the
 session manager or authenticator, serialize. Errors raised by those services
-(:class:`~phoebe_spawner.sessions.SessionError`,
+(:class:`~phoebe_spawner.errors.SessionError`,
 :class:`~phoebe_spawner.auth.base.AuthError`) carry their status and detail and are
 written here; anything else is logged with its traceback and answered with a generic
 500 (with the traceback only when the hub runs with ``--debug``).
@@ -28,7 +28,7 @@ from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate
 
 from ..auth.base import TOKEN_COOKIE, Authenticator, AuthError, User
 from ..errors import SessionError
-from ..sessions import SessionManager
+from ..sessions.manager import SessionManager
 from ..store import DatabaseUnavailable, Store
 
 #: request bodies larger than this may skip the hub's JSON parse (``command_request``)

@@ -35,7 +35,7 @@ class SessionCheckpointsHandler(CheckpointsBase):
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise ApiError(400, "name must be a string of at most 255 characters")
         session = self.manager.get_owned(self.user, session_id)
-        self.manager.check_running(session)
+        session.check_running()
         row = await self.checkpoints.save(session, "manual", name=name)
         self.set_header("Location", self.to_api(row)["links"]["self"])
         self.write_json(self.to_api(row), status=201)

@@ -6,7 +6,7 @@ does not exist for the caller).
 
 from __future__ import annotations
 
-from ..jobs import STATUSES, JobManager
+from ..jobs.manager import STATUSES, JobManager
 from .base import ApiError, BaseHandler
 from .streams import EventStreamHandler
 

@@ -1,6 +1,6 @@
 """Server-Sent Events: the base handler and the per-user event stream.
 
-A stream writes the events of an :class:`~phoebe_spawner.events.EventLog` as they
+A stream writes the events of an :class:`~phoebe_spawner.jobs.events.EventLog` as they
 come, with ``id:`` lines so a client that reconnects with ``Last-Event-ID`` resumes
 without a gap or a duplicate, and a comment line every ``keepalive`` seconds so proxies
 keep the connection open. When the client goes away the handler wakes at once and
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from tornado.iostream import StreamClosedError
 
-from ..events import Event, EventLog
+from ..jobs.events import Event, EventLog
 from .base import ApiError, BaseHandler
 
 Backfill = Callable[[int, int], Awaitable[list[Event]]]

@@ -141,7 +141,7 @@ async def test_metrics_count_sessions_spawns_commands_failures_and_culls(make_hu
     await client.post(f"/send/{crashed}", {"command": "crash"}, token=user)  # 503
     assert await async_wait_for(lambda: app.manager.sessions[crashed].status == "failed")
     culled = await start(client, user)
-    await app.manager.stop_session(app.manager.sessions[culled], "culled", "idle for 1 s")
+    await app.manager.sessions[culled].stop("culled", "idle for 1 s")
 
     resp = await client.get("/metrics", token="scrape-me-" + "x" * 20)
     assert resp.status == 200

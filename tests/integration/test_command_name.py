@@ -11,6 +11,7 @@ from __future__ import annotations
 import orjson
 
 from phoebe_spawner.handlers.base import FAST_PATH_BYTES
+from phoebe_spawner.sessions.bus import CommandFinished
 
 DETAIL = "Malformed JSON body: request names 'command' more than once"
 
@@ -29,7 +30,7 @@ async def _files(client, sid: str) -> list[str]:
 
 def _listen(app) -> list[str]:
     seen: list[str] = []
-    app.manager.add_command_listener(lambda s, command, seconds, error: seen.append(command))
+    app.manager.bus.subscribe(CommandFinished, lambda finished: seen.append(finished.command))
     return seen
 
 

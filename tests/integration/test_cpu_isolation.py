@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from phoebe_spawner.cpuclass import CpuClasses, cpu_hierarchy
+from phoebe_spawner.sessions.cpu import CpuClasses, cpu_hierarchy
 
 
 def _writable_cpu_tree() -> str | None:

@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
-from phoebe_spawner.jobs import JobManager
-from phoebe_spawner.limits import SessionLimits, disk_reason, measure
-from phoebe_spawner.sessions import SessionManager
+from phoebe_spawner.jobs.manager import JobManager
+from phoebe_spawner.sessions.limits import SessionLimits, disk_reason, measure
+from phoebe_spawner.sessions.manager import SessionManager
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import Client, async_wait_for
@@ -175,6 +175,34 @@ async def test_hung_job_fails_its_session_within_the_grace(make_hub, backend):
     resp = await client.send(hung, "ping")
     assert resp.status == 503 and reason in resp.detail
     assert await ok(client, other, "ping") == {"status": "ready"}
+
+
+def sigint_blocked(pid: int) -> bool:
+    """Whether the worker's main thread blocks SIGINT (it is inside ``hang``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/status") as f:
+            mask = next(line for line in f if line.startswith("SigBlk:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
+
+
+async def test_cancelling_a_job_of_a_hung_worker_fails_its_session_within_the_grace(make_hub):
+    app, client = await make_hub(SessionManager__interrupt_grace=0.5)
+    hung = await start(client)
+    pid = app.manager.sessions[hung].spawner.pid
+    resp = await client.post(f"/api/v1/sessions/{hung}/jobs", {"command": "hang"})
+    assert resp.status == 202
+    job_id = resp.json()["job_id"]
+    assert await async_wait_for(lambda: sigint_blocked(pid), timeout=10)
+    resp = await client.post(f"/api/v1/jobs/{job_id}/cancel", {})
+    assert resp.status == 200, resp.body
+    reason = "worker hung: 'hang' ignored a cancel for 0.5 s"
+    job = await job_done(client, job_id)
+    assert (job["status"], job["error"]) == ("cancelled", reason)
+    s = app.manager.sessions[hung]
+    assert (s.status, s.reason) == ("failed", reason)
+    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
 
 
 async def test_job_timeout_counts_from_the_job_start(make_hub):

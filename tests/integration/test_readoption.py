@@ -5,7 +5,8 @@ docs/architecture.md ("Restarts"): a worker is re-adopted only if it is alive *a
 answers a signed status request; otherwise its session is marked failed. The code's
 reason for an alive worker that does not answer within ``recover_ping_timeout`` is
 "worker did not answer after the hub restarted", and the worker is stopped (no orphan).
-A command still running for the previous hub is interrupted, so the next command runs.
+A command still running for the previous hub is interrupted, so the next command runs;
+a worker that ignores that interrupt for ``interrupt_grace`` is declared hung and stopped.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ def gone(proc: psutil.Process) -> bool:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def sigint_blocked(pid: int) -> bool:
+    """Whether the worker's main thread blocks SIGINT (it is inside the test ``hang``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/status") as f:
+            mask = next(line for line in f if line.startswith("SigBlk:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
 
 
 async def start(client: Client) -> str:
@@ -98,3 +109,25 @@ async def test_a_busy_worker_is_readopted_and_its_orphaned_command_interrupted(
     assert resp.status == 200 and resp.json() == {"success": True, "result": 7}
     assert (await client2.post(f"/dash/end-session/{sid}")).status == 200
     assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
+
+
+async def test_a_readopted_worker_that_ignores_the_orphans_interrupt_is_failed_and_stopped(
+    make_hub, tmp_path
+):
+    data = tmp_path / "shared"
+    app1, client1 = await make_hub(data_dir=data, SessionManager__stop_workers_on_shutdown=False)
+    sid = await start(client1)
+    proc = psutil.Process(app1.manager.sessions[sid].spawner.pid)
+    orphan = asyncio.ensure_future(client1.send(sid, "hang"))
+    assert await async_wait_for(lambda: sigint_blocked(proc.pid), timeout=10)
+    await app1.cleanup()
+    await asyncio.gather(orphan, return_exceptions=True)  # its hub is gone: no answer
+    app2, client2 = await make_hub(data_dir=data, SessionManager__interrupt_grace=0.5)
+    s = app2.manager.sessions[sid]
+    reason = "worker hung: 'hang' ignored an interrupt for 0.5 s"
+    assert (s.status, s.reason, s.readopted) == ("failed", reason, False)
+    row = await app2.store.get_session(sid)
+    assert (row["status"], row["termination_reason"]) == ("failed", reason)
+    assert await async_wait_for(lambda: gone(proc), timeout=10)
+    resp = await client2.send(sid, "ping")
+    assert resp.status == 503 and reason in resp.detail

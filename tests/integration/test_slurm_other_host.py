@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from phoebe_spawner.cpuclass import CpuClasses
+from phoebe_spawner.sessions.cpu import CpuClasses
 from phoebe_spawner.spawners.slurm import SlurmSpawner
 
 from ..slurm_cluster import IsolationFailed, SlurmCluster, isolation_unavailable, missing_programs

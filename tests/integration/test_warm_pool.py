@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from phoebe_spawner.pool import WarmPool
+from phoebe_spawner.sessions.pool import WarmPool
 
 from ..conftest import Client, async_wait_for, register
 

@@ -258,7 +258,7 @@ def status_from_exit_code(code: int) -> int:
     """Docker's exit code -> the spawner contract's status (negative for signals).
 
     The init process reports a worker killed by signal N as ``128 + N``, like a shell;
-    the contract (and :func:`phoebe_spawner.session.describe_exit`) wants ``-N``.
+    the contract (and :func:`phoebe_spawner.sessions.session.describe_exit`) wants ``-N``.
     """
     if 128 < code < 128 + 65:
         try:

@@ -1,30 +1,63 @@
-"""Per-session memory cgroups: each local worker's ``mem_limit`` held by the kernel.
+"""Memory: each worker's sampled use, and per-session memory cgroups holding ``mem_limit``.
 
-``RLIMIT_AS`` counts address space, not memory: a worker's threads and libraries
-reserve far more than they touch, and a C++ allocation past it ends the worker with
-``std::bad_alloc``. A memory cgroup counts what the worker really uses (its whole
+Sampling: the session manager's memory loop calls :func:`sample_all` every
+``memory_interval`` (``/dash/session-memory`` asks one :meth:`Session.sample`). Samples
+are kept in the session (``mem_history``, for the admin page's plots), in the store
+(``session_metrics``) and announced on the bus; a session over its spawner's
+``mem_limit`` is failed.
+
+Memory groups: ``RLIMIT_AS`` counts address space, not memory: a worker's threads and
+libraries reserve far more than they touch, and a C++ allocation past it ends the worker
+with ``std::bad_alloc``. A memory cgroup counts what the worker really uses (its whole
 process tree, page cache included) and, past the limit, the kernel kills that worker
 and no other process on the machine. Where the hub can create cgroups (root, or a
-delegated subtree), :class:`~phoebe_spawner.limits.SessionLimits` keeps a tree in the
-``memory`` hierarchy (version 1 or 2)::
+delegated subtree), :class:`~phoebe_spawner.sessions.limits.SessionLimits` keeps a
+:class:`MemoryGroups` tree in the ``memory`` hierarchy (version 1 or 2)::
 
     <parent>/phoebe-spawner-<id>/s-<sid>    one per session: memory.max / limit_in_bytes
 
-The tree has the same name as the cpu isolation tree (:mod:`phoebe_spawner.cpuclass`),
-so on cgroup v2, where both controllers share one hierarchy, a worker sits in one
-group that carries both. Every method is a few small writes to the cgroup file system
-and blocks: the callers run them in a thread.
+The tree has the same name as the cpu isolation tree (:mod:`.cpu`), so on cgroup v2,
+where both controllers share one hierarchy, a worker sits in one group that carries
+both. Every method of it is a few small writes to the cgroup file system and blocks:
+the callers run them in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
-from .cpuclass import enable_controller, hierarchy, remove_group, remove_tree, tree_name
+from phoebe_kernel_worker.protocol.exits import out_of_memory
+
+from ..store import DatabaseUnavailable, Store
+from .bus import EventBus, SessionsSampled
+from .cpu import enable_controller, hierarchy, remove_group, remove_tree, tree_name
+from .session import Session
 
 log = logging.getLogger(__name__)
+
+
+async def sample_all(running: list[Session], store: Store, bus: EventBus) -> None:
+    """One round of the memory loop over the ``running`` sessions: sample each, record
+    it, announce the round, and fail a session over its ``mem_limit``."""
+    await asyncio.gather(*(s.sample() for s in running))
+    now = time.time()
+    for s in running:
+        s.mem_history.append((now, s.mem_used))
+    bus.publish(SessionsSampled(running))
+    store_ok = True
+    for s in running:
+        if store_ok:
+            try:
+                await store.record_metric(s.id, now, s.mem_used)
+            except DatabaseUnavailable:
+                store_ok = False
+        limit = s.spawner.mem_limit
+        if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
+            await s.fail(f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB")
 
 
 class MemoryGroups:

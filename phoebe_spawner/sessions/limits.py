@@ -3,10 +3,11 @@
 The session manager builds one :class:`SessionLimits` (configurable as
 ``c.SessionLimits``) and calls it at four points: :meth:`setup` at start-up (the
 memory cgroup tree), :meth:`place` when a worker is connected, :meth:`exit_reason`
-when the poll loop finds a worker gone, and :meth:`close` at shutdown; the disk loop
-calls :meth:`check_disk`. It listens to session events itself: an ended session's
-memory group and session directory are removed (checkpoints live elsewhere, under
-``<data_dir>/checkpoints``, and stay). A hub that shuts down leaving its workers for
+when the poll loop finds a worker gone, and :meth:`close` at shutdown; its disk loop
+asks :meth:`over_quota` and checkpoints and fails what it names. The manager subscribes
+:meth:`on_session_changed` to the bus: an ended session's memory group and session
+directory are removed (checkpoints live elsewhere, under ``<data_dir>/checkpoints``,
+and stay). A hub that shuts down leaving its workers for
 re-adoption ends no session, so their directories stay for the next hub.
 
 What each backend adds (``RLIMIT_AS``/``RLIMIT_FSIZE`` for local workers, container
@@ -19,22 +20,19 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker.protocol.exits import describe_bytes, out_of_memory
 
-from .memgroups import MemoryGroups
-from .session import LiveSession
-from .spawners.base import ByteSpecification, Spawner
-
-if TYPE_CHECKING:
-    from .sessions import SessionManager
-
-#: session events after which a session's worker is gone for good
-ENDED = ("stopped", "culled", "failed")
+from ..spawners.base import ByteSpecification, Spawner
+from .bus import SessionChanged
+from .memory import MemoryGroups
+from .pool import POOL_DIR
+from .session import ENDED, Session, session_dir
 
 
 class SessionLimits(LoggingConfigurable):
@@ -73,25 +71,23 @@ class SessionLimits(LoggingConfigurable):
         failed). Checkpoints are kept: they live under <data_dir>/checkpoints.""",
     ).tag(config=True)
 
-    def __init__(self, manager: SessionManager, **kwargs: Any) -> None:
+    def __init__(self, data_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.manager = manager
+        #: the hub's data directory (session directories and the memory tree's name)
+        self.data_dir = data_dir
         #: the memory cgroup tree, once set up (None: RLIMIT_AS holds mem_limit)
         self.memory: MemoryGroups | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        #: sessions over their disk quota, being checkpointed before they fail
-        self._over_quota: set[str] = set()
 
     # --- start-up and shutdown ---------------------------------------------------------
 
     async def setup(self) -> None:
-        """Build the memory cgroup tree (if configured and possible) and start listening
-        to session events; the session manager calls this before any worker starts."""
+        """Build the memory cgroup tree (if configured and possible); the session manager
+        calls this before any worker starts."""
         if self.memory_cgroup:
             self.memory = await asyncio.to_thread(
-                MemoryGroups.setup, self.memory_cgroup_parent, self.manager.data_dir
+                MemoryGroups.setup, self.memory_cgroup_parent, self.data_dir
             )
-        self.manager.add_listener(self.on_session_event)
 
     async def close(self) -> None:
         """Finish pending clean-ups and remove the empty memory groups (at shutdown)."""
@@ -105,13 +101,13 @@ class SessionLimits(LoggingConfigurable):
         """Tell a new spawner whether a cgroup holds its ``mem_limit`` (no RLIMIT_AS then)."""
         spawner.mem_limit_by_cgroup = self.memory is not None
 
-    def place(self, s: LiveSession, pid: int) -> None:
+    def place(self, s: Session, pid: int) -> None:
         """Put a connected local worker in its memory group (in a thread)."""
         limit = s.spawner.mem_limit
         if self.memory is not None and limit and s.spawner.mem_limit_by_cgroup:
             self._spawn(asyncio.to_thread(self.memory.place, s.id, pid, int(limit)))
 
-    def exit_reason(self, s: LiveSession) -> str | None:
+    def exit_reason(self, s: Session) -> str | None:
         """Why the worker of ``s`` is gone, if its memory group says it was killed for its
         limit (the poll loop asks before the spawner's own reasons)."""
         if self.memory is not None and self.memory.oom_killed(s.id):
@@ -120,47 +116,35 @@ class SessionLimits(LoggingConfigurable):
 
     # --- disk -------------------------------------------------------------------------------
 
-    async def check_disk(self) -> None:
-        """Disk loop: measure every running session's directory in a thread; a session
-        over ``session_disk_quota`` or ``session_max_files`` is checkpointed and failed."""
+    async def over_quota(self, running: list[Session]) -> list[tuple[Session, str]]:
+        """Measure the ``running`` sessions' directories in a thread: those over
+        ``session_disk_quota`` or ``session_max_files``, with the failure reason."""
         quota, max_files = self.session_disk_quota or 0, self.session_max_files
         if not quota and not max_files:
-            return
-        running = [s for s in self.manager.sessions.values() if s.status == "running"]
+            return []
         dirs = [s.spawner.session_dir for s in running]
         usage = await asyncio.to_thread(
             lambda: [measure(d, quota, max_files) if d else (0, 0) for d in dirs]
         )
+        over = []
         for s, (size, files) in zip(running, usage, strict=True):
             reason = disk_reason(size, files, quota, max_files)
-            if reason is not None and s.status == "running" and s.id not in self._over_quota:
-                self._over_quota.add(s.id)
-                self.manager.spawn_task(self._stop_over_quota(s, reason))
-
-    async def _stop_over_quota(self, s: LiveSession, reason: str) -> None:
-        manager = self.manager
-        manager.log.warning("session %s of %s: %s; stopping it", s.id, s.user.name, reason)
-        if manager.before_stop is not None:
-            try:
-                await manager.before_stop(s, "stop")
-            except Exception as e:
-                manager.log.warning("no checkpoint of session %s before its stop: %s", s.id, e)
-        try:
-            await manager.fail(s, reason)  # stays listed with its reason, like other failures
-        finally:
-            self._over_quota.discard(s.id)
+            if reason is not None:
+                over.append((s, reason))
+        return over
 
     # --- clean-up ---------------------------------------------------------------------------
 
-    def on_session_event(self, event: str, s: LiveSession) -> None:
-        """Session listener: an ended session's memory group and directory go."""
-        if event not in ENDED:
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
+        """Bus subscriber: an ended session's memory group and directory go."""
+        if change.event not in ENDED:
             return
+        s = change.session
         dirs: list[str] = []
         if self.remove_session_dirs:
             # its own, and the warm pool's one it started in (if it came from the pool)
-            dirs = [s.spawner.session_dir, self.manager.session_dir(s.user.user_id, s.id)]
-            dirs.append(str(self.manager.pool.dir / s.id))
+            dirs = [s.spawner.session_dir, session_dir(self.data_dir, s.user.user_id, s.id)]
+            dirs.append(str(Path(self.data_dir) / POOL_DIR / s.id))
         self._spawn(asyncio.to_thread(self._clean_up, s.id, dirs))
 
     def _clean_up(self, session_id: str, dirs: list[str]) -> None:

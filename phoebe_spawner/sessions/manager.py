@@ -1,16 +1,13 @@
-"""The session manager: registry, state machine, limits, routing, death detection, culling.
+"""The session manager: the registry, limits, the loops, and start/stop orchestration.
 
-One :class:`SessionManager` per hub, built by the app and handed to the request
-handlers. It owns every live session (:class:`LiveSession`): its spawner, its
-persistent channel and its state, which moves ``pending -> running -> stopping ->
-stopped`` or ends ``failed`` / ``culled``. Each transition is written to the database
-before it is acted on, so a restarted hub can rebuild the picture (:meth:`recover`).
-
-Limits are checked and reserved synchronously on the event loop (no await between
-check and reservation), so concurrent start requests cannot overshoot them. Commands
-to one session run one at a time; a command that times out is interrupted in the
-worker and the session stays usable, and a worker that ignores the interrupt is
-declared hung and stopped. Nothing here blocks the event loop.
+One :class:`SessionManager` per hub, built by the app, called by the handlers. It keeps
+every live :class:`~.session.Session` (``sessions``), checks and reserves limits when
+one starts (no await between check and reservation, so concurrent starts cannot
+overshoot), starts its worker (fresh, or from the warm pool) and runs the loops: death
+detection, memory samples, culling (:class:`~.policy.CullPolicy`), disk quotas. One
+session's commands, status and ending are its own; the collaborators (pool, recovery,
+limits, cpu) get narrow interfaces, and whoever follows sessions subscribes to
+:attr:`SessionManager.bus`. Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +26,26 @@ from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
-from phoebe_kernel_worker.protocol import Message
 
-from . import culling, endings, execution, memory, recovery
-from .auth.base import User
-from .channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
-from .cpuclass import CpuClasses
-from .errors import (
-    LimitReached,
-    NotOwner,
-    RateLimited,
-    SessionNotFound,
-    Unavailable,
-)
+from ..auth.base import User
+from ..channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
+from ..errors import LimitReached, NotOwner, RateLimited, SessionNotFound, Unavailable
+from ..ratelimit import RateLimiter
+from ..spawners.base import SpawnCapacityError, Spawner, SpawnError
+from ..store import DatabaseUnavailable
+from .bus import EventBus, SessionChanged
+from .cpu import CpuClasses
 from .limits import SessionLimits
+from .memory import sample_all
+from .policy import CullPolicy, capacity_limit, port_status, session_limit
 from .pool import PooledWorker, WarmPool
-from .ratelimit import RateLimiter
-from .session import ACTIVE, LiveSession, user_dir_name
-from .spawners.base import SpawnCapacityError, Spawner, SpawnError
-from .store import DatabaseUnavailable, Store
-from .userlimits import port_status, session_limit
-
-#: ``(session, command, seconds, error)`` after each command; see add_command_listener
-CommandListener = Callable[[LiveSession, str, float, str | None], None]
+from .recovery import Recovery
+from .session import ACTIVE, ENDED, Session, SessionServices, Tasks, describe_exit, session_dir
 
 
 class SessionManager(LoggingConfigurable):
-    """Owns all sessions of one hub. Built by the app; called by the request handlers."""
+    """Owns all sessions of one hub. Built by the app; called by the request handlers,
+    the job manager and the checkpoint manager."""
 
     max_sessions_per_user = Integer(
         4, help="Sessions one user may have at once (0 = unlimited; not in auth mode none)."
@@ -139,7 +129,7 @@ class SessionManager(LoggingConfigurable):
         help="""Put each local worker in a cgroup of its own and mark it ``cpu.idle`` while
         it runs one of ``background_commands``, so the hub and other sessions' commands
         preempt it at once (needs a writable cgroup ``cpu`` tree: root, or a delegated
-        one; see phoebe_spawner/cpuclass.py and docs/performance.md).""",
+        one; see phoebe_spawner/sessions/cpu.py and docs/performance.md).""",
     ).tag(config=True)
     cpu_cgroup_parent = Unicode(
         "",
@@ -172,29 +162,53 @@ class SessionManager(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sessions: dict[str, LiveSession] = {}
+        #: the registry: every live session (and failed ones for ``failed_linger``), by id
+        self.sessions: dict[str, Session] = {}
+        #: session events: subscribe by type (see :mod:`.bus`)
+        self.bus = EventBus()
         self.zmq_ctx = zmq.asyncio.Context()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
-        self._listeners: list[Callable[[str, LiveSession], None]] = []
-        self._iopub_listeners: list[Callable[[LiveSession, Message], None]] = []
-        self._command_listeners: list[CommandListener] = []
-        self._sample_listeners: list[Callable[[list[LiveSession]], None]] = []
+        self.tasks = Tasks()
+        self._loops: list[asyncio.Task[None]] = []
         #: open user event streams per user id (the stream handler counts them)
         self.watchers: Counter[str] = Counter()
         self._start_limiter = RateLimiter(self.start_rate_per_minute, self.start_burst)
         self._closing = False
         #: what the spawner class shares across its workers (a fork server), see start_backend
         self.backend: Any = None
-        self.pool = WarmPool(self, self.warm_pool_size)
+        self.pool = WarmPool(
+            self.warm_pool_size,
+            self.data_dir,
+            make_spawner=self.make_spawner,
+            slots_left=self._slots_left,
+            zmq_ctx=self.zmq_ctx,
+            log=self.log,
+        )
         #: the cgroup tree of cpu_isolation, once set up (start_backend)
         self.cpu: CpuClasses | None = None
         #: memory groups, disk quota and clean-up of ended sessions (c.SessionLimits)
-        self.limits = SessionLimits(self, parent=self, log=self.log)
+        self.limits = SessionLimits(self.data_dir, parent=self, log=self.log)
+        self.cull_policy = CullPolicy(
+            idle_timeout=self.idle_timeout,
+            max_age=self.max_age,
+            exempt_users=frozenset(self.cull_exempt_users),
+            exempt_groups=frozenset(self.cull_exempt_groups),
+        )
+        self.services = SessionServices(
+            store=self.store,
+            bus=self.bus,
+            log=self.log,
+            tasks=self.tasks,
+            interrupt_grace=self.interrupt_grace,
+            background_commands=frozenset(self.background_commands),
+        )
+        self._over_quota: set[str] = set()
+        self.bus.subscribe(SessionChanged, self._forget_ended)
+        self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
 
-    @property
-    def _store(self) -> Store:
-        return self.store  # type: ignore[no-any-return]
+    def _forget_ended(self, change: SessionChanged[Session]) -> None:
+        """Drop an ended session from the registry, unless it lingers (a failure)."""
+        if change.event in ENDED and not change.session.linger:
+            self.sessions.pop(change.session.id, None)
 
     # --- lifecycle of the manager --------------------------------------------------------
 
@@ -208,23 +222,24 @@ class SessionManager(LoggingConfigurable):
                 CpuClasses.setup, self.cpu_cgroup_parent, self.data_dir
             )
             if self.cpu is not None:
-                self.add_listener(self.cpu.on_session_event)
+                self.services.cpu = self.cpu
+                self.bus.subscribe(SessionChanged, self.cpu.on_session_changed)
         self.backend = await self.spawner_class.start_backend(
             self, str(Path(self.data_dir) / "runtime")
         )
         await self.pool.reap_leftovers()
 
     def start_background_tasks(self) -> None:
-        """Start the poll, memory and cull loops and fill the warm pool (the app calls this
-        once the loop runs, after recovery)."""
-        self.add_listener(lambda event, s: self.pool.fill())
+        """Start the poll, memory, cull and disk loops and fill the warm pool (the app calls
+        this once the loop runs, after recovery)."""
+        self.bus.subscribe(SessionChanged, lambda change: self.pool.fill())
         self.pool.fill()
-        self._tasks = [
+        self._loops = [
             asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
             asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
             asyncio.create_task(self._every(self.cull_interval, self.cull_idle), name="cull"),
             asyncio.create_task(
-                self._every(self.limits.disk_interval, self.limits.check_disk), name="disk"
+                self._every(self.limits.disk_interval, self.check_disk), name="disk"
             ),
         ]
 
@@ -236,64 +251,28 @@ class SessionManager(LoggingConfigurable):
             except Exception:
                 self.log.exception("background task %s failed; it will run again", fn.__name__)
 
-    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background, keeping a reference until it is done."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    def add_listener(self, listener: Callable[[str, LiveSession], None]) -> None:
-        """Call ``listener(event, session)`` on started/stopped/failed/culled events."""
-        self._listeners.append(listener)
-
-    def add_command_listener(self, listener: CommandListener) -> None:
-        """Call ``listener(session, command, seconds, error)`` after every command (``error``
-        is None on success, else ``"timeout"`` or the worker's error status)."""
-        self._command_listeners.append(listener)
-
-    def add_sample_listener(self, listener: Callable[[list[LiveSession]], None]) -> None:
-        """Call ``listener(sessions)`` after each round of memory samples."""
-        self._sample_listeners.append(listener)
-
-    def add_iopub_listener(self, listener: Callable[[LiveSession, Message], None]) -> None:
-        """Call ``listener(session, message)`` for every iopub message of every session."""
-        self._iopub_listeners.append(listener)
-
-    def connect(self, s: LiveSession, endpoint: WorkerEndpoint) -> WorkerChannel:
-        """Open the session's channel and route its iopub messages to the listeners."""
+    def connect(self, s: Session, endpoint: WorkerEndpoint) -> WorkerChannel:
+        """Open the session's channel and put a local worker in its cgroups."""
         channel = WorkerChannel(self.zmq_ctx, s.id, self._key(s.id), endpoint)
         channel.connect()
-        channel.add_iopub_handler(lambda msg: self._dispatch_iopub(s, msg))
-        s.channel = channel
+        s.connect(channel)
         pid = s.spawner.local_pid()  # None unless the worker is a process of this machine
         if pid is not None:
             self.limits.place(s, pid)
-        if self.cpu is not None and pid is not None:
-            # moving a process can wait on the kernel's cgroup locks: not on the loop
-            self.spawn_task(asyncio.to_thread(self.cpu.place, s.id, pid))
+            if self.cpu is not None:
+                # moving a process can wait on the kernel's cgroup locks: not on the loop
+                self.tasks.spawn(asyncio.to_thread(self.cpu.place, s.id, pid))
         return channel
-
-    def _dispatch_iopub(self, s: LiveSession, msg: Message) -> None:
-        for listener in self._iopub_listeners:
-            listener(s, msg)
-
-    def emit(self, event: str, session: LiveSession) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event, session)
-            except Exception:
-                self.log.exception("session listener failed")
 
     async def shutdown(self) -> None:
         """Stop the loops; stop workers or leave them for re-adoption (config)."""
         self._closing = True
-        for task in self._tasks:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.tasks.wait()
         await self.pool.stop()
-        live = [s for s in self.sessions.values() if s.status in ACTIVE]
+        live = self.active()
         if self.stop_workers_on_shutdown:
             if self.before_stop is not None:
                 results = await asyncio.gather(
@@ -303,12 +282,11 @@ class SessionManager(LoggingConfigurable):
                     if isinstance(result, BaseException):
                         self.log.error("no checkpoint of session %s at shutdown: %s", s.id, result)
             await asyncio.gather(
-                *(self.stop_session(s, "stopped", "hub shutdown") for s in live),
-                return_exceptions=True,
+                *(s.stop("stopped", "hub shutdown") for s in live), return_exceptions=True
             )
         else:
             for s in live:
-                await self.persist_activity(s)
+                await s.persist_activity()
                 if s.channel:
                     await s.channel.close()
             self.log.info("left %d workers running for re-adoption", len(live))
@@ -321,12 +299,15 @@ class SessionManager(LoggingConfigurable):
     # --- paths and spawners ------------------------------------------------------------------
 
     def session_dir(self, user_id: str, session_id: str) -> str:
-        return str(Path(self.data_dir) / "sessions" / user_dir_name(user_id) / session_id)
+        """Where a session's storage lives."""
+        return session_dir(self.data_dir, user_id, session_id)
 
     def runtime_dir(self, session_id: str) -> str:
+        """Where a session's worker keeps its connection and runtime files."""
         return str(Path(self.data_dir) / "runtime" / session_id)
 
     def make_spawner(self, session_id: str, user: User) -> Spawner:
+        """A spawner of the configured class for one session (or a pool worker)."""
         spawner: Spawner = self.spawner_class(
             parent=self,
             session_id=session_id,
@@ -346,7 +327,7 @@ class SessionManager(LoggingConfigurable):
 
     # --- queries ------------------------------------------------------------------------------
 
-    def get_owned(self, user: User, session_id: str) -> LiveSession:
+    def get_owned(self, user: User, session_id: str) -> Session:
         """The session if ``user`` owns it: 404 if unknown, 403 if someone else's."""
         s = self.sessions.get(session_id)
         if s is None:
@@ -355,30 +336,34 @@ class SessionManager(LoggingConfigurable):
             raise NotOwner("Session belongs to another user")
         return s
 
-    def list_for(self, user: User) -> list[LiveSession]:
+    def list_for(self, user: User) -> list[Session]:
+        """``user``'s sessions, live and recently failed."""
         return [s for s in self.sessions.values() if s.user.user_id == user.user_id]
 
-    def active(self) -> list[LiveSession]:
+    def active(self) -> list[Session]:
+        """The sessions that hold (or are about to hold, or still hold) a worker."""
         return [s for s in self.sessions.values() if s.status in ACTIVE]
 
     @property
     def capacity_limit(self) -> int:
         """Sessions that can run at once: ``max_sessions``, and at most a third of a
         configured port range (each worker binds three ports)."""
-        ports = self.port_range
-        if len(ports) == 2:
-            return min(self.max_sessions, max(0, (ports[1] - ports[0]) // len(protocol.CHANNELS)))
-        return self.max_sessions
+        return capacity_limit(self.max_sessions, self.port_range, len(protocol.CHANNELS))
+
+    def _slots_left(self) -> int | None:
+        """Workers the hub still has room for (the warm pool's view; None: no limit)."""
+        limit = self.capacity_limit
+        return limit - len(self.active()) if limit else None
 
     def session_limit(self, user: User) -> int:
-        """Sessions ``user`` may run at once (0: no per-user limit; see limits.py)."""
+        """Sessions ``user`` may run at once (0: no per-user limit; see policy.py)."""
         if not self.per_user_limits:
             return 0
         return session_limit(user, self.max_sessions_per_user, self.user_session_limits)
 
     def capacity(self, user: User | None = None) -> dict[str, Any]:
         """``/dash/port-status``: the hub's capacity (``user=None``, for admins) or only
-        ``user``'s own sessions against their limit (:func:`limits.port_status`)."""
+        ``user``'s own sessions against their limit (:func:`.policy.port_status`)."""
         limit = None if user is None else self.session_limit(user)
         mine = None if user is None else user.user_id
         return port_status(self.active(), self.capacity_limit, self.port_range, mine, limit)
@@ -392,7 +377,7 @@ class SessionManager(LoggingConfigurable):
         *,
         client_ip: str | None = None,
         user_agent: str | None = None,
-    ) -> LiveSession:
+    ) -> Session:
         """Start a worker for ``user``; returns once it answers commands."""
         meta = dict(meta or {})
         if self._closing:
@@ -414,10 +399,10 @@ class SessionManager(LoggingConfigurable):
             self.pool.give_way()  # a starting pool worker frees its slot for this user
         session_id = pooled.session_id if pooled else str(uuid.uuid4())
         spawner = pooled.spawner if pooled else self.make_spawner(session_id, user)
-        s = LiveSession(id=session_id, user=user, meta=meta, spawner=spawner)
+        s = Session(session_id, user, meta, spawner, self.services)
         self.sessions[session_id] = s
         try:
-            await self._store.create_session(
+            await self.store.create_session(
                 id=session_id,
                 user_id=user.user_id,
                 user_name=user.name,
@@ -436,206 +421,178 @@ class SessionManager(LoggingConfigurable):
             if pooled is not None:
                 self.pool.discard(pooled)
             raise Unavailable(f"Database unavailable: {e}") from None
-        await self._launch(s, pooled)
-        return s
-
-    async def _launch(self, s: LiveSession, pooled: PooledWorker | None = None) -> None:
         try:
-            await self._launch_inner(s, pooled)
+            await self._launch(s, pooled)
         finally:
             s.launched.set()
+        return s
 
-    async def _start_worker(self, s: LiveSession, pooled: PooledWorker | None) -> WorkerEndpoint:
+    async def _start_worker(self, s: Session, pooled: PooledWorker | None) -> WorkerEndpoint:
         """The worker's endpoint: a warm-pool worker bound to ``s``, or a fresh start."""
         if pooled is not None:
             try:
-                return await self.pool.hand_out(pooled, s)
+                return await self.pool.hand_out(pooled, s, self.session_dir(s.user.user_id, s.id))
             except ChannelError as e:
                 self.log.warning("warm-pool worker %s was unusable (%s); starting one", s.id, e)
                 s.spawner = self.make_spawner(s.id, s.user)
         return await s.spawner.start()
 
-    async def _launch_inner(self, s: LiveSession, pooled: PooledWorker | None) -> None:
+    async def _launch(self, s: Session, pooled: PooledWorker | None) -> None:
         t0 = time.perf_counter()
         try:
             endpoint = await self._start_worker(s, pooled)
             channel = self.connect(s, endpoint)
             status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
         except SpawnCapacityError as e:
-            await self.fail(s, f"No capacity for a worker: {e}")
+            await s.fail(f"No capacity for a worker: {e}")
             raise LimitReached(s.reason or "No capacity for a worker") from None
         except (SpawnError, ChannelError) as e:
-            await self.fail(s, f"Worker failed to start: {e}")
+            await s.fail(f"Worker failed to start: {e}")
             raise Unavailable(s.reason or "Worker failed to start") from None
         except asyncio.CancelledError:
-            await self.fail(s, "Start was cancelled")
+            await s.fail("Start was cancelled")
             raise
         except Exception:
             self.log.exception("starting session %s failed", s.id)
-            await self.fail(s, "Worker failed to start (see the hub log)")
+            await s.fail("Worker failed to start (see the hub log)")
             raise Unavailable(s.reason or "Worker failed to start") from None
-        s.port = endpoint.port
-        s.status = "running"
-        s.mem_used = float(status.get("rss_mib") or 0.0)
-        s.last_activity = s.started_at = time.time()
+        await s.started(endpoint.port, float(status.get("rss_mib") or 0.0))
         self.log.info(
             "session %s of %s running (%.0f ms)",
             s.id,
             s.user.name,
             1000 * (time.perf_counter() - t0),
         )
-        await self.write(
-            s,
-            status="running",
-            port=s.port,
-            started_at=s.started_at,
-            spawner_state=s.spawner.get_state(),
-            last_activity=s.last_activity,
-        )
-        self.emit("started", s)
 
     # --- commands ---------------------------------------------------------------------------
 
     async def send(self, user: User, session_id: str, body: bytes, command: str) -> Reply:
-        """Route one command to the user's worker; returns the worker's reply verbatim.
+        """Route one ``/send`` command to the user's worker; the worker's reply verbatim.
 
         ``ping`` is answered from the control channel (the worker's status), so it does
         not wait behind a long command; every other command waits its turn.
         """
         s = self.get_owned(user, session_id)
-        self.check_running(s)
+        s.check_running()
         if command == "ping" and s.lock.locked():
-            return await execution.control_ping(s)
+            return await s.control_ping()
         timeout = self.command_timeouts.get(command, self.command_timeout)
-        return await self.execute(s, body, command, timeout=timeout)
+        return await s.run(body, command, timeout=timeout)
 
-    async def execute(
-        self,
-        s: LiveSession,
-        body: bytes,
-        command: str,
-        *,
-        timeout: float | None,
-        on_sent: Callable[[str], None] | None = None,
-        activity: bool = True,
-        count_wait: bool = True,
-    ) -> Reply:
-        """Run one command on ``s`` in its turn (see :func:`phoebe_spawner.execution.execute`:
-        timeouts, ``on_sent``, ``activity``, ``count_wait``)."""
-        return await execution.execute(
-            self,
-            s,
-            body,
-            command,
-            timeout=timeout,
-            on_sent=on_sent,
-            activity=activity,
-            count_wait=count_wait,
-        )
-
-    def check_running(self, s: LiveSession) -> None:
-        """Raise 503 unless the session is running with a connected channel."""
-        if s.status == "running" and s.channel is not None:
-            return
-        if s.status == "failed":
-            raise Unavailable(f"Session {s.id} has failed: {s.reason}")
-        raise Unavailable(f"Session {s.id} is {s.status}")
-
-    # --- memory ---------------------------------------------------------------------------------
-
-    async def sample(self, s: LiveSession) -> float:
-        """The session's current memory in MiB (:func:`phoebe_spawner.memory.sample`)."""
-        return await memory.sample(s)
-
-    async def sample_all(self) -> None:
-        """Memory loop: :func:`phoebe_spawner.memory.sample_all`."""
-        await memory.sample_all(self)
-
-    def notify_sampled(self, sessions: list[LiveSession]) -> None:
-        """Tell the sample listeners that ``sessions`` have fresh memory samples."""
-        for listener in list(self._sample_listeners):
-            try:
-                listener(sessions)
-            except Exception:
-                self.log.exception("sample listener failed")
-
-    # --- death detection and culling --------------------------------------------------------------
+    # --- the loops ---------------------------------------------------------------------------
 
     async def poll_all(self) -> None:
-        """Poll loop: :func:`phoebe_spawner.endings.poll_all`."""
-        await endings.poll_all(self)
+        """Poll loop: a worker that exited fails its session; old failures are dropped."""
+        now = time.time()
+        running = [s for s in self.sessions.values() if s.status == "running"]
+        results = await asyncio.gather(*(self._poll(s) for s in running))
+        for s, status in zip(running, results, strict=True):
+            if status is not None and s.status == "running":
+                reason = self.limits.exit_reason(s) or s.spawner.exit_reason(status)
+                await s.fail(reason or describe_exit(status))
+        for s in list(self.sessions.values()):
+            if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
+                self.sessions.pop(s.id, None)
+
+    async def _poll(self, s: Session) -> int | None:
+        try:
+            return await asyncio.wait_for(s.spawner.poll(), max(1.0, self.poll_interval * 5))
+        except TimeoutError:
+            self.log.warning("poll of session %s timed out", s.id)
+            return None
+        except Exception:
+            self.log.exception("poll of session %s failed", s.id)
+            return None
+
+    async def sample_all(self) -> None:
+        """Memory loop: :func:`.memory.sample_all` over the running sessions."""
+        running = [s for s in self.sessions.values() if s.status == "running"]
+        await sample_all(running, self.store, self.bus)
 
     async def cull_idle(self) -> None:
-        """Cull loop: see :func:`phoebe_spawner.culling.cull_idle`."""
-        await culling.cull_idle(self)
-
-    async def persist_activity(self, s: LiveSession) -> None:
-        if s.last_activity > s.persisted_activity:
+        """Cull loop: stop what :attr:`cull_policy` names, each after ``before_stop`` (a
+        checkpoint); if that fails, or the user came back meanwhile, it is left alone."""
+        now = time.time()
+        for s in list(self.sessions.values()):
+            if s.status == "running":
+                await s.persist_activity()
+            reason = self._cull_reason(s, now)
+            if reason is None:
+                continue
+            self.log.info("culling session %s of %s (%s)", s.id, s.user.name, reason)
+            if self.before_stop is not None:
+                try:
+                    await self.before_stop(s, "cull")
+                except Exception as e:
+                    self.log.warning("not culling session %s: checkpoint failed: %s", s.id, e)
+                    continue
+                if self._cull_reason(s, time.time()) is None:
+                    continue  # the user came back while the checkpoint was written
             try:
-                await self._store.update_session(s.id, last_activity=s.last_activity)
-                s.persisted_activity = s.last_activity
-            except (DatabaseUnavailable, KeyError):
-                pass
+                await s.stop("culled", reason)
+            except Unavailable as e:
+                self.log.warning("could not cull session %s: %s", s.id, e)
 
-    # --- stop ----------------------------------------------------------------------------------
+    def _cull_reason(self, s: Session, now: float) -> str | None:
+        return self.cull_policy.reason(s, now, watched=self.watchers[s.user.user_id] > 0)
+
+    async def check_disk(self) -> None:
+        """Disk loop: a running session over its disk quota is checkpointed and failed."""
+        running = [s for s in self.sessions.values() if s.status == "running"]
+        for s, reason in await self.limits.over_quota(running):
+            if s.status == "running" and s.id not in self._over_quota:
+                self._over_quota.add(s.id)
+                self.tasks.spawn(self._stop_over_quota(s, reason))
+
+    async def _stop_over_quota(self, s: Session, reason: str) -> None:
+        self.log.warning("session %s of %s: %s; stopping it", s.id, s.user.name, reason)
+        if self.before_stop is not None:
+            try:
+                await self.before_stop(s, "stop")
+            except Exception as e:
+                self.log.warning("no checkpoint of session %s before its stop: %s", s.id, e)
+        try:
+            await s.fail(reason)  # stays listed with its reason, like other failures
+        finally:
+            self._over_quota.discard(s.id)
+
+    # --- stop and recovery ---------------------------------------------------------------------
 
     async def end_session(
         self, user: User, session_id: str, *, reason: str = "ended by user"
     ) -> None:
         """Stop the user's session (``POST /dash/end-session``, or an admin for them)."""
         s = self.get_owned(user, session_id)
-        if s.status in ("failed", "stopped", "culled"):
+        if s.status in ENDED:
             self.sessions.pop(s.id, None)
             return
-        await self.stop_session(s, "stopped", reason)
-
-    async def stop_session(self, s: LiveSession, final: str, reason: str) -> None:
-        """Stop a session once; concurrent callers wait for the same stop."""
-        if s.status == "pending":
-            await s.launched.wait()  # stop what the start created, never race it
-        if s.stop_task is None:
-            if s.status not in ACTIVE:
-                return
-            try:
-                await self._store.update_session(s.id, status="stopping")
-            except DatabaseUnavailable as e:
-                raise Unavailable(f"Database unavailable: {e}") from None
-            if s.stop_task is None:
-                s.status = "stopping"
-                s.reason = reason
-                self.emit("stopping", s)
-                s.stop_task = asyncio.create_task(self._do_stop(s, final, reason))
-        await asyncio.shield(s.stop_task)
-
-    async def _do_stop(self, s: LiveSession, final: str, reason: str) -> None:
-        await endings.do_stop(self, s, final, reason)
-
-    async def fail(self, s: LiveSession, reason: str) -> None:
-        """Mark a session failed with ``reason`` and clean up its worker."""
-        if s.status in ("failed", "stopped", "culled"):
-            return
-        self.log.warning("session %s of %s failed: %s", s.id, s.user.name, reason)
-        s.status = "failed"
-        s.reason = reason
-        s.ended_at = time.time()
-        # finish even if the caller is cancelled (the poll loop at shutdown): shutdown
-        # waits for background tasks, so no worker is left half cleaned up
-        task = asyncio.ensure_future(endings.clean_up_failed(self, s, reason))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        await asyncio.shield(task)
-
-    async def write(self, s: LiveSession, **fields: Any) -> None:
-        """Best-effort state write for transitions that already happened."""
-        try:
-            await self._store.update_session(s.id, **fields)
-        except (DatabaseUnavailable, KeyError) as e:
-            self.log.warning(
-                "could not record %s for session %s: %s", fields.get("status"), s.id, e
-            )
-
-    # --- recovery ---------------------------------------------------------------------------------
+        await s.stop("stopped", reason)
 
     async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
-        """Re-adopt what a previous hub left running (:func:`phoebe_spawner.recovery.recover`)."""
-        await recovery.recover(self, users)
+        """Re-adopt or fail what a previous hub left (:mod:`.recovery`; ``users``: owners)."""
+        recovery = Recovery(
+            register=self._register_stored,
+            connect=self.connect,
+            readopt=self.readopt_workers,
+            ping_timeout=self.recover_ping_timeout,
+            log=self.log,
+        )
+        await recovery.run(await self.store.list_sessions(statuses=ACTIVE), users)
+
+    def _register_stored(self, row: dict[str, Any], user: User) -> Session:
+        """Register the session of a stored row, its spawner's state loaded (recovery)."""
+        spawner = self.make_spawner(row["id"], user)
+        spawner.load_state(row.get("spawner_state") or {})
+        s = Session(
+            row["id"],
+            user,
+            row.get("meta") or {},
+            spawner,
+            self.services,
+            created_at=row["created_at"],
+            last_activity=row.get("last_activity") or row["created_at"],
+            port=row.get("port"),
+            command_count=row.get("command_count") or 0,
+        )
+        self.sessions[s.id] = s
+        return s

@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .bus import SessionChanged
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ def cpu_hierarchy() -> tuple[Path, str, int] | None:
 def hierarchy(controller: str) -> tuple[Path, str, int] | None:
     """Where this process sits in the hierarchy of ``controller`` (``cpu``, ``memory``):
     ``(mount, own path, version)``, or None when the controller is not available.
-    Also used by :mod:`phoebe_spawner.memgroups`."""
+    Also used by :mod:`.memory`."""
     try:
         own = Path("/proc/self/cgroup").read_text().splitlines()
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -87,7 +89,7 @@ class CpuClasses:
     Built by :meth:`setup` (the session manager, at start-up); the manager calls
     :meth:`place` when a session's worker is connected, :meth:`background` around
     background commands, :meth:`release` when a session ends and :meth:`close` at
-    shutdown (:meth:`release` through :meth:`on_session_event`). Every method is a few
+    shutdown (:meth:`release` through :meth:`on_session_changed`). Every method is a few
     small writes to the cgroup file system.
     """
 
@@ -146,10 +148,10 @@ class CpuClasses:
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
 
-    def on_session_event(self, event: str, session: Any) -> None:
-        """Session listener (the manager registers it): an ended session's group goes."""
-        if event not in ("started", "stopping"):
-            self.release(session.id)
+    def on_session_changed(self, change: SessionChanged[Any]) -> None:
+        """Bus subscriber (the manager subscribes it): an ended session's group goes."""
+        if change.event not in ("started", "stopping"):
+            self.release(change.session.id)
 
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""

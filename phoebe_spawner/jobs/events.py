@@ -3,7 +3,9 @@
 An :class:`EventLog` holds the events of one job (or one user's session events) with
 ids 1, 2, 3, ...; any number of readers follow it with :meth:`EventLog.since` and
 :meth:`EventLog.waiter` without polling. The job manager and the session-event bus
-append; the SSE handlers read. Everything runs on the event loop thread.
+append; the SSE handlers read. :class:`UserEvents` and :class:`AdminEvents` follow the
+session manager's bus (:meth:`UserEvents.subscribe`, :meth:`AdminEvents.subscribe`).
+Everything runs on the event loop thread.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from ..sessions.bus import CommandFinished, EventBus, SessionChanged, SessionsSampled
+from ..sessions.session import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,8 @@ class EventLog:
 class UserEvents:
     """Per-user logs of session and job events (in memory, the newest ``keep`` per user).
 
-    The app connects it to the session manager (session started/stopped/failed/culled)
-    and the job manager publishes ``job_finished``; the user event stream reads it.
+    The app subscribes it to the session manager's bus (session started/stopped/failed/
+    culled) and the job manager publishes ``job_finished``; the user event stream reads it.
     """
 
     def __init__(self, *, keep: int = 1000) -> None:
@@ -121,8 +126,13 @@ class UserEvents:
     def publish(self, user_id: str, type: str, data: dict[str, Any]) -> Event:
         return self.log(user_id).append(type, data)
 
-    def on_session_event(self, event: str, session: Any) -> None:
-        """A SessionManager listener: ``session_<event>`` for the session's owner."""
+    def subscribe(self, bus: EventBus) -> None:
+        """Follow the session events on ``bus``."""
+        bus.subscribe(SessionChanged, self.on_session_changed)
+
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
+        """``session_<event>`` for the session's owner."""
+        event, session = change.event, change.session
         self.publish(
             session.user.user_id,
             f"session_{event}",
@@ -144,20 +154,27 @@ class AdminEvents:
         self.log = EventLog(max_events=keep)
         self.watchers = 0
 
-    def on_session_event(self, event: str, session: Any) -> None:
-        """A SessionManager listener."""
-        self.log.append(f"session_{event}", session.to_admin(time.time()))
+    def subscribe(self, bus: EventBus) -> None:
+        """Follow the session, command and memory-sample events on ``bus``."""
+        bus.subscribe(SessionChanged, self.on_session_changed)
+        bus.subscribe(CommandFinished, self.on_command)
+        bus.subscribe(SessionsSampled, self.on_sampled)
 
-    def on_command(self, session: Any, command: str, seconds: float, error: str | None) -> None:
-        """A SessionManager command listener."""
+    def on_session_changed(self, change: SessionChanged[Session]) -> None:
+        """``session_<event>`` with the session's admin view."""
+        self.log.append(f"session_{change.event}", change.session.to_admin(time.time()))
+
+    def on_command(self, finished: CommandFinished[Session]) -> None:
+        """``session_updated`` after a command (only while an admin stream is open)."""
         if not self.watchers:
             return
+        session, seconds, error = finished.session, finished.seconds, finished.error
         self.log.append(
             "session_updated",
             {
                 "session_id": session.id,
                 "status": session.status,
-                "last_command": command,
+                "last_command": finished.command,
                 "last_command_ms": round(1000 * seconds, 1),
                 "command_count": session.command_count,
                 "last_activity": session.last_activity,
@@ -166,8 +183,9 @@ class AdminEvents:
             },
         )
 
-    def on_sampled(self, sessions: list[Any]) -> None:
-        """A SessionManager sample listener."""
+    def on_sampled(self, sampled: SessionsSampled[Session]) -> None:
+        """``sessions_sampled`` after a round of samples (only while a stream is open)."""
+        sessions = sampled.sessions
         if not self.watchers or not sessions:
             return
         now = time.time()

@@ -4,15 +4,16 @@ A job is one command (``run_compute``, ``run_solver`` or any other) submitted to
 session; the submitter gets its id at once (202) and follows it through
 ``GET /api/v1/jobs/{id}`` or its Server-Sent Events stream. The :class:`JobManager`
 (built by the app, called by the job handlers) runs each job through
-:meth:`SessionManager.execute`, so jobs and ``/send`` commands share one queue per
-session and run one at a time in arrival order; a bounded number of jobs may wait per
-session.
+:meth:`Session.run <phoebe_spawner.sessions.session.Session.run>`, so jobs and ``/send``
+commands share one queue per session and run one at a time in arrival order; a bounded
+number of jobs may wait per session.
 
 While a job runs, the worker's iopub messages for it (progress fractions, output
 lines) become events with contiguous ids in the job's :class:`EventLog`, which is also
 written to the database, so a stream can be replayed from the beginning, also after a
 restart. Cancelling a queued job drops it; cancelling a running one interrupts the
-command in the worker (the session and its bundle survive).
+command in the worker (the session and its bundle survive; a worker that ignores the
+interrupt is declared hung). The job manager follows sessions through their bus.
 """
 
 from __future__ import annotations
@@ -30,16 +31,13 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
-from phoebe_kernel_worker import protocol
-from phoebe_kernel_worker.protocol import Message
-
-from .auth.base import User
-from .channels import ChannelError
-from .errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
+from ..auth.base import User
+from ..errors import CommandTimedOut, LimitReached, SessionError, SessionNotFound, Unavailable
+from ..sessions.bus import IopubMessage, SessionChanged
+from ..sessions.manager import SessionManager
+from ..sessions.session import Session
+from ..store import DatabaseUnavailable, Store
 from .events import Event, EventLog
-from .session import LiveSession
-from .sessions import SessionManager
-from .store import DatabaseUnavailable, Store
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = frozenset({"queued", "running", *TERMINAL})
@@ -154,8 +152,8 @@ class JobManager(LoggingConfigurable):
         self._by_msg: dict[str, Job] = {}
         self._sessions: SessionManager = self.manager
         self._store: Store = self.store
-        self._sessions.add_iopub_listener(self._on_iopub)
-        self._sessions.add_listener(self._on_session_event)
+        self._sessions.bus.subscribe(IopubMessage, self._on_iopub)
+        self._sessions.bus.subscribe(SessionChanged, self._on_session_changed)
 
     # --- start-up and shutdown ---------------------------------------------------------
 
@@ -235,7 +233,7 @@ class JobManager(LoggingConfigurable):
     async def submit(self, user: User, session_id: str, body: bytes, command: str) -> Job:
         """Queue ``command`` on the user's session; returns at once with the queued job."""
         s = self._sessions.get_owned(user, session_id)
-        self._sessions.check_running(s)
+        s.check_running()
         waiting = [j for j in self._live.values() if j.session_id == session_id]
         if len(waiting) >= self.max_jobs_per_session:
             raise LimitReached(
@@ -265,11 +263,10 @@ class JobManager(LoggingConfigurable):
         job.task = asyncio.create_task(self._run(job, s, body), name=f"job-{job.id}")
         return job
 
-    async def _run(self, job: Job, s: LiveSession, body: bytes) -> None:
+    async def _run(self, job: Job, s: Session, body: bytes) -> None:
         timeout = self.job_timeout or None
         try:
-            reply = await self._sessions.execute(
-                s,
+            reply = await s.run(
                 body,
                 job.command,
                 timeout=timeout,
@@ -297,7 +294,7 @@ class JobManager(LoggingConfigurable):
         else:
             await self._finish(job, "failed", _reply_error(reply.content), reply.content)
 
-    async def _timed_out(self, job: Job, s: LiveSession, error: CommandTimedOut) -> None:
+    async def _timed_out(self, job: Job, s: Session, error: CommandTimedOut) -> None:
         """A job past ``job_timeout``: wait for the interrupt's outcome (the worker idle
         again, or stopped as hung after ``interrupt_grace``), then fail the job saying which."""
         detail = f"the job exceeded job_timeout ({self.job_timeout:g} s)"
@@ -319,7 +316,7 @@ class JobManager(LoggingConfigurable):
         job.started_at = time.time()
         self._by_msg[msg_id] = job
         self._emit(job, "started", {"command": job.command})
-        self._sessions.spawn_task(self._write(job, status="running", started_at=job.started_at))
+        self._sessions.tasks.spawn(self._write(job, status="running", started_at=job.started_at))
 
     async def cancel(self, user: User, job_id: str) -> Job:
         """Cancel a queued or running job; returns it once it has ended."""
@@ -333,17 +330,9 @@ class JobManager(LoggingConfigurable):
             return job
         s = self._sessions.sessions.get(job.session_id)
         if s is not None and s.channel is not None and job.msg_id is not None:
-            with contextlib.suppress(ChannelError):  # a gone worker ends the job anyway
-                await s.channel.control(
-                    protocol.INTERRUPT_REQUEST, {"msg_id": job.msg_id}, timeout=5
-                )
-        grace = self._sessions.interrupt_grace
-        try:
-            await asyncio.wait_for(job.done.wait(), grace + 5)
-        except TimeoutError:
-            if s is not None:
-                await self._sessions.fail(s, f"worker hung: '{job.command}' ignored a cancel")
-            await job.done.wait()
+            # a gone worker ends the job anyway; a hung one fails its session, which ends it
+            await s.interrupt_or_fail(job.msg_id, job.command, cause="a cancel")
+        await job.done.wait()
         return job
 
     async def _finish(
@@ -413,7 +402,8 @@ class JobManager(LoggingConfigurable):
             job_id=job.id, seq=event.seq, ts=event.ts, type=type, data=orjson.dumps(data)
         )
 
-    def _on_iopub(self, s: LiveSession, msg: Message) -> None:
+    def _on_iopub(self, event: IopubMessage[Session]) -> None:
+        msg = event.message
         job = self._by_msg.get(msg.parent_id or "")
         if job is None or job.status != "running":
             return
@@ -428,8 +418,9 @@ class JobManager(LoggingConfigurable):
         elif msg.msg_type == "stream":
             self._emit(job, "log", {"stream": content.get("name"), "line": content.get("text")})
 
-    def _on_session_event(self, event: str, s: LiveSession) -> None:
-        if event in ("stopping", "failed"):
+    def _on_session_changed(self, change: SessionChanged[Session]) -> None:
+        s = change.session
+        if change.event in ("stopping", "failed"):
             for job in list(self._live.values()):
                 if job.session_id == s.id and job.status == "queued" and job.task is not None:
                     job.cancel_requested = True

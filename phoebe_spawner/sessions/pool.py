@@ -1,9 +1,11 @@
 """The warm pool: ready, unassigned workers a session start takes at once (any backend).
 
-Owned by the :class:`~phoebe_spawner.sessions.SessionManager` (``warm_pool_size``, 0 =
-off). Each pool worker is started through the configured spawner *before* anyone owns
-it, with a fresh session id and the key derived from that id, in an empty directory of
-its own, and is checked with a signed status request. When a user starts a session,
+Owned by the :class:`~phoebe_spawner.sessions.manager.SessionManager` (``warm_pool_size``,
+0 = off), which hands it what it needs (a spawner factory, the zmq context, how many
+sessions the hub still has room for) and subscribes :meth:`WarmPool.fill` to the bus.
+Each pool worker is started through the configured spawner *before* anyone owns it,
+with a fresh session id and the key derived from that id, in an empty directory of its
+own, and is checked with a signed status request. When a user starts a session,
 the manager takes a ready worker (:meth:`WarmPool.take`, no await), the session gets the
 worker's id, and :meth:`WarmPool.hand_out` sends one ``bind_request`` that moves the
 worker into the user's session directory; a replacement starts in the background.
@@ -25,26 +27,27 @@ import shutil
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
+import zmq.asyncio
 
 from phoebe_kernel_worker import protocol
 
-from .auth.base import User
-from .channels import ChannelError, WorkerChannel, WorkerEndpoint
-from .spawners.base import Spawner
-
-if TYPE_CHECKING:
-    from .session import LiveSession
-    from .sessions import SessionManager
+from ..auth.base import User
+from ..channels import ChannelError, WorkerChannel, WorkerEndpoint
+from ..spawners.base import Spawner
+from .session import Session
 
 #: the owner a pool worker's spawner has until it is handed out
 POOL_USER = User(user_id="", name="(warm pool)")
 #: seconds before the pool retries after a worker failed to start
 RETRY_DELAY = 5.0
+#: the pool workers' directories (and state files) under the hub's data directory
+POOL_DIR = "pool"
 
 
 @dataclass(eq=False)
@@ -59,11 +62,27 @@ class PooledWorker:
 
 
 class WarmPool:
-    """Keeps ``size`` ready workers for the manager; see the module docstring."""
+    """Keeps ``size`` ready workers for the manager; see the module docstring.
 
-    def __init__(self, manager: SessionManager, size: int) -> None:
-        self.manager = manager
+    ``make_spawner(session_id, user)`` builds a spawner as for a session;
+    ``slots_left()`` is how many more workers the hub has room for (None: no limit).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        data_dir: str,
+        *,
+        make_spawner: Callable[[str, User], Spawner],
+        slots_left: Callable[[], int | None],
+        zmq_ctx: zmq.asyncio.Context,
+        log: Any,
+    ) -> None:
         self.size = size
+        self._make_spawner = make_spawner
+        self._slots_left = slots_left
+        self._zmq_ctx = zmq_ctx
+        self.log = log
         self.ready: deque[PooledWorker] = deque()
         self.starting = 0
         self.handed_out = 0
@@ -71,7 +90,7 @@ class WarmPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._retry_at = 0.0
-        self.dir = Path(manager.data_dir) / "pool"
+        self.dir = Path(data_dir) / POOL_DIR
 
     # --- accounting ------------------------------------------------------------------
 
@@ -98,14 +117,17 @@ class WarmPool:
         """Start workers until the pool is full or the hub's capacity is reached."""
         if self._closing or self.size <= 0 or time.monotonic() < self._retry_at:
             return
-        limit = self.manager.capacity_limit
+        left = self._slots_left()
         while self.count() < self.size:
-            if limit and len(self.manager.active()) + self.count() >= limit:
+            if left is not None and self.count() >= left:
                 return
             self.starting += 1
-            task = asyncio.create_task(self._start_one(), name="warm-pool-start")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._start_one())
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name="warm-pool")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- one worker ---------------------------------------------------------------------
 
@@ -114,7 +136,7 @@ class WarmPool:
 
     async def _start_one(self) -> None:
         session_id = str(uuid.uuid4())
-        spawner = self.manager.make_spawner(session_id, POOL_USER)
+        spawner = self._make_spawner(session_id, POOL_USER)
         spawner.session_dir = str(self.dir / session_id)
         spawner.pooled = True
         channel: WorkerChannel | None = None
@@ -123,14 +145,12 @@ class WarmPool:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             endpoint = await spawner.start()
             self._state_file(session_id).write_bytes(orjson.dumps(spawner.get_state()))
-            channel = WorkerChannel(
-                self.manager.zmq_ctx, session_id, spawner.key.encode(), endpoint
-            )
+            channel = WorkerChannel(self._zmq_ctx, session_id, spawner.key.encode(), endpoint)
             channel.connect()
             await channel.control(protocol.STATUS_REQUEST, timeout=spawner.start_timeout)
             worker = PooledWorker(session_id, spawner, endpoint, channel)
         except Exception as e:
-            self.manager.log.warning("a warm-pool worker failed to start: %s", e)
+            self.log.warning("a warm-pool worker failed to start: %s", e)
             self._retry_at = time.monotonic() + RETRY_DELAY
         finally:
             self.starting -= 1
@@ -151,7 +171,7 @@ class WarmPool:
         try:
             await spawner.stop(now=True)
         except Exception:
-            self.manager.log.exception("stopping warm-pool worker %s failed", session_id)
+            self.log.exception("stopping warm-pool worker %s failed", session_id)
         spawner.clear_state()
         self._forget(session_id)
 
@@ -159,14 +179,14 @@ class WarmPool:
         self._state_file(session_id).unlink(missing_ok=True)
         shutil.rmtree(self.dir / session_id, ignore_errors=True)
 
-    async def hand_out(self, worker: PooledWorker, s: LiveSession) -> WorkerEndpoint:
-        """Bind ``worker`` to session ``s`` (which has its id and spawner); its endpoint.
+    async def hand_out(self, worker: PooledWorker, s: Session, session_dir: str) -> WorkerEndpoint:
+        """Bind ``worker`` to session ``s`` (which has its id and spawner), moving it into
+        ``session_dir``; its endpoint.
 
         Raises :class:`~phoebe_spawner.channels.ChannelError` if the worker does not take
         the binding (it died in the pool); the worker is stopped then.
         """
         spawner = worker.spawner
-        session_dir = self.manager.session_dir(s.user.user_id, s.id)
         moved = _move_into_place(Path(spawner.session_dir), Path(session_dir))
         try:
             reply = await worker.channel.control(
@@ -185,7 +205,7 @@ class WarmPool:
 
     def discard(self, worker: PooledWorker) -> None:
         """Stop a taken worker that will not be used (its session could not be recorded)."""
-        self.manager.spawn_task(self._discard(worker))
+        self._spawn(self._discard(worker))
 
     async def _discard(self, worker: PooledWorker) -> None:
         await worker.channel.close()
@@ -203,9 +223,9 @@ class WarmPool:
                 state: dict[str, Any] = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
                 state = {}
-            spawner = self.manager.make_spawner(session_id, POOL_USER)
+            spawner = self._make_spawner(session_id, POOL_USER)
             spawner.load_state(state)
-            self.manager.log.info("stopping warm-pool worker %s left by a previous hub", session_id)
+            self.log.info("stopping warm-pool worker %s left by a previous hub", session_id)
             await self._stop_spawner(session_id, spawner)
 
     async def stop(self) -> None:

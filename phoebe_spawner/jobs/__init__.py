@@ -1,0 +1,1 @@
+"""Jobs (long commands run asynchronously) and the event logs their streams read."""

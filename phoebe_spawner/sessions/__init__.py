@@ -1,0 +1,13 @@
+"""The session core: the manager of all sessions, and one session's worker and state.
+
+``manager.py`` keeps the registry, limits, loops and start/stop orchestration;
+``session.py`` is one session (its status, command queue, channel and ending);
+``bus.py`` the typed events others subscribe to; ``policy.py`` the pure rules (culling,
+per-user limits); ``pool.py``, ``recovery.py``, ``memory.py``, ``cpu.py`` and
+``limits.py`` the manager's collaborators.
+"""
+
+from .manager import SessionManager
+from .session import Session
+
+__all__ = ["Session", "SessionManager"]

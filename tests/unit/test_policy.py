@@ -1,0 +1,105 @@
+"""The session policies, pure (no hub, no sleeps, the clock passed in): culling, the
+per-user session limit, the capacity and the port-status shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from phoebe_spawner.auth.base import User
+from phoebe_spawner.sessions.policy import CullPolicy, capacity_limit, port_status, session_limit
+
+ADA = User(user_id="u1", name="ada", email="ada@example.org", groups=("staff", "lab"))
+BOB = User(user_id="u2", name="bob", email="bob@example.org", groups=("lab",))
+
+
+def test_default_applies_without_an_entry():
+    assert session_limit(BOB, 4, {}) == 4
+    assert session_limit(BOB, 4, {"group:staff": 8, "ada": 16}) == 4
+
+
+def test_own_entry_wins_over_groups_by_name_id_or_email():
+    for key in ("ada", "u1", "ada@example.org"):
+        assert session_limit(ADA, 4, {key: 2, "group:staff": 8}) == 2
+
+
+def test_most_generous_group_and_zero_is_unlimited():
+    assert session_limit(ADA, 4, {"group:staff": 8, "group:lab": 6}) == 8
+    assert session_limit(ADA, 4, {"group:staff": 8, "group:lab": 0}) == 0
+    assert session_limit(BOB, 4, {"group:lab": 1}) == 1  # a group may also lower it
+
+
+@dataclass
+class Held:
+    """An active session as the capacity report reads it."""
+
+    user: User
+    port: int | None
+
+
+def _session(user: User, port: int) -> Held:
+    return Held(user, port)
+
+
+def test_port_status_for_a_user_is_cut_to_what_the_hub_has_left():
+    active = [_session(ADA, 100), _session(BOB, 103), _session(BOB, 106)]
+    assert port_status(active, 4, [100, 112], "u1", 4) == {
+        "total_ports": 4,
+        "reserved_ports": 1,
+        "available_ports": 1,  # the hub has one slot left, ada's limit three more
+        "reserved_port_list": [100],
+        "port_range": "100-111",
+    }
+    assert port_status(active, 4, [], None)["reserved_port_list"] == [100, 103, 106]
+    assert port_status(active, 4, [], "u2", 0)["total_ports"] == 4  # no per-user limit
+
+
+def test_capacity_is_max_sessions_and_at_most_a_third_of_the_port_range():
+    assert capacity_limit(100, [], 3) == 100
+    assert capacity_limit(100, [9000, 9030], 3) == 10
+    assert capacity_limit(5, [9000, 9030], 3) == 5
+    assert capacity_limit(100, [9000, 9002], 3) == 0
+
+
+@dataclass
+class Facts:
+    """A session as the cull policy reads it."""
+
+    user: User = ADA
+    status: str = "running"
+    created_at: float = 1000.0
+    last_activity: float = 1000.0
+    busy: bool = False
+
+
+def test_an_idle_session_is_culled_once_idle_timeout_has_passed():
+    policy = CullPolicy(idle_timeout=60)
+    s = Facts(last_activity=1000.0)
+    assert policy.reason(s, now=1059.9) is None
+    assert policy.reason(s, now=1060.0) == "idle for 60 s"
+
+
+def test_no_cull_while_busy_watched_not_running_or_without_a_timeout():
+    policy = CullPolicy(idle_timeout=60)
+    assert policy.reason(Facts(busy=True), now=5000) is None
+    assert policy.reason(Facts(), now=5000, watched=True) is None
+    for status in ("pending", "stopping", "failed"):
+        assert policy.reason(Facts(status=status), now=5000) is None
+    assert CullPolicy().reason(Facts(), now=5000) is None  # idle_timeout 0: never
+
+
+def test_max_age_culls_a_watched_session_but_never_mid_command():
+    policy = CullPolicy(idle_timeout=0, max_age=600)
+    assert policy.reason(Facts(created_at=1000), now=1600) is None
+    assert policy.reason(Facts(created_at=1000), now=1601, watched=True) == "older than 600 s"
+    assert policy.reason(Facts(created_at=1000, busy=True), now=9999) is None
+
+
+def test_exempt_users_by_name_or_id_and_exempt_groups_are_never_culled():
+    old = {"created_at": 0.0, "last_activity": 0.0}
+    for exempt in ({"ada"}, {"u1"}):
+        policy = CullPolicy(idle_timeout=1, max_age=1, exempt_users=exempt)
+        assert policy.reason(Facts(user=ADA, **old), now=100) is None
+        assert policy.reason(Facts(user=BOB, **old), now=100) == "older than 1 s"
+    policy = CullPolicy(idle_timeout=1, exempt_groups={"staff"})
+    assert policy.reason(Facts(user=ADA, **old), now=100) is None
+    assert policy.reason(Facts(user=BOB, **old), now=100) == "idle for 100 s"
