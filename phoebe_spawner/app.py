@@ -12,25 +12,18 @@ Used by the ``phoebe-spawner`` console script and by tests, which drive
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import secrets
 import signal
-import stat
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tornado.log import access_log
 from tornado.netutil import bind_sockets
-from tornado.web import Application as TornadoApplication
-from tornado.web import RequestHandler
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config, catch_config_error
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from ._data import share_dir
 from ._version import __version__
 from .auth.base import Authenticator, User
 from .checkpoints import CheckpointManager
@@ -43,8 +36,9 @@ from .configcheck import (
     load_checked,
     loopback_only,
 )
-from .handlers import HubContext, NotFoundHandler, routes
+from .handlers import HubContext
 from .httpserver import CappedHTTPServer, raise_fd_limit
+from .hubsecret import load_secret
 from .jobs.events import AdminEvents, UserEvents
 from .jobs.manager import JobManager
 from .metrics import HubMetrics
@@ -56,20 +50,10 @@ from .spawners.base import Spawner
 from .spawners.local import LocalProcessSpawner
 from .spawners.wall import harden_hub, sqlite_path
 from .store import DatabaseSchemaError, Store
+from .web import make_web_app
 
 AUTH_GROUP = "phoebe_spawner.authenticators"
 SPAWNER_GROUP = "phoebe_spawner.spawners"
-
-
-def _log_request(handler: RequestHandler) -> None:
-    """Access log: successes at debug level, client errors at info, server errors at error."""
-    status = handler.get_status()
-    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
-    if not access_log.isEnabledFor(level):
-        return  # the hot path: no summary formatted for a log nobody keeps
-    ms = 1000.0 * handler.request.request_time()
-    # the URI and address are the client's: bounded, so no request can flood the log
-    access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)
 
 
 def _optional_classes() -> list[type]:
@@ -394,27 +378,6 @@ class PhoebeSpawnerApp(Application):
         except TraitError as e:
             raise ConfigProblem(f"{path}: {' '.join(str(e).split())}") from None
 
-    def load_secret(self) -> bytes:
-        """The hub secret: from the environment, else the secret file (created if missing)."""
-        env = os.environ.get("PHOEBE_SPAWNER_SECRET")
-        if env:
-            try:
-                return bytes.fromhex(env)
-            except ValueError:
-                raise SystemExit("PHOEBE_SPAWNER_SECRET must be hex") from None
-        path = Path(self.secret_file)
-        if path.exists():
-            mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & 0o077:
-                raise SystemExit(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-            return bytes.fromhex(path.read_text().strip())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.hex())
-        return secret
-
     def make_authenticator(self, store: Store) -> Authenticator:
         cls = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
         auth: Authenticator = cls(parent=self, store=store, log=self.log)
@@ -444,7 +407,7 @@ class PhoebeSpawnerApp(Application):
             await self.store.close()  # refusing to start leaves nothing open
             raise
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
-        secret = self.load_secret()
+        secret = load_secret(self.secret_file)
         self.manager = SessionManager(
             parent=self,
             log=self.log,
@@ -502,21 +465,11 @@ class PhoebeSpawnerApp(Application):
             metrics_auth=self.authenticate_prometheus,
             metrics_token=self.metrics_token,
         )
-        share = share_dir()
-        self.web_app = TornadoApplication(
-            # the authenticator's routes (hub mode's OAuth callback) before the table,
-            # which ends with a catch-all for unknown paths
-            [*self.authenticator.extra_routes(self.base_url), *routes(self.hub, self.base_url)],
-            default_handler_class=NotFoundHandler,
-            default_handler_args={"hub": self.hub},
-            log_function=_log_request,
-            debug=False,
-            compress_response=self.compress_responses,
-            template_path=str(share / "templates"),
-            static_path=str(share / "static"),
-            static_url_prefix=f"{self.base_url}static/",
-            cookie_secret=hmac.new(secret, b"phoebe-spawner cookies", "sha256").hexdigest(),
-            xsrf_cookie_kwargs={"path": self.base_url, "httponly": True, "samesite": "Strict"},
+        self.web_app = make_web_app(
+            self.hub,
+            [*self.authenticator.extra_routes(self.base_url)],
+            secret=secret,
+            compress=self.compress_responses,
         )
         raise_fd_limit(65536)
         self.http_server = CappedHTTPServer(
