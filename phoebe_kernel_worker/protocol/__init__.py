@@ -10,6 +10,7 @@ from here too, so each fact lives in one place:
 * :mod:`.limits`: the schema of a worker's cost caps (``Spawner.worker_limits``);
 * :mod:`.exits`: exit statuses and the wording of out-of-memory endings;
 * :mod:`.landlock`: the kernel's Landlock ABI (the worker's wall, the hub's log line);
+* :mod:`.registration`: the signed line a batch node's agent registers its worker with;
 * :mod:`.sockets`: the lean ZMQ sends of the command path (imports ``zmq``; not
   re-exported here, so importing this package stays free of sockets).
 

@@ -89,7 +89,7 @@ def test_batch_template_renders_to_a_script_sbatch_reads_whole(tmp_path):
     assert script.count(f"echo second >> {prologue}") == 1
     commands = [line for line in script.splitlines() if line and not line.startswith("#")]
     assert commands[-1].startswith("exec ")
-    assert "-m phoebe_spawner.spawners.slurm.agent " in commands[-1]
+    assert "-m phoebe_kernel_worker.node_agent " in commands[-1]
 
 
 @pytest.mark.slurm

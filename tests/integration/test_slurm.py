@@ -135,7 +135,7 @@ async def test_secrets_stay_out_of_slurm_and_the_job(make_hub, slurm_cluster, mo
         "script": slurm_cluster.run("scontrol", "write", "batch_script", spawner.job_id, "-"),
     }
     assert "exec " in seen["script"]
-    assert "-m phoebe_spawner.spawners.slurm.agent " in seen["script"]
+    assert "-m phoebe_kernel_worker.node_agent " in seen["script"]
     # the job's processes: command lines and environments
     worker = psutil.Process(spawner.node_pid)
     for proc in (worker, worker.parent()):

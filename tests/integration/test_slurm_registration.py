@@ -1,6 +1,6 @@
 """The one-shot registration listener against real TCP clients (no cluster needed).
 
-The agent's own sender (:func:`phoebe_spawner.spawners.slurm.agent.send_registration`)
+The agent's own sender (:func:`phoebe_kernel_worker.node_agent.send_registration`)
 is the good client; bad clients send wrong tokens, other sessions, wildcard endpoints
 and oversized lines.
 """
@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from phoebe_spawner.spawners.slurm.agent import registration_message, send_registration
+from phoebe_kernel_worker.node_agent import send_registration
+from phoebe_kernel_worker.protocol.registration import registration_message
 from phoebe_spawner.spawners.slurm.registration import (
     RegistrationError,
     RegistrationListener,

@@ -13,12 +13,9 @@ import sys
 
 import pytest
 
+from phoebe_kernel_worker.node_agent import split_address
+from phoebe_kernel_worker.protocol.registration import registration_message, verify_registration
 from phoebe_spawner.spawners.slurm import script as batch
-from phoebe_spawner.spawners.slurm.agent import (
-    registration_message,
-    split_address,
-    verify_registration,
-)
 from phoebe_spawner.spawners.slurm.commands import (
     JobInfo,
     SlurmError,
@@ -224,22 +221,16 @@ def test_split_address():
 
 
 def test_the_agent_imports_neither_traitlets_nor_tornado_nor_the_hub():
-    # the agent runs on compute nodes: standard library and the worker protocol only
+    # the agent runs on compute nodes, from the worker distribution: standard library and
+    # the worker protocol only
     code = (
         "import sys\n"
-        "import phoebe_spawner.spawners.slurm.agent\n"
-        "hub = {'phoebe_spawner', 'phoebe_spawner._version', 'phoebe_spawner.spawners',\n"
-        "       'phoebe_spawner.spawners.slurm', 'phoebe_spawner.spawners.slurm.agent'}\n"
+        "import phoebe_kernel_worker.node_agent\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in\n"
-        "                ('traitlets', 'tornado', 'sqlalchemy', 'phoebe_spawner'))\n"
-        "print(' '.join(m for m in loaded if m not in hub))\n"
+        "                ('traitlets', 'tornado', 'sqlalchemy', 'phoebe_spawner', 'phoebe'))\n"
+        "print(' '.join(loaded))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == []
-    # and the package still offers the spawner (the entry point's target)
-    from phoebe_spawner.spawners import slurm
-    from phoebe_spawner.spawners.slurm.spawner import SlurmSpawner
-
-    assert slurm.SlurmSpawner is SlurmSpawner

@@ -2,7 +2,7 @@
 
 A :class:`~phoebe_spawner.spawners.slurm.SlurmSpawner` opens one
 :class:`RegistrationListener` per start, before it submits the job, and closes it as
-soon as the job's agent (:mod:`phoebe_spawner.spawners.slurm.agent`) has registered or
+soon as the job's agent (:mod:`phoebe_kernel_worker.node_agent`) has registered or
 the start has failed. The listener binds on the hub's cluster-facing address
 (``SlurmSpawner.registration_ip``), on an ephemeral port or one from
 ``registration_port_range``, and accepts exactly one report signed with the start's
@@ -23,8 +23,7 @@ import re
 from typing import Any
 
 from phoebe_kernel_worker import protocol
-
-from .agent import MAX_REGISTRATION_BYTES, verify_registration
+from phoebe_kernel_worker.protocol.registration import MAX_REGISTRATION_BYTES, verify_registration
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ import zmq
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 
 from phoebe_kernel_worker.protocol import derive_curve_secret
+from phoebe_kernel_worker.protocol.registration import REGISTRATION_FIELD
 
 from ...channels import WorkerEndpoint
 from ..base import Spawner, SpawnError
 from . import script as batch
-from .agent import REGISTRATION_FIELD
 from .commands import JobInfo, SlurmCommands, SlurmError
 from .registration import RegistrationError, RegistrationListener
 
@@ -103,7 +103,7 @@ class SlurmSpawner(Spawner):
 
     @default("agent_cmd")
     def _default_agent_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "phoebe_spawner.spawners.slurm.agent"]
+        return [sys.executable, "-m", "phoebe_kernel_worker.node_agent"]
 
     @default("ip")
     def _default_ip(self) -> str:

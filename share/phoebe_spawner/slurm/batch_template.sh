@@ -26,7 +26,7 @@
 #SBATCH --no-requeue
 {{sbatch_options}}
 
-# site set-up: modules, a shared venv with phoebe-spawner and phoebe-kernel-worker
+# site set-up: modules, a shared venv with phoebe-kernel-worker (the agent and the worker)
 module purge 2>/dev/null || true
 {{prologue}}
 

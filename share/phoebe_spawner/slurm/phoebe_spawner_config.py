@@ -16,7 +16,7 @@ c.SlurmSpawner.cmd = ["/shared/phoebe-venv/bin/python", "-m", "phoebe_kernel_wor
 c.SlurmSpawner.agent_cmd = [
     "/shared/phoebe-venv/bin/python",
     "-m",
-    "phoebe_spawner.spawners.slurm.agent",
+    "phoebe_kernel_worker.node_agent",
 ]
 # the hub's address on the cluster network; jobs register their endpoints here
 c.SlurmSpawner.registration_ip = "10.1.0.5"

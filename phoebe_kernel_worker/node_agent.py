@@ -2,10 +2,11 @@
 
 The batch script of a :class:`~phoebe_spawner.spawners.slurm.SlurmSpawner` job ends with::
 
-    exec python -m phoebe_spawner.spawners.slurm.agent --connection-file F -- <worker cmd>
+    exec python -m phoebe_kernel_worker.node_agent --connection-file F -- <worker cmd>
 
-The agent (standard library and ``phoebe_kernel_worker.protocol`` only, so it starts in
-milliseconds on the node):
+The agent is part of the worker distribution (phoebe-kernel-worker), so a node needs
+nothing of the hub's; it uses the standard library and :mod:`phoebe_kernel_worker.protocol`
+only, and starts in milliseconds:
 
 1. reads the 0600 connection file the hub wrote on the shared filesystem: the session
    key, the registration address and a one-time token; then deletes it, so the secrets
@@ -16,11 +17,13 @@ milliseconds on the node):
 3. starts the worker with ``--ready-fd``; the worker binds its channels on ports it
    chooses and reports them on that pipe;
 4. sends the report to the hub's registration listener over TCP, HMAC-signed with the
-   token (:func:`sign_registration`), and waits for the hub's ``ok``;
+   token (:mod:`phoebe_kernel_worker.protocol.registration`), and waits for the hub's
+   ``ok``;
 5. waits for the worker, forwards SIGTERM/SIGINT/SIGHUP to it, and exits the way it did
    (by the same signal, or with the same status), so Slurm records the worker's end.
 
-The registration message is one JSON line (:func:`registration_message`); the hub
+The registration message is one JSON line
+(:func:`~phoebe_kernel_worker.protocol.registration.registration_message`); the hub
 answers one line, ``ok`` or ``denied``.
 """
 
@@ -28,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
 import os
 import shutil
 import signal
@@ -39,49 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from phoebe_kernel_worker import protocol
+from phoebe_kernel_worker.protocol.registration import REGISTRATION_FIELD, registration_message
 
-REGISTRATION_VERSION = 1
-REGISTRATION_FIELD = "slurm_registration"
-MAX_REGISTRATION_BYTES = 64 * 1024
-REGISTRATION_CONTEXT = b"phoebe-spawner slurm registration v1"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-
-
-# --- the registration message (both sides) ------------------------------------------------
-
-
-def sign_registration(token: str, body: bytes) -> str:
-    """Hex HMAC-SHA256 of a registration body with the one-time token."""
-    mac = hmac.new(token.encode(), REGISTRATION_CONTEXT, hashlib.sha256)
-    mac.update(body)
-    return mac.hexdigest()
-
-
-def registration_message(token: str, fields: dict[str, Any]) -> bytes:
-    """One signed registration line: ``{"body": <json string>, "mac": hex}``."""
-    body = orjson.dumps({"version": REGISTRATION_VERSION, **fields})
-    return orjson.dumps({"body": body.decode(), "mac": sign_registration(token, body)}) + b"\n"
-
-
-def verify_registration(token: str, line: bytes) -> dict[str, Any]:
-    """The fields of a registration line signed with ``token``; ``ValueError`` otherwise."""
-    try:
-        outer = orjson.loads(line)
-        body = str(outer["body"]).encode()
-        mac = str(outer["mac"])
-    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"malformed registration: {e}") from None
-    if not hmac.compare_digest(mac.encode(), sign_registration(token, body).encode()):
-        raise ValueError("registration signature does not match")
-    fields = orjson.loads(body)
-    if not isinstance(fields, dict) or fields.get("version") != REGISTRATION_VERSION:
-        raise ValueError("unsupported registration version")
-    return fields
 
 
 # --- the agent ------------------------------------------------------------------------------
@@ -140,7 +105,7 @@ def _exit_like(returncode: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the agent (see the module docstring); returns the worker's exit status."""
-    parser = argparse.ArgumentParser(prog="phoebe_spawner.spawners.slurm.agent")
+    parser = argparse.ArgumentParser(prog="phoebe_kernel_worker.node_agent")
     parser.add_argument("--connection-file", required=True)
     parser.add_argument("--registration-timeout", type=float, default=60.0)
     parser.add_argument("worker", nargs=argparse.REMAINDER)
