@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ..conftest import JWT_SECRET, async_wait_for, register
+from ..conftest import JWT_SECRET, register
 from ..sse import SSEStream
+from ..waiting import async_wait_for
 
 
 async def test_public_routes(make_hub):
@@ -318,7 +319,11 @@ async def test_killed_worker_is_503_quickly(make_hub):
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     pid = app.manager.sessions[sid].spawner.pid
     os.kill(pid, signal.SIGKILL)
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=3)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed",
+        "the killed worker's session to fail",
+        timeout=3,
+    )
     t0 = time.monotonic()
     resp = await client.send(sid, "ping")
     assert resp.status == 503 and "SIGKILL" in resp.detail
@@ -356,7 +361,9 @@ async def test_hung_worker_is_stopped_after_grace(make_hub):
     )
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     assert (await client.send(sid, "hang")).status == 504
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=15)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed", "the hung session to fail", timeout=15
+    )
     resp = await client.send(sid, "ping")
     assert resp.status == 503 and "hung" in resp.detail
 
@@ -394,7 +401,9 @@ async def test_idle_session_is_culled_but_busy_one_is_not(make_hub):
     idle = (await client.post("/dash/start-session", {})).json()["session_id"]
     busy = (await client.post("/dash/start-session", {})).json()["session_id"]
     work = asyncio.ensure_future(client.send(busy, "sleep", seconds=2))
-    assert await async_wait_for(lambda: idle not in app.manager.sessions, timeout=5)
+    await async_wait_for(
+        lambda: idle not in app.manager.sessions, "the idle session to be culled", timeout=5
+    )
     assert busy in app.manager.sessions
     assert (await work).status == 200
     row = await app.store.get_session(idle)
@@ -453,7 +462,7 @@ async def test_restart_readopts_workers(make_hub, tmp_path):
     assert listed[sid]["status"] == "running" and listed[sid]["project_name"] == "keep"
     assert (await client2.send(sid, "get_value", twig="period@binary")).json()["result"] == 2.5
     await client2.post(f"/dash/end-session/{sid}")
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=5)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the worker to exit", timeout=5)
 
 
 async def test_restart_marks_dead_workers_failed(make_hub, tmp_path):
@@ -535,14 +544,18 @@ async def test_culling_understands_work(make_hub):
     await asyncio.sleep(1.0)
     assert app2.manager.sessions[watched].status == "running"
     await stream.close()
-    assert await async_wait_for(lambda: watched not in app2.manager.sessions, timeout=5)
+    await async_wait_for(
+        lambda: watched not in app2.manager.sessions, "the watched session to be culled", timeout=5
+    )
 
     app3, client3 = await make_hub(SessionManager__max_age=0.5, SessionManager__cull_interval=0.1)
     busy = (await client3.post("/dash/start-session", {})).json()["session_id"]
     for _ in range(10):  # activity does not keep an old session alive
         await client3.send(busy, "ping")
         await asyncio.sleep(0.1)
-    assert await async_wait_for(lambda: busy not in app3.manager.sessions, timeout=5)
+    await async_wait_for(
+        lambda: busy not in app3.manager.sessions, "the too old session to be culled", timeout=5
+    )
     row = await app3.store.get_session(busy)
     assert row["status"] == "culled" and "older than" in row["termination_reason"]
     assert app.manager.sessions[exempt].status == "running"

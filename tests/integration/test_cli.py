@@ -15,7 +15,8 @@ import orjson
 import psutil
 import pytest
 
-from ..conftest import JWT_SECRET, wait_for
+from ..conftest import JWT_SECRET
+from ..waiting import wait_for
 
 EXE = [sys.executable, "-m", "phoebe_spawner"]
 
@@ -59,7 +60,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
         except OSError:
             return False
 
-    assert wait_for(up, timeout=timeout, interval=0.1)
+    wait_for(up, "the hub to answer /health", timeout=timeout, interval=0.1)
 
 
 def test_generate_config(tmp_path):
@@ -157,7 +158,7 @@ def test_serves_and_shuts_down_cleanly(tmp_path, sig):
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - t0 < 10
-        assert wait_for(lambda: not worker.is_running(), timeout=5)
+        wait_for(lambda: not worker.is_running(), "the worker to exit", timeout=5)
         output = proc.stdout.read().decode() if proc.stdout else ""
         assert JWT_SECRET not in output
     finally:
@@ -201,8 +202,9 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
             "POST", url + f"/api/v1/sessions/{sids[2]}/jobs", b'{"command": "sleep", "seconds": 60}'
         )
         assert status == 202
-        assert wait_for(
-            lambda: http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]["status"] == "running"
+        wait_for(
+            lambda: http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]["status"] == "running",
+            "the job to run",
         )
         hub.kill()
         hub.wait()
@@ -222,7 +224,9 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
         assert lost["status"] == "failed" and "restarted" in lost["error"]
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0
-        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+        wait_for(
+            lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=10
+        )
     finally:
         if hub.poll() is None:
             hub.kill()
@@ -252,7 +256,9 @@ def test_without_readoption_workers_die_with_the_hub(tmp_path):
         hub.kill()
         hub.wait()
         t0 = time.monotonic()
-        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+        wait_for(
+            lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=10
+        )
         assert time.monotonic() - t0 < 5
         hub = subprocess.Popen(
             argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT

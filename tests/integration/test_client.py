@@ -40,7 +40,7 @@ from phoebe_spawner.client import (
     WorkerUnavailable,
 )
 
-from ..conftest import wait_for
+from ..waiting import wait_for
 from .hub_thread import ThreadedHub
 
 PASSWORD = "correct horse battery"
@@ -413,7 +413,9 @@ def test_one_kept_alive_connection_for_many_calls(make_threaded_hub: Any) -> Non
         # a new one, found dropped before anything was sent
         conn = client._http._conn
         assert conn is not None
-        assert wait_for(lambda: client._http._dropped(conn), timeout=10)
+        wait_for(
+            lambda: client._http._dropped(conn), "the idle connection to be dropped", timeout=10
+        )
         assert client.set_value("after_idle", 1) == {}
         assert client.get_value("after_idle") == 1
         assert client.connections_opened == 2

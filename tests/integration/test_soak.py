@@ -19,8 +19,9 @@ import time
 import psutil
 import pytest
 
-from ..conftest import Client, wait_for
+from ..conftest import Client
 from ..sse import SSEStream
+from ..waiting import wait_for
 
 SOAK_SECONDS = float(os.environ.get("PHOEBE_SPAWNER_SOAK_SECONDS", "300"))
 CLIENTS = 4
@@ -143,4 +144,4 @@ async def test_mixed_soak(tmp_path):
         except subprocess.TimeoutExpired:
             hub.kill()
             hub.wait()
-    assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+    wait_for(lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=10)

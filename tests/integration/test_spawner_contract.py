@@ -24,8 +24,9 @@ from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 from phoebe_spawner.spawners.slurm import SlurmSpawner
 
-from ..conftest import TEST_FACTORY, wait_for
+from ..conftest import TEST_FACTORY
 from ..docker_engine import kill_container
+from ..waiting import wait_for
 
 SpawnerFactory = Callable[..., Spawner]
 
@@ -287,7 +288,7 @@ async def test_local_stop_kills_the_whole_group(tmp_path):
         except psutil.NoSuchProcess:
             return True
 
-    assert wait_for(lambda: all(gone(p) for p in group), timeout=5)
+    wait_for(lambda: all(gone(p) for p in group), "the process group to exit", timeout=5)
     spawner.clear_state()
 
 

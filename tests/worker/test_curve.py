@@ -23,7 +23,8 @@ from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import ConnectionInfo, Signer
 from phoebe_spawner.channels import CURVE_SERVER_KEY, ChannelTimeout, WorkerChannel
 
-from ..conftest import TEST_FACTORY, wait_for
+from ..conftest import TEST_FACTORY
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -46,7 +47,7 @@ def curve_worker(tmp_path):
         stdin=subprocess.DEVNULL,
     )
     try:
-        assert wait_for(ready.exists, timeout=20), "the worker did not report ready"
+        wait_for(ready.exists, "the worker to report ready", timeout=20)
         endpoints, _ = protocol.endpoints_from_json(ready.read_bytes())
         public = zmq.curve_public(secret.encode()).decode()
         yield {**endpoints, CURVE_SERVER_KEY: public}, key
