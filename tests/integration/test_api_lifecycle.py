@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import time
 
 import psutil
 
@@ -119,14 +118,14 @@ async def test_memory_is_sampled_and_recorded(make_hub):
     app, client = await make_hub(SessionManager__memory_interval=0.2)
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
 
-    async def samples() -> list:
-        return await app.store.get_metrics(sid)
+    async def samples_if(n: int) -> list | None:
+        """The recorded samples once there are ``n``."""
+        rows = await app.store.get_metrics(sid)
+        return rows if len(rows) >= n else None
 
-    deadline = time.monotonic() + 10
-    while len(await samples()) < 2:
-        assert time.monotonic() < deadline, "no memory samples recorded"
-        await asyncio.sleep(0.1)
-    rows = await samples()
+    rows = await async_wait_for(
+        lambda: samples_if(2), "two memory samples to be recorded", interval=0.1
+    )
     assert all(r["mem_used"] > 5 for r in rows)
     assert (await client.get("/dash/sessions")).json()[sid]["mem_used"] > 5
 
