@@ -173,12 +173,13 @@ for role in c.JupyterHub.load_roles:
             body["scopes"] = scopes
         return str(self.api("POST", f"/users/{user}/tokens", body)["token"])
 
-    def stop(self, timeout: float = 20) -> float | None:
-        """SIGTERM the hub; returns how long the service took to exit (None if not running)."""
+    def stop(self, timeout: float = 20) -> psutil.Process | None:
+        """SIGTERM the hub and wait, up to ``timeout`` s each, for it and then its phoebe
+        service to exit (RuntimeError if one does not). Returns the service's process that
+        exited, or None if the hub was not running or had no service."""
         if self.proc is None or self.proc.poll() is not None:
             return None
         service = self.service_process()
-        t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -197,4 +198,4 @@ for role in c.JupyterHub.load_roles:
             raise RuntimeError("the phoebe service outlived JupyterHub") from None
         except psutil.NoSuchProcess:
             pass
-        return time.monotonic() - t0
+        return service

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .browser_flow import Browser
@@ -129,7 +130,7 @@ c.JupyterHub.load_groups["phoebe-admins"]["users"].append("carol")
         service = self.service_log.read_text(errors="replace") if self.service_log.exists() else ""
         return self.log_tail() + "\n--- service ---\n" + "\n".join(service.splitlines()[-40:])
 
-    def stop(self, timeout: float = 20) -> float | None:
+    def stop(self, timeout: float = 20) -> psutil.Process | None:
         if self.service is not None and self.service.poll() is None:
             self.service.send_signal(signal.SIGTERM)
             try:

