@@ -8,8 +8,6 @@ memory cgroups (not root, no delegated subtree).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +146,13 @@ async def test_sampled_memory_over_the_limit_fails_the_session(make_hub):
 
 
 async def job_done(client: Client, job_id: str) -> dict[str, Any]:
-    """The job once it has ended (polled with a deadline)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    """The job once it has ended (polled over HTTP)."""
+
+    async def ended() -> dict[str, Any] | None:
         job: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end: {job}")
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return await async_wait_for(ended, f"job {job_id} to end", timeout=30, interval=0.05)
 
 
 @pytest.mark.parametrize("backend", ["local", "local-forkserver"])
