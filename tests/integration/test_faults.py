@@ -36,7 +36,11 @@ async def test_worker_killed_mid_job(make_hub):
     ).json()
     queued = (await client.post(f"/api/v1/sessions/{sid}/jobs", {"command": "echo"})).json()
     pid = app.manager.sessions[sid].spawner.pid
-    await asyncio.sleep(0.3)
+
+    async def running() -> bool:
+        return bool((await client.get(job["links"]["self"])).json()["status"] == "running")
+
+    await async_wait_for(running, "the job to run")  # killed mid-job, not before it starts
     os.kill(pid, signal.SIGKILL)
     for j in (job, queued):
         await async_wait_for(
