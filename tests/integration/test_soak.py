@@ -21,7 +21,7 @@ import pytest
 
 from ..conftest import Client
 from ..sse import SSEStream
-from ..waiting import wait_for
+from ..waiting import async_wait_for, wait_for
 
 SOAK_SECONDS = float(os.environ.get("PHOEBE_SPAWNER_SOAK_SECONDS", "300"))
 CLIENTS = 4
@@ -103,16 +103,12 @@ async def test_mixed_soak(tmp_path):
     try:
 
         async def healthy() -> bool:
-            for _ in range(300):
-                try:
-                    if (await client.get("/health")).status == 200:
-                        return True
-                except OSError:
-                    pass
-                await asyncio.sleep(0.1)
-            return False
+            try:
+                return (await client.get("/health")).status == 200
+            except OSError:
+                return False
 
-        assert await healthy()
+        await async_wait_for(healthy, "the hub to answer /health", timeout=30, interval=0.1)
         rng = random.Random(42)
         codes: list[int] = []
         start = time.monotonic()
