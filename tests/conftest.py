@@ -10,9 +10,7 @@ a missing optional component can never pass silently.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +22,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
 from phoebe_spawner.app import PhoebeSpawnerApp
+
+from .waiting import WaitTimeout, wait_for
 
 os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
 
@@ -42,27 +42,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped, but PHOEBE_SPAWNER_REQUIRE_ALL is set: {report.longrepr}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll a condition with a deadline (for conditions outside the event loop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-async def async_wait_for(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
 
 
 def child_pids() -> set[int]:
@@ -93,9 +72,10 @@ def no_leaked_processes() -> Any:
     def leaked() -> set[int]:
         return child_pids() - before - SERVICE_PIDS
 
-    assert wait_for(lambda: not leaked(), timeout=15), (
-        f"leaked child processes: {[psutil.Process(p).cmdline() for p in leaked()]}"
-    )
+    try:
+        wait_for(lambda: not leaked(), "the test's child processes to exit", timeout=15)
+    except WaitTimeout:
+        pytest.fail(f"leaked child processes: {[psutil.Process(p).cmdline() for p in leaked()]}")
 
 
 def listening_ports() -> set[int]:
@@ -132,7 +112,9 @@ def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 continue
         return found
 
-    if not wait_for(lambda: not orphans(), timeout=10):
+    try:
+        wait_for(lambda: not orphans(), "the run's worker processes to exit", timeout=10)
+    except WaitTimeout:
         leaked = [(p.pid, p.info["cmdline"]) for p in orphans()]
         for p in orphans():
             p.kill()

@@ -15,8 +15,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from .waiting import wait_for
 
 
 def find_bindir() -> Path | None:
@@ -86,31 +87,30 @@ class PostgresServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with status {self.proc.returncode}")
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with status {proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
+                    return True
             except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("postgres did not start listening in time")
-        self._wait_ready(deadline)
+                return False
+
+        wait_for(listening, "postgres to listen", timeout=timeout, interval=0.1)
+        wait_for(self._accepts, "postgres to accept connections", timeout=timeout, interval=0.1)
         return self.url("postgres")
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _accepts(self) -> bool:
+        """Whether the server accepts a connection (it listens before it is ready)."""
         import psycopg
 
-        while True:
-            try:
-                with psycopg.connect(self.url("postgres", driver=False), connect_timeout=2):
-                    return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        try:
+            with psycopg.connect(self.url("postgres", driver=False), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
 
     def url(self, database: str, *, driver: bool = True) -> str:
         scheme = "postgresql+psycopg" if driver else "postgresql"

@@ -26,5 +26,4 @@ def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterHubP
     try:
         yield hub
     finally:
-        took = hub.stop()
-        assert took is None or took < 15, f"the service took {took:.1f} s to stop with the hub"
+        hub.stop(timeout=15)  # raises if the hub or its service does not stop in time

@@ -20,13 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from ..waiting import WaitTimeout, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "share" / "phoebe_spawner" / "jupyterhub" / "jupyterhub_config.py"
@@ -122,14 +123,19 @@ for role in c.JupyterHub.load_roles:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"JupyterHub exited at start:\n{self.log_tail()}")
-            if self._answers(f"{self.service_url}health"):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"JupyterHub or the phoebe service did not come up:\n{self.log_tail()}")
+            return self._answers(f"{self.service_url}health")
+
+        try:
+            wait_for(up, "the phoebe service behind JupyterHub", timeout=timeout, interval=0.2)
+        except WaitTimeout:
+            raise RuntimeError(
+                f"JupyterHub or the phoebe service did not come up:\n{self.log_tail()}"
+            ) from None
 
     def _answers(self, url: str) -> bool:
         try:
@@ -173,12 +179,13 @@ for role in c.JupyterHub.load_roles:
             body["scopes"] = scopes
         return str(self.api("POST", f"/users/{user}/tokens", body)["token"])
 
-    def stop(self, timeout: float = 20) -> float | None:
-        """SIGTERM the hub; returns how long the service took to exit (None if not running)."""
+    def stop(self, timeout: float = 20) -> psutil.Process | None:
+        """SIGTERM the hub and wait, up to ``timeout`` s each, for it and then its phoebe
+        service to exit (RuntimeError if one does not). Returns the service's process that
+        exited, or None if the hub was not running or had no service."""
         if self.proc is None or self.proc.poll() is not None:
             return None
         service = self.service_process()
-        t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -197,4 +204,4 @@ for role in c.JupyterHub.load_roles:
             raise RuntimeError("the phoebe service outlived JupyterHub") from None
         except psutil.NoSuchProcess:
             pass
-        return time.monotonic() - t0
+        return service

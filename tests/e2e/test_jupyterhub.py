@@ -18,7 +18,7 @@ import pytest
 
 from phoebe_spawner.client import PermissionDeniedError, PhoebeClient
 
-from ..conftest import async_wait_for
+from ..waiting import async_wait_for
 from .browser_flow import Browser
 from .jupyterhub import PASSWORD, JupyterHubProcess, find_proxy
 
@@ -227,10 +227,11 @@ async def test_service_stops_promptly_with_the_hub_and_leaves_no_worker(tmp_path
         ]
         assert len(workers) == 1
     finally:
-        took = await asyncio.to_thread(hub.stop)
-    assert took is not None and took < 10, took
-    assert await async_wait_for(
-        lambda: not any(w.is_running() and w.status() != "zombie" for w in workers)
+        stopped = await asyncio.to_thread(hub.stop, 10)  # raises if it takes longer
+    assert stopped is not None  # the service was running, and stopped with the hub
+    await async_wait_for(
+        lambda: not any(w.is_running() and w.status() != "zombie" for w in workers),
+        "the workers to exit",
     )
     log = hub.log_tail(400)
     assert re.search(r"phoebe-spawner .* \(auth hub, spawner LocalProcessSpawner\)", log), log

@@ -15,11 +15,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from ..waiting import WaitTimeout, wait_for
 from .browser_flow import Browser
 from .conftest import require_proxy
 from .jupyterhub import ADMIN_TOKEN, PASSWORD, ROOT, TEST_FACTORY, JupyterHubProcess, free_port
@@ -115,21 +116,24 @@ c.JupyterHub.load_groups["phoebe-admins"]["users"].append("carol")
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in (("JupyterHub", self.proc), ("the service", self.service)):
+        processes = (("JupyterHub", self.proc), ("the service", self.service))
+
+        def up() -> bool:
+            for name, proc in processes:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited at start:\n{self.logs()}")
-            if self._answers(f"{self.service_url}health"):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"the external service is not reachable:\n{self.logs()}")
+            return self._answers(f"{self.service_url}health")
+
+        try:
+            wait_for(up, "the external service", timeout=timeout, interval=0.2)
+        except WaitTimeout:
+            raise RuntimeError(f"the external service is not reachable:\n{self.logs()}") from None
 
     def logs(self) -> str:
         service = self.service_log.read_text(errors="replace") if self.service_log.exists() else ""
         return self.log_tail() + "\n--- service ---\n" + "\n".join(service.splitlines()[-40:])
 
-    def stop(self, timeout: float = 20) -> float | None:
+    def stop(self, timeout: float = 20) -> psutil.Process | None:
         if self.service is not None and self.service.poll() is None:
             self.service.send_signal(signal.SIGTERM)
             try:

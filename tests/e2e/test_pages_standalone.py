@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ..conftest import Client, async_wait_for, register
+from ..conftest import Client, register
+from ..waiting import async_wait_for
 from .jupyterhub import ROOT
 from .test_browser import NODE_MODULES, find_chromium
 
@@ -65,7 +66,9 @@ async def test_user_page_login_form_and_admin_filters_in_chromium(make_hub, tmp_
     gamma = await start(client, carol, project_name="gamma-ray")
     delta = await start(client, carol, project_name="delta-crash")
     await send(client, delta, carol, "crash")
-    assert await async_wait_for(lambda: app.manager.sessions[delta].status == "failed")
+    await async_wait_for(
+        lambda: app.manager.sessions[delta].status == "failed", "the session to fail"
+    )
 
     artifacts = Path(os.environ.get("PHOEBE_SPAWNER_ARTIFACTS", ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 
-from ..conftest import Client, async_wait_for, register
+from ..conftest import Client, register
 from ..sse import SSEStream
+from ..waiting import async_wait_for
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
@@ -84,7 +85,9 @@ async def test_admin_event_stream_follows_sessions_live(make_hub):
     )
     try:
         assert stream.status == 200
-        assert await async_wait_for(lambda: app.admin_events.watchers == 1)
+        await async_wait_for(
+            lambda: app.admin_events.watchers == 1, "the admin stream to be watched"
+        )
         sid = await start(client, user)
         event = await stream.next_event()
         assert event["event"] == "session_started"
@@ -106,7 +109,9 @@ async def test_admin_event_stream_follows_sessions_live(make_hub):
         assert kinds == ["session_stopping", "session_stopped"]
     finally:
         await stream.close()
-    assert await async_wait_for(lambda: app.admin_events.watchers == 0)
+    await async_wait_for(
+        lambda: app.admin_events.watchers == 0, "the admin stream to have no watcher"
+    )
     user_stream = await SSEStream.open(client.base_url, "/api/v1/admin/events", token=user)
     assert user_stream.status == 403
     await user_stream.close()
@@ -139,7 +144,9 @@ async def test_metrics_count_sessions_spawns_commands_failures_and_culls(make_hu
     await send(client, sid, "no_such_command", user)
     crashed = await start(client, user)
     await client.post(f"/send/{crashed}", {"command": "crash"}, token=user)  # 503
-    assert await async_wait_for(lambda: app.manager.sessions[crashed].status == "failed")
+    await async_wait_for(
+        lambda: app.manager.sessions[crashed].status == "failed", "the crashed session to fail"
+    )
     culled = await start(client, user)
     await app.manager.sessions[culled].stop("culled", "idle for 1 s")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import Client, async_wait_for, register
+from ..conftest import Client, register
+from ..waiting import async_wait_for
 
 
 async def start(client: Client, body: dict | None = None, token: str | None = None) -> str:
@@ -96,7 +97,9 @@ async def test_idle_cull_checkpoints_first(make_hub):
     )
     sid = await start(client, {"project_name": "culled"})
     await client.send(sid, "set_value", twig="incl@binary", value=86.5)
-    assert await async_wait_for(lambda: sid not in app.manager.sessions, timeout=10)
+    await async_wait_for(
+        lambda: sid not in app.manager.sessions, "the idle session to be culled", timeout=10
+    )
     row = await app.store.get_session(sid)
     assert row["status"] == "culled"
     cps = (await client.get("/api/v1/checkpoints")).json()["checkpoints"]

@@ -8,14 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import orjson
 import psutil
 import pytest
 
-from ..conftest import JWT_SECRET, wait_for
+from ..conftest import JWT_SECRET
+from ..waiting import wait_for
 
 EXE = [sys.executable, "-m", "phoebe_spawner"]
 
@@ -59,7 +59,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
         except OSError:
             return False
 
-    assert wait_for(up, timeout=timeout, interval=0.1)
+    wait_for(up, "the hub to answer /health", timeout=timeout, interval=0.1)
 
 
 def test_generate_config(tmp_path):
@@ -153,11 +153,9 @@ def test_serves_and_shuts_down_cleanly(tmp_path, sig):
             "POST", url + f"/send/{session['session_id']}", b'{"command":"ping"}', token
         )
         assert reply == {"success": True, "result": {"status": "ready"}}
-        t0 = time.monotonic()
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
-        assert time.monotonic() - t0 < 10
-        assert wait_for(lambda: not worker.is_running(), timeout=5)
+        wait_for(lambda: not worker.is_running(), "the worker to exit", timeout=5)
         output = proc.stdout.read().decode() if proc.stdout else ""
         assert JWT_SECRET not in output
     finally:
@@ -201,8 +199,9 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
             "POST", url + f"/api/v1/sessions/{sids[2]}/jobs", b'{"command": "sleep", "seconds": 60}'
         )
         assert status == 202
-        assert wait_for(
-            lambda: http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]["status"] == "running"
+        wait_for(
+            lambda: http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]["status"] == "running",
+            "the job to run",
         )
         hub.kill()
         hub.wait()
@@ -214,15 +213,16 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
             s["status"] == "running" for s in listed.values()
         )
         for i, sid in enumerate(sids):
-            t0 = time.monotonic()
+            # answered within http()'s 30 s: the orphaned 60 s sleep was interrupted
             reply = http("POST", url + f"/send/{sid}", b'{"command": "get_value", "twig": "n"}')[1]
             assert reply == {"success": True, "result": i}
-            assert time.monotonic() - t0 < 5  # the orphaned sleep was interrupted
         lost = http("GET", url + f"/api/v1/jobs/{job['job_id']}")[1]
         assert lost["status"] == "failed" and "restarted" in lost["error"]
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0
-        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+        wait_for(
+            lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=10
+        )
     finally:
         if hub.poll() is None:
             hub.kill()
@@ -251,9 +251,7 @@ def test_without_readoption_workers_die_with_the_hub(tmp_path):
         assert len(workers) == 2
         hub.kill()
         hub.wait()
-        t0 = time.monotonic()
-        assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
-        assert time.monotonic() - t0 < 5
+        wait_for(lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=5)
         hub = subprocess.Popen(
             argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from phoebe_spawner.client import (
     WorkerUnavailable,
 )
 
-from ..conftest import wait_for
+from ..waiting import wait_for
 from .hub_thread import ThreadedHub
 
 PASSWORD = "correct horse battery"
@@ -161,10 +160,9 @@ def test_typed_errors_carry_the_hub_detail(make_threaded_hub: Any) -> None:
         with pytest.raises(BadRequest, match="Unknown job status bogus"):
             client.list_jobs(status="bogus")
 
-        t0 = time.monotonic()
         with pytest.raises(CommandTimeout) as timeout:
             client.send("sleep", seconds=20)
-        assert timeout.value.status == 504 and time.monotonic() - t0 < 10
+        assert timeout.value.status == 504  # the hub's timeout, not the end of the sleep
         assert client.ping() == {"status": "ready"}  # the session survived
 
         job = client.submit_job("echo", x=1)
@@ -315,11 +313,9 @@ def test_sigint_cancels_the_job_and_keeps_the_session(hub: ThreadedHub) -> None:
                 started.append(event.data["command"])
                 _interrupt_main_soon(0.3)
 
-        t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt) as interrupted:
             client.run_job("sleep", seconds=60, callback=on_event, progress=False)
-        elapsed = time.monotonic() - t0
-        assert started == ["sleep"] and elapsed < 10
+        assert started == ["sleep"]
         cancelled = interrupted.value
         assert isinstance(cancelled, ComputationCancelled) and cancelled.confirmed
         assert client.get_job(cancelled.job_id)["status"] == "cancelled"
@@ -413,7 +409,9 @@ def test_one_kept_alive_connection_for_many_calls(make_threaded_hub: Any) -> Non
         # a new one, found dropped before anything was sent
         conn = client._http._conn
         assert conn is not None
-        assert wait_for(lambda: client._http._dropped(conn), timeout=10)
+        wait_for(
+            lambda: client._http._dropped(conn), "the idle connection to be dropped", timeout=10
+        )
         assert client.set_value("after_idle", 1) == {}
         assert client.get_value("after_idle") == 1
         assert client.connections_opened == 2

@@ -23,7 +23,7 @@ import pytest
 
 from phoebe_spawner.client import ComputationCancelled, PhoebeClient, SSEEvent
 
-from ..conftest import wait_for
+from ..waiting import wait_for
 from .hub_thread import ThreadedHub
 
 
@@ -76,7 +76,11 @@ def test_a_second_ctrl_c_stops_waiting_for_the_cancel(tmp_path: Path) -> None:
             f"running: cancel_job({job_id!r}) stops it"
         )
         # the client stopped waiting, the hub did not: the cancel still runs to its end
-        assert wait_for(lambda: client.get_job(job_id)["status"] == "cancelled", timeout=30)
+        wait_for(
+            lambda: client.get_job(job_id)["status"] == "cancelled",
+            "the job to be cancelled",
+            timeout=30,
+        )
         assert client.ping() == {"status": "ready"}  # the session survived
         assert client.run_job("echo", after="cancel", progress=False) == {"after": "cancel"}
 
@@ -110,7 +114,11 @@ def test_ctrl_c_during_a_plain_command_abandons_only_the_wait(tmp_path: Path) ->
             hub.run(store.flush_commands())
             return list(hub.run(store.list_commands(sid)))
 
-        assert wait_for(lambda: any(c["command"] == "sleep" for c in commands()), timeout=10)
+        wait_for(
+            lambda: any(c["command"] == "sleep" for c in commands()),
+            "the sleep command to be logged",
+            timeout=10,
+        )
         [sleep] = [c for c in commands() if c["command"] == "sleep"]
         assert sleep["success"] is True and sleep["error"] is None
         assert sleep["duration_ms"] >= 3000  # it slept its full time: not interrupted

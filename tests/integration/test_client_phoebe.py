@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +106,9 @@ def test_sigint_during_run_compute_cancels_it_and_the_bundle_is_intact(
             seen.append(event.data["fraction"])
             threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
 
-    t0 = time.monotonic()
     with pytest.raises(ComputationCancelled) as cancelled:
         client.run_compute(callback=interrupt_on_first_progress, progress=False)
-    assert seen and seen[0] < 1.0 and time.monotonic() - t0 < 60
+    assert seen and seen[0] < 1.0  # interrupted part way through
     assert cancelled.value.confirmed
     assert client.get_job(cancelled.value.job_id)["status"] == "cancelled"
     assert client.ping() == {"status": "ready"}

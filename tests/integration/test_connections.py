@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..conftest import async_wait_for
+from ..waiting import async_wait_for
 
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # headers that never end
 #: a request whose headers are complete and whose body never comes: busy, not waiting
@@ -52,7 +52,7 @@ async def test_a_flood_of_half_open_connections_from_many_addresses_gives_way(ma
     try:
         for i in range(80):  # twice the cap, from forty addresses, none finishing its headers
             flood.append(await connect(port, f"127.0.0.{2 + i // 2}", PARTIAL))
-        assert await async_wait_for(lambda: server.evicted == 40)
+        await async_wait_for(lambda: server.evicted == 40, "40 idle connections to be evicted")
         for _ in range(10):
             reply = await health(port)
             assert reply.startswith(b"HTTP/1.1 200"), reply
@@ -66,13 +66,15 @@ async def test_the_global_cap_refuses_when_every_connection_is_busy(make_hub):
     port = app.bound_port
     busy = [await connect(port, f"127.0.0.{2 + i}", BUSY) for i in range(3)]
     try:
-        assert await async_wait_for(lambda: not app.http_server._waiting)
+        await async_wait_for(
+            lambda: not app.http_server._waiting, "the waiting connections to be refused"
+        )
         reply = await health(port)
         assert reply.startswith(b"HTTP/1.1 503")
         assert reply.endswith(b'{"detail": "Too many connections, try again shortly"}')
     finally:
         await close_all(busy)
-    assert await async_wait_for(lambda: not app.http_server._open)
+    await async_wait_for(lambda: not app.http_server._open, "every connection to close")
     assert (await health(port)).startswith(b"HTTP/1.1 200")
 
 
@@ -90,7 +92,9 @@ async def test_per_address_cap(make_hub):
         assert app.http_server.refused_per_ip == 1
         assert (await health(port, "127.0.0.3")).startswith(b"HTTP/1.1 200")  # another host
         held.pop()[1].close()
-        assert await async_wait_for(lambda: app.http_server._per_key["127.0.0.2"] == 2)
+        await async_wait_for(
+            lambda: app.http_server._per_key["127.0.0.2"] == 2, "two connections from 127.0.0.2"
+        )
         assert (await health(port, "127.0.0.2")).startswith(b"HTTP/1.1 200")
     finally:
         await close_all(held)
@@ -129,7 +133,10 @@ async def test_behind_a_trusted_proxy_the_cap_counts_real_clients(make_hub):
     held = [await connect(port, data=busy) for _ in range(2)]
     held += [await connect(port, data=PARTIAL) for _ in range(3)]
     try:
-        assert await async_wait_for(lambda: app.http_server._per_client["203.0.113.5"] == 2)
+        await async_wait_for(
+            lambda: app.http_server._per_client["203.0.113.5"] == 2,
+            "two connections from 203.0.113.5",
+        )
         reply = await health(port, headers=forwarded)
         assert reply.startswith(b"HTTP/1.1 429")
         assert reply.endswith(
@@ -139,5 +146,7 @@ async def test_behind_a_trusted_proxy_the_cap_counts_real_clients(make_hub):
         assert other.startswith(b"HTTP/1.1 200")
     finally:
         await close_all(held)
-    assert await async_wait_for(lambda: not app.http_server._per_client)
+    await async_wait_for(
+        lambda: not app.http_server._per_client, "every client's connections to close"
+    )
     assert (await health(port, headers=forwarded)).startswith(b"HTTP/1.1 200")

@@ -15,6 +15,8 @@ import pytest
 
 from phoebe_spawner.sessions.cpu import CpuClasses, cpu_hierarchy
 
+from ..waiting import async_wait_for
+
 
 def _writable_cpu_tree() -> str | None:
     """Why the tests cannot run here, or None."""
@@ -44,13 +46,6 @@ def cgroup_of(pid: int) -> str:
     raise AssertionError("no cpu cgroup line")
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
-
-
 async def test_workers_get_their_own_group_and_go_idle_in_background_commands(make_hub):
     home = cgroup_of(os.getpid())
     app, client = await make_hub(
@@ -64,12 +59,17 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     session = app.manager.sessions[sid]
     group = tree.root / f"s-{sid}"
     pid = str(session.spawner.pid)
-    await wait_for(lambda: group.is_dir() and pid in (group / "cgroup.procs").read_text())
+    await async_wait_for(
+        lambda: group.is_dir() and pid in (group / "cgroup.procs").read_text(),
+        "the worker in its own cpu group",
+    )
     assert (group / "cpu.idle").read_text().strip() == "0"
 
     # a background command: idle while it runs, back to normal after
     sleeping = asyncio.create_task(client.send(sid, "sleep", seconds=1.0))
-    await wait_for(lambda: (group / "cpu.idle").read_text().strip() == "1")
+    await async_wait_for(
+        lambda: (group / "cpu.idle").read_text().strip() == "1", "the group to go idle"
+    )
     assert (await sleeping).status == 200
     assert (group / "cpu.idle").read_text().strip() == "0"
     # an interactive command leaves the class alone
@@ -77,7 +77,7 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     assert (group / "cpu.idle").read_text().strip() == "0"
 
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
-    await wait_for(lambda: not group.exists())
+    await async_wait_for(lambda: not group.exists(), "the group to be removed")
 
     await app.cleanup()
     assert cgroup_of(os.getpid()) == home  # the hub went back

@@ -21,7 +21,8 @@ import pytest
 
 from phoebe_spawner.auth.base import User
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 
 class Records(logging.Handler):
@@ -150,7 +151,11 @@ async def test_shutdown_timeout_skips_the_checkpoint_of_a_hung_worker(make_hub, 
     await set_value(client, fine, "kept", 2)
     hung_pid = app.manager.sessions[hung].spawner.pid
     hanging = asyncio.ensure_future(client.send(hung, "hang"))
-    assert await async_wait_for(lambda: app.manager.sessions[hung].in_flight == 1, timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[hung].in_flight == 1,
+        "the hanging command to be in flight",
+        timeout=10,
+    )
     records = watch_log(app)
     await app.cleanup()
     await asyncio.gather(hanging, return_exceptions=True)  # the hub went away under it
@@ -222,7 +227,7 @@ async def test_max_age_cull_checkpoints_first_and_never_interrupts_a_command(mak
     s = app.manager.sessions[sid]
     s.created_at -= 3601
     busy = asyncio.ensure_future(client.send(sid, "sleep", seconds=1.0))
-    assert await async_wait_for(lambda: s.in_flight == 1, timeout=10)
+    await async_wait_for(lambda: s.in_flight == 1, "the command to be in flight", timeout=10)
     await app.manager.cull_idle()
     assert s.status == "running"  # never in the middle of a command
     reply = await busy
@@ -278,8 +283,9 @@ async def test_failed_sessions_stay_listed_for_failed_linger_then_drop(make_hub)
         resp = await client.send(s, "crash", status=7)
         assert resp.status == 503, resp.body
     manager = app.manager
-    assert await async_wait_for(
+    await async_wait_for(
         lambda: all(manager.sessions[s].status == "failed" for s in (sid, ended_by_owner)),
+        "both sessions to fail",
         timeout=10,
     )
     reason = "worker exited with status 7"

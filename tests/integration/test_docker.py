@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import stat
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from phoebe_kernel_worker import protocol
 from phoebe_spawner.spawners.base import SpawnError
 from phoebe_spawner.spawners.docker import DockerSpawner
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -138,11 +138,9 @@ async def test_container_removed_behind_the_hubs_back_is_noticed(make_hub, docke
     sid = await start(client)
     cid = app.manager.sessions[sid].spawner.container_id
     docker_engine.client.api.remove_container(cid, force=True)
-    removed = time.monotonic()
     session = app.manager.sessions[sid]
-    assert await async_wait_for(lambda: session.status == "failed", timeout=5)
-    # poll_interval is 0.2 s in tests; allow for the docker calls and a busy machine
-    assert time.monotonic() - removed < 2.0
+    # noticed by the poll (every 0.2 s in tests), not only when a command fails
+    await async_wait_for(lambda: session.status == "failed", "the session to fail", timeout=5)
     assert "removed outside the hub" in (session.reason or "")
     assert (await client.send(sid, "ping")).status == 503
 

@@ -94,6 +94,30 @@ async def test_external_mode_answers_every_bad_token_401(make_hub, tmp_path, cap
     assert tracebacks == []
 
 
+@pytest.mark.parametrize(
+    ("private", "algorithm"),
+    [
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+        (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+    ],
+    ids=["RS256", "ES256"],
+)
+async def test_hs256_signed_with_the_public_key_is_refused(make_hub, tmp_path, private, algorithm):
+    """Algorithm confusion: a library that trusts the token's ``alg`` would verify an HS256
+    token with the configured key's bytes as the HMAC secret. Those bytes are public."""
+    key = private()
+    app, client = await external_hub(make_hub, tmp_path, key.public_key())
+    assert algorithm in app.authenticator._algorithms
+    claims = {"sub": "u-3", "role": "admin", "exp": int(time.time()) + 60}
+    signed = await client.get("/auth/me", token=jwt.encode(claims, key, algorithm))
+    assert signed.status == 200 and signed.json()["role"] == "admin"  # the key works
+
+    public = (tmp_path / "issuer.pem").read_bytes()  # exactly what the hub was given
+    forged = raw_token({"alg": "HS256", "typ": "JWT"}, claims, public)
+    resp = await client.get("/auth/me", token=forged)
+    assert resp.status == 401 and resp.detail == "Invalid token"
+
+
 async def test_external_algorithms_follow_the_key_type(make_hub, tmp_path):
     ec_key = ec.generate_private_key(ec.SECP384R1())
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

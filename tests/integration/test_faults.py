@@ -16,7 +16,8 @@ import psutil
 
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
-from ..conftest import async_wait_for, register
+from ..conftest import register
+from ..waiting import async_wait_for
 
 
 async def start(client, token=None) -> str:
@@ -35,11 +36,17 @@ async def test_worker_killed_mid_job(make_hub):
     ).json()
     queued = (await client.post(f"/api/v1/sessions/{sid}/jobs", {"command": "echo"})).json()
     pid = app.manager.sessions[sid].spawner.pid
-    await asyncio.sleep(0.3)
+
+    async def running() -> bool:
+        return bool((await client.get(job["links"]["self"])).json()["status"] == "running")
+
+    await async_wait_for(running, "the job to run")  # killed mid-job, not before it starts
     os.kill(pid, signal.SIGKILL)
     for j in (job, queued):
-        assert await async_wait_for(
-            lambda j=j: app.jobs._finished.get(j["job_id"]) is not None, timeout=5
+        await async_wait_for(
+            lambda j=j: app.jobs._finished.get(j["job_id"]) is not None,
+            "the job to finish",
+            timeout=5,
         )
     running = (await client.get(job["links"]["self"])).json()
     assert running["status"] == "failed" and "SIGKILL" in running["error"]
@@ -63,16 +70,18 @@ async def test_stopped_worker_times_out_then_is_failed_and_killed(make_hub):
     proc = psutil.Process(app.manager.sessions[sid].spawner.pid)
     proc.suspend()  # SIGSTOP
     try:
-        t0 = time.monotonic()
-        assert (await client.send(sid, "echo", x=1)).status == 504
-        assert time.monotonic() - t0 < 3
+        assert (await client.send(sid, "echo", x=1)).status == 504  # a stopped worker never replies
         assert (await client.send(other, "echo", x=2)).json()["result"] == {"x": 2}  # isolation
-        assert await async_wait_for(
-            lambda: app.manager.sessions[sid].status == "failed", timeout=30
+        await async_wait_for(
+            lambda: app.manager.sessions[sid].status == "failed",
+            "the hung session to fail",
+            timeout=30,
         )
         assert "hung" in app.manager.sessions[sid].reason
-        assert await async_wait_for(
-            lambda: not proc.is_running() or proc.status() == "zombie", timeout=15
+        await async_wait_for(
+            lambda: not proc.is_running() or proc.status() == "zombie",
+            "the hung worker to exit",
+            timeout=15,
         )
     finally:
         if proc.is_running():
@@ -165,7 +174,7 @@ async def test_concurrent_stop_start_and_cull_stay_consistent(make_hub):
     await asyncio.gather(
         *(client.post(f"/dash/end-session/{sid}") for sid in list(app.manager.sessions))
     )
-    assert await async_wait_for(lambda: not app.manager.active(), timeout=10)
+    await async_wait_for(lambda: not app.manager.active(), "no session to be active", timeout=10)
     # memory, database and process table agree: nothing active anywhere
     rows = await app.store.list_sessions(statuses=("pending", "running", "stopping"))
     assert rows == []

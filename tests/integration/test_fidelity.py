@@ -130,10 +130,12 @@ WORKER_KINDS = {
 async def test_bit_identical_to_in_process_phoebe(kind, in_process, make_hub):
     app, client = await make_hub(phoebe=True, **WORKER_KINDS[kind])
     if kind == "warm-pool":
-        from ..conftest import async_wait_for
+        from ..waiting import async_wait_for
 
         pool = app.manager.pool
-        assert await async_wait_for(lambda: len(pool.ready) == pool.size, timeout=120)
+        await async_wait_for(
+            lambda: len(pool.ready) == pool.size, "the warm pool to fill", timeout=120
+        )
     hub = await through_the_hub(client)
     assert set(hub) == set(in_process)
     for name, expected in in_process.items():

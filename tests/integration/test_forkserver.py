@@ -18,7 +18,8 @@ import pytest
 
 from phoebe_spawner.spawners.forkserver import ForkServer, ForkServerSpawner
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 FORK = {"PhoebeSpawnerApp__spawner_class": "local-forkserver"}
 
@@ -69,7 +70,7 @@ async def test_workers_are_forked_from_the_template(make_hub):
     assert resp.json()["success"] is False  # the other session is untouched
     for sid in (a, b):
         assert (await client.post(f"/dash/end-session/{sid}")).status == 200
-    assert await async_wait_for(lambda: not psutil.pid_exists(wa["pid"]), timeout=5)
+    await async_wait_for(lambda: not psutil.pid_exists(wa["pid"]), "the worker to exit", timeout=5)
 
 
 async def test_a_killed_forked_worker_fails_its_session(make_hub):
@@ -77,7 +78,9 @@ async def test_a_killed_forked_worker_fails_its_session(make_hub):
     sid = await start(client)
     pid = (await result(client, sid, "whereami"))["pid"]
     os.kill(pid, signal.SIGKILL)
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed", "the session to fail", timeout=10
+    )
     assert app.manager.sessions[sid].reason == "worker was killed by SIGKILL"
 
 
@@ -111,7 +114,7 @@ async def test_fork_server_death_falls_back_to_cold_starts(make_hub):
     pid = (await result(client, survivor, "whereami"))["pid"]
     server = fork_server_of(app)
     os.kill(server.proc.pid, signal.SIGKILL)
-    assert await async_wait_for(lambda: not server.alive, timeout=10)
+    await async_wait_for(lambda: not server.alive, "the fork server to exit", timeout=10)
     records = Records()
     app.log.addHandler(records)
     try:
@@ -127,7 +130,7 @@ async def test_fork_server_death_falls_back_to_cold_starts(make_hub):
     assert isinstance(spawner, ForkServerSpawner) and spawner.child is not None
     assert spawner.child.lost and await spawner.poll() is None
     await client.post(f"/dash/end-session/{survivor}")
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=5)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the worker to exit", timeout=5)
     await client.post(f"/dash/end-session/{cold}")
 
 
@@ -137,8 +140,10 @@ async def test_workers_die_with_the_fork_server_when_they_follow_the_hub(make_hu
     pid = (await result(client, sid, "whereami"))["pid"]
     server = fork_server_of(app)
     os.kill(server.proc.pid, signal.SIGKILL)  # as when the hub itself dies
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=10)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the worker to exit", timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed", "the session to fail", timeout=10
+    )
 
 
 async def test_restart_readopts_forked_workers(make_hub, tmp_path):
@@ -157,7 +162,7 @@ async def test_restart_readopts_forked_workers(make_hub, tmp_path):
     assert await result(client2, sid, "get_value", twig="period") == 2.5
     assert app2.manager.sessions[sid].readopted
     await client2.post(f"/dash/end-session/{sid}")
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=5)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the worker to exit", timeout=5)
 
 
 async def test_fork_server_stops_with_the_hub(make_hub):

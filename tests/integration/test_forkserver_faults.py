@@ -22,7 +22,8 @@ import psutil
 
 from phoebe_spawner.spawners.forkserver import ForkServer, ForkServerSpawner
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 FORK = {"PhoebeSpawnerApp__spawner_class": "local-forkserver"}
 
@@ -130,8 +131,10 @@ async def test_a_fork_server_that_never_answers_means_a_cold_start(make_hub):
     # the late request is dropped: no second worker for that session appears under the
     # template, and the template (not dead, only slow) forks the next session again
     forked_pid = (await whereami(client, forked))["pid"]
-    assert await async_wait_for(
-        lambda: [p.pid for p in template.children()] == [forked_pid], timeout=10
+    await async_wait_for(
+        lambda: [p.pid for p in template.children()] == [forked_pid],
+        "the template to have only the forked worker",
+        timeout=10,
     )
     again = await start(client)
     assert (await whereami(client, again))["ppid"] == template.pid
@@ -165,7 +168,9 @@ async def test_a_template_that_fails_at_start_up_means_cold_starts(make_hub):
     )
     server = the_server(app)
     with hub_log(app) as records:
-        assert await async_wait_for(lambda: server.error is not None, timeout=20)
+        await async_wait_for(
+            lambda: server.error is not None, "the fork server's start error", timeout=20
+        )
         first = await start(client)
         second = await start(client)
     reason = "the fork server did not start: ImportError: No module named phoebe (template test)"
@@ -191,7 +196,7 @@ async def test_a_dead_fork_server_is_restarted_and_forks_again(make_hub):
     assert server.proc is not None
     old_pid = server.proc.pid
     os.kill(old_pid, signal.SIGKILL)
-    assert await async_wait_for(lambda: not server.alive, timeout=10)
+    await async_wait_for(lambda: not server.alive, "the fork server to exit", timeout=10)
     with hub_log(app) as records:
         soon = await start(client)  # within 30 s of its start: no restart yet
     assert cold_start_line(records, soon) == (
@@ -205,7 +210,7 @@ async def test_a_dead_fork_server_is_restarted_and_forks_again(make_hub):
         trigger = await start(client)  # starts the restart, itself cold-started
         assert "restarting the fork server" in records.messages
         assert cold_start_line(records, trigger)
-        assert await async_wait_for(lambda: server.alive, timeout=20)
+        await async_wait_for(lambda: server.alive, "the fork server to be restarted", timeout=20)
         assert server.proc.pid != old_pid
         later = await start(client)
     assert (await whereami(client, later))["ppid"] == server.proc.pid  # forked again

@@ -8,8 +8,6 @@ memory cgroups (not root, no delegated subtree).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ from phoebe_spawner.sessions.limits import SessionLimits, disk_reason, measure
 from phoebe_spawner.sessions.manager import SessionManager
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 FORK = {"PhoebeSpawnerApp__spawner_class": "local-forkserver"}
 
@@ -94,7 +93,9 @@ async def test_memory_cgroup_kills_only_that_worker(make_hub, backend):
     pid = (await ok(client, victim, "whereami"))["pid"]
     assert rlimit(pid, "RLIMIT_AS") == psutil.RLIM_INFINITY  # the cgroup holds the limit
     group = groups.root / f"s-{victim}"
-    assert await async_wait_for(lambda: str(pid) in _procs(group), timeout=10)
+    await async_wait_for(
+        lambda: str(pid) in _procs(group), "the worker in its memory group", timeout=10
+    )
     assert int((group / groups.limit_file).read_text()) == 128 * 1024**2
 
     resp = await client.send(victim, "allocate", mib=512)
@@ -104,7 +105,7 @@ async def test_memory_cgroup_kills_only_that_worker(make_hub, backend):
     resp = await client.send(victim, "ping")
     assert resp.status == 503 and "out of memory (limit 128 MiB)" in resp.detail
     assert await ok(client, other, "ping") == {"status": "ready"}
-    assert await async_wait_for(lambda: not group.exists(), timeout=10)
+    await async_wait_for(lambda: not group.exists(), "the memory group to be removed", timeout=10)
 
 
 def _procs(group: Path) -> list[str]:
@@ -135,7 +136,9 @@ async def test_sampled_memory_over_the_limit_fails_the_session(make_hub):
     app.manager.sessions[sid].spawner.mem_limit = 100 * 1024**2  # below what it will use
     resp = await client.send(sid, "allocate", mib=150)
     assert resp.status in (200, 503)  # 503: the sampler failed it while it allocated
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed", "the session to fail", timeout=10
+    )
     assert app.manager.sessions[sid].reason.startswith("out of memory (limit 100 MiB): ")
 
 
@@ -143,14 +146,13 @@ async def test_sampled_memory_over_the_limit_fails_the_session(make_hub):
 
 
 async def job_done(client: Client, job_id: str) -> dict[str, Any]:
-    """The job once it has ended (polled with a deadline)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    """The job once it has ended (polled over HTTP)."""
+
+    async def ended() -> dict[str, Any] | None:
         job: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end: {job}")
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return await async_wait_for(ended, f"job {job_id} to end", timeout=30, interval=0.05)
 
 
 @pytest.mark.parametrize("backend", ["local", "local-forkserver"])
@@ -242,7 +244,11 @@ async def test_session_dir_is_removed_when_the_session_ends(make_hub, backend):
     assert cp.status in (200, 201), cp.body
     assert (await client.post(f"/dash/end-session/{ended}")).status == 200
     assert (await client.send(crashed, "crash", status=3)).status == 503
-    assert await async_wait_for(lambda: not any(d.exists() for d in dirs.values()), timeout=10)
+    await async_wait_for(
+        lambda: not any(d.exists() for d in dirs.values()),
+        "the session directories to be removed",
+        timeout=10,
+    )
     assert list(Path(app.data_dir, "checkpoints").rglob("*.json"))  # checkpoints stay
 
 
@@ -257,7 +263,9 @@ async def test_session_dir_is_kept_for_readoption(make_hub, tmp_path):
     _, client2 = await make_hub(data_dir=data)
     assert "kept.txt" in (await ok(client2, sid, "whereami"))["files"]
     await client2.post(f"/dash/end-session/{sid}")
-    assert await async_wait_for(lambda: not cwd.exists(), timeout=10)
+    await async_wait_for(
+        lambda: not cwd.exists(), "the session directory to be removed", timeout=10
+    )
 
 
 async def test_file_count_quota_stops_the_session(make_hub):
@@ -268,7 +276,9 @@ async def test_file_count_quota_stops_the_session(make_hub):
     for i in range(8):
         await ok(client, full, "touch", name=f"f{i}")
     await ok(client, other, "touch", name="one")
-    assert await async_wait_for(lambda: app.manager.sessions[full].status == "failed", timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[full].status == "failed", "the session to fail", timeout=10
+    )
     reason = "disk quota exceeded (limit 5 files in the session directory)"
     assert app.manager.sessions[full].reason == reason
     resp = await client.send(full, "ping")
@@ -290,7 +300,9 @@ async def test_size_quota_and_file_size_limit(make_hub):
     assert app.manager.sessions[sid].status == "running"
     await ok(client, sid, "write", name="a", kib=150)
     await ok(client, sid, "write", name="b", kib=150)
-    assert await async_wait_for(lambda: app.manager.sessions[sid].status == "failed", timeout=10)
+    await async_wait_for(
+        lambda: app.manager.sessions[sid].status == "failed", "the session to fail", timeout=10
+    )
     reason = "disk quota exceeded (limit 256 KiB in the session directory)"
     assert app.manager.sessions[sid].reason == reason
 

@@ -12,7 +12,7 @@ import os
 
 import psutil
 
-from ..conftest import async_wait_for
+from ..waiting import async_wait_for
 
 CYCLES = 200
 
@@ -48,10 +48,12 @@ async def test_two_hundred_lifecycles_leave_nothing_behind(make_hub):
     assert app.manager.sessions == {}
     status = (await client.get("/dash/port-status")).json()
     assert status["reserved_ports"] == 0 and status["available_ports"] == status["total_ports"]
-    assert await async_wait_for(lambda: not zombies(), timeout=5), zombies()
+    await async_wait_for(lambda: not zombies(), "no zombie process", timeout=5)
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= others
     gc.collect()
-    assert await async_wait_for(lambda: open_fds() <= baseline, timeout=5), (open_fds(), baseline)
+    await async_wait_for(
+        lambda: open_fds() <= baseline, f"open files back to {baseline}", timeout=5
+    )
     await app.store.flush_commands()
     rows = await app.store.list_sessions(limit=CYCLES + 10)
     assert len(rows) == CYCLES + 1 and {r["status"] for r in rows} == {"stopped"}

@@ -7,7 +7,6 @@ Bearer <token>`` after register/login, ``start-session`` with metadata or no bod
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -172,17 +171,20 @@ async def test_constraint_expressions_cannot_run_code(make_hub, tmp_path):
 
 
 async def test_timeout_interrupts_a_real_compute(make_hub):
-    app, client = await make_hub(phoebe=True, SessionManager__command_timeouts={"run_compute": 1.5})
+    app, client = await make_hub(
+        phoebe=True,
+        SessionManager__command_timeouts={"run_compute": 1.5},
+        SessionManager__interrupt_grace=4.0,
+    )
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     many = [float(t) for t in np.linspace(0, 5, 3000)]
     assert (await client.send(sid, "add_dataset", kind="lc", compute_times=many)).json()["success"]
-    t0 = time.monotonic()
     resp = await client.send(sid, "run_compute")
     assert resp.status == 504
-    # the worker is interrupted promptly and keeps its bundle, without a half-added model
+    # the worker stops within the interrupt grace (else the hub would declare it hung and
+    # this would be a 503) and keeps its bundle, without a half-added model
     resp = await client.send(sid, "get_value", twig="period@binary")
     assert resp.json() == {"success": True, "result": 1.0}
-    assert time.monotonic() - t0 < 6
     assert (await client.send(sid, "get_value", twig="fluxes@model")).json()["success"] is False
     assert app.manager.sessions[sid].status == "running"
 

@@ -17,7 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from ..conftest import Client, async_wait_for
+from ..conftest import Client
+from ..waiting import async_wait_for
 
 NO_ANSWER = "worker did not answer after the hub restarted"
 
@@ -70,14 +71,14 @@ async def test_a_stopped_worker_is_failed_with_the_reason_and_killed(make_hub, t
         row = await app2.store.get_session(sid)
         assert row["status"] == "failed" and row["termination_reason"] == NO_ANSWER
         # no orphan: the hub stopped the worker it gave up on
-        assert await async_wait_for(lambda: gone(proc), timeout=10)
+        await async_wait_for(lambda: gone(proc), "the stopped worker to be killed", timeout=10)
         assert (await app2.store.get_session(sid))["spawner_state"] == {}
         # the answering worker beside it was re-adopted as usual
         assert listed[answering]["status"] == "running"
         assert app2.manager.sessions[answering].readopted
         assert (await client2.send(answering, "ping")).json()["result"] == {"status": "ready"}
         assert (await client2.post(f"/dash/end-session/{answering}")).status == 200
-        assert await async_wait_for(lambda: gone(other), timeout=10)
+        await async_wait_for(lambda: gone(other), "the other worker to exit", timeout=10)
     finally:
         if not gone(proc):
             proc.resume()
@@ -93,7 +94,9 @@ async def test_a_busy_worker_is_readopted_and_its_orphaned_command_interrupted(
     await client1.send(sid, "set_value", twig="kept", value=7)
     pid = app1.manager.sessions[sid].spawner.pid
     orphan = asyncio.ensure_future(client1.send(sid, "sleep", seconds=600))
-    assert await async_wait_for(lambda: app1.manager.sessions[sid].in_flight == 1, timeout=10)
+    await async_wait_for(
+        lambda: app1.manager.sessions[sid].in_flight == 1, "the command to be in flight", timeout=10
+    )
     await app1.cleanup()
     await asyncio.gather(orphan, return_exceptions=True)  # its hub is gone: no answer
     # the new hub's log from its first line (it configures its own handler, on stderr)
@@ -108,7 +111,7 @@ async def test_a_busy_worker_is_readopted_and_its_orphaned_command_interrupted(
     resp = await client2.send(sid, "get_value", twig="kept")
     assert resp.status == 200 and resp.json() == {"success": True, "result": 7}
     assert (await client2.post(f"/dash/end-session/{sid}")).status == 200
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the worker to exit", timeout=10)
 
 
 async def test_a_readopted_worker_that_ignores_the_orphans_interrupt_is_failed_and_stopped(
@@ -119,7 +122,9 @@ async def test_a_readopted_worker_that_ignores_the_orphans_interrupt_is_failed_a
     sid = await start(client1)
     proc = psutil.Process(app1.manager.sessions[sid].spawner.pid)
     orphan = asyncio.ensure_future(client1.send(sid, "hang"))
-    assert await async_wait_for(lambda: sigint_blocked(proc.pid), timeout=10)
+    await async_wait_for(
+        lambda: sigint_blocked(proc.pid), "the worker to block SIGINT in hang", timeout=10
+    )
     await app1.cleanup()
     await asyncio.gather(orphan, return_exceptions=True)  # its hub is gone: no answer
     app2, client2 = await make_hub(data_dir=data, SessionManager__interrupt_grace=0.5)
@@ -128,6 +133,6 @@ async def test_a_readopted_worker_that_ignores_the_orphans_interrupt_is_failed_a
     assert (s.status, s.reason, s.readopted) == ("failed", reason, False)
     row = await app2.store.get_session(sid)
     assert (row["status"], row["termination_reason"]) == ("failed", reason)
-    assert await async_wait_for(lambda: gone(proc), timeout=10)
+    await async_wait_for(lambda: gone(proc), "the hung worker to be stopped", timeout=10)
     resp = await client2.send(sid, "ping")
     assert resp.status == 503 and reason in resp.detail

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from phoebe_spawner.spawners.base import SpawnError
 from phoebe_spawner.spawners.slurm import SlurmSpawner
 from phoebe_spawner.spawners.slurm.commands import SlurmCommands, SlurmError, SlurmUnavailable
 
-from ..conftest import TEST_FACTORY, async_wait_for
+from ..conftest import TEST_FACTORY
+from ..waiting import async_wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -55,13 +55,6 @@ def job_state(cluster: Any, job_id: str) -> str:
 
 def in_queue(cluster: Any, job_id: str) -> bool:
     return any(line.split()[0] == job_id for line in cluster.queue())
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(predicate):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def session_of(client: Any, sid: str) -> dict[str, Any]:
@@ -166,10 +159,11 @@ async def test_scancel_behind_the_hubs_back_fails_the_session(make_hub, slurm_cl
     job_id = app.manager.sessions[sid].spawner.job_id
     assert (await client.send(sid, "ping")).status == 200
     slurm_cluster.run("scancel", job_id)
-    assert await async_wait_for(
+    await async_wait_for(
         lambda: (
             app.manager.sessions.get(sid) is None or app.manager.sessions[sid].status == "failed"
         ),
+        "the session to fail or be removed",
         timeout=30,
     )
     session = await session_of(client, sid)
@@ -187,10 +181,11 @@ async def test_time_limit_fails_the_session_with_slurms_reason(make_hub, slurm_c
     job_id = app.manager.sessions[sid].spawner.job_id
     assert (await client.send(sid, "set_value", twig="x", value=1)).status == 200
     # Slurm enforces limits on its own schedule (about every 30 s), so this takes 60-95 s
-    assert await async_wait_for(
+    await async_wait_for(
         lambda: (
             app.manager.sessions.get(sid) is None or app.manager.sessions[sid].status == "failed"
         ),
+        "the session to fail or be removed",
         timeout=150,
         interval=0.5,
     )
@@ -219,7 +214,12 @@ async def test_queue_state_is_reported_while_the_node_is_busy(slurm_cluster, tmp
         mem_limit="256M",
     )
     try:
-        await wait_until(lambda: job_state(slurm_cluster, filler) == "RUNNING", 30, "the filler")
+        await async_wait_for(
+            lambda: asyncio.to_thread(lambda: job_state(slurm_cluster, filler) == "RUNNING"),
+            "the filler job to run",
+            timeout=30,
+            interval=0.2,
+        )
         start = asyncio.ensure_future(spawner.start())
         events: list[dict[str, Any]] = []
 
@@ -228,9 +228,11 @@ async def test_queue_state_is_reported_while_the_node_is_busy(slurm_cluster, tmp
                 events.append(event)
 
         collector = asyncio.ensure_future(collect())
-        assert await async_wait_for(
-            lambda: any("pending (Resources)" in e["message"] for e in events), timeout=30
-        ), events
+        await async_wait_for(
+            lambda: any("pending (Resources)" in e["message"] for e in events),
+            "a 'pending (Resources)' start event",
+            timeout=30,
+        )
         assert await spawner.poll() is None  # starting counts as running
         assert not start.done()
         info = slurm_cluster.run("scontrol", "show", "job", "-o", spawner.job_id or "")
@@ -248,7 +250,12 @@ async def test_queue_state_is_reported_while_the_node_is_busy(slurm_cluster, tmp
         slurm_cluster.run("scancel", filler, check=False)
         await spawner.stop()
         spawner.clear_state()
-    await wait_until(lambda: not in_queue(slurm_cluster, filler), 30, "the filler to end")
+    await async_wait_for(
+        lambda: asyncio.to_thread(lambda: not in_queue(slurm_cluster, filler)),
+        "the filler job to end",
+        timeout=30,
+        interval=0.2,
+    )
 
 
 async def test_hub_restart_readopts_a_running_job(make_hub, slurm_cluster, tmp_path):

@@ -11,11 +11,13 @@ Runs on the private cluster of tests/slurm_cluster.py with the light test worker
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from .test_slurm import hub_config, in_queue, job_state, session_of, wait_until
+from ..waiting import async_wait_for
+from .test_slurm import hub_config, in_queue, job_state, session_of
 
 pytestmark = pytest.mark.slurm
 
@@ -40,7 +42,12 @@ async def test_a_reused_job_id_is_not_readopted_nor_cancelled(make_hub, slurm_cl
             "sbatch", "--parsable", "-J", "phoebe-someone-else", "-c", "1", "--mem=64M",
             "-o", "/dev/null", "--wrap", "exec sleep 300",
         ).strip()  # fmt: skip
-        await wait_until(lambda: job_state(slurm_cluster, foreign) == "RUNNING", 30, "the job")
+        await async_wait_for(
+            lambda: asyncio.to_thread(lambda: job_state(slurm_cluster, foreign) == "RUNNING"),
+            "the foreign job to run",
+            timeout=30,
+            interval=0.2,
+        )
         state: dict[str, Any] = {**spawner.get_state(), "job_id": foreign}
         await app1.store.update_session(sid, spawner_state=state)
         await app1.cleanup()
@@ -61,10 +68,13 @@ async def test_a_reused_job_id_is_not_readopted_nor_cancelled(make_hub, slurm_cl
         for job in (foreign, ours):
             if job:
                 slurm_cluster.run("scancel", job, check=False)
-    await wait_until(
-        lambda: not in_queue(slurm_cluster, foreign) and not in_queue(slurm_cluster, ours),
-        30,
+    await async_wait_for(
+        lambda: asyncio.to_thread(
+            lambda: not in_queue(slurm_cluster, foreign) and not in_queue(slurm_cluster, ours)
+        ),
         "the jobs to end",
+        timeout=30,
+        interval=0.2,
     )
 
 

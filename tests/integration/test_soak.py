@@ -19,8 +19,9 @@ import time
 import psutil
 import pytest
 
-from ..conftest import Client, wait_for
+from ..conftest import Client
 from ..sse import SSEStream
+from ..waiting import async_wait_for, wait_for
 
 SOAK_SECONDS = float(os.environ.get("PHOEBE_SPAWNER_SOAK_SECONDS", "300"))
 CLIENTS = 4
@@ -102,16 +103,12 @@ async def test_mixed_soak(tmp_path):
     try:
 
         async def healthy() -> bool:
-            for _ in range(300):
-                try:
-                    if (await client.get("/health")).status == 200:
-                        return True
-                except OSError:
-                    pass
-                await asyncio.sleep(0.1)
-            return False
+            try:
+                return (await client.get("/health")).status == 200
+            except OSError:
+                return False
 
-        assert await healthy()
+        await async_wait_for(healthy, "the hub to answer /health", timeout=30, interval=0.1)
         rng = random.Random(42)
         codes: list[int] = []
         start = time.monotonic()
@@ -143,4 +140,4 @@ async def test_mixed_soak(tmp_path):
         except subprocess.TimeoutExpired:
             hub.kill()
             hub.wait()
-    assert wait_for(lambda: not any(w.is_running() for w in workers), timeout=10)
+    wait_for(lambda: not any(w.is_running() for w in workers), "the workers to exit", timeout=10)

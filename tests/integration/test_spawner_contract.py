@@ -24,8 +24,9 @@ from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 from phoebe_spawner.spawners.slurm import SlurmSpawner
 
-from ..conftest import TEST_FACTORY, wait_for
+from ..conftest import TEST_FACTORY
 from ..docker_engine import kill_container
+from ..waiting import async_wait_for, wait_for
 
 SpawnerFactory = Callable[..., Spawner]
 
@@ -163,13 +164,16 @@ async def status_of(spawner: Spawner, endpoint: WorkerEndpoint) -> dict[str, Any
         ctx.destroy(linger=0)
 
 
-async def poll_until_exited(spawner: Spawner, timeout: float = 5) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await spawner.poll() is None:
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return isinstance(await spawner.poll(), int)
+async def poll_until_exited(spawner: Spawner, timeout: float = 5) -> int:
+    """The worker's exit status, once ``poll()`` reports one."""
+
+    async def exited() -> bool:
+        return await spawner.poll() is not None
+
+    await async_wait_for(exited, "poll() to report the exit", timeout=timeout)
+    status = await spawner.poll()
+    assert isinstance(status, int), status
+    return status
 
 
 async def test_start_poll_stop(make_spawner):
@@ -209,7 +213,7 @@ async def test_state_round_trips_and_readopts(make_spawner):
     await adopted.stop()
     assert isinstance(await adopted.poll(), int)
     # the original instance learns of the exit when its child is reaped, a moment later
-    assert await poll_until_exited(spawner)
+    await poll_until_exited(spawner)
     adopted.clear_state()
     spawner.clear_state()
 
@@ -256,11 +260,7 @@ async def test_a_died_worker_reports_its_status(make_spawner):
         os.kill(spawner.node_pid, signal.SIGKILL)
     elif isinstance(spawner, DockerSpawner):
         await kill_container(spawner, "SIGKILL")
-    deadline = asyncio.get_running_loop().time() + 10
-    while await spawner.poll() is None:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
-    assert await spawner.poll() == -signal.SIGKILL
+    assert await poll_until_exited(spawner, timeout=10) == -signal.SIGKILL
     await spawner.stop()
     spawner.clear_state()
 
@@ -307,7 +307,7 @@ async def test_local_stop_kills_the_whole_group(tmp_path):
         except psutil.NoSuchProcess:
             return True
 
-    assert wait_for(lambda: all(gone(p) for p in group), timeout=5)
+    wait_for(lambda: all(gone(p) for p in group), "the process group to exit", timeout=5)
     spawner.clear_state()
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from phoebe_spawner.sessions.pool import WarmPool
 
-from ..conftest import Client, async_wait_for, register
+from ..conftest import Client, register
+from ..waiting import async_wait_for
 
 BACKENDS = {
     "local": {},
@@ -38,8 +39,9 @@ async def result(client: Client, sid: str, command: str, token: str, **kwargs: A
     return body["result"]
 
 
-async def full(pool: WarmPool) -> bool:
-    return await async_wait_for(lambda: len(pool.ready) == pool.size, timeout=20)
+async def full(pool: WarmPool) -> None:
+    """Return once every place in the pool holds a ready worker."""
+    await async_wait_for(lambda: len(pool.ready) == pool.size, "the pool to fill", timeout=20)
 
 
 def pool_pids(pool: WarmPool) -> list[int]:
@@ -49,14 +51,14 @@ def pool_pids(pool: WarmPool) -> list[int]:
 async def test_start_takes_a_pool_worker_and_the_pool_refills(make_hub, backend):
     app, client = await make_hub(SessionManager__warm_pool_size=2, **backend)
     pool = app.manager.pool
-    assert await full(pool)
+    await full(pool)
     waiting = {w.session_id: w.spawner.pid for w in pool.ready}  # type: ignore[attr-defined]
     first = next(iter(waiting))
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     assert sid == first  # the oldest ready worker became the session
     assert app.manager.sessions[sid].spawner.pid == waiting[first]  # type: ignore[attr-defined]
     assert pool.handed_out == 1
-    assert await full(pool)  # a replacement was started in the background
+    await full(pool)  # a replacement was started in the background
     assert sid not in {w.session_id for w in pool.ready}
     assert await result(client, sid, "ping", "") == {"status": "ready"}
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
@@ -65,13 +67,13 @@ async def test_start_takes_a_pool_worker_and_the_pool_refills(make_hub, backend)
 async def test_pool_workers_carry_nothing_between_users(make_hub, backend):
     app, client = await make_hub(auth_mode="jwt", SessionManager__warm_pool_size=2, **backend)
     pool = app.manager.pool
-    assert await full(pool)
+    await full(pool)
     alice = await register(client, "alice@example.org")
     bob = await register(client, "bob@example.org")
     a = (await client.post("/dash/start-session", {}, token=alice)).json()["session_id"]
     await result(client, a, "set_value", alice, twig="secret", value="alice's")
     await result(client, a, "touch", alice, name="alice.txt")
-    assert await full(pool)
+    await full(pool)
     b = (await client.post("/dash/start-session", {}, token=bob)).json()["session_id"]
     assert pool.handed_out == 2
     where_a = await result(client, a, "whereami", alice)
@@ -98,7 +100,7 @@ async def test_a_handed_out_worker_takes_no_second_binding(make_hub):
     from phoebe_kernel_worker import protocol
 
     app, client = await make_hub(SessionManager__warm_pool_size=1)
-    assert await full(app.manager.pool)
+    await full(app.manager.pool)
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     channel = app.manager.sessions[sid].channel
     assert channel is not None
@@ -111,7 +113,7 @@ async def test_a_handed_out_worker_takes_no_second_binding(make_hub):
 async def test_pool_counts_toward_capacity(make_hub):
     app, client = await make_hub(SessionManager__warm_pool_size=2, SessionManager__max_sessions=2)
     pool = app.manager.pool
-    assert await full(pool)
+    await full(pool)
     one = (await client.post("/dash/start-session", {})).json()["session_id"]
     two = (await client.post("/dash/start-session", {})).json()["session_id"]
     resp = await client.post("/dash/start-session", {})
@@ -119,7 +121,7 @@ async def test_pool_counts_toward_capacity(make_hub):
     # the hub is full with two sessions: the pool may not start a worker
     assert pool.count() == 0 and len(pool.ready) == 0
     await client.post(f"/dash/end-session/{one}")
-    assert await async_wait_for(lambda: len(pool.ready) == 1, timeout=20)
+    await async_wait_for(lambda: len(pool.ready) == 1, "the pool to refill", timeout=20)
     await client.post(f"/dash/end-session/{two}")
 
 
@@ -131,9 +133,9 @@ async def test_pool_workers_stop_at_shutdown_and_are_never_readopted(make_hub, t
         SessionManager__stop_workers_on_shutdown=False,
         **backend,
     )
-    assert await full(app1.manager.pool)
+    await full(app1.manager.pool)
     sid = (await client1.post("/dash/start-session", {})).json()["session_id"]
-    assert await full(app1.manager.pool)
+    await full(app1.manager.pool)
     pooled = pool_pids(app1.manager.pool)
     session_pid = app1.manager.sessions[sid].spawner.pid  # type: ignore[attr-defined]
     await app1.cleanup()
@@ -150,7 +152,7 @@ async def test_pool_workers_a_crashed_hub_left_are_stopped(make_hub, tmp_path):
     data = tmp_path / "shared"
     app1, _ = await make_hub(data_dir=data, SessionManager__warm_pool_size=1)
     pool = app1.manager.pool
-    assert await full(pool)
+    await full(pool)
     (pid,) = pool_pids(pool)
     pool.ready.clear()  # as if the hub died: nobody stops this worker
     await app1.cleanup()

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
@@ -24,7 +23,8 @@ from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import ConnectionInfo, Signer
 from phoebe_spawner.channels import ChannelTimeout, WorkerChannel, WorkerEndpoint
 
-from ..conftest import TEST_FACTORY, wait_for
+from ..conftest import TEST_FACTORY
+from ..waiting import async_wait_for, wait_for
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -47,7 +47,7 @@ def curve_worker(tmp_path):
         stdin=subprocess.DEVNULL,
     )
     try:
-        assert wait_for(ready.exists, timeout=20), "the worker did not report ready"
+        wait_for(ready.exists, "the worker to report ready", timeout=20)
         endpoints, _ = protocol.endpoints_from_json(ready.read_bytes())
         public = zmq.curve_public(secret.encode()).decode()
         yield WorkerEndpoint(**endpoints, curve_server_key=public), key
@@ -140,10 +140,8 @@ async def test_plain_subscriber_hears_nothing_on_iopub(curve_worker):
     try:
         await asyncio.sleep(0.3)  # let both subscriptions settle
         await channel.execute(b'{"command": "steps", "n": 3, "delay": 0.01}', timeout=10)
-        deadline = time.monotonic() + 5
-        while "stream" not in heard and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert "stream" in heard  # the encrypted subscriber hears the command's output
+        # the encrypted subscriber hears the command's output
+        await async_wait_for(lambda: "stream" in heard, "the command's output", timeout=5)
         assert plain.poll(200) == 0  # the plain one hears nothing
     finally:
         plain.close()

@@ -8,7 +8,6 @@ building anything. Drives the real KernelWorker in this process with real SUB pe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -18,6 +17,8 @@ import zmq
 from phoebe_kernel_worker.protocol import ConnectionInfo, Signer
 from phoebe_kernel_worker.testing import TestSession
 from phoebe_kernel_worker.worker import KernelWorker
+
+from ..waiting import wait_for
 
 
 class CountingSigner(Signer):
@@ -52,13 +53,6 @@ def subscriber(ctx: zmq.Context, w: KernelWorker, topic: bytes) -> zmq.Socket:
     return sub
 
 
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "subscription state never arrived"
-        time.sleep(0.01)
-
-
 def heard(sub: zmq.Socket) -> list[str]:
     out = []
     while sub.poll(200):
@@ -70,19 +64,19 @@ def test_unwanted_status_is_never_built(worker):
     ctx = zmq.Context()
     try:
         progress = subscriber(ctx, worker, b"progress")
-        wait_until(lambda: worker._wanted(b"progress"))
+        wait_for(lambda: worker._wanted(b"progress"), "the progress subscription")
         worker._run("m1", "echo", {"a": 1})
         assert worker._iopub_signer.built == []  # type: ignore[attr-defined]
         assert heard(progress) == []
 
         everything = subscriber(ctx, worker, b"")
-        wait_until(lambda: worker._wanted(b"status"))
+        wait_for(lambda: worker._wanted(b"status"), "a subscription to everything")
         worker._run("m2", "echo", {"a": 1})
         assert worker._iopub_signer.built == ["status", "status"]  # type: ignore[attr-defined]
         assert heard(everything) == ["status", "status"]
 
         everything.close()  # its subscription goes with it; the progress one stays
-        wait_until(lambda: not worker._wanted(b"status"))
+        wait_for(lambda: not worker._wanted(b"status"), "the subscription to everything to go")
         assert worker._wanted(b"progress")
         worker._run("m3", "echo", {"a": 1})
         assert worker._iopub_signer.built == ["status", "status"]  # type: ignore[attr-defined]

@@ -26,7 +26,8 @@ from phoebe_spawner.store import (
 )
 from phoebe_spawner.store.orm import Base
 
-from .conftest import HEAD, StoreFactory, query, wait_for
+from ...waiting import async_wait_for
+from .conftest import HEAD, StoreFactory, query
 from .test_store import MIGRATION_TEST
 
 
@@ -267,8 +268,8 @@ async def test_event_flush_by_batch_size(make_store: StoreFactory) -> None:
     await asyncio.sleep(0.05)
     assert store.pending_job_events == 4
     event(store, "j1", 5)
-    await wait_for(lambda: store.pending_job_events == 0)
-    await wait_for(lambda: not store._job_events.buffer.busy)
+    await async_wait_for(lambda: store.pending_job_events == 0, "the full batch to be flushed")
+    await async_wait_for(lambda: not store._job_events.buffer.busy, "the event flusher to go idle")
     assert len(await store.get_job_events("j1")) == 5
     assert store.pending_commands == 0  # the command buffer is separate
 
@@ -284,7 +285,7 @@ async def test_event_buffer_is_bounded_and_retried_in_outage(
     try:
         for seq in range(1, 26):
             event(store, "j1", seq)
-        await wait_for(lambda: not store._job_events.buffer.busy)
+        await async_wait_for(lambda: not store._job_events.buffer.busy, "the failed flushes to end")
         with pytest.raises(DatabaseUnavailable, match="locked"):
             await store.flush_job_events()
         assert store.pending_job_events == 20
