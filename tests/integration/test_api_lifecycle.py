@@ -131,35 +131,44 @@ async def test_memory_is_sampled_and_recorded(make_hub):
 
 
 async def test_culling_understands_work(make_hub):
+    """Exempt users, a watching page and max_age, through the cull pass itself: the
+    sessions' clocks are moved back instead of waiting (the loop's interval is an hour)."""
     app, client = await make_hub(
-        SessionManager__idle_timeout=0.4,
-        SessionManager__cull_interval=0.1,
+        SessionManager__idle_timeout=600,
+        SessionManager__cull_interval=3600,
         SessionManager__cull_exempt_users={"anonymous"},
     )
     exempt = (await client.post("/dash/start-session", {})).json()["session_id"]
-    await asyncio.sleep(1.0)
+    app.manager.sessions[exempt].last_activity -= 7200
+    await app.manager.cull_idle()
     assert app.manager.sessions[exempt].status == "running"  # exempt user
 
     app2, client2 = await make_hub(
-        SessionManager__idle_timeout=0.4, SessionManager__cull_interval=0.1
+        SessionManager__idle_timeout=600, SessionManager__cull_interval=3600
     )
     watched = (await client2.post("/dash/start-session", {})).json()["session_id"]
     stream = await SSEStream.open(client2.base_url, "/api/v1/events")  # a page is watching
-    await asyncio.sleep(1.0)
+    await async_wait_for(
+        lambda: app2.manager.watchers["anonymous"] > 0, "the page's stream to be counted"
+    )
+    app2.manager.sessions[watched].last_activity -= 7200
+    await app2.manager.cull_idle()
     assert app2.manager.sessions[watched].status == "running"
     await stream.close()
     await async_wait_for(
-        lambda: watched not in app2.manager.sessions, "the watched session to be culled", timeout=5
+        lambda: app2.manager.watchers["anonymous"] == 0, "the page's stream to end"
     )
+    await app2.manager.cull_idle()
+    assert watched not in app2.manager.sessions
+    row = await app2.store.get_session(watched)
+    assert row["status"] == "culled" and row["termination_reason"].startswith("idle for ")
 
-    app3, client3 = await make_hub(SessionManager__max_age=0.5, SessionManager__cull_interval=0.1)
+    app3, client3 = await make_hub(SessionManager__max_age=3600, SessionManager__cull_interval=3600)
     busy = (await client3.post("/dash/start-session", {})).json()["session_id"]
-    for _ in range(10):  # activity does not keep an old session alive
-        await client3.send(busy, "ping")
-        await asyncio.sleep(0.1)
-    await async_wait_for(
-        lambda: busy not in app3.manager.sessions, "the too old session to be culled", timeout=5
-    )
+    app3.manager.sessions[busy].created_at -= 3601
+    await client3.send(busy, "ping")  # activity does not keep an old session alive
+    await app3.manager.cull_idle()
+    assert busy not in app3.manager.sessions
     row = await app3.store.get_session(busy)
     assert row["status"] == "culled" and "older than" in row["termination_reason"]
     assert app.manager.sessions[exempt].status == "running"

@@ -373,7 +373,7 @@ async def test_flusher_retries_after_outage(
     with pytest.raises(DatabaseUnavailable, match="locked"):
         await store.flush_commands()
     # the explicit flush above failed once; let the flusher fail twice more on its own
-    await async_wait_for(lambda: store._commands._failures >= 3, "failed flusher ticks")
+    await async_wait_for(lambda: store._commands.buffer._failures >= 3, "failed flusher ticks")
     assert store.pending_commands == 3
     assert await store.list_commands("s1") == []  # WAL: reads still work
     held.release()
