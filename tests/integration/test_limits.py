@@ -196,7 +196,9 @@ async def test_cancelling_a_job_of_a_hung_worker_fails_its_session_within_the_gr
     resp = await client.post(f"/api/v1/sessions/{hung}/jobs", {"command": "hang"})
     assert resp.status == 202
     job_id = resp.json()["job_id"]
-    assert await async_wait_for(lambda: sigint_blocked(pid), timeout=10)
+    await async_wait_for(
+        lambda: sigint_blocked(pid), "the worker to block SIGINT in hang", timeout=10
+    )
     resp = await client.post(f"/api/v1/jobs/{job_id}/cancel", {})
     assert resp.status == 200, resp.body
     reason = "worker hung: 'hang' ignored a cancel for 0.5 s"
@@ -204,7 +206,7 @@ async def test_cancelling_a_job_of_a_hung_worker_fails_its_session_within_the_gr
     assert (job["status"], job["error"]) == ("cancelled", reason)
     s = app.manager.sessions[hung]
     assert (s.status, s.reason) == ("failed", reason)
-    assert await async_wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
+    await async_wait_for(lambda: not psutil.pid_exists(pid), "the hung worker to exit", timeout=10)
 
 
 async def test_job_timeout_counts_from_the_job_start(make_hub):
