@@ -1,0 +1,190 @@
+"""Every code example of README.md and docs/*.md, run as written, so the docs cannot drift.
+
+The blocks come from the Markdown itself (:mod:`tests.markdown_blocks`). Each page that
+has examples to run gets one real hub with real PHOEBE workers (:class:`ThreadedHub`),
+and its blocks run in page order:
+
+- python notebook cells (``[3]:`` prompts) share one namespace, as in a notebook; other
+  blocks see what the cells before them defined, without changing it. The docs' hub
+  address (``http://127.0.0.1:8001``, ``localhost:8001``) becomes the test hub's, and
+  ``$PHOEBE_SPAWNER_URL`` names it, as the notebook environment of docs/client.md does.
+  A cell whose printed output ends in ``SomeError: ...`` must raise that exception.
+- python config fragments (``c.Class.trait = ...``) run with ``c`` a traitlets Config;
+  the hub's are then checked like a config file (fail closed: unknown classes and
+  options, bad values), JupyterHub's (``c.JupyterHub...``) only run.
+- bash blocks run in bash against the hub with ``set -e -o pipefail`` and a ``curl``
+  that fails on an HTTP error; ``<session_id>`` and ``$SID`` are a session the test
+  started. No reply may say ``"success": false``.
+
+A block that cannot run here carries ``<!-- not run: <reason> -->`` on the line above;
+one run with ``<!-- run with Ctrl-C: ... -->`` gets a real SIGINT once its job runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from phoebe_spawner.app import PhoebeSpawnerApp
+from phoebe_spawner.client import PhoebeClient
+from phoebe_spawner.configcheck import check, setting_lines
+
+from ..markdown_blocks import CODE, DATA, Block, blocks, cell_source, output_after
+from ..waiting import WaitTimeout, wait_for
+from .hub_thread import ThreadedHub
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_HUB = re.compile(r"(?:http://)?(?:127\.0\.0\.1|localhost):8001/?")
+EXCEPTION_LINE = re.compile(r"^(?P<name>[A-Z]\w*(?:Error|Cancelled|Exception|Interrupt))\b")
+CURL_FAILS_ON_HTTP_ERRORS = 'curl() { command curl --fail-with-body "$@"; }\n'
+
+
+def code_blocks(page: Path) -> list[Block]:
+    return [b for b in blocks(page) if b.is_code]
+
+
+def to_run(page: Path) -> list[Block]:
+    return [b for b in code_blocks(page) if b.marker != "not run"]
+
+
+def test_the_extractor_reads_fences_markers_and_cells(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Text.\n\n<!-- not run: needs a cluster -->\n```bash\nsbatch x\n```\n\n"
+        "```python\n[12]: for i in range(2):\n          print(i)\n```\n```\n0\n1\n```\n\n"
+        "- item\n\n  ```json\n  {}\n  ```\n"
+    )
+    found = blocks(page)
+    assert [(b.line, b.lang, b.marker, b.reason) for b in found] == [
+        (4, "bash", "not run", "needs a cluster"),
+        (8, "python", "", ""),
+        (12, "", "", ""),
+        (19, "json", "", ""),
+    ]
+    assert cell_source(found[1]) == "for i in range(2):\n    print(i)\n"
+    assert output_after(page, found[1]) == found[2]
+    assert output_after(page, found[0]) is None
+    assert found[3].text == "{}\n"
+
+
+def test_every_code_block_is_run_or_says_why_not() -> None:
+    unknown = [
+        f"{b.where} ({b.lang})" for p in PAGES for b in blocks(p) if b.lang not in CODE | DATA
+    ]
+    assert not unknown, f"blocks in a language the test does not know: {unknown}"
+    silent = [b.where for p in PAGES for b in code_blocks(p) if b.marker and not b.reason]
+    assert not silent, f"markers without a reason: {silent}"
+    assert sum(len(to_run(p)) for p in PAGES) >= 15  # the runner below sees the examples
+
+
+@pytest.mark.phoebe
+@pytest.mark.parametrize("page", [p for p in PAGES if to_run(p)], ids=lambda p: p.name)
+def test_examples_run_as_written(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # files the examples write (bundles) land here
+    fragments = [b for b in to_run(page) if is_config_fragment(b)]
+    for block in fragments:
+        run_config_fragment(block)
+    examples = [b for b in to_run(page) if b not in fragments]
+    if not examples:
+        return
+    with ThreadedHub(tmp_path / "hub", phoebe=True) as hub:
+        monkeypatch.setenv("PHOEBE_SPAWNER_URL", hub.url)
+        session_id = ""
+        cells: dict[str, Any] = {}
+        try:
+            for block in examples:
+                if block.lang == "python":
+                    run_python(block, cells, hub)
+                    continue
+                if not session_id and re.search(r"<session_id>|\$SID\b", block.text):
+                    session_id = hub.http("POST", "dash/start-session")["session_id"]
+                run_shell(block, hub.url, session_id)
+        finally:  # a notebook's clients stay open; the test closes them (and their sessions)
+            for value in cells.values():
+                if isinstance(value, PhoebeClient):
+                    value.close()
+
+
+def at_hub(text: str, url: str) -> str:
+    """``text`` with the docs' hub address replaced by ``url`` (the test hub's)."""
+    base = url.rstrip("/")
+    return DOC_HUB.sub(base + "/", text).replace(base + '/"', base + '"')
+
+
+def is_config_fragment(block: Block) -> bool:
+    """A python block that sets ``c.Class.trait`` (a config file's lines)."""
+    return block.lang == "python" and bool(re.search(r"^c\.", block.text, re.MULTILINE))
+
+
+def run_python(block: Block, cells: dict[str, Any], hub: ThreadedHub) -> None:
+    """Run one python block (a cell in ``cells``, anything else on a copy of them)."""
+    source = at_hub(cell_source(block), hub.url)
+    namespace = cells if block.is_cell else dict(cells)  # sees the page's imports so far
+    shown = output_after(block.path, block)
+    last = shown.text.strip().splitlines()[-1] if shown and shown.text.strip() else ""
+    expected = EXCEPTION_LINE.match(last)
+    if block.marker == "run with Ctrl-C":
+        press_ctrl_c_once_a_job_runs(hub)
+    try:
+        exec(compile(source, block.where, "exec"), namespace)  # noqa: S102 - the docs' own code
+    except BaseException as e:
+        if expected and type(e).__name__ == expected["name"]:
+            return
+        raise AssertionError(f"{block.where} failed:\n{traceback.format_exc()}") from None
+    assert not expected, f"{block.where} should raise {expected['name']}, as its output shows"
+
+
+def press_ctrl_c_once_a_job_runs(hub: ThreadedHub) -> None:
+    """Send this process a SIGINT (Ctrl-C, the notebook's stop button) once a job runs."""
+
+    def running() -> bool:
+        return bool(hub.http("GET", "api/v1/jobs?status=running")["jobs"])
+
+    def press() -> None:
+        try:
+            wait_for(running, "a job to run", timeout=60)
+        except WaitTimeout:  # the block failed before its job ran: its test reports that
+            return
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    threading.Thread(target=press, daemon=True).start()
+
+
+def run_config_fragment(block: Block) -> None:
+    """A config fragment: the hub's is checked like a config file, JupyterHub's only runs."""
+    source = block.text
+    c = Config()
+    exec(compile(source, block.where, "exec"), {"c": c, "get_config": lambda: c})  # noqa: S102
+    if "JupyterHub" in c:
+        return
+    app = PhoebeSpawnerApp()
+    check(c, app.known_classes(c), block.where, setting_lines(source))
+    app.update_config(c)  # the values have the traits' types
+
+
+def run_shell(block: Block, url: str, session_id: str) -> None:
+    """A bash block against the hub: every curl must succeed and no reply may fail."""
+    script = at_hub(block.text, url).replace("<session_id>", "$SID")
+    result = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", CURL_FAILS_ON_HTTP_ERRORS + script],
+        env={**os.environ, "SID": session_id},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{block.where}: {result.stdout}\n{result.stderr}"
+    replies = result.stdout.replace(" ", "")
+    assert replies.strip(), f"{block.where} printed nothing"
+    assert '"success":false' not in replies, f"{block.where}: {result.stdout}"
