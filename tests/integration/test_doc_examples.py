@@ -37,6 +37,7 @@ from traitlets.config import Config
 from phoebe_spawner.app import PhoebeSpawnerApp
 from phoebe_spawner.client import PhoebeClient
 from phoebe_spawner.configcheck import check, setting_lines
+from phoebe_spawner.spawners.slurm.script import DEFAULT_TEMPLATE
 
 from ..markdown_blocks import CODE, DATA, Block, blocks, cell_source, output_after
 from ..waiting import WaitTimeout, wait_for
@@ -85,6 +86,23 @@ def test_every_code_block_is_run_or_says_why_not() -> None:
     silent = [b.where for p in PAGES for b in code_blocks(p) if b.marker and not b.reason]
     assert not silent, f"markers without a reason: {silent}"
     assert sum(len(to_run(p)) for p in PAGES) >= 15  # the runner below sees the examples
+
+
+def test_the_quick_start_is_two_commands() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    section = text.index("## Quick start\n")
+    first = next(b for b in code_blocks(readme) if b.line > text[:section].count("\n") + 1)
+    commands = [line for line in first.text.splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    assert commands[0].split()[:2] == ["bash", ".ci/serve"]
+
+
+def test_the_batch_script_shown_is_the_default_one() -> None:
+    """docs/slurm.md cannot run its batch script here, so it must be the one the hub uses."""
+    (shown,) = [b for b in code_blocks(ROOT / "docs" / "slurm.md") if b.text.startswith("#!")]
+    assert shown.marker == "not run"
+    assert shown.text == DEFAULT_TEMPLATE
 
 
 @pytest.mark.phoebe
