@@ -126,13 +126,19 @@ def test_examples_run_as_written(
                 if block.lang == "python":
                     run_python(block, cells, hub)
                     continue
-                if not session_id and re.search(r"<session_id>|\$SID\b", block.text):
+                if needs_a_session(block) and not session_id:
                     session_id = hub.http("POST", "dash/start-session")["session_id"]
                 run_shell(block, hub.url, session_id)
         finally:  # a notebook's clients stay open; the test closes them (and their sessions)
             for value in cells.values():
                 if isinstance(value, PhoebeClient):
                     value.close()
+
+
+def needs_a_session(block: Block) -> bool:
+    """Whether a shell block uses a session (``<session_id>``, ``$SID``) it did not start."""
+    uses = re.search(r"<session_id>|\$SID\b", block.text)
+    return bool(uses) and not re.search(r"^SID=", block.text, re.MULTILINE)
 
 
 def at_hub(text: str, url: str) -> str:
