@@ -9,9 +9,9 @@ and its blocks run in page order:
   address (``http://127.0.0.1:8001``, ``localhost:8001``) becomes the test hub's, and
   ``$PHOEBE_SPAWNER_URL`` names it, as the notebook environment of docs/client.md does.
   A cell whose printed output ends in ``SomeError: ...`` must raise that exception.
-- python config fragments (``c.Class.trait = ...``) run with ``c`` a traitlets Config;
-  the hub's are then checked like a config file (fail closed: unknown classes and
-  options, bad values), JupyterHub's (``c.JupyterHub...``) only run.
+- python config fragments (``c.Class.trait = ...``) run with ``c`` a traitlets Config,
+  then are checked like a config file (fail closed: unknown classes and options, bad
+  values) against the hub's classes, or JupyterHub's for ``c.JupyterHub...`` snippets.
 - bash blocks run in bash against the hub with ``set -e -o pipefail`` and a ``curl``
   that fails on an HTTP error; ``<session_id>`` and ``$SID`` are a session the test
   started. No reply may say ``"success": false``.
@@ -36,7 +36,7 @@ from traitlets.config import Config
 
 from phoebe_spawner.app import PhoebeSpawnerApp
 from phoebe_spawner.client import PhoebeClient
-from phoebe_spawner.configcheck import check, setting_lines
+from phoebe_spawner.configcheck import KnownClasses, check, setting_lines
 from phoebe_spawner.spawners.slurm.script import DEFAULT_TEMPLATE
 
 from ..markdown_blocks import CODE, DATA, Block, blocks, cell_source, output_after
@@ -187,15 +187,21 @@ def press_ctrl_c_once_a_job_runs(hub: ThreadedHub) -> None:
 
 
 def run_config_fragment(block: Block) -> None:
-    """A config fragment: the hub's is checked like a config file, JupyterHub's only runs."""
+    """A config fragment, checked like a config file (fail closed) against the classes of
+    the program it configures: JupyterHub's (``c.JupyterHub...``) or the hub's."""
     source = block.text
     c = Config()
     exec(compile(source, block.where, "exec"), {"c": c, "get_config": lambda: c})  # noqa: S102
     if "JupyterHub" in c:
+        hub_app = pytest.importorskip("jupyterhub.app", reason="jupyterhub is not installed")
+        jupyterhub = hub_app.JupyterHub()
+        known = KnownClasses.of([hub_app.JupyterHub, *jupyterhub.classes])
+        check(c, known, block.where, setting_lines(source))
+        jupyterhub.update_config(c)  # the values have the traits' types
         return
     app = PhoebeSpawnerApp()
     check(c, app.known_classes(c), block.where, setting_lines(source))
-    app.update_config(c)  # the values have the traits' types
+    app.update_config(c)
 
 
 def run_shell(block: Block, url: str, session_id: str) -> None:
