@@ -4,7 +4,8 @@ runs them.
 A block is what stands between two fences (three or more backticks, indented as in a list
 item or not). The HTML comment on the nearest non-blank line above a block may say how it
 is run: ``<!-- not run: <reason> -->`` (the test skips it and requires the reason) or
-``<!-- run with Ctrl-C: <how> -->`` (the test presses Ctrl-C while the block waits).
+``<!-- run with Ctrl-C: <how> -->`` (the test presses Ctrl-C while the block waits) or
+``<!-- output varies: <why> -->`` (a cell whose printed output the test does not compare).
 A notebook cell's ``[3]:`` prompt and its continuation indent are removed by
 :func:`cell_source`.
 """
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,})(?P<lang>[\w+-]*)\s*$")
-MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not run|run with Ctrl-C):\s*(?P<why>.*?)\s*-->\s*$")
+MARKER = re.compile(
+    r"^\s*<!--\s*(?P<kind>not run|run with Ctrl-C|output varies):\s*(?P<why>.*?)\s*-->\s*$"
+)
 PROMPT = re.compile(r"^\[(?P<n>\d+)\]: ?")
 
 #: Languages of code examples: every block in one of them is run or marked "not run".
@@ -34,7 +37,7 @@ class Block:
     line: int  # 1-based line of the opening fence
     lang: str
     text: str
-    marker: str = ""  # "not run", "run with Ctrl-C" or ""
+    marker: str = ""  # "not run", "run with Ctrl-C", "output varies" or ""
     reason: str = ""
 
     @property

@@ -8,7 +8,9 @@ and its blocks run in page order:
   blocks see what the cells before them defined, without changing it. The docs' hub
   address (``http://127.0.0.1:8001``, ``localhost:8001``) becomes the test hub's, and
   ``$PHOEBE_SPAWNER_URL`` names it, as the notebook environment of docs/client.md does.
-  A cell whose printed output ends in ``SomeError: ...`` must raise that exception.
+  A cell prints what it would in a notebook, and that must be the output the page shows
+  after it (unless marked ``<!-- output varies: why -->``); a cell whose output ends in
+  ``SomeError: ...`` must raise that exception.
 - python config fragments (``c.Class.trait = ...``) run with ``c`` a traitlets Config,
   then are checked like a config file (fail closed: unknown classes and options, bad
   values) against the hub's classes, or JupyterHub's for ``c.JupyterHub...`` snippets.
@@ -22,6 +24,9 @@ one run with ``<!-- run with Ctrl-C: ... -->`` gets a real SIGINT once its job r
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import os
 import re
 import signal
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOC_HUB = re.compile(r"(?:http://)?(?:127\.0\.0\.1|localhost):8001/?")
 EXCEPTION_LINE = re.compile(r"^(?P<name>[A-Z]\w*(?:Error|Cancelled|Exception|Interrupt))\b")
+PROGRESS_BAR = re.compile(r"^\w+: +\d+%\|")  # tqdm's, on stderr
 CURL_FAILS_ON_HTTP_ERRORS = 'curl() { command curl --fail-with-body "$@"; }\n'
 
 
@@ -153,21 +159,39 @@ def is_config_fragment(block: Block) -> bool:
 
 
 def run_python(block: Block, cells: dict[str, Any], hub: ThreadedHub) -> None:
-    """Run one python block (a cell in ``cells``, anything else on a copy of them)."""
+    """Run one python block (a cell in ``cells``, anything else on a copy of them). A cell
+    shows what a notebook would: its prints and the repr of a last expression; they must
+    be the output the page shows after it (progress bars aside)."""
     source = at_hub(cell_source(block), hub.url)
     namespace = cells if block.is_cell else dict(cells)  # sees the page's imports so far
     shown = output_after(block.path, block)
-    last = shown.text.strip().splitlines()[-1] if shown and shown.text.strip() else ""
-    expected = EXCEPTION_LINE.match(last)
+    lines = [line for line in (shown.text if shown else "").splitlines() if line.strip()]
+    expected = EXCEPTION_LINE.match(lines[-1]) if lines else None
     if block.marker == "run with Ctrl-C":
         press_ctrl_c_once_a_job_runs(hub)
+    printed = io.StringIO()
     try:
-        exec(compile(source, block.where, "exec"), namespace)  # noqa: S102 - the docs' own code
+        with contextlib.redirect_stdout(printed):
+            run_as_a_cell(source, block.where, namespace)
     except BaseException as e:
         if expected and type(e).__name__ == expected["name"]:
             return
         raise AssertionError(f"{block.where} failed:\n{traceback.format_exc()}") from None
     assert not expected, f"{block.where} should raise {expected['name']}, as its output shows"
+    if block.is_cell and block.marker != "output varies":
+        want = [line for line in lines if not PROGRESS_BAR.match(line)]
+        assert printed.getvalue().splitlines() == want, f"{block.where} printed otherwise"
+
+
+def run_as_a_cell(source: str, where: str, namespace: dict[str, Any]) -> None:
+    """Run ``source`` as a notebook cell: a last expression's value is printed (repr)."""
+    tree = ast.parse(source, where)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, where, "exec"), namespace)  # noqa: S102 - the docs' own code
+    if last is not None:
+        value = eval(compile(ast.Expression(last.value), where, "eval"), namespace)  # noqa: S307
+        if value is not None:
+            print(repr(value))
 
 
 def press_ctrl_c_once_a_job_runs(hub: ThreadedHub) -> None:
