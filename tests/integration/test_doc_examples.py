@@ -68,15 +68,16 @@ def test_the_extractor_reads_fences_markers_and_cells(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
         "Text.\n\n<!-- not run: needs a cluster -->\n```bash\nsbatch x\n```\n\n"
+        "<!-- output varies: why -->\n"
         "```python\n[12]: for i in range(2):\n          print(i)\n```\n```\n0\n1\n```\n\n"
         "- item\n\n  ```json\n  {}\n  ```\n"
     )
     found = blocks(page)
     assert [(b.line, b.lang, b.marker, b.reason) for b in found] == [
         (4, "bash", "not run", "needs a cluster"),
-        (8, "python", "", ""),
-        (12, "", "", ""),
-        (19, "json", "", ""),
+        (9, "python", "output varies", "why"),
+        (13, "", "", ""),
+        (20, "json", "", ""),
     ]
     assert cell_source(found[1]) == "for i in range(2):\n    print(i)\n"
     assert output_after(page, found[1]) == found[2]
