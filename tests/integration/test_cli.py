@@ -14,6 +14,10 @@ import orjson
 import psutil
 import pytest
 
+from phoebe_spawner._data import share_dir
+from phoebe_spawner.app import PhoebeSpawnerApp
+from phoebe_spawner.configcheck import load_checked
+
 from ..conftest import JWT_SECRET
 from ..waiting import wait_for
 
@@ -74,6 +78,29 @@ def test_generate_config(tmp_path):
         assert trait in text
     again = run(["--generate-config"], cwd=tmp_path)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_generated_config_is_the_essentials_then_the_whole_reference(tmp_path):
+    """The curated example comes first, as it is shipped; the file loads through the hub's
+    fail-closed loader with the example's settings; every option of every configurable
+    class follows, commented out."""
+    assert run(["--generate-config"], cwd=tmp_path).returncode == 0
+    path = tmp_path / "phoebe_spawner_config.py"
+    text = path.read_text()
+    essentials = (share_dir() / "examples" / "phoebe_spawner_config.py").read_text()
+    assert text.startswith(essentials.rstrip() + "\n")
+
+    app = PhoebeSpawnerApp()
+    config = load_checked(str(path), app.known_classes)
+    assert config.SessionManager.idle_timeout == 2 * 3600
+    assert config.PhoebeSpawnerApp.auth_mode == "jwt"
+    assert config.LocalProcessSpawner.mem_limit == "4G"
+
+    reference = text[len(essentials) :]
+    assert not [line for line in reference.splitlines() if line.startswith("c.")]
+    for cls in app.classes:
+        for trait in cls.class_own_traits(config=True):
+            assert f"\n# c.{cls.__name__}.{trait} = " in reference, (cls.__name__, trait)
 
 
 def test_upgrade_db_and_create_user(tmp_path):

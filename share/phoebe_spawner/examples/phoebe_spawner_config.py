@@ -1,5 +1,6 @@
 # phoebe-spawner configuration for a standalone deployment (copy, then edit).
-# `phoebe-spawner --generate-config` writes the full list of options with their help.
+# `phoebe-spawner --generate-config` writes this file, followed by every option with its
+# help, commented out.
 # Secrets do not belong in this file: set PHOEBE_SPAWNER_JWT_SECRET (and
 # PHOEBE_SPAWNER_DB_URL if the URL holds a password) in the service's environment.
 
