@@ -1,0 +1,169 @@
+"""Start-up failures as a new user meets them, through the real command line.
+
+Every way the hub can fail before it serves is one or two lines on stderr naming the
+thing and the fix, with exit status 1 and no traceback: an unwritable data directory, a
+port in use, an unknown spawner or auth mode (names are case-insensitive), workers that
+cannot import PHOEBE, a bad database URL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from phoebe_spawner.plugins import AUTH_GROUP, SPAWNER_GROUP, load_class, registered
+
+from ..conftest import JWT_SECRET
+from .test_cli import EXE, free_port, http, run, wait_healthy
+
+TEST_WORKERS = (
+    "c.LocalProcessSpawner.worker_args = "
+    "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
+)
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The refusal on stderr, checked to be an exit status of 1 and at most two
+    non-blank lines without a traceback; returned as one string."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr
+    assert 1 <= len(lines) <= 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return "\n".join(lines)
+
+
+def test_a_data_directory_below_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("")
+    data = tmp_path / "afile" / "data"
+    message = refusal(run(["--port=0", f"--data-dir={data}"], tmp_path))
+    assert f"the data directory {data} is not writable (Not a directory)" in message
+    assert "--data-dir" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory")
+def test_a_read_only_data_directory_is_named(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        message = refusal(run(["--port=0", f"--data-dir={locked}"], tmp_path))
+    finally:
+        locked.chmod(0o700)
+    assert f"the data directory {locked} is not writable (Permission denied)" in message
+
+
+def test_a_port_in_use_is_named_with_the_way_out(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run([f"--port={port}", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    message = refusal(result)
+    assert f"127.0.0.1:{port} is already in use" in message and "--port" in message
+    assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize(
+    ("option", "group"), [("--spawner", SPAWNER_GROUP), ("--auth-mode", AUTH_GROUP)]
+)
+def test_an_unknown_backend_name_lists_the_valid_ones(tmp_path, option, group):
+    result = run([option, "nonesuch", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    message = refusal(result)
+    names = ", ".join(sorted(registered(group)))
+    assert f"unknown {option} name 'nonesuch'; the installed" in message
+    assert names in message
+    assert not (tmp_path / "data").exists()
+
+
+def test_backend_names_are_case_insensitive():
+    from phoebe_spawner.auth.jwt import JWTAuthenticator
+    from phoebe_spawner.spawners.forkserver import ForkServerSpawner
+
+    assert load_class(SPAWNER_GROUP, "Local-ForkServer") is ForkServerSpawner
+    assert load_class(AUTH_GROUP, "JWT") is JWTAuthenticator
+
+
+def test_the_hub_starts_with_names_in_capitals(tmp_path):
+    port = free_port()
+    (tmp_path / "config.py").write_text(TEST_WORKERS)
+    argv = [*EXE, f"--port={port}", "--config=config.py", f"--data-dir={tmp_path / 'data'}"]
+    proc = subprocess.Popen(
+        [*argv, "--spawner=LOCAL", "--auth-mode=JWT"],
+        cwd=tmp_path,
+        env={**os.environ, "PHOEBE_SPAWNER_JWT_SECRET": JWT_SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert http("GET", f"http://127.0.0.1:{port}/auth/config")[1] == {"mode": "jwt"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert "(auth jwt, spawner LocalProcessSpawner)" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_workers_that_cannot_import_phoebe_stop_the_hub(tmp_path):
+    """A PHOEBE that does not import in the workers' environment (here: shadowed by a
+    broken module on their PYTHONPATH) is found at start, not at the first session."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "phoebe.py").write_text("raise ImportError('libphoebe.so: cannot open it')\n")
+    (tmp_path / "config.py").write_text(
+        f"c.LocalProcessSpawner.environment = {{'PYTHONPATH': {str(shadow)!r}}}\n"
+    )
+    result = run(["--config=config.py", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    message = refusal(result)
+    assert "workers cannot import PHOEBE (ImportError: libphoebe.so: cannot open it)" in message
+    assert f"{sys.executable} -m pip install ./packaging/worker" in message
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("spawner", ["local", "local-forkserver"])
+def test_a_worker_python_without_the_worker_package_stops_the_hub(tmp_path, spawner):
+    """-S: the workers' Python without site-packages, as a Python the worker was never
+    installed into."""
+    (tmp_path / "config.py").write_text(
+        f"c.LocalProcessSpawner.cmd = [{sys.executable!r}, '-I', '-S', '-m', "
+        "'phoebe_kernel_worker']\n"
+    )
+    argv = ["--config=config.py", f"--spawner={spawner}", "--port=0"]
+    message = refusal(run([*argv, f"--data-dir={tmp_path / 'data'}"], tmp_path))
+    assert "No module named 'phoebe_kernel_worker'" in message
+    assert "-m pip install ./packaging/worker" in message
+
+
+def test_a_database_url_that_does_not_parse_is_named(tmp_path):
+    result = run(["--db=nonsense", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
+    message = refusal(result)
+    assert "cannot open the database nonsense: it is not a database URL" in message
+    assert "--db" in message
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path):
+    pytest.importorskip("psycopg")
+    url = f"postgresql+psycopg://ada:hunter2secret@127.0.0.1:{free_port()}/hub"
+    message = refusal(run([f"--db={url}", "--port=0", f"--data-dir={tmp_path}"], tmp_path))
+    assert "cannot open the database postgresql+psycopg://ada:***@127.0.0.1:" in message
+    assert "Connection refused" in message
+    assert "hunter2secret" not in message
+
+
+def test_help_lists_the_installed_spawners_and_auth_modes(tmp_path):
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    spawners = ", ".join(sorted(registered(SPAWNER_GROUP)))
+    modes = ", ".join(sorted(registered(AUTH_GROUP)))
+    assert f"Installed spawners (--spawner, case-insensitive): {spawners}" in result.stdout
+    assert f"Installed auth modes (--auth-mode, case-insensitive): {modes}" in result.stdout
+    assert "local-forkserver" in spawners
