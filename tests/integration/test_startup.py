@@ -1,9 +1,10 @@
-"""Start-up failures as a new user meets them, through the real command line.
+"""Start-up failures and accounts as a new user meets them, through the real command line.
 
 Every way the hub can fail before it serves is one or two lines on stderr naming the
 thing and the fix, with exit status 1 and no traceback: an unwritable data directory, a
 port in use, an unknown spawner or auth mode (names are case-insensitive), workers that
-cannot import PHOEBE, a bad database URL.
+cannot import PHOEBE, a bad database URL. ``create-user`` and ``upgrade-db`` use the hub's
+configuration and say which database they wrote, and their ``-h`` works.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from phoebe_spawner.plugins import AUTH_GROUP, SPAWNER_GROUP, load_class, registered
@@ -167,3 +169,59 @@ def test_help_lists_the_installed_spawners_and_auth_modes(tmp_path):
     assert f"Installed spawners (--spawner, case-insensitive): {spawners}" in result.stdout
     assert f"Installed auth modes (--auth-mode, case-insensitive): {modes}" in result.stdout
     assert "local-forkserver" in spawners
+
+
+@pytest.mark.parametrize("subcommand", ["create-user", "upgrade-db"])
+def test_subcommand_help_works(tmp_path, subcommand):
+    result = run([subcommand, "-h"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--data-dir" in result.stdout and "--db" in result.stdout
+
+
+def test_create_user_writes_the_hubs_database_and_says_which(tmp_path):
+    """The account goes where the hub's config file puts the database, the command says
+    so, and the hub started with that config file lets the user log in."""
+    data = tmp_path / "hubdata"
+    (tmp_path / "hub.py").write_text(
+        TEST_WORKERS + f"c.PhoebeSpawnerApp.data_dir = {str(data)!r}\n"
+    )
+    env = {"PHOEBE_SPAWNER_NEW_PASSWORD": "a long password"}
+    args = ["create-user", "--config=hub.py", "--email", "ada@example.org"]
+    created = run(args, tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    db = f"sqlite:///{data / 'phoebe-spawner.sqlite'}"
+    assert f"created user ada@example.org (id 1) in {db} (a new database" in created.stdout
+    again = run(["upgrade-db", "--config=hub.py"], tmp_path)
+    assert again.stdout.strip() == f"database schema is up to date: {db}", again.stderr
+    assert not (tmp_path / "phoebe-spawner-data").exists()  # not the default directory
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*EXE, f"--port={port}", "--config=hub.py", "--auth-mode=jwt"],
+        cwd=tmp_path,
+        env={**os.environ, "PHOEBE_SPAWNER_JWT_SECRET": JWT_SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        body = orjson.dumps({"email": "ada@example.org", "password": "a long password"})
+        status, login = http("POST", url + "/auth/login", body)
+        assert status == 200 and login["token_type"] == "bearer"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_create_user_failures_are_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    env = {"PHOEBE_SPAWNER_NEW_PASSWORD": "a long password"}
+    args = ["create-user", "--email=ada@example.org", f"--data-dir={tmp_path / 'afile' / 'd'}"]
+    message = refusal(run(args, tmp_path, env=env))
+    assert message.startswith("phoebe-spawner create-user: the data directory")
+    assert "afile/d is not writable" in message
