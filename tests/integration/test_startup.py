@@ -4,16 +4,21 @@ Every way the hub can fail before it serves is one or two lines on stderr naming
 thing and the fix, with exit status 1 and no traceback: an unwritable data directory, a
 port in use, an unknown spawner or auth mode (names are case-insensitive), workers that
 cannot import PHOEBE, a bad database URL. ``create-user`` and ``upgrade-db`` use the hub's
-configuration and say which database they wrote, and their ``-h`` works.
+configuration and say which database they wrote, and their ``-h`` works. The jwt login
+page offers registration when it is open and says whom to ask when it is not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -23,6 +28,8 @@ from phoebe_spawner.plugins import AUTH_GROUP, SPAWNER_GROUP, load_class, regist
 from ..conftest import JWT_SECRET
 from .test_cli import EXE, free_port, http, run, wait_healthy
 
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+NODE_MODULES = Path(__file__).resolve().parents[2] / ".venv" / "node" / "node_modules"
 TEST_WORKERS = (
     "c.LocalProcessSpawner.worker_args = "
     "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
@@ -225,3 +232,103 @@ def test_create_user_failures_are_one_line(tmp_path):
     message = refusal(run(args, tmp_path, env=env))
     assert message.startswith("phoebe-spawner create-user: the data directory")
     assert "afile/d is not writable" in message
+
+
+@pytest.mark.parametrize(
+    ("registration", "shown", "absent"),
+    [
+        ("open", ['href="#register"', 'id="register-form"'], ["ask your administrator"]),
+        (
+            "domains",
+            ['href="#register"', "with an email address at example.org, example.net"],
+            ["ask your administrator"],
+        ),
+        ("off", ["ask your administrator"], ['href="#register"', 'id="register-form"']),
+    ],
+)
+async def test_the_login_page_offers_registration_only_when_open(
+    make_hub, registration, shown, absent
+):
+    _app, client = await make_hub(
+        auth_mode="jwt",
+        JWTAuthenticator__registration=registration,
+        JWTAuthenticator__registration_domains=["example.org", "example.net"],
+    )
+    page = await client.get("/", headers=HTML)
+    text = " ".join(page.body.decode().split())
+    assert page.status == 401 and 'id="login-form"' in text
+    for snippet in shown:
+        assert snippet in text
+    for snippet in absent:
+        assert snippet not in text
+
+
+# headless Chromium on the login page: the "Create an account" link opens the form, a
+# registration logs the browser in, and the page reloads as the user page
+REGISTER_IN_CHROMIUM = r"""
+const { chromium } = require("playwright-core");
+(async () => {
+  const env = process.env;
+  const context = await chromium.launchPersistentContext(env.PROFILE, {
+    executablePath: env.CHROMIUM, headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  const seen = { errors: [] };
+  try {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => seen.errors.push(String(e)));
+    await page.goto(env.SERVICE_URL);
+    seen.form_hidden_at_first = !(await page.isVisible("#register-form"));
+    await page.click("#register-link a");
+    await page.waitForSelector("#register-form", { state: "visible" });
+    await page.fill("#register-form input[name=email]", "grace@example.org");
+    await page.fill("#register-form input[name=password]", "short");
+    await page.$eval("#register-form input[name=password]", (e) => e.removeAttribute("minlength"));
+    await page.click("#register-form button[type=submit]");
+    await page.waitForSelector("#register-error:not([hidden])");
+    seen.error = await page.textContent("#register-error");
+    await page.fill("#register-form input[name=password]", "a long enough password");
+    await page.click("#register-form button[type=submit]");
+    await page.waitForSelector("text=Your sessions");
+    seen.who = (await page.textContent("header .who")).trim();
+  } finally {
+    await context.close();
+  }
+  console.log(JSON.stringify(seen));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+async def test_registering_from_the_login_page_in_chromium(make_hub, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    node = shutil.which("node")
+    if chromium is None or node is None or not (NODE_MODULES / "playwright-core").is_dir():
+        pytest.skip("Chromium, node or playwright-core is missing (.ci/run installs them)")
+    _app, client = await make_hub(auth_mode="jwt")
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        "-e",
+        REGISTER_IN_CHROMIUM,
+        env={
+            **os.environ,
+            "NODE_PATH": str(NODE_MODULES),
+            "CHROMIUM": chromium,
+            "PROFILE": str(tmp_path / "profile"),
+            "SERVICE_URL": client.base_url + "/",
+        },
+        cwd=NODE_MODULES.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, f"{out.decode()}\n{err.decode()}"
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    assert seen["errors"] == []
+    assert seen["form_hidden_at_first"] is True
+    assert "at least 10 characters" in seen["error"]  # the hub's own words
+    assert seen["who"] == "grace@example.org"
