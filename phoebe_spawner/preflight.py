@@ -238,12 +238,14 @@ async def check_worker_imports(
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), IMPORT_CHECK_TIMEOUT)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise StartupProblem(
             f"the workers' Python {python[0]} took over {IMPORT_CHECK_TIMEOUT:.0f} s to "
             f"import {what}"
         ) from None
+    finally:  # timed out, or start-up interrupted: the check never outlives it
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     if proc.returncode == 0:
         return what
     error = _one_line(out.decode(errors="replace")) or f"exit status {proc.returncode}"
