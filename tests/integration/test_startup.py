@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from phoebe_spawner.plugins import AUTH_GROUP, SPAWNER_GROUP, load_class, registered
+from phoebe_spawner.preflight import shown_url, worker_python
 
 from ..conftest import JWT_SECRET
 from .test_cli import EXE, free_port, http, run, wait_healthy
@@ -166,6 +167,18 @@ def test_an_unreachable_database_is_named_without_its_password(tmp_path):
     assert "cannot open the database postgresql+psycopg://ada:***@127.0.0.1:" in message
     assert "Connection refused" in message
     assert "hunter2secret" not in message
+
+
+def test_database_urls_are_shown_without_their_password():
+    assert shown_url("postgresql://ada:hunter2@db/hub") == "postgresql://ada:***@db/hub"
+    # a URL SQLAlchemy cannot parse is still shown without what looks like a password
+    assert shown_url("postgres ql://ada:hunter2@db/hub") == "postgres ql://ada:***@db/hub"
+
+
+def test_only_a_python_m_worker_command_is_checked():
+    python = ["/usr/bin/python3", "-P"]
+    assert worker_python([*python, "-m", "phoebe_kernel_worker"]) == python
+    assert worker_python(["/opt/site/start-worker.sh", "--fast"]) is None
 
 
 def test_help_lists_the_installed_spawners_and_auth_modes(tmp_path):
