@@ -16,10 +16,10 @@ import logging
 import os
 import signal
 import urllib.parse
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application, Config, catch_config_error
 from traitlets.config.loader import KVArgParseConfigLoader
@@ -35,7 +35,6 @@ from .configcheck import (
     check,
     known_classes,
     load_checked,
-    loopback_only,
 )
 from .handlers import HubContext
 from .httpserver import CappedHTTPServer, raise_fd_limit
@@ -44,7 +43,14 @@ from .jobs.events import AdminEvents, UserEvents
 from .jobs.manager import JobManager
 from .metrics import HubMetrics
 from .passbands import PassbandsCache
-from .plugins import import_object, load_class
+from .plugins import AUTH_GROUP, SPAWNER_GROUP, help_lines, import_object, load_class
+from .preflight import (
+    check_local_workers,
+    listen,
+    make_writable_dir,
+    open_store,
+    refuse_if_exposed,
+)
 from .sessions.limits import SessionLimits
 from .sessions.manager import SessionManager
 from .spawners.base import Spawner
@@ -52,9 +58,6 @@ from .spawners.local import LocalProcessSpawner
 from .spawners.wall import harden_hub, sqlite_path
 from .store import DatabaseSchemaError, Store
 from .web import make_web_app
-
-AUTH_GROUP = "phoebe_spawner.authenticators"
-SPAWNER_GROUP = "phoebe_spawner.spawners"
 
 
 def _optional_classes() -> list[type]:
@@ -197,7 +200,9 @@ class PhoebeSpawnerApp(Application):
         "", help="Authenticator class or entry-point name (overrides auth_mode)."
     ).tag(config=True)
     spawner_class = Unicode(
-        "local", help="Spawner backend: an entry-point name (local, docker) or a dotted class path."
+        "local",
+        help="""Spawner backend: an installed spawner's name (phoebe-spawner --help lists
+        them; case-insensitive) or a dotted class path.""",
     ).tag(config=True)
 
     data_dir = Unicode(
@@ -317,6 +322,11 @@ class PhoebeSpawnerApp(Application):
         "create-user": ("phoebe_spawner.subcommands.CreateUser", "Create an account (jwt mode)."),
     }
 
+    def emit_description(self) -> Generator[str]:
+        """``--help``'s description, then the spawners and auth modes installed here."""
+        yield from super().emit_description()
+        yield from help_lines()
+
     # --- start-up -------------------------------------------------------------------------
 
     @catch_config_error
@@ -387,27 +397,44 @@ class PhoebeSpawnerApp(Application):
         return auth
 
     def make_data_dir(self) -> None:
-        """The private data directory; the hub process itself made private (umask 077,
-        non-dumpable: see :func:`~phoebe_spawner.spawners.wall.harden_hub`)."""
+        """The private data directory, proven writable (:class:`StartupProblem` names it);
+        the hub process itself made private (umask 077, non-dumpable: see
+        :func:`~phoebe_spawner.spawners.wall.harden_hub`). Called by :meth:`setup` and the
+        subcommands."""
+        make_writable_dir(self.data_dir)
         files = [sqlite_path(self.db_url), self.secret_file]
         for problem in harden_hub(self.data_dir, files):
             self.log.warning("cannot make the hub private: %s", problem)
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    async def setup(self) -> None:
-        """Build every service and start listening (tests call this in-process)."""
+    async def setup(self, *, check_workers: bool = False) -> None:
+        """Build every service and start listening (tests call this in-process).
+
+        Refuses before anything is made (the errors :meth:`run` reports in one line) when
+        a backend name is unknown, auth mode none is exposed, the port is taken, the data
+        directory is not writable, the database cannot be opened or, with
+        ``check_workers`` (the command line does it), local workers cannot import PHOEBE.
+        """
         auth_class = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
-        self.refuse_if_exposed(getattr(auth_class, "mode", ""))  # before anything is made
-        self.make_data_dir()
-        self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
-        await self.store.init(upgrade=self.upgrade_db)
-        try:
-            self.authenticator = self.make_authenticator(self.store)
-            await self.authenticator.setup()
-        except BaseException:
-            await self.store.close()  # refusing to start leaves nothing open
-            raise
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
+        mode = getattr(auth_class, "mode", "")
+        refuse_if_exposed(mode, self.ip, allow_insecure=self.allow_insecure, log=self.log)
+        socks = listen(self.ip, self.port)
+        store: Store | None = None
+        try:
+            if check_workers:
+                await check_local_workers(spawner_class, self, self.log)
+            self.make_data_dir()
+            timeout = self.db_busy_timeout
+            store = await open_store(self.db_url, upgrade=self.upgrade_db, busy_timeout=timeout)
+            self.store = store
+            self.authenticator = self.make_authenticator(store)
+            await self.authenticator.setup()
+        except BaseException:  # refusing to start leaves nothing open
+            for sock in socks:
+                sock.close()
+            if store is not None:
+                await store.close()
+            raise
         secret = load_secret(self.secret_file)
         self.manager = SessionManager(
             parent=self,
@@ -483,7 +510,6 @@ class PhoebeSpawnerApp(Application):
             body_timeout=self.body_timeout,
             idle_connection_timeout=self.idle_connection_timeout,
         )
-        socks = bind_sockets(self.port, self.ip)
         self.http_server.add_sockets(socks)
         self.bound_port = socks[0].getsockname()[1]
         self.log.info(
@@ -503,23 +529,6 @@ class PhoebeSpawnerApp(Application):
             full_name=row.get("full_name") or "",
         )
 
-    def refuse_if_exposed(self, mode: str) -> None:
-        """Auth ``mode`` none listens on loopback only, unless ``allow_insecure`` says
-        otherwise (then it warns); a ``ValueError`` refuses to start."""
-        if mode != "none" or loopback_only(self.ip):
-            return
-        if not self.allow_insecure:
-            raise ValueError(
-                f"auth mode 'none' on {self.ip or 'every interface'} would let anyone who can "
-                "reach the port run PHOEBE sessions; listen on 127.0.0.1, choose another "
-                "--auth-mode, or pass --allow-insecure"
-            )
-        self.log.warning(
-            "auth mode 'none' on %s (allow_insecure): anyone who can reach this port can run "
-            "PHOEBE sessions",
-            self.ip or "every interface",
-        )
-
     async def cleanup(self) -> None:
         """Stop listening, stop (or leave) the workers, close the database."""
         self.http_server.stop()
@@ -533,7 +542,7 @@ class PhoebeSpawnerApp(Application):
 
     async def run(self) -> None:
         try:
-            await self.setup()
+            await self.setup(check_workers=True)
         except (DatabaseSchemaError, ValueError, OSError, ImportError, TraitError) as e:
             self.log.critical("cannot start: %s", " ".join(str(e).split()))
             raise SystemExit(1) from None
@@ -554,7 +563,11 @@ class PhoebeSpawnerApp(Application):
         if self.generate_config:
             self.write_default_config()
             return
-        asyncio.run(self.run())
+        try:
+            asyncio.run(self.run())
+        except KeyboardInterrupt:  # Ctrl-C during start-up, before run() handles signals
+            self.log.critical("interrupted during start-up")
+            self.exit(130)
 
     def write_default_config(self) -> None:
         path = Path(self.config_file)

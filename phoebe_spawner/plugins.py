@@ -12,6 +12,14 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+AUTH_GROUP = "phoebe_spawner.authenticators"
+SPAWNER_GROUP = "phoebe_spawner.spawners"
+#: how users choose a name in each group, for messages and ``--help``
+CHOSEN_BY: dict[str, tuple[str, str]] = {
+    SPAWNER_GROUP: ("--spawner", "spawners"),
+    AUTH_GROUP: ("--auth-mode", "auth modes"),
+}
+
 BUILTIN: dict[str, dict[str, str]] = {
     "phoebe_spawner.spawners": {
         "local": "phoebe_spawner.spawners.local:LocalProcessSpawner",
@@ -47,19 +55,61 @@ def registered(group: str) -> dict[str, str]:
     return names
 
 
+class UnknownName(ImportError):
+    """A name that is neither registered in its group nor a dotted class path; the
+    message lists the valid names (the app prints it as the reason it cannot start)."""
+
+    def __init__(self, group: str, value: str) -> None:
+        option, kind = CHOSEN_BY.get(group, (group, "names"))
+        known = ", ".join(sorted(registered(group)))
+        super().__init__(
+            f"unknown {option} name {value!r}; the installed {kind} are {known} "
+            "(or give a dotted class path)"
+        )
+
+
 def load_class(group: str, value: str | type) -> type:
-    """The class named ``value`` in ``group``: an entry-point name, a dotted path or a class."""
+    """The class named ``value`` in ``group``: an entry-point name (case-insensitive), a
+    dotted path or a class. :class:`UnknownName` lists the valid names."""
     if isinstance(value, type):
         return value
+    wanted = value.strip().lower()
     for ep in entry_points(group=group):
-        if ep.name == value:
+        if ep.name.lower() == wanted:
             cls = ep.load()
             if not isinstance(cls, type):
                 raise ImportError(f"entry point {value!r} in {group} is not a class")
             return cls
-    if value in BUILTIN.get(group, {}):
-        return import_object(BUILTIN[group][value])
+    builtin = {name.lower(): spec for name, spec in BUILTIN.get(group, {}).items()}
+    if wanted in builtin:
+        return import_object(builtin[wanted])
     if "." in value or ":" in value:
         return import_object(value)
-    known = sorted({ep.name for ep in entry_points(group=group)} | set(BUILTIN.get(group, {})))
-    raise ImportError(f"unknown name {value!r} for {group}; known: {', '.join(known)}")
+    raise UnknownName(group, value)
+
+
+def installed(group: str) -> list[tuple[str, str | None]]:
+    """Every name in ``group`` with why it cannot be used here (None when its class
+    imports), sorted by name; ``phoebe-spawner --help`` lists them."""
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(registered(group)):
+        try:
+            load_class(group, name)
+        except Exception as e:  # a plug-in whose dependencies are not installed here
+            missing = getattr(e, "name", None)
+            found.append((name, f"needs {missing}" if missing else " ".join(str(e).split())))
+        else:
+            found.append((name, None))
+    return found
+
+
+def help_lines() -> list[str]:
+    """What ``phoebe-spawner --help`` says about backends: each group's installed names."""
+    lines = []
+    for group in (SPAWNER_GROUP, AUTH_GROUP):
+        option, kind = CHOSEN_BY[group]
+        names = ", ".join(
+            name if why is None else f"{name} ({why})" for name, why in installed(group)
+        )
+        lines.append(f"Installed {kind} ({option}, case-insensitive): {names}")
+    return [*lines, ""]

@@ -1,8 +1,10 @@
 """The ``phoebe-spawner`` subcommands: ``upgrade-db`` and ``create-user``.
 
 Each is a small traitlets Application that shares the main app's configuration (its
-config file, then the command line, both checked as strictly as the hub's own), which
-``PhoebeSpawnerApp.subcommands`` names.
+config file, then the command line, both checked as strictly as the hub's own, and the
+same environment variables), which ``PhoebeSpawnerApp.subcommands`` names: so they
+write the database the hub reads, and say which one (its URL without the password).
+Their failures are one line on stderr and exit status 1, like the hub's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from traitlets import Bool, Unicode
@@ -18,7 +22,9 @@ from traitlets.config.loader import KVArgParseConfigLoader
 
 from .app import PhoebeSpawnerApp
 from .configcheck import CheckedArgLoader
-from .store import Store
+from .preflight import open_store, shown_url
+from .spawners.wall import sqlite_path
+from .store import DatabaseSchemaError
 
 SHARED_ALIASES = {
     "data-dir": "PhoebeSpawnerApp.data_dir",
@@ -32,6 +38,7 @@ class _SubApp(Application):
 
     parent_app: PhoebeSpawnerApp
     aliases = SHARED_ALIASES
+    classes = [PhoebeSpawnerApp]  # what the shared aliases name (their -h help)
 
     def _create_loader(self, *args: Any, **kwargs: Any) -> KVArgParseConfigLoader:
         parent = self.parent
@@ -48,21 +55,40 @@ class _SubApp(Application):
         parent.update_config(self.cli_config)  # --config may name the file
         parent.load_configuration(self.cli_config)
 
+    def database(self) -> str:
+        """The hub's database as it may be printed (URL without password), and whether
+        this command is about to create it (a SQLite file that does not exist yet)."""
+        app = self.parent_app
+        path = sqlite_path(app.db_url)
+        new = " (a new database: is it the hub's? give the hub's --data-dir or --db)"
+        return shown_url(app.db_url) + (new if path and not os.path.exists(path) else "")
+
+    def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``; a start-up problem (the data directory, the database) is one
+        line on stderr and exit status 1."""
+        try:
+            asyncio.run(work)
+        except (ValueError, DatabaseSchemaError, OSError) as e:
+            print(f"{self.name}: {' '.join(str(e).split())}", file=sys.stderr)
+            self.exit(1)
+
 
 class UpgradeDB(_SubApp):
     """``phoebe-spawner upgrade-db``: create or upgrade the schema (backs up SQLite first)."""
 
+    name = "phoebe-spawner upgrade-db"
     description = "Create or upgrade the database schema to this version's."
 
     def start(self) -> None:
+        database = self.database()
+
         async def upgrade() -> None:
-            store = Store(self.parent_app.db_url)
-            await store.init(upgrade=True)
+            self.parent_app.make_data_dir()
+            store = await open_store(self.parent_app.db_url, upgrade=True)
             await store.close()
 
-        self.parent_app.make_data_dir()
-        asyncio.run(upgrade())
-        print("database schema is up to date")
+        self.run(upgrade())
+        print(f"database schema is up to date: {database}")
 
 
 class CreateUser(_SubApp):
@@ -71,7 +97,10 @@ class CreateUser(_SubApp):
     The password is read from $PHOEBE_SPAWNER_NEW_PASSWORD or prompted for (never argv).
     """
 
-    description = "Create a user account for jwt mode."
+    name = "phoebe-spawner create-user"
+    description = """Create a user account for jwt mode, in the hub's database: give the
+    same --data-dir, --db or --config as the hub (or the same environment). The password
+    comes from $PHOEBE_SPAWNER_NEW_PASSWORD or a prompt, never from the command line."""
     email = Unicode("", help="The new user's email (their login name).").tag(config=True)
     first_name = Unicode("").tag(config=True)
     last_name = Unicode("").tag(config=True)
@@ -88,16 +117,16 @@ class CreateUser(_SubApp):
         if not self.email:
             raise SystemExit("--email is required")
         password = os.environ.get("PHOEBE_SPAWNER_NEW_PASSWORD") or getpass.getpass("Password: ")
-        asyncio.run(self._create(password))
+        database = self.database()
+        self.run(self._create(password, database))
 
-    async def _create(self, password: str) -> None:
+    async def _create(self, password: str, database: str) -> None:
         from .auth.jwt import JWTAuthenticator
         from .auth.passwords import password_problem
 
         app = self.parent_app
         app.make_data_dir()
-        store = Store(app.db_url)
-        await store.init(upgrade=app.upgrade_db)
+        store = await open_store(app.db_url, upgrade=app.upgrade_db)
         try:
             auth = JWTAuthenticator(parent=app, store=store)
             problem = password_problem(
@@ -117,4 +146,4 @@ class CreateUser(_SubApp):
             await store.close()
         if row is None:
             raise SystemExit(f"a user {self.email} already exists")
-        print(f"created user {row['name']} (id {row['id']})")
+        print(f"created user {row['name']} (id {row['id']}) in {database}")

@@ -94,6 +94,11 @@ class Authenticator(LoggingConfigurable):
         its own login form, or says how to get a token)."""
         return None
 
+    def login_page(self) -> dict[str, Any]:
+        """What the login page shows besides the mode (jwt mode: whether anyone may
+        register); passed to ``login.html`` by the pages' login."""
+        return {}
+
     def logout(self, handler: RequestHandler) -> None:
         """Forget what this mode keeps of a browser's login, beyond the token cookie the
         logout handler clears (``POST /auth/logout``)."""

@@ -170,6 +170,16 @@ class JWTAuthenticator(Authenticator):
             f" ({', '.join(self.registration_domains)})" if self.registration == "domains" else "",
         )
 
+    def login_page(self) -> dict[str, Any]:
+        """The login page's registration part: a form to create an account when
+        ``registration`` is open (to the ``registration_domains`` only, when it says so),
+        else a note to ask the administrator (the user page's login calls this)."""
+        return {
+            "registration": self.registration,
+            "registration_domains": list(self.registration_domains),
+            "min_password_length": self.min_password_length,
+        }
+
     # --- tokens -------------------------------------------------------------------------
 
     def issue(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class PageHandler(BaseHandler):
                 self.redirect(url)
                 return
             self.set_status(401)
-            self.render_page("login.html", title="Log in", detail=e.detail)
+            login = self.hub.authenticator.login_page()
+            self.render_page("login.html", title="Log in", detail=e.detail, **login)
 
     def render_page(self, template: str, **kwargs: Any) -> None:
         """Render ``template`` with what every page needs."""

@@ -137,7 +137,7 @@ def test_refuses_weak_jwt_secret(tmp_path):
 
 def test_unknown_spawner_is_a_clear_error(tmp_path):
     result = run(["--spawner", "nonesuch", "--port", "0", f"--data-dir={tmp_path}"], cwd=tmp_path)
-    assert result.returncode == 1 and "unknown name 'nonesuch'" in result.stderr
+    assert result.returncode == 1 and "unknown --spawner name 'nonesuch'" in result.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
