@@ -574,8 +574,8 @@ class SessionManager(LoggingConfigurable):
         """Stop the user's session (``POST /dash/end-session``; an admin for them passes
         ``by="admin <name>"``, and the session lingers)."""
         s = self.get_owned(user, session_id)
-        if s.status in ENDED:
-            self.sessions.pop(s.id, None)
+        if s.status in ENDED:  # dismissed: from now on not found
+            self.endings.drop(s.id, self.sessions)
             return
         await s.stop("stopped", reason, by=by)
 
