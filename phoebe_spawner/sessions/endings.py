@@ -78,8 +78,8 @@ class Endings:
         return s.ended_at is not None and now - s.ended_at > self.linger(s.status)
 
     def drop(self, session_id: str, registry: dict[str, Session]) -> None:
-        """Drop a session whose linger time is over from ``registry``: from now on it is
-        not found (404), without asking the store."""
+        """Drop an ended session from ``registry`` (its owner ended or dismissed it, or its
+        linger time is over): from now on it is not found (404), without asking the store."""
         registry.pop(session_id, None)
         self._remember(session_id, None)
 
@@ -103,7 +103,7 @@ class Endings:
             checkpoint,
         )
         if not s.linger:
-            registry.pop(s.id, None)
+            self.drop(s.id, registry)
 
     # --- the hub's own stops ------------------------------------------------------------
 
