@@ -62,7 +62,7 @@ async def set_account_active(
     reason = f"account disabled by admin {by}"
     live = [s for s in manager.sessions.values() if s.user.name == name and s.status in ACTIVE]
     results = await asyncio.gather(
-        *(_stop(manager, s, reason, change) for s in live), return_exceptions=True
+        *(_stop(manager, s, reason, f"admin {by}", change) for s in live), return_exceptions=True
     )
     for s, result in zip(live, results, strict=True):
         if isinstance(result, BaseException):
@@ -72,11 +72,13 @@ async def set_account_active(
     return change
 
 
-async def _stop(manager: SessionManager, s: Session, reason: str, change: AccountChange) -> None:
+async def _stop(
+    manager: SessionManager, s: Session, reason: str, by: str, change: AccountChange
+) -> None:
     if manager.before_stop is not None and s.status == "running":
         try:
             await manager.before_stop(s, "stop")
         except Exception as e:  # a disabled account's session stops anyway
             manager.log.warning("no checkpoint of session %s before disabling: %s", s.id, e)
             change.checkpoint_failed.append(s.id)
-    await s.stop("stopped", reason)
+    await s.stop("stopped", reason, by=by)

@@ -294,6 +294,12 @@ class PhoebeSpawnerApp(Application):
     def _default_log_level(self) -> int:
         return logging.INFO
 
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        # a timestamp on every line (a hub's log is read after the fact); warnings and
+        # errors say their level
+        return "[%(asctime)s.%(msecs)03d %(name)s]%(highlevel)s %(message)s"
+
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
         from .auth.external import ExternalAuthenticator

@@ -262,9 +262,11 @@ class CheckpointManager(LoggingConfigurable):
             )
 
     async def before_stop(self, s: Session, reason: str) -> None:
-        """The session manager's hook before a hub-initiated stop (cull, shutdown)."""
+        """The session manager's hook before a hub-initiated stop (cull, shutdown, quota,
+        a disabled account): the session learns its checkpoint's id, which its 410 names."""
         if s.status == "running":
-            await self.save(s, reason)
+            row = await self.save(s, reason)
+            s.checkpoint_id = row["id"]
 
     async def start_session(self, user: User, meta: dict[str, Any], **kwargs: Any) -> Session:
         """Start a session from the checkpoint named in ``meta["checkpoint_id"]``.

@@ -20,14 +20,20 @@ from .handlers import HubContext, NotFoundHandler, routes
 
 
 def log_request(handler: RequestHandler) -> None:
-    """Access log: successes at debug level, client errors at info, server errors at error."""
+    """Access log, one line per request: successes at debug level, client errors at info,
+    server errors at error; an error's line ends with the detail the client was sent."""
     status = handler.get_status()
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
     if not access_log.isEnabledFor(level):
         return  # the hot path: no summary formatted for a log nobody keeps
     ms = 1000.0 * handler.request.request_time()
     # the URI and address are the client's: bounded, so no request can flood the log
-    access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)
+    detail = getattr(handler, "error_detail", None)
+    if detail is None:
+        access_log.log(level, "%d %.300s %.1fms", status, handler._request_summary(), ms)
+    else:
+        summary = handler._request_summary()
+        access_log.log(level, "%d %.300s %.1fms: %.300s", status, summary, ms, detail)
 
 
 def make_web_app(

@@ -31,6 +31,7 @@ from ._errors import (
     RateLimited,
     RequestTooLarge,
     ServerError,
+    SessionEnded,
     SessionNotFound,
     WorkerUnavailable,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "RequestTooLarge",
     "SSEEvent",
     "ServerError",
+    "SessionEnded",
     "SessionNotFound",
     "WorkerUnavailable",
 ]

@@ -25,6 +25,7 @@ from ._errors import (
     AuthenticationError,
     PhoebeClientError,
     PhoebeError,
+    SessionEnded,
     SessionNotFound,
 )
 from ._http import Transport
@@ -286,6 +287,18 @@ class ClientBase:
             "POST", f"api/v1/sessions/{sid}/checkpoints", dumps(body)
         ).body
         return cp
+
+    def restart_from_checkpoint(self, ended: SessionEnded) -> dict[str, Any]:
+        """Start a new session from the checkpoint the hub saved when it ended a session
+        (``ended``: the :class:`SessionEnded` a call raised) and make it the current one;
+        returns the new session object, like :meth:`start_session`. Raises
+        :class:`PhoebeClientError` if no checkpoint was saved at that end."""
+        if ended.checkpoint_id is None:
+            raise PhoebeClientError(
+                f"no checkpoint was saved when the session ended ({ended.reason}): "
+                "start_session() starts an empty one"
+            )
+        return self.start_session(checkpoint_id=ended.checkpoint_id)
 
     def list_checkpoints(
         self, *, session_id: str | None = None, limit: int = 100

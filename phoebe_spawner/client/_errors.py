@@ -9,6 +9,8 @@ answer. Messages never contain tokens or passwords.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthenticationError",
     "BadRequest",
@@ -26,6 +28,7 @@ __all__ = [
     "RateLimited",
     "RequestTooLarge",
     "ServerError",
+    "SessionEnded",
     "SessionNotFound",
     "WorkerUnavailable",
     "error_for_status",
@@ -93,6 +96,29 @@ class RateLimited(LimitReached):
 class WorkerUnavailable(PhoebeClientError):
     """503: the session's worker died or failed to start, the session is not running,
     or the hub is overloaded."""
+
+
+class SessionEnded(WorkerUnavailable):
+    """410: the hub (or an admin) ended the session: culled when idle or past its maximum
+    age, over its disk quota, failed, ended by an admin, or stopped at a hub shutdown.
+
+    ``reason`` says why; ``checkpoint_id`` names the checkpoint the hub saved at its end
+    (``None`` when none was), which :meth:`PhoebeClient.restart_from_checkpoint
+    <phoebe_spawner.client.PhoebeClient.restart_from_checkpoint>` starts a new session
+    from. A :class:`WorkerUnavailable`, which a failed session raised before. A session
+    you ended yourself raises :class:`SessionNotFound` instead.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        status: int | None = 410,
+        reason: str | None = None,
+        checkpoint_id: str | None = None,
+    ) -> None:
+        super().__init__(detail, status)
+        self.reason = reason
+        self.checkpoint_id = checkpoint_id
 
 
 class CommandTimeout(PhoebeClientError):
@@ -179,8 +205,20 @@ _BY_STATUS: dict[int, type[PhoebeClientError]] = {
 }
 
 
-def error_for_status(status: int, detail: str, retry_after: str | None = None) -> PhoebeClientError:
-    """The exception for an HTTP error answer (``detail`` from its JSON body)."""
+def error_for_status(
+    status: int, detail: str, retry_after: str | None = None, body: Any = None
+) -> PhoebeClientError:
+    """The exception for an HTTP error answer (``detail`` and, for a 410, ``reason`` and
+    ``checkpoint_id`` from its JSON ``body``)."""
+    if status == 410:
+        fields = body if isinstance(body, dict) else {}
+        reason, checkpoint_id = fields.get("reason"), fields.get("checkpoint_id")
+        return SessionEnded(
+            detail,
+            410,
+            reason if isinstance(reason, str) else None,
+            checkpoint_id if isinstance(checkpoint_id, str) else None,
+        )
     if status == 429:
         seconds = _parse_retry_after(retry_after)
         cls = RateLimited if seconds is not None else LimitReached

@@ -265,7 +265,7 @@ def _decode(response: http.client.HTTPResponse, data: bytes, expect: tuple[int, 
         )
     else:
         detail = f"HTTP {response.status} {response.reason}".strip()
-    raise error_for_status(response.status, detail, headers.get("retry-after"))
+    raise error_for_status(response.status, detail, headers.get("retry-after"), body)
 
 
 class EventStream:

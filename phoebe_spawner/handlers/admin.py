@@ -11,8 +11,6 @@ from __future__ import annotations
 import hmac
 import time
 
-from tornado.log import app_log
-
 from ..accounts import set_account_active
 from ..jobs.events import AdminEvents
 from ..metrics import CONTENT_TYPE, HubMetrics
@@ -72,8 +70,8 @@ class AdminSessionHandler(AdminHandler):
 
     async def delete(self, session_id: str) -> None:
         s = self._session(session_id)
-        app_log.info("admin %s ends session %s of %s", self.user.name, s.id, s.user.name)
-        await self.manager.end_session(s.user, s.id, reason=f"ended by admin {self.user.name}")
+        by = f"admin {self.user.name}"
+        await self.manager.end_session(s.user, s.id, reason=f"ended by {by}", by=by)
         self.write_json({"success": True})
 
 

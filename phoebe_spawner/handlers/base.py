@@ -4,7 +4,9 @@ Handlers stay thin: parse, authenticate in :meth:`BaseHandler.prepare`, call the
 session manager or authenticator, serialize. Errors raised by those services
 (:class:`~phoebe_spawner.errors.SessionError`,
 :class:`~phoebe_spawner.auth.base.AuthError`) carry their status and detail and are
-written here; anything else is logged with its traceback and answered with a generic
+written here (a :class:`~phoebe_spawner.errors.SessionGone` adds its ``reason`` and
+``checkpoint_id``); the access log (``web.log_request``) logs each request once, with
+that detail; anything else is logged with its traceback and answered with a generic
 500 (with the traceback only when the hub runs with ``--debug``).
 
 Request bodies are streamed and counted, so an oversized body gets a JSON 413 without
@@ -21,7 +23,6 @@ from typing import Any
 import orjson
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
-from tornado.log import gen_log
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate_command
@@ -78,6 +79,8 @@ class BaseHandler(RequestHandler):
 
     auth_required = True
     hub: HubContext
+    #: the detail of the error this request was answered with (for the access log)
+    error_detail: str | None = None
 
     def initialize(self, hub: HubContext) -> None:
         self.hub = hub
@@ -110,21 +113,31 @@ class BaseHandler(RequestHandler):
             # after this response (the only way not to read the rest), so say so
             self.set_header("Connection", "close")
         body: dict[str, Any] = {"detail": detail}
+        if isinstance(exc, SessionError):
+            body.update(exc.fields())
+        self.error_detail = detail
         if self.hub.debug and status_code >= 500 and "exc_info" in kwargs:
             body["traceback"] = "".join(traceback.format_exception(*kwargs["exc_info"]))
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(body))
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # an HTTPError (a client error, or a 5xx raised on purpose) is logged once, by
+        # the access log with its detail; only unexpected exceptions get a traceback
+        if isinstance(value, HTTPError):
+            return
+        super().log_exception(typ, value, tb)
+
     def _handle_request_exception(self, e: BaseException) -> None:
         # Service errors carry their own status and client-facing detail: answer them
-        # here (logged briefly, as client errors), and leave the rest to tornado.
+        # here (the access log logs them once, with the detail), and leave the rest to
+        # tornado.
         if isinstance(e, DatabaseUnavailable):
             e = ApiError(503, "Database unavailable, try again shortly")
         if isinstance(e, SessionError | AuthError | ApiError):
             status = e.status_code if isinstance(e, ApiError) else e.status
             if self._finished:
                 return
-            gen_log.info("%d %.300s: %.300s", status, self._request_summary(), e)
             self.send_error(status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)

@@ -34,7 +34,7 @@ class SessionCheckpointsHandler(CheckpointsBase):
         name = body.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise ApiError(400, "name must be a string of at most 255 characters")
-        session = self.manager.get_owned(self.user, session_id)
+        session = await self.manager.find(self.user, session_id)
         session.check_running()
         row = await self.checkpoints.save(session, "manual", name=name)
         self.set_header("Location", self.to_api(row)["links"]["self"])

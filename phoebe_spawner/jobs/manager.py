@@ -232,7 +232,7 @@ class JobManager(LoggingConfigurable):
 
     async def submit(self, user: User, session_id: str, body: bytes, command: str) -> Job:
         """Queue ``command`` on the user's session; returns at once with the queued job."""
-        s = self._sessions.get_owned(user, session_id)
+        s = await self._sessions.find(user, session_id)
         s.check_running()
         waiting = [j for j in self._live.values() if j.session_id == session_id]
         if len(waiting) >= self.max_jobs_per_session:

@@ -35,12 +35,23 @@ from ..spawners.base import SpawnCapacityError, Spawner, SpawnError
 from ..store import DatabaseUnavailable
 from .bus import EventBus, SessionChanged
 from .cpu import CpuClasses
+from .endings import Endings
 from .limits import SessionLimits
 from .memory import sample_all
 from .policy import CullPolicy, capacity_limit, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
-from .session import ACTIVE, ENDED, Session, SessionServices, Tasks, describe_exit, session_dir
+from .session import (
+    ACTIVE,
+    ENDED,
+    OWNER,
+    OWNER_REASON,
+    Session,
+    SessionServices,
+    Tasks,
+    describe_exit,
+    session_dir,
+)
 
 
 class SessionManager(LoggingConfigurable):
@@ -105,6 +116,14 @@ class SessionManager(LoggingConfigurable):
     failed_linger = Float(
         3600.0, help="Seconds a failed session stays listed (with its reason) before it is dropped."
     ).tag(config=True)
+    ended_linger = Float(
+        None,
+        allow_none=True,
+        help="""Seconds a session the hub or an admin ended (culled, past max_age, ended by an
+        admin, hub shutdown) stays listed with its reason and checkpoint, and commands to it
+        answer 410 (docs/api.md), also after a hub restart; None: failed_linger. A session
+        its owner ended is forgotten at once (404).""",
+    ).tag(config=True)
     stop_workers_on_shutdown = Bool(
         True,
         help="""Stop all workers when the hub shuts down. If False they keep running and are
@@ -162,7 +181,7 @@ class SessionManager(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        #: the registry: every live session (and failed ones for ``failed_linger``), by id
+        #: the registry: every live session (and ended ones while they linger), by id
         self.sessions: dict[str, Session] = {}
         #: session events: subscribe by type (see :mod:`.bus`)
         self.bus = EventBus()
@@ -202,13 +221,12 @@ class SessionManager(LoggingConfigurable):
             background_commands=frozenset(self.background_commands),
         )
         self._over_quota: set[str] = set()
-        self.bus.subscribe(SessionChanged, self._forget_ended)
+        #: linger times, end log lines, ended sessions after a restart (:mod:`.endings`)
+        self.endings = Endings(
+            self.store, self.log, failed_linger=self.failed_linger, ended_linger=self.ended_linger
+        )
+        self.bus.subscribe(SessionChanged, lambda c: self.endings.on_change(c, self.sessions))
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
-
-    def _forget_ended(self, change: SessionChanged[Session]) -> None:
-        """Drop an ended session from the registry, unless it lingers (a failure)."""
-        if change.event in ENDED and not change.session.linger:
-            self.sessions.pop(change.session.id, None)
 
     # --- lifecycle of the manager --------------------------------------------------------
 
@@ -274,16 +292,7 @@ class SessionManager(LoggingConfigurable):
         await self.pool.stop()
         live = self.active()
         if self.stop_workers_on_shutdown:
-            if self.before_stop is not None:
-                results = await asyncio.gather(
-                    *(self.before_stop(s, "shutdown") for s in live), return_exceptions=True
-                )
-                for s, result in zip(live, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self.log.error("no checkpoint of session %s at shutdown: %s", s.id, result)
-            await asyncio.gather(
-                *(s.stop("stopped", "hub shutdown") for s in live), return_exceptions=True
-            )
+            await self.endings.stop_all(live, self.before_stop)
         else:
             for s in live:
                 await s.persist_activity()
@@ -336,8 +345,15 @@ class SessionManager(LoggingConfigurable):
             raise NotOwner("Session belongs to another user")
         return s
 
+    async def find(self, user: User, session_id: str) -> Session:
+        """:meth:`get_owned`, but an id not in the registry is looked up in the store: 410
+        for a session the hub or an admin ended within its linger time, else 404."""
+        if session_id not in self.sessions:
+            raise await self.endings.missing(user, session_id)
+        return self.get_owned(user, session_id)
+
     def list_for(self, user: User) -> list[Session]:
-        """``user``'s sessions, live and recently failed."""
+        """``user``'s sessions, live and recently ended (by the hub or an admin)."""
         return [s for s in self.sessions.values() if s.user.user_id == user.user_id]
 
     def active(self) -> list[Session]:
@@ -458,7 +474,7 @@ class SessionManager(LoggingConfigurable):
             raise Unavailable(s.reason or "Worker failed to start") from None
         await s.started(endpoint.port, float(status.get("rss_mib") or 0.0))
         self.log.info(
-            "session %s of %s running (%.0f ms)",
+            "session %s of %s started (%.0f ms)",
             s.id,
             s.user.name,
             1000 * (time.perf_counter() - t0),
@@ -472,7 +488,7 @@ class SessionManager(LoggingConfigurable):
         ``ping`` is answered from the control channel (the worker's status), so it does
         not wait behind a long command; every other command waits its turn.
         """
-        s = self.get_owned(user, session_id)
+        s = await self.find(user, session_id)
         s.check_running()
         if command == "ping" and s.lock.locked():
             return await s.control_ping()
@@ -482,7 +498,7 @@ class SessionManager(LoggingConfigurable):
     # --- the loops ---------------------------------------------------------------------------
 
     async def poll_all(self) -> None:
-        """Poll loop: a worker that exited fails its session; old failures are dropped."""
+        """Poll loop: a worker that exited fails its session; old endings are dropped."""
         now = time.time()
         running = [s for s in self.sessions.values() if s.status == "running"]
         results = await asyncio.gather(*(self._poll(s) for s in running))
@@ -491,8 +507,8 @@ class SessionManager(LoggingConfigurable):
                 reason = self.limits.exit_reason(s) or s.spawner.exit_reason(status)
                 await s.fail(reason or describe_exit(status))
         for s in list(self.sessions.values()):
-            if s.status not in ACTIVE and s.ended_at and now - s.ended_at > self.failed_linger:
-                self.sessions.pop(s.id, None)
+            if s.status not in ACTIVE and self.endings.expired(s, now):
+                self.endings.drop(s.id, self.sessions)
 
     async def _poll(self, s: Session) -> int | None:
         try:
@@ -519,7 +535,7 @@ class SessionManager(LoggingConfigurable):
             reason = self._cull_reason(s, now)
             if reason is None:
                 continue
-            self.log.info("culling session %s of %s (%s)", s.id, s.user.name, reason)
+            self.log.debug("culling session %s of %s (%s)", s.id, s.user.name, reason)
             if self.before_stop is not None:
                 try:
                     await self.before_stop(s, "cull")
@@ -545,54 +561,33 @@ class SessionManager(LoggingConfigurable):
                 self.tasks.spawn(self._stop_over_quota(s, reason))
 
     async def _stop_over_quota(self, s: Session, reason: str) -> None:
-        self.log.warning("session %s of %s: %s; stopping it", s.id, s.user.name, reason)
-        if self.before_stop is not None:
-            try:
-                await self.before_stop(s, "stop")
-            except Exception as e:
-                self.log.warning("no checkpoint of session %s before its stop: %s", s.id, e)
         try:
-            await s.fail(reason)  # stays listed with its reason, like other failures
+            await self.endings.fail_checkpointed(s, reason, self.before_stop)
         finally:
             self._over_quota.discard(s.id)
 
     # --- stop and recovery ---------------------------------------------------------------------
 
     async def end_session(
-        self, user: User, session_id: str, *, reason: str = "ended by user"
+        self, user: User, session_id: str, *, reason: str = OWNER_REASON, by: str = OWNER
     ) -> None:
-        """Stop the user's session (``POST /dash/end-session``, or an admin for them)."""
+        """Stop the user's session (``POST /dash/end-session``; an admin for them passes
+        ``by="admin <name>"``, and the session lingers)."""
         s = self.get_owned(user, session_id)
-        if s.status in ENDED:
-            self.sessions.pop(s.id, None)
+        if s.status in ENDED:  # dismissed: from now on not found
+            self.endings.drop(s.id, self.sessions)
             return
-        await s.stop("stopped", reason)
+        await s.stop("stopped", reason, by=by)
 
     async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
         """Re-adopt or fail what a previous hub left (:mod:`.recovery`; ``users``: owners)."""
         recovery = Recovery(
-            register=self._register_stored,
+            make_spawner=self.make_spawner,
+            services=self.services,
+            registry=self.sessions,
             connect=self.connect,
             readopt=self.readopt_workers,
             ping_timeout=self.recover_ping_timeout,
             log=self.log,
         )
         await recovery.run(await self.store.list_sessions(statuses=ACTIVE), users)
-
-    def _register_stored(self, row: dict[str, Any], user: User) -> Session:
-        """Register the session of a stored row, its spawner's state loaded (recovery)."""
-        spawner = self.make_spawner(row["id"], user)
-        spawner.load_state(row.get("spawner_state") or {})
-        s = Session(
-            row["id"],
-            user,
-            row.get("meta") or {},
-            spawner,
-            self.services,
-            created_at=row["created_at"],
-            last_activity=row.get("last_activity") or row["created_at"],
-            port=row.get("port"),
-            command_count=row.get("command_count") or 0,
-        )
-        self.sessions[s.id] = s
-        return s

@@ -2,8 +2,9 @@
 
 Run once at start-up by :meth:`SessionManager.recover
 <phoebe_spawner.sessions.manager.SessionManager.recover>`, which hands :class:`Recovery`
-the stored rows and two functions: one that registers a :class:`Session` for a row (with
-its spawner's state loaded) and one that connects a session's channel. A worker is
+the stored rows, its registry, what sessions need (spawners, services) and the function
+that connects a session's channel; :meth:`Recovery.register` puts a :class:`Session` for
+each row (its spawner's state loaded) in the registry. A worker is
 re-adopted only if its spawner says it is alive (for the local backend: same pid *and*
 process start time) *and* it answers a signed status request on its control channel;
 never by matching command lines. A command it is still running for the previous hub is
@@ -23,15 +24,20 @@ from phoebe_kernel_worker import protocol
 
 from ..auth.base import User
 from ..channels import ChannelError, WorkerChannel, WorkerEndpoint
-from .session import Session
+from ..spawners.base import Spawner
+from .session import Session, SessionServices
 
 
 @dataclass
 class Recovery:
     """Re-adopts (or fails) the sessions of a previous hub; see the module docstring."""
 
-    #: registers and returns the session of a stored row, its spawner's state loaded
-    register: Callable[[dict[str, Any], User], Session]
+    #: a spawner of the configured class for a session (SessionManager.make_spawner)
+    make_spawner: Callable[[str, User], Spawner]
+    #: what every session uses of the hub (SessionManager.services)
+    services: SessionServices
+    #: the manager's registry, which re-adopted (and failed) sessions join
+    registry: dict[str, Session]
     #: opens a session's channel to the endpoint its spawner recorded
     connect: Callable[[Session, WorkerEndpoint], WorkerChannel]
     #: whether to re-adopt at all (SessionManager.readopt_workers)
@@ -45,6 +51,24 @@ class Recovery:
     ) -> None:
         """Re-adopt or fail every session in ``rows`` (``users`` maps a row to its owner)."""
         await asyncio.gather(*(self.recover_one(row, users(row)) for row in rows))
+
+    def register(self, row: dict[str, Any], user: User) -> Session:
+        """Register the session of a stored row, its spawner's state loaded."""
+        spawner = self.make_spawner(row["id"], user)
+        spawner.load_state(row.get("spawner_state") or {})
+        s = Session(
+            row["id"],
+            user,
+            row.get("meta") or {},
+            spawner,
+            self.services,
+            created_at=row["created_at"],
+            last_activity=row.get("last_activity") or row["created_at"],
+            port=row.get("port"),
+            command_count=row.get("command_count") or 0,
+        )
+        self.registry[s.id] = s
+        return s
 
     async def recover_one(self, row: dict[str, Any], user: User) -> None:
         """Re-adopt one session's worker, or mark the session failed with the reason."""

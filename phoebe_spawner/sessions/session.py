@@ -38,7 +38,7 @@ from ..channels import (
     Reply,
     WorkerChannel,
 )
-from ..errors import CommandTimedOut, Unavailable
+from ..errors import CommandTimedOut, SessionGone, Unavailable
 from ..spawners.base import Spawner
 from ..store import DatabaseUnavailable, Store
 from .bus import CommandFinished, EventBus, IopubMessage, SessionChanged
@@ -47,6 +47,12 @@ from .bus import CommandFinished, EventBus, IopubMessage, SessionChanged
 ACTIVE = ("pending", "running", "stopping")
 #: Final statuses: the worker is gone for good.
 ENDED = ("stopped", "culled", "failed")
+#: who ended a session (``Session.ended_by``): its owner, the hub itself (cull, quota,
+#: failure, shutdown), or ``"admin <name>"``
+OWNER = "the user"
+HUB = "the hub"
+#: the reason of an owner's end (``POST /dash/end-session``), also in the store
+OWNER_REASON = "ended by user"
 #: longest error message kept per command (the command log's column holds 1000)
 ERROR_CHARS = 1000
 
@@ -131,8 +137,12 @@ class Session:
         self.ended_at: float | None = None
         #: re-adopted from a previous hub (its start was not this hub's)
         self.readopted = False
-        #: whether the session stays listed after it ended (a failure, with its reason)
+        #: whether the session stays listed after it ended (unless its owner ended it)
         self.linger = False
+        #: who ended it (:data:`OWNER`, :data:`HUB` or ``"admin <name>"``), once it ends
+        self.ended_by: str | None = None
+        #: the checkpoint the hub saved before ending it (``CheckpointManager.before_stop``)
+        self.checkpoint_id: str | None = None
         self.last_command: str | None = None
         self.last_command_ms: float | None = None
         #: "<command>: <message>" of the last command that did not succeed (admin page)
@@ -191,12 +201,19 @@ class Session:
         return data
 
     def check_running(self) -> None:
-        """Raise 503 unless the session is running with a connected channel."""
+        """Raise unless the session is running with a connected channel: 410 if the hub or
+        an admin ended it (:meth:`gone`), 503 otherwise."""
         if self.status == "running" and self.channel is not None:
             return
+        if self.status in ENDED and self.linger:
+            raise self.gone()
         if self.status == "failed":
             raise Unavailable(f"Session {self.id} has failed: {self.reason}")
         raise Unavailable(f"Session {self.id} is {self.status}")
+
+    def gone(self) -> SessionGone:
+        """The 410 a command to this ended session answers (why, and its checkpoint)."""
+        return gone_error(self.id, self.status, self.reason, self.checkpoint_id)
 
     # --- the one status setter ------------------------------------------------------------
 
@@ -337,10 +354,19 @@ class Session:
         return reply
 
     def _log_command(self, command: str, started: float, success: bool, error: str | None) -> None:
-        """Record a finished command: here, in the batched command log, and on the bus."""
+        """Record a finished command: here, in the batched command log, on the bus, and in
+        the hub log at debug level (``--debug``)."""
         seconds = time.time() - started
         self.last_command = command[:64]
         self.last_command_ms = 1000 * seconds
+        self._services.log.debug(
+            "session %s of %s: %s %s (%.1f ms)",
+            self.id,
+            self.user.name,
+            self.last_command,
+            "ok" if success else "failed",
+            self.last_command_ms,
+        )
         if error is not None:
             self.last_error = f"{self.last_command}: {error}"[:ERROR_CHARS]
         self._services.store.log_command(
@@ -429,14 +455,17 @@ class Session:
 
     # --- endings ---------------------------------------------------------------------------
 
-    async def stop(self, final: str, reason: str) -> None:
+    async def stop(self, final: str, reason: str, *, by: str = HUB) -> None:
         """Stop the worker and end ``final`` (``stopped``, ``culled``) once; concurrent
-        callers wait for the same stop. 503 if the store cannot record ``stopping``."""
+        callers wait for the same stop. ``by``: who ends it (the session lingers unless
+        :data:`OWNER`). 503 if the store cannot record ``stopping``."""
         if self.status == "pending":
             await self.launched.wait()  # stop what the start created, never race it
         if self._stopping is None:
             if self.status not in ACTIVE:
                 return
+            self.ended_by = by
+            self.linger = by != OWNER
             self._stopping = asyncio.ensure_future(self._stop(final, reason))
         await asyncio.shield(self._stopping)
 
@@ -485,8 +514,8 @@ class Session:
         await asyncio.shield(self._failing)
 
     async def _fail(self, reason: str) -> None:
-        self._services.log.warning("session %s of %s failed: %s", self.id, self.user.name, reason)
         self.linger = True
+        self.ended_by = HUB
         self.ended_at = time.time()
         await self._enter("failed", reason, termination_reason=reason, stopped_at=self.ended_at)
         if self.channel is not None:
@@ -512,6 +541,19 @@ def failure_message(reply: Reply) -> str:
         message = None
     text = str(message) if message else reply.status
     return text[:ERROR_CHARS]
+
+
+def gone_error(
+    session_id: str, status: str, reason: str | None, checkpoint_id: str | None
+) -> SessionGone:
+    """The 410 for a session that ended ``status`` for ``reason`` (live or stored)."""
+    if status == "failed":
+        detail = f"Session {session_id} has failed: {reason}"
+    else:
+        detail = f"Session {session_id} was {status}: {reason}"
+    if checkpoint_id:
+        detail += f"; checkpoint {checkpoint_id} was saved at its end (start from it)"
+    return SessionGone(detail, reason, checkpoint_id)
 
 
 def describe_exit(status: int | None) -> str:

@@ -70,7 +70,14 @@ async def test_admin_api_sees_and_ends_every_users_sessions(make_hub):
     assert resp.status == 404 and "nope" in resp.detail
     resp = await client.request("DELETE", f"/api/v1/admin/sessions/{sid}", token=admin)
     assert resp.status == 200 and resp.json() == {"success": True}
-    assert (await client.get("/dash/sessions", token=user)).json() == {}
+    # the owner still sees it, with the reason; a command to it is gone (410)
+    listed = (await client.get("/dash/sessions", token=user)).json()
+    assert (listed[sid]["status"], listed[sid]["reason"]) == (
+        "stopped",
+        "ended by admin root@example.org",
+    )
+    resp = await client.post(f"/send/{sid}", {"command": "ping"}, token=user)
+    assert resp.status == 410 and resp.json()["reason"] == "ended by admin root@example.org"
     row = await app.store.get_session(sid)
     assert row["status"] == "stopped" and "admin root@example.org" in row["termination_reason"]
 

@@ -65,7 +65,7 @@ async def test_send_oversize_is_413(make_hub):
     assert (await client.send(sid, "ping")).status == 200
 
 
-async def test_killed_worker_is_503_quickly(make_hub):
+async def test_killed_worker_is_410_quickly(make_hub):
     app, client = await make_hub()
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     pid = app.manager.sessions[sid].spawner.pid
@@ -76,7 +76,7 @@ async def test_killed_worker_is_503_quickly(make_hub):
         timeout=3,
     )
     resp = await client.send(sid, "ping")  # answered from the recorded end: no worker to ask
-    assert resp.status == 503 and "SIGKILL" in resp.detail
+    assert resp.status == 410 and "SIGKILL" in resp.detail
     listed = (await client.get("/dash/sessions")).json()[sid]
     assert listed["status"] == "failed" and "SIGKILL" in listed["reason"]
     row = await app.store.get_session(sid)
@@ -112,7 +112,7 @@ async def test_hung_worker_is_stopped_after_grace(make_hub):
         lambda: app.manager.sessions[sid].status == "failed", "the hung session to fail", timeout=15
     )
     resp = await client.send(sid, "ping")
-    assert resp.status == 503 and "hung" in resp.detail
+    assert resp.status == 410 and "hung" in resp.detail
 
 
 async def test_commands_to_one_session_run_in_order(make_hub):

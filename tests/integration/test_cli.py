@@ -4,6 +4,7 @@ subcommands, start-up refusals, and clean shutdown on SIGTERM and SIGINT."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,12 @@ def run(args: list[str], cwd, env=None, timeout=60) -> subprocess.CompletedProce
         text=True,
         timeout=timeout,
     )
+
+
+def untimed(stderr: str) -> list[str]:
+    """The hub's log lines without their timestamps (``[<date> <time> PhoebeSpawnerApp]``)."""
+    stamp = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+    return [stamp.sub("[", line) for line in stderr.splitlines()]
 
 
 def http(
@@ -343,7 +350,7 @@ def test_config_file_mistakes_stop_the_hub_with_one_line(tmp_path, text, line):
     (tmp_path / "config.py").write_text(text)
     result = run(["--config=config.py", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
+    assert untimed(result.stderr) == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
@@ -376,14 +383,14 @@ def test_config_file_mistakes_stop_the_hub_with_one_line(tmp_path, text, line):
 def test_command_line_mistakes_stop_the_hub_with_one_line(tmp_path, args, line):
     result = run([*args, f"--data-dir={tmp_path / 'data'}"], tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
+    assert untimed(result.stderr) == [f"[PhoebeSpawnerApp] CRITICAL | cannot start: {line}"]
 
 
 def test_subcommand_reads_the_config_file_strictly(tmp_path):
     (tmp_path / "config.py").write_text("c.SessionManager.max_sesions = 3\n")
     result = run(["upgrade-db", "--config=config.py", f"--data-dir={tmp_path / 'd'}"], tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    assert untimed(result.stderr) == [
         "[PhoebeSpawnerApp] CRITICAL | cannot start: config.py, line 1: unknown setting "
         "c.SessionManager.max_sesions; did you mean c.SessionManager.max_sessions?"
     ]
@@ -419,7 +426,7 @@ def test_a_valid_config_naming_every_kind_of_class_starts(tmp_path):
 def test_auth_mode_none_refuses_a_public_address(tmp_path):
     result = run(["--ip=0.0.0.0", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    assert untimed(result.stderr) == [
         "[PhoebeSpawnerApp] CRITICAL | cannot start: auth mode 'none' on 0.0.0.0 would let "
         "anyone who can reach the port run PHOEBE sessions; listen on 127.0.0.1, choose "
         "another --auth-mode, or pass --allow-insecure"

@@ -142,7 +142,7 @@ async def test_container_removed_behind_the_hubs_back_is_noticed(make_hub, docke
     # noticed by the poll (every 0.2 s in tests), not only when a command fails
     await async_wait_for(lambda: session.status == "failed", "the session to fail", timeout=5)
     assert "removed outside the hub" in (session.reason or "")
-    assert (await client.send(sid, "ping")).status == 503
+    assert (await client.send(sid, "ping")).status == 410
 
 
 async def test_restart_readopts_the_container_with_the_users_bundle(

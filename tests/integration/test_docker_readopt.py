@@ -49,4 +49,4 @@ async def test_readopt_false_stops_the_containers_a_previous_hub_left(
         assert run_dir
         assert not Path(run_dir).exists()  # the host side of /run/phoebe
     resp = await client2.send(sids[0], "ping")
-    assert resp.status == 503
+    assert resp.status == 410

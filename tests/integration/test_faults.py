@@ -52,7 +52,7 @@ async def test_worker_killed_mid_job(make_hub):
     assert running["status"] == "failed" and "SIGKILL" in running["error"]
     assert (await client.get(queued["links"]["self"])).json()["status"] in ("failed", "cancelled")
     resp = await client.send(sid, "ping")
-    assert resp.status == 503 and "SIGKILL" in resp.detail
+    assert resp.status == 410 and "SIGKILL" in resp.detail
     assert (await client.get("/dash/port-status")).json()["reserved_ports"] == 0
     restored = (
         await client.post("/dash/start-session", {"checkpoint_id": cp["checkpoint_id"]})
@@ -86,7 +86,7 @@ async def test_stopped_worker_times_out_then_is_failed_and_killed(make_hub):
     finally:
         if proc.is_running():
             proc.resume()
-    assert (await client.send(sid, "ping")).status == 503
+    assert (await client.send(sid, "ping")).status == 410
 
 
 async def test_database_locked_for_fifteen_seconds(make_hub, tmp_path):

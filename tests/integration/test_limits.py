@@ -103,7 +103,7 @@ async def test_memory_cgroup_kills_only_that_worker(make_hub, backend):
     s = app.manager.sessions[victim]
     assert s.status == "failed" and s.reason == "out of memory (limit 128 MiB)"
     resp = await client.send(victim, "ping")
-    assert resp.status == 503 and "out of memory (limit 128 MiB)" in resp.detail
+    assert resp.status == 410 and "out of memory (limit 128 MiB)" in resp.detail
     assert await ok(client, other, "ping") == {"status": "ready"}
     await async_wait_for(lambda: not group.exists(), "the memory group to be removed", timeout=10)
 
@@ -175,7 +175,7 @@ async def test_hung_job_fails_its_session_within_the_grace(make_hub, backend):
     s = app.manager.sessions[hung]
     assert s.status == "failed" and s.reason == reason
     resp = await client.send(hung, "ping")
-    assert resp.status == 503 and reason in resp.detail
+    assert resp.status == 410 and reason in resp.detail
     assert await ok(client, other, "ping") == {"status": "ready"}
 
 
@@ -284,7 +284,7 @@ async def test_file_count_quota_stops_the_session(make_hub):
     reason = "disk quota exceeded (limit 5 files in the session directory)"
     assert app.manager.sessions[full].reason == reason
     resp = await client.send(full, "ping")
-    assert resp.status == 503 and reason in resp.detail
+    assert resp.status == 410 and reason in resp.detail
     assert app.manager.sessions[other].status == "running"
     assert await ok(client, other, "ping") == {"status": "ready"}
 

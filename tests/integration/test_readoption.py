@@ -67,7 +67,7 @@ async def test_a_stopped_worker_is_failed_with_the_reason_and_killed(make_hub, t
         listed = (await client2.get("/dash/sessions")).json()
         assert listed[sid]["status"] == "failed" and listed[sid]["reason"] == NO_ANSWER
         resp = await client2.send(sid, "ping")
-        assert resp.status == 503 and resp.detail == f"Session {sid} has failed: {NO_ANSWER}"
+        assert resp.status == 410 and resp.detail == f"Session {sid} has failed: {NO_ANSWER}"
         row = await app2.store.get_session(sid)
         assert row["status"] == "failed" and row["termination_reason"] == NO_ANSWER
         # no orphan: the hub stopped the worker it gave up on
@@ -106,7 +106,8 @@ async def test_a_busy_worker_is_readopted_and_its_orphaned_command_interrupted(
     log = capsys.readouterr().err.splitlines()
     assert app2.manager.sessions[sid].readopted
     assert app2.manager.sessions[sid].spawner.pid == pid
-    assert f"[PhoebeSpawnerApp] interrupting an orphaned sleep in session {sid}" in log
+    orphan_line = f" PhoebeSpawnerApp] interrupting an orphaned sleep in session {sid}"
+    assert [line for line in log if line.endswith(orphan_line)] != [], log
     # the next command runs at once, not behind the orphaned 600 s sleep
     resp = await client2.send(sid, "get_value", twig="kept")
     assert resp.status == 200 and resp.json() == {"success": True, "result": 7}
@@ -135,4 +136,4 @@ async def test_a_readopted_worker_that_ignores_the_orphans_interrupt_is_failed_a
     assert (row["status"], row["termination_reason"]) == ("failed", reason)
     await async_wait_for(lambda: gone(proc), "the hung worker to be stopped", timeout=10)
     resp = await client2.send(sid, "ping")
-    assert resp.status == 503 and reason in resp.detail
+    assert resp.status == 410 and reason in resp.detail

@@ -170,7 +170,7 @@ async def test_scancel_behind_the_hubs_back_fails_the_session(make_hub, slurm_cl
     assert session["status"] == "failed"
     assert f"Slurm job {job_id} was cancelled" in session["reason"]
     assert "CANCELLED" in session["reason"]
-    assert (await client.send(sid, "ping")).status == 503
+    assert (await client.send(sid, "ping")).status == 410
     row = await app.store.get_session(sid)
     assert row["status"] == "failed" and "CANCELLED" in row["termination_reason"]
 

@@ -58,7 +58,7 @@ async def test_a_reused_job_id_is_not_readopted_nor_cancelled(make_hub, slurm_cl
         assert session["status"] == "failed"
         assert session["reason"] == "worker was lost while the hub was down"
         assert not app2.manager.sessions[sid].readopted
-        assert (await client2.send(sid, "ping")).status == 503
+        assert (await client2.send(sid, "ping")).status == 410
         row = await app2.store.get_session(sid)
         assert row["status"] == "failed" and row["spawner_state"] == {}
         # the foreign job was not cancelled (nor was ours: the hub no longer knows it)
@@ -106,7 +106,7 @@ async def test_readopt_false_cancels_the_jobs_a_previous_hub_left(
         for job in jobs:
             assert not in_queue(slurm_cluster, job)
             assert job_state(slurm_cluster, job) in ("CANCELLED", "PURGED")
-        assert (await client2.send(sids[0], "ping")).status == 503
+        assert (await client2.send(sids[0], "ping")).status == 410
     finally:
         for job in jobs:
             slurm_cluster.run("scancel", job, check=False)

@@ -14,6 +14,7 @@ from phoebe_spawner.client import (
     LimitReached,
     RateLimited,
     ServerError,
+    SessionEnded,
     WorkerUnavailable,
 )
 from phoebe_spawner.client._config import resolve_token, resolve_url
@@ -134,3 +135,9 @@ def test_error_classes_by_status() -> None:
     assert type(error_for_status(429, "full")) is LimitReached
     other = error_for_status(507, "quota")
     assert type(other) is ServerError and other.status == 507 and str(other) == "quota"
+    body = {"detail": "gone", "reason": "idle for 1800 s", "checkpoint_id": "c1"}
+    ended = error_for_status(410, "gone", None, body)
+    assert type(ended) is SessionEnded and isinstance(ended, WorkerUnavailable)
+    assert (ended.status, ended.reason, ended.checkpoint_id) == (410, "idle for 1800 s", "c1")
+    bare = error_for_status(410, "gone", None, "not JSON")
+    assert (bare.reason, bare.checkpoint_id) == (None, None)
