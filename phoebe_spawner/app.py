@@ -26,6 +26,7 @@ from traitlets.config.loader import KVArgParseConfigLoader
 
 from ._version import __version__
 from .auth.base import Authenticator, User
+from .auth.hubenv import service_overrides
 from .checkpoints import CheckpointManager
 from .configcheck import (
     CheckedArgLoader,
@@ -397,6 +398,7 @@ class PhoebeSpawnerApp(Application):
         """Build every service and start listening (tests call this in-process)."""
         auth_class = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
         self.refuse_if_exposed(getattr(auth_class, "mode", ""))  # before anything is made
+        self.check_service_overrides(getattr(auth_class, "mode", ""))
         self.make_data_dir()
         self.store = Store(self.db_url, sqlite_busy_timeout_ms=int(1000 * self.db_busy_timeout))
         await self.store.init(upgrade=self.upgrade_db)
@@ -518,6 +520,19 @@ class PhoebeSpawnerApp(Application):
             "PHOEBE sessions",
             self.ip or "every interface",
         )
+
+    def check_service_overrides(self, mode: str) -> None:
+        """Under JupyterHub's service variables, refuse (``ValueError``) or warn about
+        settings that contradict them (see :func:`~.auth.hubenv.service_overrides`)."""
+        found = service_overrides(
+            ip=self.ip, port=self.port, base_url=self.base_url, auth_mode=mode, environ=os.environ
+        )
+        for override in found:
+            if not override.fatal:
+                self.log.warning("JupyterHub service: %s", override.message)
+        fatal = [o.message for o in found if o.fatal]
+        if fatal:
+            raise ValueError("; and ".join(fatal))
 
     async def cleanup(self) -> None:
         """Stop listening, stop (or leave) the workers, close the database."""
