@@ -63,12 +63,14 @@ class JupyterHubProcess:
         phoebe_workers: bool = False,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         self.workdir = workdir
         self.proxy = proxy
         self.phoebe_workers = phoebe_workers
         self.python = python  # the hub environment's Python (the service runs on it too)
         self.env = dict(os.environ if env is None else env)
+        self.extra_config = extra_config  # a site's lines after the snippet (a recipe)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.service_url = f"{self.url}/services/phoebe/"
@@ -79,7 +81,8 @@ class JupyterHubProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> Path:
-        """The shipped snippet, unchanged, then what this test hub needs."""
+        """The shipped snippet, unchanged, then ``extra_config``, then what this test hub
+        needs."""
         service_config = self.workdir / "phoebe_spawner_config.py"
         lines = [
             "c.PhoebeSpawnerApp.log_level = 'DEBUG'",
@@ -94,6 +97,7 @@ class JupyterHubProcess:
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(
             SNIPPET.read_text()
+            + self.extra_config
             + f"""
 
 # --- the e2e test hub ---------------------------------------------------------------

@@ -42,15 +42,17 @@ phoebe_service = {
 c.JupyterHub.services.append(phoebe_service)
 
 # Who may use it: every user, and (so `PhoebeClient()` works with no arguments in a
-# notebook) the token each notebook server gets as $JUPYTERHUB_API_TOKEN. Admins of the
-# service: the hub's admins, and the members of the group phoebe-admins (add them in
-# the hub's admin page; they log in to the service again to become admins there).
+# notebook) the token each notebook server gets as $JUPYTERHUB_API_TOKEN, which never
+# has more rights than its user. Admins of the service: the hub's admins, and the
+# members of the group phoebe-admins (add them in the hub's admin page; they log in to
+# the service again to become admins there).
 c.JupyterHub.custom_scopes.update(
     {"custom:phoebe:admin": {"description": "See and end every user's PHOEBE sessions"}}
 )
+phoebe_user_role = {"name": "user", "scopes": ["self", "access:services!service=phoebe"]}
 c.JupyterHub.load_roles.extend(
     [
-        {"name": "user", "scopes": ["self", "access:services!service=phoebe"]},
+        phoebe_user_role,
         {
             "name": "server",
             "scopes": [
