@@ -24,9 +24,9 @@ from traitlets import Bool, Float, Integer, TraitError, Unicode, default, valida
 from traitlets.config import Application, Config, catch_config_error
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from ._data import share_dir
 from ._version import __version__
 from .auth.base import Authenticator, User
+from .auth.hubenv import check_service_overrides
 from .checkpoints import CheckpointManager
 from .configcheck import (
     CheckedArgLoader,
@@ -36,6 +36,7 @@ from .configcheck import (
     known_classes,
     load_checked,
 )
+from .configfile import config_file_text
 from .handlers import HubContext
 from .httpserver import CappedHTTPServer, raise_fd_limit
 from .hubsecret import load_secret
@@ -424,6 +425,9 @@ class PhoebeSpawnerApp(Application):
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
         mode = getattr(auth_class, "mode", "")
         refuse_if_exposed(mode, self.ip, allow_insecure=self.allow_insecure, log=self.log)
+        check_service_overrides(
+            ip=self.ip, port=self.port, base_url=self.base_url, auth_mode=mode, log=self.log
+        )
         socks = listen(self.ip, self.port)
         store: Store | None = None
         try:
@@ -580,24 +584,8 @@ class PhoebeSpawnerApp(Application):
         if path.exists():
             self.log.critical("%s exists; remove it or pass --config another path", path)
             self.exit(1)
-        path.write_text(self.config_file_text())
+        path.write_text(config_file_text(self.generate_config_file()))
         print(f"Wrote {path}")
-
-    def config_file_text(self) -> str:
-        """What ``--generate-config`` writes: the curated essentials, active and commented
-        (``share/phoebe_spawner/examples/phoebe_spawner_config.py``, the one copy of them),
-        then every option of every configurable class with its help, commented out."""
-        essentials = (share_dir() / "examples" / "phoebe_spawner_config.py").read_text()
-        # traitlets' reference opens with its own header and ``c = get_config()``: the
-        # essentials already have both
-        reference = self.generate_config_file().partition("c = get_config()  #noqa\n")[2]
-        rule = "# " + "=" * 90
-        return (
-            f"{essentials.rstrip()}\n\n\n{rule}\n"
-            "# Reference: every option of every configurable class, with its help and its\n"
-            "# default, commented out (`phoebe-spawner --help-all` prints the same).\n"
-            f"{rule}\n{reference}"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,10 @@ owned by the hub user name.
 
 Cookie-authenticated writes must pass the XSRF check (the page sends the
 ``X-XSRFToken`` header); token-authenticated requests need none.
+
+An OAuth token keeps the scopes the user had when it was issued: a user given a scope
+later (a TA added to ``phoebe-admins``) must log in to the service again, which
+``<prefix>/relogin`` does (the 403 page links to it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, check_scopes
 from tornado.web import HTTPError, RequestHandler
@@ -69,6 +73,25 @@ class CallbackHandler(HubOAuthCallbackHandler):
             detail = "Login through JupyterHub failed (see the service log)"
         self.set_header("Content-Type", "application/json")
         self.finish({"detail": detail})
+
+
+class ReloginHandler(RequestHandler):
+    """``GET <prefix>/relogin?next=<page>``: forget the service's OAuth cookie and go
+    through JupyterHub's OAuth again, back to ``next`` (a page of this service, else the
+    user page). The 403 page links here, because a token issued before the user got a
+    scope never gains it. Harmless cross-site: it only logs the browser in again."""
+
+    def initialize(self, authenticator: HubAuthenticator) -> None:
+        self.authenticator = authenticator
+
+    def get(self) -> None:
+        prefix = self.authenticator.base_url
+        target = self.get_argument("next", prefix)
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc or not parts.path.startswith(prefix):
+            target = prefix  # only pages of this service, never another site
+        self.authenticator.logout(self)
+        self.redirect(self.authenticator.authorize_url(self, target))
 
 
 class HubAuthenticator(Authenticator):
@@ -204,9 +227,19 @@ class HubAuthenticator(Authenticator):
             groups=tuple(str(g) for g in model.get("groups") or ()),
         )
 
+    @property
+    def hub_home_url(self) -> str:
+        """JupyterHub's home page (the link back to the hub on every page)."""
+        return f"{self.oauth.hub_host}{self.oauth.hub_prefix}home"
+
     def login_url(self, handler: RequestHandler) -> str | None:
-        """Where a browser without a cookie goes: JupyterHub's OAuth authorize URL, with a
-        fresh state (stored in a cookie) and a PKCE challenge, returning to this page."""
+        """Where a browser without a cookie goes: JupyterHub's OAuth authorize URL,
+        returning to this page."""
+        return self.authorize_url(handler, handler.request.uri or self.base_url)
+
+    def authorize_url(self, handler: RequestHandler, next_url: str) -> str:
+        """JupyterHub's OAuth authorize URL with a fresh state (stored in a cookie by
+        ``handler``) and a PKCE challenge, returning to ``next_url``."""
         oauth = self.oauth
         params: dict[str, str] = {}
         code_verifier = None
@@ -215,7 +248,7 @@ class HubAuthenticator(Authenticator):
             params["code_challenge"] = challenge
             params["code_challenge_method"] = method
         params["state"] = oauth.set_state_cookie(
-            handler, next_url=handler.request.uri, code_verifier=code_verifier
+            handler, next_url=next_url, code_verifier=code_verifier
         )
         login: str = oauth.login_url
         return f"{login}{'&' if '?' in login else '?'}{urlencode(params)}"
@@ -225,5 +258,9 @@ class HubAuthenticator(Authenticator):
         self.oauth.clear_cookie(handler)
 
     def extra_routes(self, prefix: str) -> list[tuple[str, type, dict[str, Any]]]:
-        """The OAuth callback route, under the service prefix."""
-        return [(prefix.rstrip("/") + "/oauth_callback", CallbackHandler, {"hub_auth": self.oauth})]
+        """The OAuth callback and the log-in-again routes, under the service prefix."""
+        base = prefix.rstrip("/")
+        return [
+            (base + "/oauth_callback", CallbackHandler, {"hub_auth": self.oauth}),
+            (base + "/relogin", ReloginHandler, {"authenticator": self}),
+        ]

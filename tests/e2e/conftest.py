@@ -26,4 +26,4 @@ def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterHubP
     try:
         yield hub
     finally:
-        hub.stop(timeout=15)  # raises if the hub or its service does not stop in time
+        hub.close(timeout=15)  # raises if the hub or its service does not stop in time

@@ -1,14 +1,17 @@
 """A real JupyterHub (with configurable-http-proxy) running phoebe-spawner as a managed service.
 
 Used by the e2e tests: :class:`JupyterHubProcess` writes a ``jupyterhub_config.py``
-built on the example snippet in ``share/phoebe_spawner/jupyterhub``, starts
-``python -m jupyterhub`` in a temporary directory, waits until the hub and the service
-answer through the proxy, and stops everything at the end (the service must exit
-with the hub).
+that is the shipped snippet (``share/phoebe_spawner/jupyterhub/jupyterhub_config.py``)
+unchanged, followed by what a test hub needs (ports, users, a test token: nothing of
+the phoebe service but its port), starts ``python -m jupyterhub`` (of this
+environment, or of another one) in a temporary directory with the service's data dir
+and config given as the snippet reads them, waits until the hub and the service answer
+through the proxy, and stops everything at the end. :meth:`restart` stops and starts
+the hub again with the same database, as an admin applying a config change does.
 
 Users (DummyAuthenticator, password ``PASSWORD``): ``alice`` and ``bob`` (plain users),
 ``root`` (a hub admin) and ``carol`` (holds ``custom:phoebe:admin``). A ``test-admin``
-service token creates API tokens for them.
+service token creates API tokens for them and manages groups.
 """
 
 from __future__ import annotations
@@ -52,22 +55,37 @@ def free_port() -> int:
 class JupyterHubProcess:
     """One JupyterHub with the ``phoebe`` service; ``url`` is the proxy's public URL."""
 
-    def __init__(self, workdir: Path, proxy: str, *, phoebe_workers: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        proxy: str,
+        *,
+        phoebe_workers: bool = False,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.workdir = workdir
         self.proxy = proxy
         self.phoebe_workers = phoebe_workers
+        self.python = python  # the hub environment's Python (the service runs on it too)
+        self.env = dict(os.environ if env is None else env)
+        self.extra_config = extra_config  # a site's lines after the snippet (a recipe)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.service_url = f"{self.url}/services/phoebe/"
         self.service_port = free_port()
+        self.hub_port = free_port()
+        self.proxy_api_port = free_port()
         self.log_path = workdir / "jupyterhub.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> Path:
-        """The example snippet plus what this test hub needs (ports, users, test tokens)."""
+        """The shipped snippet, unchanged, then ``extra_config``, then what this test hub
+        needs."""
         service_config = self.workdir / "phoebe_spawner_config.py"
         lines = [
-            f"c.PhoebeSpawnerApp.data_dir = {str(self.workdir / 'phoebe-data')!r}",
+            "c.PhoebeSpawnerApp.log_level = 'DEBUG'",
             "c.SessionManager.start_rate_per_minute = 0",
             "c.SessionManager.memory_interval = 1.0",
             "c.SessionManager.poll_interval = 0.2",
@@ -79,15 +97,15 @@ class JupyterHubProcess:
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(
             SNIPPET.read_text()
+            + self.extra_config
             + f"""
 
 # --- the e2e test hub ---------------------------------------------------------------
-import sys
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {self.port}
-c.JupyterHub.hub_port = {free_port()}
+c.JupyterHub.hub_port = {self.hub_port}
 c.ConfigurableHTTPProxy.command = [{self.proxy!r}]
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = {str(self.workdir / "proxy.pid")!r}
 c.JupyterHub.db_url = "sqlite:///{self.workdir / "jupyterhub.sqlite"}"
 c.JupyterHub.cookie_secret_file = {str(self.workdir / "cookie_secret")!r}
@@ -96,29 +114,30 @@ c.DummyAuthenticator.password = {PASSWORD!r}
 c.Authenticator.allowed_users = {{"alice", "bob", "carol"}}
 c.Authenticator.admin_users = {{"root"}}
 c.JupyterHub.log_level = "INFO"
-phoebe = next(s for s in c.JupyterHub.services if s["name"] == "phoebe")
-phoebe["url"] = "http://127.0.0.1:{self.service_port}"
-phoebe["command"] = [sys.executable, "-m", "phoebe_spawner", "--config",
-                     {str(service_config)!r}, "--log-level", "DEBUG"]
-phoebe["environment"] = {{"PYTHONPATH": {os.environ.get("PYTHONPATH", "")!r}}}
+phoebe_service["url"] = "http://127.0.0.1:{self.service_port}"  # a free port, not 8890
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {ADMIN_TOKEN!r}}})
-c.JupyterHub.load_roles.append(
-    {{"name": "test-admin", "scopes": ["admin:users", "tokens", "list:services", "read:services"],
-     "services": ["test-admin"]}}
-)
-for role in c.JupyterHub.load_roles:
-    if role["name"] == "phoebe-admin":
-        role["users"] = ["carol"]
+c.JupyterHub.load_roles.extend([
+    {{"name": "test-admin",
+     "scopes": ["admin:users", "admin:groups", "tokens", "list:services", "read:services"],
+     "services": ["test-admin"]}},
+    {{"name": "phoebe-admin-carol", "scopes": ["custom:phoebe:admin"], "users": ["carol"]}},
+])
 """
         )
         return config
 
     def start(self, timeout: float = 60) -> None:
         config = self.write_config()
-        with self.log_path.open("wb") as log:  # the hub keeps its own copy of the fd
+        env = {
+            **self.env,
+            "PHOEBE_SPAWNER_DATA_DIR": str(self.workdir / "phoebe-data"),
+            "PHOEBE_SPAWNER_CONFIG": str(self.workdir / "phoebe_spawner_config.py"),
+        }
+        with self.log_path.open("ab") as log:  # the hub keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+                [self.python, "-m", "jupyterhub", "-f", str(config)],
                 cwd=self.workdir,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -136,6 +155,13 @@ for role in c.JupyterHub.load_roles:
             raise RuntimeError(
                 f"JupyterHub or the phoebe service did not come up:\n{self.log_tail()}"
             ) from None
+
+    def restart(self, timeout: float = 60) -> psutil.Process | None:
+        """Stop the hub (and with it the service) and start it again, as an admin applying
+        a config change does; returns the service process that stopped."""
+        stopped = self.stop()
+        self.start(timeout)
+        return stopped
 
     def _answers(self, url: str) -> bool:
         try:
@@ -179,6 +205,36 @@ for role in c.JupyterHub.load_roles:
             body["scopes"] = scopes
         return str(self.api("POST", f"/users/{user}/tokens", body)["token"])
 
+    def workers(self) -> list[psutil.Process]:
+        """The PHOEBE workers of the running service."""
+        service = self.service_process()
+        if service is None:
+            return []
+        return [
+            p
+            for p in service.children(recursive=True)
+            if "phoebe_kernel_worker" in " ".join(p.cmdline())
+        ]
+
+    def end_every_session(self) -> None:
+        """End every session through the admin API (the snippet keeps workers across a
+        stop, so a test hub ends them before its last stop)."""
+        admin = self.token_for("root")
+        listing = self.api_service("GET", "api/v1/admin/sessions", admin)
+        for session in listing["sessions"]:
+            if session["status"] not in {"pending", "running"}:
+                continue
+            self.api_service("DELETE", f"api/v1/admin/sessions/{session['session_id']}", admin)
+
+    def api_service(self, method: str, path: str, token: str) -> Any:
+        """A call to the phoebe service through the proxy (blocking: fixtures only)."""
+        req = urllib.request.Request(
+            self.service_url + path, method=method, headers={"Authorization": f"token {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
     def stop(self, timeout: float = 20) -> psutil.Process | None:
         """SIGTERM the hub and wait, up to ``timeout`` s each, for it and then its phoebe
         service to exit (RuntimeError if one does not). Returns the service's process that
@@ -205,3 +261,11 @@ for role in c.JupyterHub.load_roles:
         except psutil.NoSuchProcess:
             pass
         return service
+
+    def close(self, timeout: float = 20) -> None:
+        """The last stop: end every session (their workers outlive a stop), then stop."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.end_every_session()
+            finally:
+                self.stop(timeout)

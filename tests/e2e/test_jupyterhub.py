@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -67,8 +68,14 @@ async def test_oauth_login_reaches_the_user_page_and_admin_rules(jupyterhub):
     assert alice.cookie("oauth-state") is None
     assert alice.cookie("service-phoebe") is not None
 
+    # every page links back to the hub
+    assert 'href="/hub/home"' in page.body
+    home = await asyncio.to_thread(alice.open, jupyterhub.url + "/hub/home")
+    assert home.status == 200 and home.url == jupyterhub.url + "/hub/home"
+
     denied = await asyncio.to_thread(alice.open, jupyterhub.service_url + "admin")
     assert denied.status == 403 and "Only admins" in denied.body
+    assert 'id="relogin"' in denied.body and "phoebe-admins" in denied.body
 
     # cookie-authenticated API reads work; writes need the page's XSRF token
     sessions = await asyncio.to_thread(
@@ -87,6 +94,31 @@ async def test_oauth_login_reaches_the_user_page_and_admin_rules(jupyterhub):
             browser.login, jupyterhub.service_url + "admin", admin, PASSWORD
         )
         assert page.status == 200 and "All sessions" in page.body, (admin, page.body[:300])
+
+
+async def test_a_user_added_to_the_admin_group_is_admin_after_logging_in_again(jupyterhub):
+    """A TA added to phoebe-admins: the login made before still has the old rights (403,
+    whose page says to log in again); the page's link logs in again, as admin."""
+    bob = Browser()
+    page = await asyncio.to_thread(bob.login, jupyterhub.service_url, "bob", PASSWORD)
+    assert page.status == 200
+    members = "/groups/phoebe-admins/users"
+    await asyncio.to_thread(jupyterhub.api, "POST", members, {"users": ["bob"]})
+    try:
+        denied = await asyncio.to_thread(bob.open, jupyterhub.service_url + "admin")
+        assert denied.status == 403, denied.body[:300]
+        link = re.search(r'<p id="relogin">.*?<a href="([^"]+)"', denied.body, re.S)
+        assert link is not None, denied.body
+        again = await asyncio.to_thread(bob.open, urllib.parse.urljoin(denied.url, link[1]))
+        assert again.status == 200 and "All sessions" in again.body, again.body[:300]
+        assert again.url == jupyterhub.service_url + "admin"
+        # a next page elsewhere is not followed: the user page instead
+        away = await asyncio.to_thread(
+            bob.open, jupyterhub.service_url + "relogin?next=https://example.org/"
+        )
+        assert away.status == 200 and away.url == jupyterhub.service_url
+    finally:
+        await asyncio.to_thread(jupyterhub.api, "DELETE", members, {"users": ["bob"]})
 
 
 async def test_api_tokens_scopes_and_identity(jupyterhub):
@@ -208,7 +240,12 @@ async def test_service_is_in_the_services_list(jupyterhub):
     assert phoebe["display"] is True and phoebe["prefix"] == "/services/phoebe/"
 
 
-async def test_service_stops_promptly_with_the_hub_and_leaves_no_worker(tmp_path):
+async def test_the_service_stops_with_the_hub_and_the_next_start_takes_its_workers_back(
+    tmp_path,
+):
+    """The shipped snippet keeps workers across a JupyterHub restart (``--keep-workers``):
+    the service still exits within seconds of the hub, its worker lives on, and the
+    service the restarted hub starts adopts it again."""
     proxy = find_proxy()
     if proxy is None:
         pytest.skip("configurable-http-proxy is not installed (.ci/node-packages installs it)")
@@ -216,22 +253,27 @@ async def test_service_stops_promptly_with_the_hub_and_leaves_no_worker(tmp_path
     await asyncio.to_thread(hub.start)
     try:
         token = await asyncio.to_thread(hub.token_for, "alice")
-        status, _ = await acall(hub, "POST", "dash/start-session", token, {})
+        status, session = await acall(hub, "POST", "dash/start-session", token, {})
         assert status == 200
-        service = hub.service_process()
-        assert service is not None
-        workers = [
-            p
-            for p in service.children(recursive=True)
-            if "phoebe_kernel_worker" in " ".join(p.cmdline())
-        ]
-        assert len(workers) == 1
+        sid = session["session_id"]
+        status, reply = await acall(
+            hub, "POST", f"send/{sid}", token, {"command": "set_value", "twig": "x", "value": 7}
+        )
+        assert status == 200 and reply["success"], reply
+        [worker] = await asyncio.to_thread(hub.workers)
+        first = await asyncio.to_thread(hub.restart)  # raises if a stop takes over 20 s
+        assert first is not None and not first.is_running()  # the service stopped with the hub
+        assert worker.is_running() and worker.status() != "zombie"
+        status, reply = await acall(
+            hub, "POST", f"send/{sid}", token, {"command": "get_value", "twig": "x"}
+        )
+        assert status == 200 and reply["result"] == 7, reply
+        status, _ = await acall(hub, "POST", f"dash/end-session/{sid}", token)
+        assert status == 200
+        await async_wait_for(
+            lambda: not worker.is_running() or worker.status() == "zombie", "the worker to exit"
+        )
     finally:
-        stopped = await asyncio.to_thread(hub.stop, 10)  # raises if it takes longer
-    assert stopped is not None  # the service was running, and stopped with the hub
-    await async_wait_for(
-        lambda: not any(w.is_running() and w.status() != "zombie" for w in workers),
-        "the workers to exit",
-    )
-    log = hub.log_tail(400)
+        await asyncio.to_thread(hub.close, 10)
+    log = hub.log_tail(800)
     assert re.search(r"phoebe-spawner .* \(auth hub, spawner LocalProcessSpawner\)", log), log
