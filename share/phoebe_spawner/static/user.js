@@ -179,5 +179,6 @@
     "session_culled"];
   PS.follow("api/v1/events", types, () => refresh().catch(() => {}));
   refresh().catch((err) => { line.textContent = err.message; });
-  setInterval(() => render(), 5000);
+  setInterval(() => render(), 5000);                        // ages and idle times move on
+  setInterval(() => refresh().catch(() => {}), 30000);      // memory and commands too
 })();
