@@ -7,7 +7,8 @@
 //  3. the admin page (as an admin, in a fresh browser profile, 900 px wide): every End
 //     button in view, the memory plot's scales, the text filter (project, full name),
 //     the status filter, sorting by a column both ways, the counters as sessions start
-//     and end behind the page's back, and End's confirmation (dismissed, then accepted).
+//     and end behind the page's back, End's confirmation (dismissed, then accepted), and
+//     the state after the event stream ended with the hub's event log started anew.
 // Prints one JSON line with what it saw; exits non-zero on any failure.
 "use strict";
 // CommonJS, so NODE_PATH finds playwright-core in .venv/node (ESM imports ignore it).
@@ -208,9 +209,9 @@ try {
   }
 
   // counters follow sessions started and ended elsewhere (the API, another user)
-  const api = async (method, path, body) => {
+  const api = async (method, path, body, token = env.OTHER_TOKEN) => {
     const r = await fetch(env.SERVICE_URL + path, {
-      method, headers: { Authorization: `Bearer ${env.OTHER_TOKEN}`,
+      method, headers: { Authorization: `Bearer ${token}`,
         "Content-Type": "application/json" }, body: body && JSON.stringify(body),
     });
     const json = await r.json();
@@ -236,6 +237,31 @@ try {
   await asked;
   await target.waitFor({ state: "detached", timeout: 30000 });
   seen.counters_after_admin_end = await counters(page);
+
+  // what a hub restart does to the stream: once a session named "gap" exists, the test
+  // gives the hub a new event log (ids start again at 1) and ends the old one's streams;
+  // sessions started and ended after that are on the new log only. Back on the stream,
+  // the page reloads its state and is right (resuming after its old event id, it would
+  // hear nothing)
+  const lastEventId = async () => (await api("GET", "api/v1/admin/sessions",
+    undefined, env.ADMIN_TOKEN)).last_event_id;
+  const before = await lastEventId();
+  const gap = await api("POST", "dash/start-session", { project_name: "gap" });
+  const deadline = Date.now() + 30000;
+  while (await lastEventId() >= before) {
+    if (Date.now() > deadline) throw new Error("the test did not restart the event log");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const zeta = await api("POST", "dash/start-session", { project_name: "zeta" });
+  seen.zeta = zeta.session_id;
+  await api("POST", `dash/end-session/${gap.session_id}`);
+  await page.locator(`tr[data-session-id="${zeta.session_id}"] .status.running`)
+    .waitFor({ timeout: 30000 });
+  await page.locator(`tr[data-session-id="${gap.session_id}"]`)
+    .waitFor({ state: "detached", timeout: 30000 });
+  await page.waitForSelector("#live.on", { timeout: 30000 });
+  seen.counters_after_gap = await counters(page);
+  seen.rows_after_gap = await rowIds(page);
 } finally {
   console.log(JSON.stringify(seen));
   await admin.context.close();

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from phoebe_spawner.jobs.events import EventLog
+
 from ..conftest import Client, register
 from ..waiting import async_wait_for
 from .jupyterhub import ROOT
@@ -121,29 +123,39 @@ async def test_user_page_login_form_and_admin_filters_in_chromium(make_hub, tmp_
         lambda: app.manager.sessions[delta].status == "failed", "the session to fail"
     )
 
+    resp = await client.post(
+        "/auth/login", {"email": "root@example.org", "password": "admin password"}
+    )
+    admin = resp.json()["access_token"]
+    gap = asyncio.create_task(restart_the_admin_event_log_when_asked(app))
     artifacts = Path(os.environ.get("PHOEBE_SPAWNER_ARTIFACTS", ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
-    seen = await drive(
-        SCRIPT,
-        node,
-        chromium,
-        USER_PROFILE=str(tmp_path / "user-profile"),
-        ADMIN_PROFILE=str(tmp_path / "admin-profile"),
-        SERVICE_URL=client.base_url + "/",
-        USER_EMAIL="ada@example.org",
-        USER_PASSWORD=PASSWORD,
-        ADMIN_EMAIL="root@example.org",
-        ADMIN_PASSWORD="admin password",
-        CHECKPOINT_ID=checkpoint,
-        DELETE_CHECKPOINT_ID=scratch,
-        PROJECT_NAME="omega-run",
-        EXPECTED_ROWS="4",  # beta, gamma, delta (failed) and ada's new one
-        FILTER_TEXT="GAMMA",
-        FULL_NAME_FILTER="carol shannon",
-        OTHER_TOKEN=bob,
-        END_SESSION_ID=beta,
-        ARTIFACTS=str(artifacts),
-    )
+    try:
+        seen = await drive(
+            SCRIPT,
+            node,
+            chromium,
+            USER_PROFILE=str(tmp_path / "user-profile"),
+            ADMIN_PROFILE=str(tmp_path / "admin-profile"),
+            SERVICE_URL=client.base_url + "/",
+            USER_EMAIL="ada@example.org",
+            USER_PASSWORD=PASSWORD,
+            ADMIN_EMAIL="root@example.org",
+            ADMIN_PASSWORD="admin password",
+            CHECKPOINT_ID=checkpoint,
+            DELETE_CHECKPOINT_ID=scratch,
+            PROJECT_NAME="omega-run",
+            EXPECTED_ROWS="4",  # beta, gamma, delta (failed) and ada's new one
+            FILTER_TEXT="GAMMA",
+            FULL_NAME_FILTER="carol shannon",
+            OTHER_TOKEN=bob,
+            END_SESSION_ID=beta,
+            ADMIN_TOKEN=admin,
+            ARTIFACTS=str(artifacts),
+        )
+        await gap
+    finally:
+        gap.cancel()  # the driver failed before it asked
     assert seen["console_errors"] == []
     # the only error answers: the login page, the wrong password, the admin page's login
     assert seen["error_responses"] == ["401 GET /", "401 POST /auth/login", "401 GET /admin"]
@@ -240,8 +252,30 @@ async def test_user_page_login_form_and_admin_filters_in_chromium(make_hub, tmp_
     assert row is not None and row["status"] == "stopped"
     assert "admin root@example.org" in row["termination_reason"]
 
-    for sid, token in ((gamma, carol), (restored, ada)):
+    # after the stream came back on a new event log, the page reloaded its state
+    zeta = seen["zeta"]
+    assert set(seen["rows_after_gap"]) == {gamma, delta, restored, zeta}
+    assert seen["counters_after_gap"] == {
+        "count": "4",
+        "running": "3",
+        "capacity": "17 free of 20",
+    }
+
+    for sid, token in ((gamma, carol), (restored, ada), (zeta, bob)):
         assert (await client.post(f"/dash/end-session/{sid}", token=token)).status == 200
+
+
+async def restart_the_admin_event_log_when_asked(app: Any) -> None:
+    """Once a session named "gap" exists, do to the admin event stream what a hub restart
+    does: a new event log whose ids start again at 1, and the old log's streams end."""
+    await async_wait_for(
+        lambda: any(s.project_name == "gap" for s in app.manager.sessions.values()),
+        "the driver to start the session named gap",
+        timeout=240,
+    )
+    old = app.admin_events.log
+    app.admin_events.log = EventLog(max_events=old.max_events)
+    old.close()
 
 
 def run_snippet(snippet: str, password: str) -> object:
