@@ -305,13 +305,16 @@ async def test_the_user_pages_snippet_in_mode_none_runs_as_pasted(make_hub, tmp_
         USER_PROFILE=str(tmp_path / "profile"),
         SERVICE_URL=client.base_url + "/",
         PROJECT_NAME="kappa",
+        ARTIFACTS=os.environ.get("PHOEBE_SPAWNER_ARTIFACTS", str(ROOT / "test-artifacts")),
     )
     assert seen["console_errors"] == [] and seen["error_responses"] == []
     assert seen["notebook_hidden_before"] is True  # no running session, no snippet
+    assert seen["end_right"] <= 900 and seen["page_width"] <= 900
     sid = seen["session_id"]
     assert app.manager.sessions[sid].project_name == "kappa"
     # mode none: the URL and the session, nothing else
-    assert f'PhoebeClient("{client.base_url}/", session_id="{sid}")' in seen["snippet"]
+    call = f'client = PhoebeClient(\n    "{client.base_url}/",\n    session_id="{sid}",\n)'
+    assert call in seen["snippet"]
     assert "token" not in seen["snippet"] and "password" not in seen["snippet"]
     assert sid in seen["hint"] and "(kappa)" in seen["hint"]
     await client.send(sid, "set_value", twig="period@binary", value=1.75)

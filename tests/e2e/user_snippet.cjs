@@ -1,6 +1,6 @@
 // Headless Chromium on the user page of a hub in auth mode none (driven by
 // tests/e2e/test_pages_standalone.py): start a session with a project name and read
-// the notebook snippet the page offers for it. Prints one JSON line with what it saw;
+// the notebook snippet the page offers for it, 900 px wide. Prints one JSON line with what it saw;
 // exits non-zero on any failure.
 "use strict";
 // CommonJS, so NODE_PATH finds playwright-core in .venv/node (ESM imports ignore it).
@@ -9,7 +9,7 @@ const { chromium } = require("playwright-core");
 (async () => {
 const env = process.env;
 const context = await chromium.launchPersistentContext(env.USER_PROFILE, {
-  executablePath: env.CHROMIUM, headless: true,
+  executablePath: env.CHROMIUM, headless: true, viewport: { width: 900, height: 800 },
   args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
 });
@@ -37,6 +37,13 @@ try {
   await page.waitForSelector("#notebook:not([hidden])");
   seen.snippet = await page.textContent("#snippet");
   seen.hint = await page.textContent("#snippet-hint");
+  // 900 px wide: the row's buttons within the window, nothing scrolls sideways
+  seen.end_right = await page.$eval("#sessions tbody tr button.danger",
+    (b) => b.getBoundingClientRect().right);
+  seen.page_width = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (env.ARTIFACTS) {
+    await page.screenshot({ path: `${env.ARTIFACTS}/user-none-900.png`, fullPage: true });
+  }
 } finally {
   console.log(JSON.stringify(seen));
   await context.close();

@@ -44,23 +44,24 @@
     const url = JSON.stringify(new URL(PS.base, window.location.href).href);
     const mode = document.body.dataset.mode;
     const user = JSON.stringify(notebook.dataset.userName || "");
-    const lines = ["from phoebe_spawner.client import PhoebeClient", ""];
     const sid = `session_id=${JSON.stringify(sessionId)}`;
+    const head = ["from phoebe_spawner.client import PhoebeClient", ""];
+    let args;
     if (mode === "hub") {
-      lines.push("# in a notebook of this JupyterHub: the client finds the hub and your token",
-        `client = PhoebeClient(${sid})`);
+      head.push("# in a notebook of this JupyterHub: the client finds the hub and your token");
+      args = [sid];
     } else if (mode === "jwt") {
-      lines.unshift("from getpass import getpass");
-      lines.push(`client = PhoebeClient(`, `    ${url},`, `    email=${user},`,
-        "    password=getpass(),", `    ${sid},`, ")");
+      head.unshift("from getpass import getpass");
+      args = [url, `email=${user}`, "password=getpass()", sid];
     } else if (mode === "external") {
-      lines.push("TOKEN = \"...\"  # your access token from your site's login",
-        `client = PhoebeClient(${url}, token=TOKEN, ${sid})`);
+      head.push("TOKEN = \"...\"  # your access token from your site's login");
+      args = [url, "token=TOKEN", sid];
     } else {
-      lines.push(`client = PhoebeClient(${url}, ${sid})`);
+      args = [url, sid];
     }
-    lines.push("client.get_value(\"period@binary\")");
-    return lines.join("\n");
+    const call = args.length === 1 ? `client = PhoebeClient(${args[0]})`
+      : ["client = PhoebeClient(", ...args.map((a) => `    ${a},`), ")"].join("\n");
+    return [...head, call, "client.get_value(\"period@binary\")"].join("\n");
   }
 
   function hint(mode) {
