@@ -50,6 +50,7 @@ POLL_MS = 100
 SUBSCRIPTION_CHECK = 0.05
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_LOGGED_REJECTIONS = 20
+MIB = 1024 * 1024
 
 
 class NoFreePort(Exception):
@@ -434,16 +435,20 @@ class KernelWorker:
             return True
 
     def status(self) -> dict[str, Any]:
-        """What the hub polls: busy/idle, the running command, memory of the process tree."""
+        """What the hub polls: busy/idle, the running command, memory of the process tree
+        (``uss_mib``, ``pss_mib``, ``rss_mib``: see :func:`process_tree_memory_mib`)."""
         with self._lock:
             current = self._current
+        memory = process_tree_memory_mib()
         return {
             "state": "busy" if current else "idle",
             "command": current[1] if current else None,
             "msg_id": current[0] if current else None,
             "busy_for": time.monotonic() - current[2] if current else 0.0,
             "pid": os.getpid(),
-            "rss_mib": process_tree_rss_mib(),
+            "uss_mib": memory["uss"],
+            "pss_mib": memory["pss"],
+            "rss_mib": memory["rss"],
             "uptime": time.monotonic() - self._started,
             "commands_done": self._commands_done,
         }
@@ -463,17 +468,34 @@ def _memory_message() -> str:
     )
 
 
-def process_tree_rss_mib(pid: int | None = None) -> float:
-    """Resident memory of a process and its descendants, in MiB."""
+def process_tree_memory_mib(pid: int | None = None) -> dict[str, float]:
+    """Memory of a process and its descendants in MiB, three ways (the hub's status poll).
+
+    ``uss``: private memory, what ending the tree would give back; a session forked from
+    a fork-server template holds only the pages it changed (a few MiB when idle). ``pss``:
+    private memory plus an even share of each page shared with other processes (the
+    template's, libraries'): summed over every worker it is the machine's total. ``rss``:
+    every page mapped, shared ones counted in full, in each worker that maps them.
+    Where the kernel gives no USS/PSS (not Linux, or ``/proc`` unreadable) both fall
+    back to what it gives (RSS at worst).
+    """
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0
+        return {"uss": 0.0, "pss": 0.0, "rss": 0.0}
+    uss = pss = rss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            info = p.memory_full_info()
+        except psutil.AccessDenied:
+            try:
+                info = p.memory_info()
+            except psutil.Error:
+                continue
+        except psutil.Error:  # gone since it was listed
             continue
-    return total / (1024 * 1024)
+        rss += info.rss
+        uss += getattr(info, "uss", info.rss)
+        pss += getattr(info, "pss", getattr(info, "uss", info.rss))
+    return {"uss": uss / MIB, "pss": pss / MIB, "rss": rss / MIB}

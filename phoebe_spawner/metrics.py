@@ -1,4 +1,5 @@
-"""Prometheus metrics of one hub: sessions by status, spawn and command latency, failures.
+"""Prometheus metrics of one hub: sessions by status, their memory, spawn and command
+latency, failures.
 
 The app builds one :class:`HubMetrics` per hub (its own registry, so several hubs in
 one process — the tests — do not share counters) and subscribes it to the session
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 #: The content type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("pending", "running", "stopping", "failed")
+MIB = 1024 * 1024
 SPAWN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 COMMAND_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600
@@ -35,7 +37,8 @@ COMMAND_BUCKETS: tuple[float, ...] = (
 
 
 class _SessionsCollector(Collector):
-    """``phoebe_spawner_sessions{status}``, counted from the live sessions at scrape time."""
+    """``phoebe_spawner_sessions{status}`` and the other gauges, counted from the live
+    sessions at scrape time (memory: their last samples, see ``sessions/memory.py``)."""
 
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
@@ -60,6 +63,17 @@ class _SessionsCollector(Collector):
         ready.add_metric(["ready"], len(pool.ready))
         ready.add_metric(["starting"], pool.starting)
         yield ready
+        running = [s for s in self.manager.sessions.values() if s.status == "running"]
+        memory = GaugeMetricFamily(
+            "phoebe_spawner_sessions_memory_bytes",
+            "Memory of the running sessions' workers at their last sample, summed, by kind: "
+            "uss (private: what ending them frees), pss (private plus a share of what they "
+            "share: their cost to the machine), rss (shared pages counted in every worker)",
+            labels=["kind"],
+        )
+        for kind, attr in (("uss", "mem_used"), ("pss", "mem_pss"), ("rss", "mem_rss")):
+            memory.add_metric([kind], sum(getattr(s, attr) for s in running) * MIB)
+        yield memory
 
 
 class HubMetrics:

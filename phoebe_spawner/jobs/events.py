@@ -189,5 +189,13 @@ class AdminEvents:
         if not self.watchers or not sessions:
             return
         now = time.time()
-        samples = [{"session_id": s.id, "mem_used": round(s.mem_used, 2)} for s in sessions]
+        samples = [
+            {
+                "session_id": s.id,
+                "mem_used": round(s.mem_used, 2),
+                "mem_pss": round(s.mem_pss, 2),
+                "mem_rss": round(s.mem_rss, 2),
+            }
+            for s in sessions
+        ]
         self.log.append("sessions_sampled", {"t": round(now, 1), "samples": samples})

@@ -472,7 +472,7 @@ class SessionManager(LoggingConfigurable):
             self.log.exception("starting session %s failed", s.id)
             await s.fail("Worker failed to start (see the hub log)")
             raise Unavailable(s.reason or "Worker failed to start") from None
-        await s.started(endpoint.port, float(status.get("rss_mib") or 0.0))
+        await s.started(endpoint.port, status)
         self.log.info(
             "session %s of %s started (%.0f ms)",
             s.id,

@@ -1,10 +1,20 @@
 """Memory: each worker's sampled use, and per-session memory cgroups holding ``mem_limit``.
 
 Sampling: the session manager's memory loop calls :func:`sample_all` every
-``memory_interval`` (``/dash/session-memory`` asks one :meth:`Session.sample`). Samples
-are kept in the session (``mem_history``, for the admin page's plots), in the store
-(``session_metrics``) and announced on the bus; a session over its spawner's
-``mem_limit`` is failed.
+``memory_interval`` (``/dash/session-memory`` asks one :meth:`Session.sample`). A sample
+is the worker's private memory, the USS of its process tree (``Session.mem_used``), with
+its PSS and RSS beside it (``mem_pss``, ``mem_rss``: the admin API and ``/metrics``).
+USS is what is shown and kept: in the session (``mem_history``, for the admin page's
+plots), in the store (``session_metrics``) and announced on the bus. RSS misleads for
+forked workers: each maps the fork server's template (~140 MiB) and holds a few MiB of
+its own.
+
+A session whose USS is over its spawner's ``mem_limit`` is failed. USS is what the
+kernel's limits charge too: a memory cgroup charges a page to the group of the process
+that first touched it, so the template's pages shared by every forked worker stay with
+the fork server and a worker's group holds what it allocated itself (the container on
+Docker and Slurm's job cgroup likewise). Checking RSS would fail forked sessions under a
+small limit for pages they share and the kernel never charged them.
 
 Memory groups: ``RLIMIT_AS`` counts address space, not memory: a worker's threads and
 libraries reserve far more than they touch, and a C++ allocation past it ends the worker
@@ -57,7 +67,9 @@ async def sample_all(running: list[Session], store: Store, bus: EventBus) -> Non
                 store_ok = False
         limit = s.spawner.mem_limit
         if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-            await s.fail(f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB")
+            await s.fail(
+                f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB of private memory"
+            )
 
 
 class MemoryGroups:

@@ -21,7 +21,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,7 +123,11 @@ class Session:
         self.last_activity = self.created_at if last_activity is None else last_activity
         self.persisted_activity = 0.0
         self.port = port
+        #: the worker's private memory (USS of its process tree) in MiB, and its PSS and
+        #: RSS (see :meth:`take_memory`)
         self.mem_used = 0.0
+        self.mem_pss = 0.0
+        self.mem_rss = 0.0
         #: commands queued or running (``/send`` and jobs)
         self.in_flight = 0
         self.command_count = command_count
@@ -182,8 +186,9 @@ class Session:
         }
 
     def to_admin(self, now: float) -> dict[str, Any]:
-        """The admin view: the API object plus owner, age, idle time, last command and
-        the recent memory history (``[[unix time, MiB], ...]``)."""
+        """The admin view: the API object plus owner, age, idle time, last command, the
+        worker's PSS and RSS beside ``mem_used`` (its USS) and the recent memory history
+        (``[[unix time, USS MiB], ...]``)."""
         data = self.to_api()
         data.update(
             user_name=self.user.name,
@@ -196,6 +201,8 @@ class Session:
             if self.last_command_ms is None
             else round(self.last_command_ms, 1),
             last_error=self.last_error,
+            mem_pss=round(self.mem_pss, 3),
+            mem_rss=round(self.mem_rss, 3),
             mem_history=[[round(t, 1), round(m, 2)] for t, m in self.mem_history],
         )
         return data
@@ -246,10 +253,11 @@ class Session:
     def _on_iopub(self, message: Message) -> None:
         self._services.bus.publish(IopubMessage(self, message))
 
-    async def started(self, port: int | None, rss_mib: float) -> None:
-        """The worker answers: record the session running and announce ``started``."""
+    async def started(self, port: int | None, status: Mapping[str, Any]) -> None:
+        """The worker answers (``status``: its status reply): record the session running
+        and announce ``started``."""
         self.port = port
-        self.mem_used = rss_mib
+        self.take_memory(status)
         now = time.time()
         await self._enter(
             "running",
@@ -392,14 +400,20 @@ class Session:
         return Reply({"status": "ok"}, b'{"success":true,"result":{"status":"ready"}}')
 
     async def sample(self) -> float:
-        """The worker's process-tree memory in MiB (does not count as activity)."""
+        """The worker's private memory (USS of its process tree) in MiB, asked live (does
+        not count as activity); its PSS and RSS are taken too."""
         if self.status == "running" and self.channel is not None:
-            try:
-                status = await self.channel.control(protocol.STATUS_REQUEST, timeout=2)
-                self.mem_used = float(status.get("rss_mib", self.mem_used))
-            except ChannelError:
-                pass
+            with contextlib.suppress(ChannelError):
+                self.take_memory(await self.channel.control(protocol.STATUS_REQUEST, timeout=2))
         return self.mem_used
+
+    def take_memory(self, status: Mapping[str, Any]) -> None:
+        """Keep the memory of a worker's status reply: ``mem_used`` is its USS (private
+        memory). A worker of an older release reports only RSS: then all three are it."""
+        rss = float(status.get("rss_mib") or self.mem_rss)
+        self.mem_rss = rss
+        self.mem_pss = float(status.get("pss_mib") or rss)
+        self.mem_used = float(status.get("uss_mib") or rss)
 
     async def persist_activity(self) -> None:
         """Write the last activity to the store if it moved (best effort)."""

@@ -1,7 +1,9 @@
 // Headless Chromium on the admin page (driven by tests/e2e/test_browser.py).
 // Logs in through JupyterHub's form and OAuth, waits for the live stream, starts a
 // session as another user through the API, waits for its row to appear without a
-// reload, screenshots, ends it with the row's button and waits for the row to go.
+// reload, screenshots, ends it with the row's button (accepting its confirmation) and
+// waits for the row to go. Then, on the admin's own user page, starts a session and
+// reads the notebook snippet the page offers in hub mode, and ends that session.
 // Prints one JSON line with what it saw; exits non-zero on any failure.
 "use strict";
 // CommonJS, so NODE_PATH finds playwright-core in .venv/node (ESM imports ignore it).
@@ -46,12 +48,30 @@ try {
   await page.screenshot({ path: `${env.ARTIFACTS}/admin-live.png`, fullPage: true });
   log(`row appeared: ${seen.row}`);
 
-  page.once("dialog", (d) => d.accept());
+  const asked = new Promise((resolve) => page.once("dialog", async (d) => {
+    const message = d.message();
+    await d.accept();
+    resolve(message);
+  }));
   await row.locator("button", { hasText: "End" }).click();
+  seen.end_question = await asked;
   await row.waitFor({ state: "detached", timeout: 60000 });
   await page.screenshot({ path: `${env.ARTIFACTS}/admin-ended.png`, fullPage: true });
   seen.ended = true;
   log("row is gone after End");
+
+  await page.goto(env.SERVICE_URL);
+  await page.fill("#project-name", "hub-snippet");
+  await page.click("#start-session");
+  const mine = page.locator("#sessions tbody tr", { has: page.locator(".status.running") });
+  await mine.waitFor({ timeout: 120000 });
+  seen.own_session_id = await mine.getAttribute("data-session-id");
+  await page.waitForSelector("#notebook:not([hidden])");
+  seen.snippet = await page.textContent("#snippet");
+  const own = page.locator(`tr[data-session-id="${seen.own_session_id}"]`);
+  await own.locator("button", { hasText: "End" }).click();
+  await own.waitFor({ state: "detached", timeout: 60000 });
+  log("read the hub-mode snippet");
 } finally {
   console.log(JSON.stringify(seen));
   await context.close();

@@ -67,6 +67,13 @@ async def test_admin_sees_a_session_appear_live_and_ends_it(jupyterhub, tmp_path
     seen = json.loads(out.decode().strip().splitlines()[-1])
     assert seen["heading"] == "All sessions" and seen["ended"] is True
     assert "alice" in seen["row"] and "live-demo" in seen["row"] and "running" in seen["row"]
+    assert seen["end_question"].startswith(
+        f"End session {seen['session_id']} (live-demo) of alice?"
+    )
+    # hub mode: in a notebook of this JupyterHub the client needs only the session
+    sid = seen["own_session_id"]
+    assert f'client = PhoebeClient(session_id="{sid}")' in seen["snippet"]
+    assert "token" not in seen["snippet"].split("PhoebeClient(")[-1]
     assert seen["console_errors"] == []
     assert (artifacts / "admin-live.png").stat().st_size > 1000
     assert (artifacts / "admin-ended.png").stat().st_size > 1000

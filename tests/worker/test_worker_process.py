@@ -126,6 +126,8 @@ async def test_control_answers_while_a_command_runs(worker):
     await wait_busy_with(socks, signer, msg_id)
     status = request(socks["control"], signer, protocol.STATUS_REQUEST).json()
     assert status["state"] == "busy" and status["command"] == "sleep" and status["msg_id"] == msg_id
+    # memory of the process tree: private (USS), proportional (PSS), resident (RSS)
+    assert 0 < status["uss_mib"] <= status["pss_mib"] <= status["rss_mib"]
     # an interrupt aimed at another command does nothing
     other = request(socks["control"], signer, protocol.INTERRUPT_REQUEST, b'{"msg_id": "other"}')
     assert other.json() == {"interrupted": False}

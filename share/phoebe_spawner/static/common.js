@@ -1,5 +1,5 @@
 // Shared helpers of the pages: API calls with the XSRF token, formatting, the memory
-// sparkline, and a live event stream that reconnects. No framework, no CDN.
+// plot with its scales, and a live event stream that reconnects. No framework, no CDN.
 "use strict";
 const PS = (() => {
   const body = document.body;
@@ -44,25 +44,54 @@ const PS = (() => {
     return node;
   }
 
-  // A small line plot of [[t, MiB], ...] (the admin page's memory history).
-  function sparkline(points, width = 80, height = 20) {
+  // A memory value in MiB as text: one decimal below 10 MiB (a forked session's few MiB).
+  function mib(value) {
+    const v = Number(value) || 0;
+    return `${v < 10 ? v.toFixed(1) : v.toFixed(0)} MiB`;
+  }
+
+  // The tooltip of a memory value: what mem_used is, and PSS and RSS beside it.
+  function memoryTitle(s) {
+    const parts = [`private memory (USS): ${mib(s.mem_used)}`];
+    if (s.mem_pss) parts.push(`PSS: ${mib(s.mem_pss)} (with its share of shared pages)`);
+    if (s.mem_rss) parts.push(`RSS: ${mib(s.mem_rss)} (shared pages counted in full)`);
+    return parts.join("\n");
+  }
+
+  // A line plot of [[unix time, MiB], ...] (the admin page's memory history) with its
+  // scales: the value axis from 0 MiB to the highest sample (labelled in MiB), the time
+  // axis from the first sample (labelled with how long ago) to the last ("now").
+  function sparkline(points, width = 150, height = 42) {
     const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("class", "spark");
-    svg.setAttribute("width", width);
-    svg.setAttribute("height", height);
-    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    const node = (tag, attrs, text) => {
+      const n = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+      if (text !== undefined) n.textContent = text;
+      return n;
+    };
+    const svg = node("svg", { class: "spark", width, height, viewBox: `0 0 ${width} ${height}` });
     if (!points || points.length < 2) return svg;
+    const left = 44, top = 4, right = width - 2, bottom = height - 12;
     const ts = points.map((p) => p[0]), ms = points.map((p) => p[1]);
     const t0 = Math.min(...ts), t1 = Math.max(...ts), m1 = Math.max(...ms, 1);
-    const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", points.map(([t, m]) =>
-      `${((t - t0) / (t1 - t0 || 1) * (width - 2) + 1).toFixed(1)},` +
-      `${(height - 1 - m / m1 * (height - 2)).toFixed(1)}`).join(" "));
-    svg.append(line);
-    const title = document.createElementNS(ns, "title");
-    title.textContent = `${ms[ms.length - 1].toFixed(0)} MiB (max ${m1.toFixed(0)})`;
-    svg.append(title);
+    const x = (t) => left + (t - t0) / (t1 - t0 || 1) * (right - left);
+    const y = (m) => bottom - m / m1 * (bottom - top);
+    svg.append(node("path", { class: "axis",
+      d: `M${left},${top} V${bottom} H${right}` }));
+    svg.append(node("text", { class: "y-max", x: left - 3, y: top + 6, "text-anchor": "end" },
+      mib(m1)));
+    svg.append(node("text", { class: "y-min", x: left - 3, y: bottom, "text-anchor": "end" },
+      "0 MiB"));
+    svg.append(node("text", { class: "x-start", x: left, y: height - 1 },
+      `${duration(t1 - t0)} ago`));
+    svg.append(node("text", { class: "x-end", x: right, y: height - 1, "text-anchor": "end" },
+      "now"));
+    svg.append(node("polyline", {
+      points: points.map(([t, m]) => `${x(t).toFixed(1)},${y(m).toFixed(1)}`).join(" "),
+    }));
+    svg.append(node("title", {},
+      `private memory: ${mib(ms[ms.length - 1])} now, highest ${mib(m1)}, ` +
+      `over the last ${duration(t1 - t0)}`));
     return svg;
   }
 
@@ -81,5 +110,5 @@ const PS = (() => {
     return source;
   }
 
-  return { api, duration, el, sparkline, follow, base };
+  return { api, duration, el, mib, memoryTitle, sparkline, follow, base };
 })();
