@@ -196,7 +196,10 @@ class PhoebeSpawnerApp(Application):
         "", help="Authenticator class or entry-point name (overrides auth_mode)."
     ).tag(config=True)
     spawner_class = Unicode(
-        "local", help="Spawner backend: an entry-point name (local, docker) or a dotted class path."
+        "local-forkserver",
+        help="""Spawner backend: an entry-point name (local-forkserver: local workers forked
+        from a template with PHOEBE loaded, cold-starting when it cannot start; local: a cold
+        start each; docker; slurm) or a dotted class path.""",
     ).tag(config=True)
 
     data_dir = Unicode(
