@@ -1,19 +1,22 @@
-"""The hub as the README's quick start runs it: no ``--spawner``, so the default backend.
+"""The hub as the README's quick start runs it: no ``--spawner``, default limits.
 
 The default is ``local-forkserver``: sessions are forked from a template. When the
 template cannot start (here: it fails to import PHOEBE) sessions start cold, and the
 hub's log says so, and why, in exactly one warning line. Through the real command with
-fast test sessions (the template loads the test factory).
+fast test sessions (the template loads the test factory). In mode ``none`` a burst of
+16 starts all succeed; with accounts the per-user start rate still answers 429.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import psutil
 
 from phoebe_spawner.app import PhoebeSpawnerApp
 
+from ..conftest import register
 from ..waiting import wait_for
 
 TEST_WORKERS = (
@@ -121,6 +125,18 @@ def test_sessions_are_forked_with_no_spawner_named(tmp_path):
         assert not any("cold-start" in line for line in hub.lines())
 
 
+def test_a_parallel_fit_starts_16_sessions_at_once_in_mode_none(tmp_path):
+    """Issue 15's script: 16 starts at once from one anonymous user, every limit at its
+    default (start rate 30 a minute in bursts of 10, 4 sessions per user): all start,
+    since in mode none only the capacity holds."""
+    with Hub(tmp_path, TEST_WORKERS) as hub, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: post(hub.url + "/dash/start-session", {}), range(16)))
+        assert [status for status, _ in answers] == [200] * 16, answers
+        assert len({body["session_id"] for _, body in answers}) == 16
+        for _, body in answers:
+            assert hub.whereami(body["session_id"])["pid"] > 0
+
+
 def test_a_template_without_phoebe_means_cold_starts_and_one_warning(tmp_path):
     config = (
         TEST_WORKERS
@@ -140,3 +156,25 @@ def test_a_template_without_phoebe_means_cold_starts_and_one_warning(tmp_path):
     for sid in sids:  # each cold start is still named, below warning level
         line = f"fork server unavailable ({reason}): cold-starting session {sid}"
         assert sum(x.endswith(line) for x in lines) == 1, lines
+
+
+async def test_with_accounts_the_start_rate_still_holds(make_hub):
+    """The same burst from one jwt account: the default start rate (bursts of 10) lets
+    10 through and answers the rest 429 with Retry-After, per user."""
+    app, client = await make_hub(
+        auth_mode="jwt",
+        SessionManager__start_rate_per_minute=30.0,  # the defaults test hubs turn off
+        SessionManager__max_sessions_per_user=16,
+    )
+    assert app.manager.start_burst == 10
+    app.manager._start_limiter.clock = lambda: 1000.0  # no refill during the burst
+    ada = await register(client, "ada@example.org")
+    answers = await asyncio.gather(
+        *(client.post("/dash/start-session", {}, token=ada) for _ in range(16))
+    )
+    assert sorted(r.status for r in answers) == [200] * 10 + [429] * 6
+    for refused in (r for r in answers if r.status == 429):
+        assert refused.detail.startswith("Too many session starts; try again in ")
+        assert int(refused.headers["Retry-After"]) >= 1
+    bob = await register(client, "bob@example.org")  # per user: another account starts
+    assert (await client.post("/dash/start-session", {}, token=bob)).status == 200
