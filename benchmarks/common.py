@@ -145,27 +145,29 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def local_hub(
-    *, spawner: str = "local", pool: int = 0, max_sessions: int = 300, extra: Sequence[str] = ()
+    *,
+    spawner: str | None = "local",
+    pool: int = 0,
+    max_sessions: int = 300,
+    extra: Sequence[str] = (),
 ) -> Iterator[tuple[str, int]]:
     """Start ``phoebe-spawner`` (auth none, SQLite, a temporary data dir) as a subprocess;
-    yields ``(url, pid)`` once it answers /health, and stops it (and its workers) after."""
+    yields ``(url, pid)`` once it answers /health, and stops it (and its workers) after.
+    ``spawner=None``: the hub exactly as the README's quick start runs it (only the port,
+    the data dir and the log level set; ``pool`` and ``max_sessions`` are not used)."""
     data = tempfile.mkdtemp(prefix="phoebe-bench-")
     port = _free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "phoebe_spawner",
-        "--auth-mode=none",
-        f"--port={port}",
-        f"--data-dir={data}",
-        f"--PhoebeSpawnerApp.spawner_class={spawner}",
-        f"--SessionManager.warm_pool_size={pool}",
-        f"--SessionManager.max_sessions={max_sessions}",
-        "--SessionManager.start_rate_per_minute=0",
-        "--SessionManager.idle_timeout=0",
-        "--log-level=WARN",
-        *extra,
-    ]
+    argv = [sys.executable, "-m", "phoebe_spawner", f"--port={port}", f"--data-dir={data}"]
+    if spawner is not None:
+        argv += [
+            "--auth-mode=none",
+            f"--PhoebeSpawnerApp.spawner_class={spawner}",
+            f"--SessionManager.warm_pool_size={pool}",
+            f"--SessionManager.max_sessions={max_sessions}",
+            "--SessionManager.start_rate_per_minute=0",
+            "--SessionManager.idle_timeout=0",
+        ]
+    argv += ["--log-level=WARN", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     log = open(os.path.join(data, "hub.log"), "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)

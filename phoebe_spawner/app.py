@@ -201,9 +201,11 @@ class PhoebeSpawnerApp(Application):
         "", help="Authenticator class or entry-point name (overrides auth_mode)."
     ).tag(config=True)
     spawner_class = Unicode(
-        "local",
+        "local-forkserver",
         help="""Spawner backend: an installed spawner's name (phoebe-spawner --help lists
-        them; case-insensitive) or a dotted class path.""",
+        them; case-insensitive: local-forkserver forks local workers from a template with
+        PHOEBE loaded, cold-starting when it cannot start; local cold-starts each) or a
+        dotted class path.""",
     ).tag(config=True)
 
     data_dir = Unicode(

@@ -70,9 +70,15 @@ class LimitReached(SessionError):
 
 
 class Unavailable(SessionError):
-    """Worker dead or failed to start, or the database is unavailable."""
+    """Worker dead or failed to start, or the database is unavailable; ``retry_after``
+    (seconds) when trying again soon may well succeed (the handlers send it as
+    ``Retry-After``)."""
 
     status = 503
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class CommandTimedOut(SessionError):

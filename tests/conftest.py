@@ -243,13 +243,15 @@ HubFactory = Callable[..., Any]
 
 
 def hub_config(data_dir: Any, *, auth_mode: str, phoebe: bool, **overrides: Any) -> Config:
-    """A test hub's config: a random port, fast polls, no start rate limit, test workers
-    (unless ``phoebe``), known secrets; ``overrides`` as ``Class__trait=value``."""
+    """A test hub's config: a random port, the cold ``local`` spawner, fast polls, no start
+    rate limit, test workers (unless ``phoebe``), known secrets; ``overrides`` as
+    ``Class__trait=value``."""
     c = Config()
     c.PhoebeSpawnerApp.data_dir = str(data_dir)
     c.PhoebeSpawnerApp.port = 0
     c.PhoebeSpawnerApp.auth_mode = auth_mode
     c.PhoebeSpawnerApp.config_file = ""
+    c.PhoebeSpawnerApp.spawner_class = "local"  # the tests name the fork server when they mean it
     c.SessionManager.poll_interval = 0.2
     c.SessionManager.start_rate_per_minute = 0  # load tests start hundreds of sessions
     c.SessionManager.cull_interval = 3600

@@ -29,6 +29,7 @@ from ._errors import (
     SessionNotFound,
 )
 from ._http import Transport
+from ._retry import with_retry_after
 
 __all__ = ["READ_ONLY_COMMANDS", "ClientBase", "client_version"]
 
@@ -79,6 +80,8 @@ class ClientBase:
         connect_timeout: float | None = 10.0,
         command_timeout: float | None = None,
         auth_scheme: str | None = None,
+        start_retries: int = 5,
+        max_retry_wait: float = 30.0,
     ) -> None:
         self.url = resolve_url(url, os.environ)
         if (email is None) != (password is None):
@@ -90,6 +93,10 @@ class ClientBase:
             token, scheme = None, "Bearer"
         #: The command timeout (seconds; None: wait for the hub's own 504).
         self.command_timeout = command_timeout
+        #: Session starts the hub refused with a ``Retry-After`` are sent again after it,
+        #: this many times at most, and never after a wait over ``max_retry_wait`` s.
+        self.start_retries = start_retries
+        self.max_retry_wait = max_retry_wait
         self.auto_session = auto_session
         self.keep_sessions = keep_sessions
         self._session_id = session_id
@@ -206,14 +213,21 @@ class ClientBase:
     ) -> dict[str, Any]:
         """Start a PHOEBE session and make it the current one; returns the session object
         (``session_id``, ``status``, ``project_name``, ...). ``checkpoint_id`` starts it
-        from a saved checkpoint. Raises LimitReached/RateLimited (429) or
-        WorkerUnavailable (503)."""
+        from a saved checkpoint. A refusal with ``Retry-After`` (the start rate, a busy
+        database) is waited out and the start sent again, up to ``start_retries`` times
+        and ``max_retry_wait`` seconds a wait (see :mod:`._retry`); otherwise, and when
+        those run out, raises LimitReached/RateLimited (429) or WorkerUnavailable (503)."""
         body = dict(metadata or {})
         if project_name is not None:
             body["project_name"] = project_name
         if checkpoint_id is not None:
             body["checkpoint_id"] = checkpoint_id
-        session: dict[str, Any] = self._http.request("POST", "dash/start-session", dumps(body)).body
+        session: dict[str, Any] = with_retry_after(
+            lambda: self._http.request("POST", "dash/start-session", dumps(body)).body,
+            retries=self.start_retries,
+            cap=self.max_retry_wait,
+            what="session start",
+        )
         self._session_id = session["session_id"]
         self._started.append(session["session_id"])
         return session

@@ -43,7 +43,9 @@ class PhoebeClient(ClientBase):
     the hub's own timeout answers 504), ``stream_timeout`` for a silent job event
     stream before it is reopened (60). ``progress`` is the default for jobs' progress
     bars. Calls from several threads are safe but wait for each other: use one client
-    per thread to run things in parallel.
+    per thread to run things in parallel. A session start the hub refuses with
+    ``Retry-After`` (429 start rate, 503 busy) is sent again after it, ``start_retries``
+    (5) times at most, never after a wait over ``max_retry_wait`` (30).
     """
 
     def __init__(
@@ -63,6 +65,8 @@ class PhoebeClient(ClientBase):
         progress: bool = True,
         convert: bool = True,
         auth_scheme: str | None = None,
+        start_retries: int = 5,
+        max_retry_wait: float = 30.0,
     ) -> None:
         super().__init__(
             url,
@@ -76,6 +80,8 @@ class PhoebeClient(ClientBase):
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
             auth_scheme=auth_scheme,
+            start_retries=start_retries,
+            max_retry_wait=max_retry_wait,
         )
         self.progress = progress
         self.convert = convert

@@ -95,7 +95,13 @@ class RateLimited(LimitReached):
 
 class WorkerUnavailable(PhoebeClientError):
     """503: the session's worker died or failed to start, the session is not running,
-    or the hub is overloaded."""
+    or the hub is overloaded. ``retry_after`` is the hub's ``Retry-After`` in seconds
+    when it sent one (the hub expects trying again then to work: a busy database, too
+    many connections)."""
+
+    def __init__(self, detail: str, status: int | None = 503, retry_after: float | None = None):
+        super().__init__(detail, status)
+        self.retry_after = retry_after
 
 
 class SessionEnded(WorkerUnavailable):
@@ -223,6 +229,8 @@ def error_for_status(
         seconds = _parse_retry_after(retry_after)
         cls = RateLimited if seconds is not None else LimitReached
         return cls(detail, 429, seconds)
+    if status == 503:
+        return WorkerUnavailable(detail, 503, _parse_retry_after(retry_after))
     return _BY_STATUS.get(status, ServerError)(detail, status)
 
 

@@ -15,6 +15,7 @@ being buffered.
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 from dataclasses import dataclass
@@ -103,8 +104,8 @@ class BaseHandler(RequestHandler):
                 detail = exc.log_message % exc.args if exc.args else exc.log_message
         # send_error cleared the headers: set the ones this error needs here
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after:
-            self.set_header("Retry-After", str(max(1, round(retry_after))))
+        if retry_after:  # whole seconds, rounded up: a retry after it is not too early
+            self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="phoebe-spawner"')
         body_future = getattr(self.request, "_body_future", None)  # set when streamed

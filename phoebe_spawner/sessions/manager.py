@@ -436,7 +436,7 @@ class SessionManager(LoggingConfigurable):
             del self.sessions[session_id]
             if pooled is not None:
                 self.pool.discard(pooled)
-            raise Unavailable(f"Database unavailable: {e}") from None
+            raise Unavailable(f"Database unavailable: {e}", retry_after=1) from None
         try:
             await self._launch(s, pooled)
         finally:

@@ -14,15 +14,18 @@ connection: it reports the child's pid at once and its exit status when it is re
 (re-adopted after a hub restart, or the fork server died) the worker is watched by pid
 *and* process start time, like any adopted local worker.
 
-When the fork server is not available (it failed to start or died) a session is
-cold-started like a local worker, and the hub log says so; a dead fork server is
-restarted in the background.
+This is the default backend. When the fork server is not available (its template failed
+to start, e.g. PHOEBE does not import or forking is impossible, or it died) a session is
+cold-started like a ``local`` worker: the failure is one warning in the hub log saying
+why, each cold start then one INFO line (a fork request that fails on its own, e.g. a
+timeout, is a warning of its own); a dead fork server is restarted on a later start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -45,7 +48,15 @@ MAX_SOCKET_PATH = 100
 
 
 class ForkServerUnavailable(Exception):
-    """The fork server cannot fork a worker now (not started, failed, or dead)."""
+    """The fork server cannot fork a worker now (not started, failed, or dead).
+
+    ``reported`` is True when the hub log already said why (the template failed or died):
+    the spawner then mentions its cold start at INFO instead of warning again.
+    """
+
+    def __init__(self, reason: str, *, reported: bool = False) -> None:
+        super().__init__(reason)
+        self.reported = reported
 
 
 class ForkedChild:
@@ -157,9 +168,13 @@ class ForkServer:
         return os.path.join(self._tmpdir, "forkserver.sock")
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.socket_path = self._choose_socket()
-        read_fd, write_fd = os.pipe()
+        try:
+            self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.socket_path = self._choose_socket()
+            read_fd, write_fd = os.pipe()
+        except OSError as e:
+            self._failed(ready, f"could not prepare the fork server: {e}")
+            return
         try:
             with self._open_log() as log_file:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -199,10 +214,12 @@ class ForkServer:
             self.log.error("%s; new sessions cold-start until it is restarted", self.error)
 
     def _failed(self, ready: asyncio.Future[None], reason: str) -> None:
+        """The template could not start: the one warning that says sessions start cold
+        and why (each cold start is then logged at INFO)."""
         self.error = reason
-        self.log.error("%s; sessions will cold-start", reason)
+        self.log.warning("%s; sessions will cold-start (as with spawner 'local')", reason)
         if not ready.done():
-            ready.set_exception(ForkServerUnavailable(reason))
+            ready.set_exception(ForkServerUnavailable(reason, reported=True))
             ready.exception()  # retrieved: nobody may be waiting yet
 
     def _log_tail(self) -> str:
@@ -216,13 +233,20 @@ class ForkServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None and self.error is None
 
+    @property
+    def ready(self) -> bool:
+        """Whether the template is loaded and forks at once (not starting, failed or dead)."""
+        return self._ready is not None and self._ready.done() and self.alive
+
     async def fork(self, request: dict[str, Any], timeout: float) -> ForkedChild:
         """Ask for one worker; returns once the fork server reported the child's pid."""
         if self._ready is None or self._closing:
             raise ForkServerUnavailable("the fork server is not running")
         if self._ready.done() and not self.alive:
             self._maybe_restart()
-            raise ForkServerUnavailable(self.error or "the fork server is not running")
+            raise ForkServerUnavailable(
+                self.error or "the fork server is not running", reported=self.error is not None
+            )
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
@@ -347,8 +371,9 @@ class ForkServerSpawner(LocalProcessSpawner):
         try:
             self.child = await server.fork(request, timeout=self.fork_timeout)
         except ForkServerUnavailable as e:
-            self.log.warning(
-                "fork server unavailable (%s): cold-starting session %s", e, self.session_id
+            level = logging.INFO if e.reported else logging.WARNING
+            self.log.log(
+                level, "fork server unavailable (%s): cold-starting session %s", e, self.session_id
             )
             return await super().start()
         self.pid = self.child.pid

@@ -38,7 +38,8 @@ LOG_TAIL_BYTES = 4096
 
 
 class LocalProcessSpawner(Spawner):
-    """Start workers as local processes (the default backend, ``spawner_class = "local"``)."""
+    """Start workers as local processes, a cold start each (``spawner_class = "local"``;
+    the default ``local-forkserver`` falls back to it)."""
 
     interrupt_timeout = Float(
         1.0, help="Seconds to wait after SIGINT before SIGTERM when stopping."

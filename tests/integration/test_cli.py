@@ -152,6 +152,7 @@ def test_serves_and_shuts_down_cleanly(tmp_path, sig):
     port = free_port()
     config = tmp_path / "config.py"
     config.write_text(
+        "c.PhoebeSpawnerApp.spawner_class = 'local'\n"  # the workers are the hub's children
         "c.LocalProcessSpawner.worker_args = "
         "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
     )
@@ -205,6 +206,7 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
     port = free_port()
     config = tmp_path / "config.py"
     config.write_text(
+        "c.PhoebeSpawnerApp.spawner_class = 'local'\n"  # the workers are the hub's children
         "c.LocalProcessSpawner.worker_args = "
         "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
     )
@@ -270,6 +272,7 @@ def test_without_readoption_workers_die_with_the_hub(tmp_path):
     port = free_port()
     config = tmp_path / "config.py"
     config.write_text(
+        "c.PhoebeSpawnerApp.spawner_class = 'local'\n"  # the workers are the hub's children
         "c.LocalProcessSpawner.worker_args = "
         "['--session-factory', 'phoebe_kernel_worker.testing:test_session']\n"
         "c.SessionManager.readopt_workers = False\n"

@@ -100,8 +100,8 @@ async def test_memory_limit_applies_to_forked_workers(make_hub):
 class Records(logging.Handler):
     """Keeps the hub log's records (the app's logger does not propagate to caplog)."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -115,13 +115,20 @@ async def test_fork_server_death_falls_back_to_cold_starts(make_hub):
     server = fork_server_of(app)
     os.kill(server.proc.pid, signal.SIGKILL)
     await async_wait_for(lambda: not server.alive, "the fork server to exit", timeout=10)
-    records = Records()
+    await async_wait_for(lambda: server.error is not None, "the death to be logged", timeout=10)
+    assert server.error == "the fork server exited with status -9"  # the one ERROR line
+    records, level = Records(logging.INFO), app.log.level
     app.log.addHandler(records)
+    app.log.setLevel(logging.INFO)
     try:
         cold = await start(client)
     finally:
         app.log.removeHandler(records)
-    assert any("cold-starting session" in r.getMessage() for r in records.records)
+        app.log.setLevel(level)
+    # named at INFO: the fork server's death was already logged as an error
+    assert [r.levelno for r in records.records if "cold-starting session" in r.getMessage()] == [
+        logging.INFO
+    ]
     where = await result(client, cold, "whereami")
     assert where["ppid"] == os.getpid()  # a plain child of the hub
     # the fork server's child lives on, still watched and stopped by the hub

@@ -3,7 +3,8 @@
 A fork server that does not answer within ``fork_timeout`` (stopped, or still starting),
 a template that fails at start-up, and a dead fork server that is restarted on a later
 start (at most every 30 s): each session is cold-started and the hub log says
-``fork server unavailable (...): cold-starting session ...``. Fast test sessions; the
+``fork server unavailable (...): cold-starting session ...`` (a warning, or INFO when the
+template's failure was already the one warning). Fast test sessions; the
 template's failures are made by wrapping the real ``phoebe_kernel_worker.forkserver``.
 """
 
@@ -48,9 +49,13 @@ class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.messages: list[str] = []
+        #: those of WARNING and up
+        self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            self.warnings.append(record.getMessage())
 
 
 @contextmanager
@@ -112,8 +117,9 @@ async def end(client: Client, *sids: str) -> None:
 
 async def test_a_fork_server_that_never_answers_means_a_cold_start(make_hub):
     app, client = await make_hub(**FORK, ForkServerSpawner__fork_timeout=0.5)
-    forked = await start(client)
     server = the_server(app)
+    await async_wait_for(lambda: server.ready, "the template to be ready", timeout=30)
+    forked = await start(client)
     assert server.proc is not None
     template = psutil.Process(server.proc.pid)
     assert (await whereami(client, forked))["ppid"] == template.pid
@@ -175,7 +181,8 @@ async def test_a_template_that_fails_at_start_up_means_cold_starts(make_hub):
         second = await start(client)
     reason = "the fork server did not start: ImportError: No module named phoebe (template test)"
     assert server.error == reason
-    assert f"{reason}; sessions will cold-start" in records.messages
+    assert f"{reason}; sessions will cold-start (as with spawner 'local')" in records.warnings
+    assert len(records.warnings) == 1, records.warnings  # the one warning: no repeat per session
     for sid in (first, second):
         assert cold_start_line(records, sid) == (
             f"fork server unavailable ({reason}): cold-starting session {sid}"

@@ -24,14 +24,14 @@ c.SessionManager.command_timeouts = {"ping": 30, "get_value": 120}
 c.SessionManager.stop_workers_on_shutdown = True
 
 # --- workers ---------------------------------------------------------------------------------
-c.PhoebeSpawnerApp.spawner_class = "local"
+# the default: workers forked from a template that loaded PHOEBE ("local": a cold start each)
+c.PhoebeSpawnerApp.spawner_class = "local-forkserver"
 c.LocalProcessSpawner.mem_limit = "4G"  # address-space limit of each worker
 c.LocalProcessSpawner.cpu_limit = 1  # threads for BLAS/OpenMP
 c.LocalProcessSpawner.start_timeout = 60
 # c.LocalProcessSpawner.port_range = [20000, 21000]  # if a firewall needs a fixed range
 # c.LocalProcessSpawner.environment = {"PHOEBE_MULTIPROC_NPROCS": "1"}
-# Faster starts and lighter sessions (docs/performance.md):
-# c.PhoebeSpawnerApp.spawner_class = "local-forkserver"  # workers forked from a template
+# Instant starts (docs/performance.md):
 # c.SessionManager.warm_pool_size = 4  # ready workers for instant starts
 # Heavy computes yield the CPU to interactive work (needs a writable cgroup cpu tree,
 # e.g. systemd Delegate=yes and the service's cgroup as the parent):
