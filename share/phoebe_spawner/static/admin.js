@@ -131,7 +131,9 @@
     clockSkew = snap.now - Date.now() / 1000;
     capacityTotal = (snap.capacity && snap.capacity.total_ports) || 0;
     sessions.clear();
-    for (const s of snap.sessions) sessions.set(s.session_id, s);
+    // the same rows as the live events leave: sessions that ended by a stop or a cull
+    // (kept by the hub for their 410 answers) are not shown, failures are
+    for (const s of snap.sessions) if (!ENDED.has(s.status)) sessions.set(s.session_id, s);
     render();
     if (source) source.close();
     const types = ["session_started", "session_stopping", "session_stopped", "session_failed",
