@@ -83,4 +83,9 @@ async def test_admin_sees_a_session_appear_live_and_ends_it(jupyterhub, tmp_path
     from .test_jupyterhub import acall
 
     code, listing = await acall(jupyterhub, "GET", "api/v1/admin/sessions", admin_token)
-    assert code == 200 and listing["sessions"] == []
+    # the session the admin ended stays listed a while (it answers 410 with its reason)
+    assert code == 200
+    ended = {row["session_id"]: row for row in listing["sessions"]}
+    assert set(ended) == {seen["session_id"]}
+    assert ended[seen["session_id"]]["status"] == "stopped"
+    assert "admin" in (ended[seen["session_id"]]["reason"] or "")

@@ -276,4 +276,4 @@ async def test_the_service_stops_with_the_hub_and_the_next_start_takes_its_worke
     finally:
         await asyncio.to_thread(hub.close, 10)
     log = hub.log_tail(800)
-    assert re.search(r"phoebe-spawner .* \(auth hub, spawner LocalProcessSpawner\)", log), log
+    assert re.search(r"phoebe-spawner .* \(auth hub, spawner ForkServerSpawner\)", log), log
