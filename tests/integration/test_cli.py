@@ -20,6 +20,7 @@ from phoebe_spawner.app import PhoebeSpawnerApp
 from phoebe_spawner.configcheck import load_checked
 
 from ..conftest import JWT_SECRET
+from ..processes import gone
 from ..waiting import wait_for
 
 EXE = [sys.executable, "-m", "phoebe_spawner"]
@@ -268,15 +269,6 @@ def test_hub_killed_outright_restarts_with_the_same_sessions(tmp_path):
                 w.kill()
 
 
-def alive(proc: psutil.Process) -> bool:
-    """Whether ``proc`` still runs (an exited process its new parent has not reaped yet,
-    a zombie, has ended)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_without_readoption_workers_die_with_the_hub(tmp_path):
     port = free_port()
     config = tmp_path / "config.py"
@@ -297,7 +289,7 @@ def test_without_readoption_workers_die_with_the_hub(tmp_path):
         assert len(workers) == 2
         hub.kill()
         hub.wait()
-        wait_for(lambda: not any(alive(w) for w in workers), "the workers to exit", timeout=30)
+        wait_for(lambda: all(gone(w) for w in workers), "the workers to exit", timeout=30)
         hub = subprocess.Popen(
             argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )

@@ -20,6 +20,7 @@ from phoebe_spawner.sessions.manager import SessionManager
 from phoebe_spawner.spawners.local import LocalProcessSpawner
 
 from ..conftest import Client
+from ..processes import sigint_blocked
 from ..waiting import async_wait_for
 
 FORK = {"PhoebeSpawnerApp__spawner_class": "local-forkserver"}
@@ -177,16 +178,6 @@ async def test_hung_job_fails_its_session_within_the_grace(make_hub, backend):
     resp = await client.send(hung, "ping")
     assert resp.status == 410 and reason in resp.detail
     assert await ok(client, other, "ping") == {"status": "ready"}
-
-
-def sigint_blocked(pid: int) -> bool:
-    """Whether the worker's main thread blocks SIGINT (it is inside ``hang``)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/status") as f:
-            mask = next(line for line in f if line.startswith("SigBlk:")).split()[1]
-    except (OSError, StopIteration):
-        return False
-    return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
 
 
 async def test_cancelling_a_job_of_a_hung_worker_fails_its_session_within_the_grace(make_hub):

@@ -18,26 +18,10 @@ import psutil
 import pytest
 
 from ..conftest import Client
+from ..processes import gone, sigint_blocked
 from ..waiting import async_wait_for
 
 NO_ANSWER = "worker did not answer after the hub restarted"
-
-
-def gone(proc: psutil.Process) -> bool:
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def sigint_blocked(pid: int) -> bool:
-    """Whether the worker's main thread blocks SIGINT (it is inside the test ``hang``)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/status") as f:
-            mask = next(line for line in f if line.startswith("SigBlk:")).split()[1]
-    except (OSError, StopIteration):
-        return False
-    return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
 
 
 async def start(client: Client) -> str:

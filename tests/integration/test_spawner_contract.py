@@ -26,6 +26,7 @@ from phoebe_spawner.spawners.slurm import SlurmSpawner
 
 from ..conftest import TEST_FACTORY
 from ..docker_engine import kill_container
+from ..processes import gone
 from ..waiting import async_wait_for, wait_for
 
 SpawnerFactory = Callable[..., Spawner]
@@ -300,12 +301,6 @@ async def test_local_stop_kills_the_whole_group(tmp_path):
     group = [p for p in psutil.process_iter() if _pgid(p.pid) == spawner.pid]
     assert len(group) >= 2, (children, group)
     await spawner.stop()
-
-    def gone(p: psutil.Process) -> bool:
-        try:
-            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
 
     wait_for(lambda: all(gone(p) for p in group), "the process group to exit", timeout=5)
     spawner.clear_state()
