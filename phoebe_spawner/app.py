@@ -388,7 +388,8 @@ class PhoebeSpawnerApp(Application):
         """
         path = self.config_file
         if not path or not os.path.exists(path):
-            if path and path != "phoebe_spawner_config.py":
+            # --generate-config --config NEW writes the file it names
+            if path and path != "phoebe_spawner_config.py" and not self.generate_config:
                 raise ConfigProblem(f"config file {path} not found")
             return
         file_config = load_checked(path, self.known_classes, cli)

@@ -88,6 +88,16 @@ def test_generate_config(tmp_path):
     assert again.returncode == 1 and "exists" in again.stderr
 
 
+def test_generate_config_writes_the_file_config_names(tmp_path):
+    """``--config`` names where the file goes; it need not exist yet (it did have to)."""
+    target = tmp_path / "etc" / "hub_config.py"
+    target.parent.mkdir()
+    result = run(["--generate-config", "--config", str(target)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "c.SessionManager.idle_timeout" in target.read_text()
+    assert not (tmp_path / "phoebe_spawner_config.py").exists()
+
+
 def test_generated_config_is_the_essentials_then_the_whole_reference(tmp_path):
     """The curated example comes first, as it is shipped; the file loads through the hub's
     fail-closed loader with the example's settings; every option of every configurable
