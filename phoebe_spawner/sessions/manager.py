@@ -75,7 +75,9 @@ class SessionManager(LoggingConfigurable):
     ).tag(config=True)
     start_burst = Integer(10, help="Session starts a user may make at once.").tag(config=True)
     max_sessions = Integer(
-        100, help="Sessions the hub runs at once, all users together (the capacity)."
+        100,
+        help="""Sessions the hub runs at once, all users together (the capacity). The hub
+        raises its open-files and ZMQ socket limits to hold them, or refuses to start.""",
     ).tag(config=True)
     idle_timeout = Float(
         1800.0, help="Seconds without a command after which a session is culled (0 = never)."
@@ -187,7 +189,6 @@ class SessionManager(LoggingConfigurable):
         #: session events: subscribe by type (see :mod:`.bus`)
         self.bus = EventBus()
         self.zmq_ctx = zmq.asyncio.Context()
-        #: the open-files and ZMQ socket limits, raised by :meth:`fit_capacity` and counted
         self.os_capacity = HubCapacity(self.spawner_class, self.zmq_ctx, self.bus, self.log)
         self.tasks = Tasks()
         self._loops: list[asyncio.Task[None]] = []
