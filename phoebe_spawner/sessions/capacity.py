@@ -47,6 +47,8 @@ from .session import ACTIVE
 GENEROUS_NOFILE = 65536
 #: errnos that mean "no file descriptor left" (the process's, or the system's table)
 OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+#: concurrent starts whose files a start checks it could open (more: EMFILE says so)
+PROBED_STARTS = 4
 #: the soft open-files limit this process started with (what workers get back)
 STARTED_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
@@ -179,12 +181,14 @@ class HubCapacity:
             raise LimitReached(f"Capacity reached: {len(active)} sessions are running")
 
     def has_room(self, starting: int) -> bool:
-        """Whether the files ``starting`` session starts hold in the hub can be opened now:
-        opens and closes that many (microseconds)."""
+        """Whether the files ``starting`` session starts (at most :data:`PROBED_STARTS`)
+        hold in the hub can be opened now: opens that many and closes them (one ``open``,
+        then ``dup``: a few microseconds each)."""
         fds: list[int] = []
         try:
-            for _ in range(starting * self.fds_per_session):
-                fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for _ in range(min(starting, PROBED_STARTS) * self.fds_per_session - 1):
+                fds.append(os.dup(fds[0]))
         except OSError as e:
             if e.errno in OUT_OF_FILES:
                 return False

@@ -20,6 +20,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 
 import orjson
 import psutil
@@ -63,6 +64,47 @@ def _spawn_without_files() -> None:
         raise OSError(errno.EMFILE, "Too many open files")
     except OSError as e:
         raise SpawnError("could not start worker command 'python'") from e
+
+
+FIT = """
+import json, logging, resource, sys
+import zmq
+from phoebe_spawner.sessions.bus import EventBus
+from phoebe_spawner.sessions.capacity import HubCapacity
+from phoebe_spawner.spawners.forkserver import ForkServerSpawner
+ctx = zmq.Context()
+cap = HubCapacity(ForkServerSpawner, ctx, EventBus(), logging.getLogger())
+cap.fit(int(sys.argv[1]), 2, 10, lambda plan: None)
+print(json.dumps({
+    "soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    "worker_nofile": cap.worker_nofile,
+    "max_sockets": ctx.get(zmq.MAX_SOCKETS),
+    "allows": cap.allows,
+    "room": [cap.has_room(n) for n in (1, 4, 100)],
+}))
+"""
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(100, 300), (300, 300)])
+def test_fitting_raises_the_soft_limit_and_zmqs_and_gives_workers_the_old_one(soft, hard):
+    """In a process started with these limits: 1,100 sessions need more ZMQ sockets than
+    libzmq's 1,023; the soft limit goes up to the hard one (workers get the old one back
+    only when it was raised), and what 300 files hold is counted (64 for the hub, 10
+    HTTP connections, 2 pool workers, 8 files a session: 26)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FIT, "1100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    fitted = orjson.loads(proc.stdout)
+    assert fitted["soft"] == hard
+    assert fitted["worker_nofile"] == (soft if soft < hard else 0)
+    assert fitted["max_sockets"] == 32 + 3 * 1102
+    assert fitted["allows"] == (300 - 64 - 10) // 8 - 2 == 26
+    assert fitted["room"] == [True, True, True]  # four starts' files at most: 32 of ~280
 
 
 class Api:
