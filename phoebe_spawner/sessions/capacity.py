@@ -140,8 +140,8 @@ class HubCapacity:
             soft = want
         if STARTED_NOFILE != resource.RLIM_INFINITY and soft != STARTED_NOFILE:
             self.worker_nofile = STARTED_NOFILE  # raised: not for the workers
-        max_sockets = max(int(self.ctx.get(zmq.MAX_SOCKETS)), plan.max_sockets)
-        max_sockets = min(max_sockets, plan.socket_limit)
+        wanted = plan.max_sockets if max_sessions else plan.socket_limit  # 0: no max_sessions
+        max_sockets = min(max(int(self.ctx.get(zmq.MAX_SOCKETS)), wanted), plan.socket_limit)
         self.ctx.set(zmq.MAX_SOCKETS, max_sockets)
         by_fds = plan.sessions_by_fds(None if soft == resource.RLIM_INFINITY else soft)
         by_sockets = plan.sessions_by_sockets(max_sockets)
