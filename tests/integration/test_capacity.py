@@ -2,12 +2,12 @@
 
 A hub of either local backend started under a low open-files limit (``preexec_fn``, as
 ``ulimit -n`` would) raises its soft limit to its hard one for its sessions, hands the
-fork server the raised limit and the workers the one it started with. When its files run out anyway (here: idle HTTP
-connections, which ``max_connections=0`` leaves uncapped and unplanned) the next start
-is a 429 saying capacity, with one warning in the log and no traceback; port-status
-counts that ceiling, and once a session ends a start works again. The start-up refusal
-when the hard limit cannot hold ``max_sessions`` is in test_startup.py; the arithmetic in
-tests/unit/test_policy.py.
+fork server the raised limit and the workers the one it started with. When its files
+run out anyway (here: idle HTTP connections, which ``max_connections=0`` leaves uncapped
+and unplanned) the next start is a 429 saying capacity, with one warning in the log and
+no traceback; port-status counts that ceiling, and once a session ends a start works
+again. The start-up refusal when the hard limit cannot hold ``max_sessions`` is in
+test_startup.py; the arithmetic in tests/unit/test_policy.py.
 """
 
 from __future__ import annotations
