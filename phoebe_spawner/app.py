@@ -38,7 +38,7 @@ from .configcheck import (
 )
 from .configfile import config_file_text
 from .handlers import HubContext
-from .httpserver import CappedHTTPServer, raise_fd_limit
+from .httpserver import CappedHTTPServer
 from .hubsecret import load_secret
 from .jobs.events import AdminEvents, UserEvents
 from .jobs.manager import JobManager
@@ -46,6 +46,7 @@ from .metrics import HubMetrics
 from .passbands import PassbandsCache
 from .plugins import AUTH_GROUP, SPAWNER_GROUP, help_lines, import_object, load_class
 from .preflight import (
+    check_capacity,
     check_local_workers,
     listen,
     make_writable_dir,
@@ -421,8 +422,9 @@ class PhoebeSpawnerApp(Application):
 
         Refuses before anything is made (the errors :meth:`run` reports in one line) when
         a backend name is unknown, auth mode none is exposed, the port is taken, the data
-        directory is not writable, the database cannot be opened or, with
-        ``check_workers`` (the command line does it), local workers cannot import PHOEBE.
+        directory is not writable, the database cannot be opened, with ``check_workers``
+        (the command line does it) local workers cannot import PHOEBE, or the machine's
+        hard limits cannot hold ``max_sessions`` (:func:`~.preflight.check_capacity`).
         """
         auth_class = load_class(AUTH_GROUP, self.authenticator_class or self.auth_mode)
         spawner_class = load_class(SPAWNER_GROUP, self.spawner_class)
@@ -442,24 +444,25 @@ class PhoebeSpawnerApp(Application):
             self.store = store
             self.authenticator = self.make_authenticator(store)
             await self.authenticator.setup()
+            secret = load_secret(self.secret_file)
+            self.manager = SessionManager(
+                parent=self,
+                log=self.log,
+                store=self.store,
+                spawner_class=spawner_class,
+                secret=secret,
+                data_dir=self.data_dir,
+                debug=self.debug,
+                per_user_limits=self.authenticator.mode != "none",
+            )
+            self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
+            self.manager.fit_capacity(self.max_connections, check_capacity)  # or refuse
         except BaseException:  # refusing to start leaves nothing open
             for sock in socks:
                 sock.close()
             if store is not None:
                 await store.close()
             raise
-        secret = load_secret(self.secret_file)
-        self.manager = SessionManager(
-            parent=self,
-            log=self.log,
-            store=self.store,
-            spawner_class=spawner_class,
-            secret=secret,
-            data_dir=self.data_dir,
-            debug=self.debug,
-            per_user_limits=self.authenticator.mode != "none",
-        )
-        self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
         self.user_events = UserEvents()
         self.user_events.subscribe(self.manager.bus)
         self.admin_events = AdminEvents()
@@ -512,7 +515,6 @@ class PhoebeSpawnerApp(Application):
             secret=secret,
             compress=self.compress_responses,
         )
-        raise_fd_limit(65536)
         self.http_server = CappedHTTPServer(
             self.web_app,
             max_connections=self.max_connections,

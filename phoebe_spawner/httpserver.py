@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import resource
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,13 +283,3 @@ class _Tracked(httputil.HTTPMessageDelegate):
     def on_connection_close(self) -> None:
         if not self.refused:
             self.delegate.on_connection_close()
-
-
-def raise_fd_limit(want: int) -> int:
-    """Raise the soft open-files limit towards ``want`` (never past the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft

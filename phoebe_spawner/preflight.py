@@ -25,6 +25,7 @@ from typing import Any
 from tornado.netutil import bind_sockets
 
 from .configcheck import loopback_only
+from .sessions.policy import HUB_FDS, CapacityPlan
 from .spawners.wall import session_factories
 from .store import DatabaseSchemaError, Store
 
@@ -272,3 +273,37 @@ async def check_local_workers(spawner_class: type, parent: Any, log: logging.Log
         log.info("not checking that workers can import PHOEBE: their cmd is not python -m")
     else:
         log.debug("workers can import %s", checked)
+
+
+# --- capacity ---------------------------------------------------------------------------
+
+
+def check_capacity(plan: CapacityPlan) -> None:
+    """Refuse to start when this machine's hard limits cannot hold ``max_sessions``
+    (``plan``: :meth:`phoebe_spawner.sessions.capacity.HubCapacity.plan`): one line with
+    the number of sessions it allows and how to change that. Called by the session
+    manager's ``fit_capacity`` from the app's ``setup``, before the limits are raised."""
+    if plan.fits:
+        return
+    allowed = plan.allowed or 0
+    if plan.sessions_by_sockets(plan.socket_limit) <= allowed:  # ZMQ's own limit
+        why = (
+            f"{plan.max_sockets} ZMQ sockets ({plan.sockets_per_session} a session) but ZMQ "
+            f"allows {plan.socket_limit}"
+        )
+        fix = f"lower --max-sessions to {allowed} (or run more hubs)"
+    else:
+        http = f", {plan.connections} HTTP connections" if plan.connections else ""
+        why = (
+            f"{plan.nofile} open files ({plan.fds_per_session} a session{http}, "
+            f"{HUB_FDS} for the hub) but the hard limit (ulimit -Hn) is {plan.hard_nofile}"
+        )
+        fix = (
+            "raise the hard limit (ulimit -Hn before starting, LimitNOFILE= for a systemd "
+            f"service) or lower --max-sessions to {allowed}"
+        )
+    pool = f" and a warm pool of {plan.pool}" if plan.pool else ""
+    raise StartupProblem(
+        f"max_sessions {plan.max_sessions}{pool} needs {why}: this machine allows "
+        f"{allowed} sessions; {fix}"
+    )

@@ -3,8 +3,9 @@
 ``manager.py`` keeps the registry, limits, loops and start/stop orchestration;
 ``session.py`` is one session (its status, command queue, channel and ending);
 ``bus.py`` the typed events others subscribe to; ``policy.py`` the pure rules (culling,
-per-user limits); ``pool.py``, ``recovery.py``, ``memory.py``, ``cpu.py`` and
-``limits.py`` the manager's collaborators.
+per-user limits, the capacity arithmetic); ``pool.py``, ``recovery.py``, ``memory.py``,
+``cpu.py``, ``limits.py`` and ``capacity.py`` (open files and ZMQ sockets) the manager's
+collaborators.
 """
 
 from .manager import SessionManager

@@ -31,14 +31,15 @@ from ..auth.base import User
 from ..channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
 from ..errors import LimitReached, NotOwner, RateLimited, SessionNotFound, Unavailable
 from ..ratelimit import RateLimiter
-from ..spawners.base import SpawnCapacityError, Spawner, SpawnError
+from ..spawners.base import Spawner, SpawnError
 from ..store import DatabaseUnavailable
 from .bus import EventBus, SessionChanged
+from .capacity import HubCapacity
 from .cpu import CpuClasses
 from .endings import Endings
 from .limits import SessionLimits
 from .memory import sample_all
-from .policy import CullPolicy, capacity_limit, port_status, session_limit
+from .policy import CapacityPlan, CullPolicy, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
 from .session import (
@@ -74,7 +75,9 @@ class SessionManager(LoggingConfigurable):
     ).tag(config=True)
     start_burst = Integer(10, help="Session starts a user may make at once.").tag(config=True)
     max_sessions = Integer(
-        100, help="Sessions the hub runs at once, all users together (the capacity)."
+        100,
+        help="""Sessions the hub runs at once, all users together (the capacity). The hub
+        raises its open-files and ZMQ socket limits to hold them, or refuses to start.""",
     ).tag(config=True)
     idle_timeout = Float(
         1800.0, help="Seconds without a command after which a session is culled (0 = never)."
@@ -186,6 +189,7 @@ class SessionManager(LoggingConfigurable):
         #: session events: subscribe by type (see :mod:`.bus`)
         self.bus = EventBus()
         self.zmq_ctx = zmq.asyncio.Context()
+        self.os_capacity = HubCapacity(self.spawner_class, self.zmq_ctx, self.bus, self.log)
         self.tasks = Tasks()
         self._loops: list[asyncio.Task[None]] = []
         #: open user event streams per user id (the stream handler counts them)
@@ -229,6 +233,10 @@ class SessionManager(LoggingConfigurable):
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
 
     # --- lifecycle of the manager --------------------------------------------------------
+
+    def fit_capacity(self, connections: int, check: Callable[[CapacityPlan], None]) -> None:
+        """:meth:`.capacity.HubCapacity.fit`; the app calls it before :meth:`start_backend`."""
+        self.os_capacity.fit(self.max_sessions, self.warm_pool_size, connections, check)
 
     async def start_backend(self) -> None:
         """Start the spawner class's shared resource (e.g. the fork server) and stop the
@@ -327,6 +335,7 @@ class SessionManager(LoggingConfigurable):
             debug=self.debug,
             exit_with_hub=not self.readopt_workers,
             backend=self.backend,
+            worker_nofile=self.os_capacity.worker_nofile,
         )
         self.limits.configure(spawner)
         return spawner
@@ -362,9 +371,8 @@ class SessionManager(LoggingConfigurable):
 
     @property
     def capacity_limit(self) -> int:
-        """Sessions that can run at once: ``max_sessions``, and at most a third of a
-        configured port range (each worker binds three ports)."""
-        return capacity_limit(self.max_sessions, self.port_range, len(protocol.CHANNELS))
+        """Sessions that can run at once (:meth:`.capacity.HubCapacity.limit`)."""
+        return self.os_capacity.limit(self.max_sessions, self.port_range)
 
     def _slots_left(self) -> int | None:
         """Workers the hub still has room for (the warm pool's view; None: no limit)."""
@@ -403,8 +411,7 @@ class SessionManager(LoggingConfigurable):
             raise RateLimited(f"Too many session starts; try again in {wait:.0f} s", wait)
         # check and reserve with no await in between: concurrent starts cannot overshoot
         active = self.active()
-        if self.capacity_limit and len(active) >= self.capacity_limit:
-            raise LimitReached(f"Capacity reached: {self.capacity_limit} sessions are running")
+        self.os_capacity.check(active, self.max_sessions, self.port_range)  # 429: capacity
         mine = [s for s in active if s.user.user_id == user.user_id]
         limit = self.session_limit(user)
         if limit and len(mine) >= limit:
@@ -459,18 +466,18 @@ class SessionManager(LoggingConfigurable):
             endpoint = await self._start_worker(s, pooled)
             channel = self.connect(s, endpoint)
             status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
-        except SpawnCapacityError as e:
-            await s.fail(f"No capacity for a worker: {e}")
-            raise LimitReached(s.reason or "No capacity for a worker") from None
-        except (SpawnError, ChannelError) as e:
-            await s.fail(f"Worker failed to start: {e}")
-            raise Unavailable(s.reason or "Worker failed to start") from None
         except asyncio.CancelledError:
             await s.fail("Start was cancelled")
             raise
-        except Exception:
-            self.log.exception("starting session %s failed", s.id)
-            await s.fail("Worker failed to start (see the hub log)")
+        except Exception as e:
+            if (full := self.os_capacity.start_failed(e, len(self.active()) - 1)) is not None:
+                await s.fail(f"No capacity for a worker: {full}")  # 429, no traceback
+                raise LimitReached(s.reason or "No capacity for a worker") from None
+            if isinstance(e, SpawnError | ChannelError):
+                await s.fail(f"Worker failed to start: {e}")
+            else:
+                self.log.exception("starting session %s failed", s.id)
+                await s.fail("Worker failed to start (see the hub log)")
             raise Unavailable(s.reason or "Worker failed to start") from None
         await s.started(endpoint.port, status)
         self.log.info(

@@ -5,7 +5,8 @@ No I/O, no clock of their own (the caller passes ``now``), no hub: the
 from its traits and asks it each cull pass; it calls :func:`session_limit` when a
 session starts and :func:`port_status` for ``/dash/port-status``. They read sessions
 through the small :class:`Cullable` and :class:`Held` protocols, so their tests build
-plain values.
+plain values. :class:`CapacityPlan` is the arithmetic of what ``max_sessions`` needs
+from the operating system (open files, ZMQ sockets), which :mod:`.capacity` applies.
 """
 
 from __future__ import annotations
@@ -89,12 +90,89 @@ def session_limit(user: User, default: int, overrides: Mapping[str, int]) -> int
     return 0 if 0 in groups else max(groups)
 
 
-def capacity_limit(max_sessions: int, port_range: Sequence[int], ports_per_worker: int) -> int:
+#: open files the hub keeps for itself whatever the sessions: the database, logs, the
+#: listening sockets, ZMQ's own threads, the fork server's pipe, files opened for a moment
+HUB_FDS = 64
+#: ZMQ sockets kept free beyond the sessions' (a channel being replaced, a re-adopted
+#: worker's check)
+SPARE_SOCKETS = 32
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """What ``max_sessions`` needs from the operating system, and what it allows.
+
+    Every session (and warm-pool worker: ``pool``, which may briefly run beside a user's
+    start) holds ``sockets_per_session`` ZMQ sockets and ``fds_per_session`` open files in
+    the hub; every HTTP connection (``connections``: ``max_connections``, 0 when uncapped)
+    one more file, and the hub :data:`HUB_FDS` for itself. ``hard_nofile`` is the
+    process's hard open-files limit (None: unlimited), ``socket_limit`` the most sockets
+    a ZMQ context takes. Built by :meth:`.capacity.HubCapacity.plan`; the app refuses to
+    start when :attr:`fits` is False (:func:`phoebe_spawner.preflight.check_capacity`).
+    """
+
+    max_sessions: int
+    pool: int
+    fds_per_session: int
+    sockets_per_session: int
+    connections: int
+    hard_nofile: int | None
+    socket_limit: int
+
+    @property
+    def nofile(self) -> int:
+        """The open-files limit the hub needs (its soft limit is raised to at least this)."""
+        sessions = self.max_sessions + self.pool
+        return HUB_FDS + self.connections + self.fds_per_session * sessions
+
+    @property
+    def max_sockets(self) -> int:
+        """The ZMQ context's ``MAX_SOCKETS`` the sessions need."""
+        return SPARE_SOCKETS + self.sockets_per_session * (self.max_sessions + self.pool)
+
+    def sessions_by_fds(self, nofile: int | None) -> int | None:
+        """Sessions an open-files limit of ``nofile`` holds (None: no limit)."""
+        if nofile is None:
+            return None
+        room = nofile - HUB_FDS - self.connections
+        return max(0, room // self.fds_per_session - self.pool)
+
+    def sessions_by_sockets(self, max_sockets: int) -> int:
+        """Sessions a ZMQ context of ``max_sockets`` sockets holds."""
+        return max(0, (max_sockets - SPARE_SOCKETS) // self.sockets_per_session - self.pool)
+
+    @property
+    def allowed(self) -> int | None:
+        """The most sessions the hard limits allow (None: no limit of theirs)."""
+        by_sockets = self.sessions_by_sockets(self.socket_limit)
+        by_fds = self.sessions_by_fds(self.hard_nofile)
+        return by_sockets if by_fds is None else min(by_fds, by_sockets)
+
+    @property
+    def fits(self) -> bool:
+        """Whether the hard limits hold ``max_sessions``."""
+        allowed = self.allowed
+        return allowed is None or allowed >= self.max_sessions
+
+
+def capacity_limit(
+    max_sessions: int,
+    port_range: Sequence[int],
+    ports_per_worker: int,
+    *,
+    os_allows: int | None = None,
+    ceiling: int | None = None,
+) -> int:
     """Sessions that can run at once: ``max_sessions``, and at most what a configured
-    port range holds (each worker binds ``ports_per_worker`` ports)."""
+    port range holds (each worker binds ``ports_per_worker`` ports), what the hub's
+    open-files and ZMQ socket limits allow (``os_allows``) and, after a start hit a
+    limit nobody planned for, the sessions that were live then (``ceiling``). 0: no
+    limit (``max_sessions`` 0 and nothing else bounds it)."""
+    limits = [max_sessions] if max_sessions else []
     if len(port_range) == 2:
-        return min(max_sessions, max(0, (port_range[1] - port_range[0]) // ports_per_worker))
-    return max_sessions
+        limits.append(max(0, (port_range[1] - port_range[0]) // ports_per_worker))
+    limits += [n for n in (os_allows, ceiling) if n is not None]
+    return min(limits, default=0)
 
 
 def port_status(

@@ -48,7 +48,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from traitlets import Any as TraitAny
 from traitlets import (
@@ -224,6 +224,17 @@ class Spawner(LoggingConfigurable):
         help="""The hub-wide resource :meth:`start_backend` returned (a fork server, a
         client): shared by all spawners of one hub, set by the session manager.""",
     )
+    worker_nofile = Integer(
+        0,
+        help="""The open-files limit a local worker gets (RLIMIT_NOFILE): the hub's own
+        from before it raised it for its sessions, so workers do not inherit the raised
+        one; 0 = inherit (set by the session manager).""",
+    )
+
+    #: open files one session holds in the hub (its 3 ZMQ sockets and their 3 notification
+    #: descriptors, and a uid lock when the hub runs as root): the session manager's
+    #: capacity arithmetic (phoebe_spawner/sessions/capacity.py); measured per backend
+    hub_fds_per_session: ClassVar[int] = 7
     worker_extra = Dict(
         help="""Extra fields for the worker's connection file, read by custom session
         factories (the test factory's fault injection uses it).""",
@@ -433,12 +444,14 @@ class Spawner(LoggingConfigurable):
     def worker_rlimits(self) -> dict[str, int]:
         """The resource limits a local backend sets on its worker, by ``resource`` name
         without the ``RLIMIT_`` prefix: ``AS`` from ``mem_limit`` (unless a cgroup holds
-        it) and ``FSIZE`` from ``max_file_size``."""
+        it), ``FSIZE`` from ``max_file_size`` and ``NOFILE`` from ``worker_nofile``."""
         limits: dict[str, int] = {}
         if self.mem_limit and not self.mem_limit_by_cgroup:
             limits["AS"] = int(self.mem_limit)
         if self.max_file_size:
             limits["FSIZE"] = int(self.max_file_size)
+        if self.worker_nofile:
+            limits["NOFILE"] = int(self.worker_nofile)
         return limits
 
     def connection_info(self, *, session_dir: str | None = None, **kwargs: Any) -> ConnectionInfo:

@@ -305,6 +305,9 @@ class ForkServer:
 class ForkServerSpawner(LocalProcessSpawner):
     """Local workers forked from the hub's fork server; cold-started when it is unavailable."""
 
+    #: the local worker's (7) and its connection to the fork server
+    hub_fds_per_session = 8
+
     forkserver_cmd = List(
         Unicode(),
         help="""The command that starts the fork server; the spawner appends ``--socket``,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -25,6 +27,8 @@ import pytest
 
 from phoebe_spawner.plugins import AUTH_GROUP, SPAWNER_GROUP, load_class, registered
 from phoebe_spawner.preflight import shown_url, worker_python
+from phoebe_spawner.sessions.policy import HUB_FDS
+from phoebe_spawner.spawners.forkserver import ForkServerSpawner
 
 from ..conftest import JWT_SECRET
 from .test_cli import EXE, free_port, http, run, wait_healthy
@@ -158,6 +162,42 @@ def test_a_worker_python_without_the_worker_package_stops_the_hub(tmp_path, spaw
     message = refusal(run([*argv, f"--data-dir={tmp_path / 'data'}"], tmp_path))
     assert "No module named 'phoebe_kernel_worker'" in message
     assert "-m pip install ./packaging/worker" in message
+
+
+def _open_files_limit(soft: int, hard: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that gives the hub (as ``ulimit -Sn``/``-Hn`` would) these limits."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_max_sessions_the_open_files_limit_cannot_hold_is_refused_with_the_number(tmp_path):
+    """Asked for 1,100 sessions under a hard limit of 1,024 open files the hub refuses in
+    one line saying how many sessions the machine allows and how to change it, instead
+    of failing the 120th start; the number it names starts."""
+    (tmp_path / "config.py").write_text(TEST_WORKERS)
+    argv = [*EXE, "--config=config.py", f"--data-dir={tmp_path / 'data'}"]
+    argv += ["--spawner=local-forkserver", "--PhoebeSpawnerApp.max_connections=100"]
+    limited = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 60}
+    limits = _open_files_limit(1024, 1024)
+    result = subprocess.run(
+        [*argv, "--port=0", "--max-sessions=1100"],
+        preexec_fn=limits,
+        **limited,
+    )
+    message = refusal(result)
+    allowed = (1024 - HUB_FDS - 100) // ForkServerSpawner.hub_fds_per_session
+    assert f"max_sessions 1100 needs {HUB_FDS + 100 + 8 * 1100} open files" in message
+    assert f"the hard limit (ulimit -Hn) is 1024: this machine allows {allowed} sessions" in message
+    assert "raise the hard limit (ulimit -Hn" in message
+    assert f"or lower --max-sessions to {allowed}" in message
+
+    port = free_port()
+    argv += [f"--port={port}", f"--max-sessions={allowed}"]
+    proc = subprocess.Popen(argv, preexec_fn=limits, cwd=tmp_path)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 def test_a_database_url_that_does_not_parse_is_named(tmp_path):

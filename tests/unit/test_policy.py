@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phoebe_spawner.auth.base import User
-from phoebe_spawner.sessions.policy import CullPolicy, capacity_limit, port_status, session_limit
+from phoebe_spawner.sessions.policy import (
+    HUB_FDS,
+    SPARE_SOCKETS,
+    CapacityPlan,
+    CullPolicy,
+    capacity_limit,
+    port_status,
+    session_limit,
+)
 
 ADA = User(user_id="u1", name="ada", email="ada@example.org", groups=("staff", "lab"))
 BOB = User(user_id="u2", name="bob", email="bob@example.org", groups=("lab",))
@@ -58,6 +66,55 @@ def test_capacity_is_max_sessions_and_at_most_a_third_of_the_port_range():
     assert capacity_limit(100, [9000, 9030], 3) == 10
     assert capacity_limit(5, [9000, 9030], 3) == 5
     assert capacity_limit(100, [9000, 9002], 3) == 0
+
+
+def test_capacity_is_also_what_the_os_limits_and_a_ceiling_met_allow():
+    assert capacity_limit(100, [], 3, os_allows=40) == 40
+    assert capacity_limit(100, [9000, 9030], 3, os_allows=40) == 10
+    assert capacity_limit(100, [], 3, os_allows=400, ceiling=7) == 7
+    assert capacity_limit(0, [], 3) == 0  # no limit at all
+    assert capacity_limit(0, [], 3, os_allows=40) == 40  # unlimited max_sessions, but the OS
+
+
+def plan(**kw) -> CapacityPlan:
+    fields = dict(
+        max_sessions=1100,
+        pool=0,
+        fds_per_session=8,
+        sockets_per_session=3,
+        connections=2000,
+        hard_nofile=20000,
+        socket_limit=65535,
+    )
+    return CapacityPlan(**{**fields, **kw})
+
+
+def test_what_max_sessions_needs_from_the_os():
+    p = plan(pool=4)
+    assert p.nofile == HUB_FDS + 2000 + 8 * 1104
+    assert p.max_sockets == SPARE_SOCKETS + 3 * 1104
+    assert plan().max_sockets == 3332  # the old default of 1,023 held 341 sessions
+
+
+def test_sessions_the_limits_hold_leave_room_for_the_pool_and_http():
+    p = plan(pool=4)
+    assert p.sessions_by_fds(HUB_FDS + 2000 + 8 * 100) == 96
+    assert p.sessions_by_fds(HUB_FDS + 2000 + 8 * 100 + 7) == 96  # whole sessions only
+    assert p.sessions_by_fds(1000) == 0  # HTTP alone takes more: none, not negative
+    assert p.sessions_by_fds(None) is None  # unlimited
+    assert p.sessions_by_sockets(SPARE_SOCKETS + 3 * 100) == 96
+    assert plan().sessions_by_sockets(1023) == 330  # zmq's default, with the spare
+
+
+def test_a_plan_fits_when_the_hard_limits_hold_max_sessions():
+    assert plan().fits and plan().allowed == (20000 - HUB_FDS - 2000) // 8
+    low = plan(hard_nofile=4096)
+    assert not low.fits
+    assert low.allowed == (4096 - HUB_FDS - 2000) // 8 == 254
+    assert plan(hard_nofile=None).allowed == (65535 - SPARE_SOCKETS) // 3  # ZMQ's limit
+    assert not plan(max_sessions=30000, hard_nofile=None).fits
+    assert plan(max_sessions=254, hard_nofile=4096).fits
+    assert not plan(max_sessions=254, hard_nofile=4096, pool=1).fits
 
 
 @dataclass
