@@ -4,10 +4,11 @@ One :class:`SessionManager` per hub, built by the app, called by the handlers. I
 every live :class:`~.session.Session` (``sessions``), checks and reserves limits when
 one starts (no await between check and reservation, so concurrent starts cannot
 overshoot), starts its worker (fresh, or from the warm pool) and runs the loops: death
-detection, memory samples, culling (:class:`~.policy.CullPolicy`), disk quotas. One
-session's commands, status and ending are its own; the collaborators (pool, recovery,
-limits, cpu) get narrow interfaces, and whoever follows sessions subscribes to
-:attr:`SessionManager.bus`. Nothing here blocks the event loop.
+detection (:mod:`.watch`), memory samples (:mod:`.memory`), culling
+(:class:`~.policy.CullPolicy`), disk quotas. One session's commands, status and ending
+are its own; the collaborators (pool, recovery, limits, cpu) get narrow interfaces, and
+whoever follows sessions subscribes to :attr:`SessionManager.bus`. Nothing here blocks
+the event loop.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ from .session import (
     Session,
     SessionServices,
     Tasks,
-    describe_exit,
     session_dir,
 )
+from .watch import ExitWatch
 
 
 class SessionManager(LoggingConfigurable):
@@ -227,6 +228,8 @@ class SessionManager(LoggingConfigurable):
         )
         self.bus.subscribe(SessionChanged, lambda c: self.endings.on_change(c, self.sessions))
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
+        #: death detection: by event where the backend can tell, else polled (:mod:`.watch`)
+        self.exits = ExitWatch(self.limits, self.tasks, max(1.0, self.poll_interval * 5), self.log)
 
     # --- lifecycle of the manager --------------------------------------------------------
 
@@ -248,8 +251,11 @@ class SessionManager(LoggingConfigurable):
         await self.pool.reap_leftovers()
 
     def start_background_tasks(self) -> None:
-        """Start the poll, memory, cull and disk loops and fill the warm pool (the app calls
-        this once the loop runs, after recovery)."""
+        """Watch the running workers' exits, start the poll, memory, cull and disk loops and
+        fill the warm pool (the app calls this once the loop runs, after recovery)."""
+        self.bus.subscribe(SessionChanged, self.exits.on_session_changed)
+        for s in self._running():  # re-adopted before the bus was followed
+            self.exits.watch(s)
         self.bus.subscribe(SessionChanged, lambda change: self.pool.fill())
         self.pool.fill()
         self._loops = [
@@ -288,6 +294,7 @@ class SessionManager(LoggingConfigurable):
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.exits.close()
         await self.tasks.wait()
         await self.pool.stop()
         live = self.active()
@@ -498,32 +505,20 @@ class SessionManager(LoggingConfigurable):
     # --- the loops ---------------------------------------------------------------------------
 
     async def poll_all(self) -> None:
-        """Poll loop: a worker that exited fails its session; old endings are dropped."""
+        """Poll loop: the sessions whose backend cannot report an exit are asked (the rest
+        are watched by event, :mod:`.watch`); old endings are dropped."""
         now = time.time()
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        results = await asyncio.gather(*(self._poll(s) for s in running))
-        for s, status in zip(running, results, strict=True):
-            if status is not None and s.status == "running":
-                reason = self.limits.exit_reason(s) or s.spawner.exit_reason(status)
-                await s.fail(reason or describe_exit(status))
+        await self.exits.poll_round()
         for s in list(self.sessions.values()):
             if s.status not in ACTIVE and self.endings.expired(s, now):
                 self.endings.drop(s.id, self.sessions)
 
-    async def _poll(self, s: Session) -> int | None:
-        try:
-            return await asyncio.wait_for(s.spawner.poll(), max(1.0, self.poll_interval * 5))
-        except TimeoutError:
-            self.log.warning("poll of session %s timed out", s.id)
-            return None
-        except Exception:
-            self.log.exception("poll of session %s failed", s.id)
-            return None
-
     async def sample_all(self) -> None:
         """Memory loop: :func:`.memory.sample_all` over the running sessions."""
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        await sample_all(running, self.store, self.bus)
+        await sample_all(self._running(), self.store, self.bus)
+
+    def _running(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.status == "running"]
 
     async def cull_idle(self) -> None:
         """Cull loop: stop what :attr:`cull_policy` names, each after ``before_stop`` (a
@@ -554,8 +549,7 @@ class SessionManager(LoggingConfigurable):
 
     async def check_disk(self) -> None:
         """Disk loop: a running session over its disk quota is checkpointed and failed."""
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        for s, reason in await self.limits.over_quota(running):
+        for s, reason in await self.limits.over_quota(self._running()):
             if s.status == "running" and s.id not in self._over_quota:
                 self._over_quota.add(s.id)
                 self.tasks.spawn(self._stop_over_quota(s, reason))
