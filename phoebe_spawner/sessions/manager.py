@@ -38,7 +38,7 @@ from .bus import EventBus, SessionChanged
 from .cpu import CpuClasses
 from .endings import Endings
 from .limits import SessionLimits
-from .memory import sample_all
+from .memory import MemorySampler
 from .policy import CullPolicy, capacity_limit, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
@@ -93,10 +93,12 @@ class SessionManager(LoggingConfigurable):
         Unicode(), help="Groups whose members' sessions are never culled."
     ).tag(config=True)
     poll_interval = Float(
-        1.0, help="Seconds between checks that workers are alive (dead ones -> failed)."
+        1.0,
+        help="""Seconds between polls of the workers whose backend cannot report their exit
+        (Docker, Slurm, no pidfds); local and forked workers fail as soon as they exit.""",
     ).tag(config=True)
     memory_interval = Float(
-        30.0, help="Seconds between memory samples of each running session."
+        30.0, help="Seconds between memory samples of each running session (spread across it)."
     ).tag(config=True)
     command_timeout = Float(
         600.0,
@@ -230,6 +232,8 @@ class SessionManager(LoggingConfigurable):
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
         #: death detection: by event where the backend can tell, else polled (:mod:`.watch`)
         self.exits = ExitWatch(self.limits, self.tasks, max(1.0, self.poll_interval * 5), self.log)
+        #: the memory loop's rounds, spread over memory_interval (:mod:`.memory`)
+        self.sampler = MemorySampler(self.store, self.bus, log=self.log)
 
     # --- lifecycle of the manager --------------------------------------------------------
 
@@ -260,7 +264,9 @@ class SessionManager(LoggingConfigurable):
         self.pool.fill()
         self._loops = [
             asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
-            asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
+            asyncio.create_task(
+                self.sampler.run_forever(self._running, self.memory_interval), name="mem"
+            ),
             asyncio.create_task(self._every(self.cull_interval, self.cull_idle), name="cull"),
             asyncio.create_task(
                 self._every(self.limits.disk_interval, self.check_disk), name="disk"
@@ -514,8 +520,9 @@ class SessionManager(LoggingConfigurable):
                 self.endings.drop(s.id, self.sessions)
 
     async def sample_all(self) -> None:
-        """Memory loop: :func:`.memory.sample_all` over the running sessions."""
-        await sample_all(self._running(), self.store, self.bus)
+        """One memory round over every running session at once (``/dash`` and tests; the
+        memory loop spreads its rounds, :meth:`.memory.MemorySampler.run_round`)."""
+        await self.sampler.sample_now(self._running())
 
     def _running(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.status == "running"]
