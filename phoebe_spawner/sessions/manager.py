@@ -4,10 +4,11 @@ One :class:`SessionManager` per hub, built by the app, called by the handlers. I
 every live :class:`~.session.Session` (``sessions``), checks and reserves limits when
 one starts (no await between check and reservation, so concurrent starts cannot
 overshoot), starts its worker (fresh, or from the warm pool) and runs the loops: death
-detection, memory samples, culling (:class:`~.policy.CullPolicy`), disk quotas. One
-session's commands, status and ending are its own; the collaborators (pool, recovery,
-limits, cpu) get narrow interfaces, and whoever follows sessions subscribes to
-:attr:`SessionManager.bus`. Nothing here blocks the event loop.
+detection (:mod:`.watch`), memory samples (:mod:`.memory`), culling
+(:class:`~.policy.CullPolicy`), disk quotas. One session's commands, status and ending
+are its own; the collaborators (pool, recovery, limits, cpu) get narrow interfaces, and
+whoever follows sessions subscribes to :attr:`SessionManager.bus`. Nothing here blocks
+the event loop.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .capacity import HubCapacity
 from .cpu import CpuClasses
 from .endings import Endings
 from .limits import SessionLimits
-from .memory import sample_all
+from .memory import MemorySampler
 from .policy import CapacityPlan, CullPolicy, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
@@ -50,9 +51,9 @@ from .session import (
     Session,
     SessionServices,
     Tasks,
-    describe_exit,
     session_dir,
 )
+from .watch import ExitWatch
 
 
 class SessionManager(LoggingConfigurable):
@@ -95,10 +96,12 @@ class SessionManager(LoggingConfigurable):
         Unicode(), help="Groups whose members' sessions are never culled."
     ).tag(config=True)
     poll_interval = Float(
-        1.0, help="Seconds between checks that workers are alive (dead ones -> failed)."
+        1.0,
+        help="""Seconds between polls of the workers whose backend cannot report their exit
+        (Docker, Slurm, no pidfds); local and forked workers fail as soon as they exit.""",
     ).tag(config=True)
     memory_interval = Float(
-        30.0, help="Seconds between memory samples of each running session."
+        30.0, help="Seconds between memory samples of each running session (spread across it)."
     ).tag(config=True)
     command_timeout = Float(
         600.0,
@@ -231,6 +234,10 @@ class SessionManager(LoggingConfigurable):
         )
         self.bus.subscribe(SessionChanged, lambda c: self.endings.on_change(c, self.sessions))
         self.bus.subscribe(SessionChanged, self.limits.on_session_changed)
+        #: death detection: by event where the backend can tell, else polled (:mod:`.watch`)
+        self.exits = ExitWatch(self.limits, self.tasks, max(1.0, self.poll_interval * 5), self.log)
+        #: the memory loop's rounds, spread over memory_interval (:mod:`.memory`)
+        self.sampler = MemorySampler(self.store, self.bus, log=self.log)
 
     # --- lifecycle of the manager --------------------------------------------------------
 
@@ -256,13 +263,18 @@ class SessionManager(LoggingConfigurable):
         await self.pool.reap_leftovers()
 
     def start_background_tasks(self) -> None:
-        """Start the poll, memory, cull and disk loops and fill the warm pool (the app calls
-        this once the loop runs, after recovery)."""
+        """Watch the running workers' exits, start the poll, memory, cull and disk loops and
+        fill the warm pool (the app calls this once the loop runs, after recovery)."""
+        self.bus.subscribe(SessionChanged, self.exits.on_session_changed)
+        for s in self._running():  # re-adopted before the bus was followed
+            self.exits.watch(s)
         self.bus.subscribe(SessionChanged, lambda change: self.pool.fill())
         self.pool.fill()
         self._loops = [
             asyncio.create_task(self._every(self.poll_interval, self.poll_all), name="poll"),
-            asyncio.create_task(self._every(self.memory_interval, self.sample_all), name="mem"),
+            asyncio.create_task(
+                self.sampler.run_forever(self._running, self.memory_interval), name="mem"
+            ),
             asyncio.create_task(self._every(self.cull_interval, self.cull_idle), name="cull"),
             asyncio.create_task(
                 self._every(self.limits.disk_interval, self.check_disk), name="disk"
@@ -296,6 +308,7 @@ class SessionManager(LoggingConfigurable):
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.exits.close()
         await self.tasks.wait()
         await self.pool.stop()
         live = self.active()
@@ -505,32 +518,21 @@ class SessionManager(LoggingConfigurable):
     # --- the loops ---------------------------------------------------------------------------
 
     async def poll_all(self) -> None:
-        """Poll loop: a worker that exited fails its session; old endings are dropped."""
+        """Poll loop: the sessions whose backend cannot report an exit are asked (the rest
+        are watched by event, :mod:`.watch`); old endings are dropped."""
         now = time.time()
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        results = await asyncio.gather(*(self._poll(s) for s in running))
-        for s, status in zip(running, results, strict=True):
-            if status is not None and s.status == "running":
-                reason = self.limits.exit_reason(s) or s.spawner.exit_reason(status)
-                await s.fail(reason or describe_exit(status))
+        await self.exits.poll_round()
         for s in list(self.sessions.values()):
             if s.status not in ACTIVE and self.endings.expired(s, now):
                 self.endings.drop(s.id, self.sessions)
 
-    async def _poll(self, s: Session) -> int | None:
-        try:
-            return await asyncio.wait_for(s.spawner.poll(), max(1.0, self.poll_interval * 5))
-        except TimeoutError:
-            self.log.warning("poll of session %s timed out", s.id)
-            return None
-        except Exception:
-            self.log.exception("poll of session %s failed", s.id)
-            return None
-
     async def sample_all(self) -> None:
-        """Memory loop: :func:`.memory.sample_all` over the running sessions."""
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        await sample_all(running, self.store, self.bus)
+        """One memory round over every running session at once (``/dash`` and tests; the
+        memory loop spreads its rounds, :meth:`.memory.MemorySampler.run_round`)."""
+        await self.sampler.sample_now(self._running())
+
+    def _running(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.status == "running"]
 
     async def cull_idle(self) -> None:
         """Cull loop: stop what :attr:`cull_policy` names, each after ``before_stop`` (a
@@ -561,8 +563,7 @@ class SessionManager(LoggingConfigurable):
 
     async def check_disk(self) -> None:
         """Disk loop: a running session over its disk quota is checkpointed and failed."""
-        running = [s for s in self.sessions.values() if s.status == "running"]
-        for s, reason in await self.limits.over_quota(running):
+        for s, reason in await self.limits.over_quota(self._running()):
             if s.status == "running" and s.id not in self._over_quota:
                 self._over_quota.add(s.id)
                 self.tasks.spawn(self._stop_over_quota(s, reason))

@@ -1,8 +1,10 @@
 """Memory: each worker's sampled use, and per-session memory cgroups holding ``mem_limit``.
 
-Sampling: the session manager's memory loop calls :func:`sample_all` every
-``memory_interval`` (``/dash/session-memory`` asks one :meth:`Session.sample`). A sample
-is the worker's private memory, the USS of its process tree (``Session.mem_used``), with
+Sampling: the session manager's memory loop (:class:`MemorySampler`) samples every
+running session once per ``memory_interval``, spread across it in small batches
+(:func:`plan_round`) so that workers are not all asked at once, and records a round's
+samples in one store write (``/dash/session-memory`` asks one :meth:`Session.sample`).
+A sample is the worker's private memory, the USS of its process tree (``Session.mem_used``), with
 its PSS and RSS beside it (``mem_pss``, ``mem_rss``: the admin API and ``/metrics``).
 USS is what is shown and kept: in the session (``mem_history``, for the admin page's
 plots), in the store (``session_metrics``) and announced on the bus. RSS misleads for
@@ -37,8 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from phoebe_kernel_worker.protocol.exits import out_of_memory
 
@@ -50,26 +55,109 @@ from .session import Session
 log = logging.getLogger(__name__)
 
 
-async def sample_all(running: list[Session], store: Store, bus: EventBus) -> None:
-    """One round of the memory loop over the ``running`` sessions: sample each, record
-    it, announce the round, and fail a session over its ``mem_limit``."""
-    await asyncio.gather(*(s.sample() for s in running))
-    now = time.time()
-    for s in running:
-        s.mem_history.append((now, s.mem_used))
-    bus.publish(SessionsSampled(running))
-    store_ok = True
-    for s in running:
-        if store_ok:
+#: at least this many seconds between two batches of a spread round (:func:`plan_round`)
+BATCH_GAP = 0.1
+
+
+def plan_round(n: int, interval: float, gap: float = BATCH_GAP) -> list[tuple[float, slice]]:
+    """The batches of one memory round of ``n`` sessions spread over ``interval`` seconds:
+    ``(offset from the round's start, slice of the sessions)`` each, evenly spaced and at
+    least ``gap`` apart, every session in exactly one, the last batch at ``interval`` (so
+    a lone session is sampled ``interval`` after the round began, as before spreading).
+    Called by :meth:`MemorySampler.run_round`."""
+    if n <= 0:
+        return []
+    batches = max(1, min(n, int(interval / gap) if gap > 0 else n))
+    size = math.ceil(n / batches)
+    batches = math.ceil(n / size)
+    step = interval / batches
+    return [((k + 1) * step, slice(k * size, min(n, (k + 1) * size))) for k in range(batches)]
+
+
+class MemorySampler:
+    """The memory loop's rounds: built by the session manager (``manager.sampler``), which
+    runs :meth:`run_forever` as its memory loop and :meth:`sample_now` for
+    ``SessionManager.sample_all``. ``clock`` and ``sleep`` are injectable for tests."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        *,
+        log: Any = log,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.log = log
+        self.clock = clock
+        self.sleep = sleep
+
+    async def run_forever(self, running: Callable[[], list[Session]], interval: float) -> None:
+        """The memory loop: :meth:`run_round` after :meth:`run_round`; a failed round is
+        logged and the next one starts after ``interval``."""
+        while True:
             try:
-                await store.record_metric(s.id, now, s.mem_used)
-            except DatabaseUnavailable:
-                store_ok = False
-        limit = s.spawner.mem_limit
-        if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
-            await s.fail(
-                f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB of private memory"
-            )
+                await self.run_round(running, interval)
+            except Exception:
+                self.log.exception("a memory sampling round failed; it will run again")
+                await self.sleep(interval)
+
+    async def run_round(self, running: Callable[[], list[Session]], interval: float) -> None:
+        """One round: the sessions ``running()`` returns now, sampled in the batches of
+        :func:`plan_round` across ``interval`` seconds (one control request per session,
+        never a burst of all), then recorded in one store write and announced. A session
+        that left ``running`` before its batch is skipped; one started meanwhile joins
+        the next round. Returns at the end of the interval."""
+        start = self.clock()
+        sessions = running()
+        if not sessions:
+            await self.sleep(interval)
+            return
+        rows: list[tuple[str, float, float]] = []
+        sampled: list[Session] = []
+        for offset, part in plan_round(len(sessions), interval):
+            delay = start + offset - self.clock()
+            if delay > 0:
+                await self.sleep(delay)
+            batch = [s for s in sessions[part] if s.status == "running"]
+            await self._sample(batch, rows)
+            sampled += batch
+        await self._finish(sampled, rows)
+
+    async def sample_now(self, sessions: list[Session]) -> None:
+        """Sample ``sessions`` at once, record and announce them (one round, unspread)."""
+        rows: list[tuple[str, float, float]] = []
+        await self._sample(sessions, rows)
+        await self._finish(sessions, rows)
+
+    async def _sample(self, batch: list[Session], rows: list[tuple[str, float, float]]) -> None:
+        """Ask each worker of ``batch`` its memory; keep it in ``mem_history`` and ``rows``
+        and fail a session over its ``mem_limit`` (on USS) at once."""
+        if len(batch) == 1:
+            await batch[0].sample()
+        elif batch:
+            await asyncio.gather(*(s.sample() for s in batch))
+        now = time.time()
+        for s in batch:
+            s.mem_history.append((now, s.mem_used))
+            rows.append((s.id, now, s.mem_used))
+        for s in batch:
+            limit = s.spawner.mem_limit
+            if limit and s.mem_used * 1024 * 1024 > limit and s.status == "running":
+                await s.fail(
+                    f"{out_of_memory(limit)}: the worker used {s.mem_used:.0f} MiB of "
+                    "private memory"
+                )
+
+    async def _finish(self, sampled: list[Session], rows: list[tuple[str, float, float]]) -> None:
+        """Announce the round (:class:`~.bus.SessionsSampled`) and record its samples in
+        one store write (skipped while the database is unavailable)."""
+        self.bus.publish(SessionsSampled(sampled))
+        if rows:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.store.record_metrics(rows)
 
 
 class MemoryGroups:

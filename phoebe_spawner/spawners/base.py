@@ -10,6 +10,7 @@ Lifecycle, as the session manager drives it::
     spawner = SpawnerClass(session_id=..., user=..., key=..., session_dir=..., ...)
     endpoint = await spawner.start()      # a WorkerEndpoint, once the channels are bound
     await spawner.poll()                  # None while running, an int exit status after
+    cancel = spawner.watch_exit(callback) # optional: told of the exit instead of polling
     state = spawner.get_state()           # JSON-able; persisted by the manager
     await spawner.stop()                  # idempotent; returns once the worker is gone
 
@@ -37,6 +38,9 @@ checks them for each backend):
   worker cannot start; it cleans up whatever it created first.
 * Subclasses that override ``get_state``/``load_state``/``clear_state`` call
   ``super()``.
+* ``watch_exit(callback)`` is optional: a backend that can learn of its worker's exit
+  without asking (a pidfd, a connection that reports it) calls ``callback(status)`` once
+  when it happens; the default returns None and the session manager polls instead.
 """
 
 from __future__ import annotations
@@ -378,12 +382,25 @@ class Spawner(LoggingConfigurable):
         """``None`` while the worker runs (or starts); its integer exit status once gone."""
         raise NotImplementedError
 
+    def watch_exit(self, callback: Callable[[int | None], None]) -> Callable[[], None] | None:
+        """Be told when the running worker exits, instead of being polled.
+
+        Called by the session manager's exit watch (``sessions/watch.py``) once the worker
+        runs (started or re-adopted). A backend that can see the exit as an event calls
+        ``callback(status)`` once, on the event loop, with what :meth:`poll` then returns,
+        and returns a function that cancels the watch (idempotent; the manager calls it
+        when the session leaves ``running``). ``callback(None)`` means the backend lost
+        sight of the worker (e.g. the connection that reported it broke) and the manager
+        must poll it from then on. The default returns None: not supported, poll me.
+        """
+        return None
+
     def exit_reason(self, status: int) -> str | None:
         """Why the worker exited, when the backend knows more than ``status`` says.
 
-        Called by the session manager's poll loop after :meth:`poll` returned ``status``;
-        the failed session's reason is this, or a description of the status when None
-        (the default). The Docker backend reports out-of-memory kills and containers
+        Called by the session manager after :meth:`poll` (or :meth:`watch_exit`) gave
+        ``status``; the failed session's reason is this, or a description of the status
+        when None (the default). The Docker backend reports out-of-memory kills and containers
         removed behind the hub's back here; a batch scheduler says "reached its time
         limit" in its own words.
         """

@@ -9,7 +9,8 @@ seconds and shares the template's memory copy-on-write.
 
 The hub is not the worker's parent, so bookkeeping goes through the fork server's
 connection: it reports the child's pid at once and its exit status when it is reaped;
-``poll`` answers from that. Stopping signals the worker's own process group, exactly like
+``poll`` answers from that, and ``watch_exit`` tells the session manager as soon as the
+report arrives. Stopping signals the worker's own process group, exactly like
 :class:`~phoebe_spawner.spawners.local.LocalProcessSpawner`. Without that connection
 (re-adopted after a hub restart, or the fork server died) the worker is watched by pid
 *and* process start time, like any adopted local worker.
@@ -32,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -392,6 +394,37 @@ class ForkServerSpawner(LocalProcessSpawner):
                 self.exit_status = child.exit_status
             return child.exit_status
         return await super().poll()
+
+    def watch_exit(self, callback: Callable[[int | None], None]) -> Callable[[], None] | None:
+        """``callback(status)`` when the fork server reports the worker's exit; if its
+        connection breaks first (the fork server died), the worker is watched by pidfd
+        like an adopted local one. Without that connection: as a local worker."""
+        child = self.child
+        if child is None or child.lost:
+            return super().watch_exit(callback)
+        fallback: Callable[[], None] | None = None
+        waiter = asyncio.ensure_future(child.exited.wait())
+
+        def exited(done: asyncio.Future[Any]) -> None:
+            nonlocal fallback
+            if done.cancelled():
+                return
+            if not child.lost:
+                self.exit_status = child.exit_status
+                callback(child.exit_status)
+                return
+            fallback = LocalProcessSpawner.watch_exit(self, callback)
+            if fallback is None:
+                callback(None)  # lost sight of it: the manager polls
+
+        def cancel() -> None:
+            waiter.cancel()
+            if fallback is not None:
+                fallback()
+
+        waiter.add_done_callback(exited)
+        self._unwatch = cancel
+        return cancel
 
     async def _wait_exit(self, timeout: float) -> int | None:
         child = self.child

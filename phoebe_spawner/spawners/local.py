@@ -6,19 +6,25 @@ it is ready is noticed at once (the pipe closes empty). Stopping escalates SIGIN
 SIGTERM -> SIGKILL to the whole process group and reaps the child; re-adoption after
 a hub restart checks pid *and* process start time, so a reused pid is never taken for
 our worker.
+
+Death detection is an event (:meth:`LocalProcessSpawner.watch_exit`): a child's exit
+completes ``proc.wait()``; an adopted worker (not our child) is watched through a pidfd
+(``os.pidfd_open``) registered with the event loop, which becomes readable when the
+process exits. Where pidfds are unavailable the session manager polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,6 +120,8 @@ class LocalProcessSpawner(Spawner):
         self.pid: int | None = None
         self.create_time: float | None = None
         self.exit_status: int | None = None
+        #: cancels the exit watch (watch_exit), if one is set
+        self._unwatch: Callable[[], None] | None = None
 
     # --- paths ----------------------------------------------------------------------
 
@@ -355,6 +363,85 @@ class LocalProcessSpawner(Spawner):
         except psutil.Error:
             return False
 
+    def watch_exit(self, callback: Callable[[int | None], None]) -> Callable[[], None] | None:
+        """``callback(status)`` when the worker exits: our child's exit completes
+        ``proc.wait()``; an adopted worker is watched through a pidfd on the event loop.
+        None (poll me) without a worker or when the kernel has no pidfds."""
+        cancel: Callable[[], None] | None
+        if self.proc is not None:
+            cancel = self._watch_child(self.proc, callback)
+        elif self.pid is not None:
+            cancel = self._watch_pidfd(self.pid, callback)
+        else:
+            return None
+        self._unwatch = cancel
+        return cancel
+
+    @staticmethod
+    def _watch_child(
+        proc: asyncio.subprocess.Process, callback: Callable[[int | None], None]
+    ) -> Callable[[], None]:
+        """Call ``callback`` with our child's exit status once ``proc.wait()`` returns."""
+        waiter = asyncio.ensure_future(proc.wait())
+
+        def exited(done: asyncio.Future[int]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                callback(done.result())
+
+        def cancel() -> None:
+            waiter.cancel()
+
+        waiter.add_done_callback(exited)
+        return cancel
+
+    def _watch_pidfd(
+        self, pid: int, callback: Callable[[int | None], None]
+    ) -> Callable[[], None] | None:
+        """Watch a process that is not our child through a pidfd on the loop's selector;
+        None when pidfds are unavailable (old kernel, no ``os.pidfd_open``)."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                self.log.debug("no pidfd for worker %s (%s): it is polled", pid, e)
+                return None
+            fd = -1  # already gone
+        except AttributeError:  # not Linux
+            return None
+        if fd >= 0 and self._adopted_alive():  # checked after opening: the pid is ours
+            watching = True
+
+            def readable() -> None:
+                nonlocal watching
+                if watching:
+                    cancel()
+                    callback(self._adopted_status())
+
+            def cancel() -> None:
+                nonlocal watching
+                if watching:
+                    watching = False
+                    loop.remove_reader(fd)
+                    os.close(fd)
+
+            try:
+                loop.add_reader(fd, readable)
+            except (OSError, NotImplementedError, ValueError) as e:
+                os.close(fd)
+                self.log.debug("cannot watch the pidfd of worker %s (%s): it is polled", pid, e)
+                return None
+            return cancel
+        if fd >= 0:
+            os.close(fd)
+        handle = loop.call_soon(lambda: callback(self._adopted_status()))
+        return handle.cancel
+
+    def _stop_watching(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
     def _adopted_status(self) -> int:
         if self.exit_status is None:
             self.exit_status = 1  # not our child: its real status is unknowable
@@ -457,6 +544,7 @@ class LocalProcessSpawner(Spawner):
 
     def clear_state(self) -> None:
         super().clear_state()
+        self._stop_watching()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self._release_uid()

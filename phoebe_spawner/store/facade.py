@@ -250,6 +250,11 @@ class Store:
         for an unknown session."""
         await self._metrics.record(session_id, ts, mem_used, cpu_percent)
 
+    async def record_metrics(self, rows: list[tuple[str, float, float]]) -> int:
+        """Store ``(session_id, ts, mem_used)`` samples in one transaction (the memory
+        loop's round); rows of unknown sessions are skipped and counted in the result."""
+        return await self._metrics.record_many(rows)
+
     async def get_metrics(self, session_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` samples of a session, oldest first (dashboard graphs)."""
         return await self._metrics.newest(session_id, limit=limit)

@@ -321,6 +321,27 @@ async def test_metrics_are_trimmed(make_store: StoreFactory, db_path: Path) -> N
         await store.record_metric("nope", 0.0, 1.0)
 
 
+async def test_a_round_of_metrics_is_one_write_that_trims_and_skips_unknown_sessions(
+    make_store: StoreFactory, db_path: Path
+) -> None:
+    store = await make_store(metrics_keep=3)
+    await new_session(store, "s1")
+    await new_session(store, "s2")
+    for i in range(3):
+        await store.record_metric("s1", float(i), 1.0)
+    skipped = await store.record_metrics(
+        [("s1", 10.0, 5.0), ("nope", 10.0, 1.0), ("s2", 10.0, 7.0)]
+    )
+    assert skipped == 1
+    assert [(r["ts"], r["mem_used"]) for r in await store.get_metrics("s1")] == [
+        (1.0, 1.0),
+        (2.0, 1.0),
+        (10.0, 5.0),
+    ]
+    assert [(r["ts"], r["mem_used"]) for r in await store.get_metrics("s2")] == [(10.0, 7.0)]
+    assert query(db_path, "SELECT COUNT(*) FROM session_metrics WHERE session_id='nope'") == [(0,)]
+
+
 # ------------------------------------------------------------------- command log
 
 
