@@ -41,17 +41,8 @@ from .memory import sample_all
 from .policy import CullPolicy, capacity_limit, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
-from .session import (
-    ACTIVE,
-    ENDED,
-    OWNER,
-    OWNER_REASON,
-    Session,
-    SessionServices,
-    Tasks,
-    describe_exit,
-    session_dir,
-)
+from .services import SessionServices, Tasks
+from .session import ACTIVE, ENDED, OWNER, OWNER_REASON, Session, describe_exit, session_dir
 
 
 class SessionManager(LoggingConfigurable):

@@ -8,23 +8,22 @@ cancels, orphans found at recovery), :meth:`Session.stop` and :meth:`Session.fai
 Its status moves ``pending -> running -> stopping -> stopped`` or ends ``failed`` /
 ``culled``; :meth:`Session._enter` is the one place that sets it, after writing it to
 the store, and every end is announced on the bus (:mod:`.bus`) once the worker is gone.
-What a session needs of the hub comes in one :class:`SessionServices`, never the manager.
+What a session needs of the hub comes in one :class:`.services.SessionServices`, never
+the manager.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
@@ -40,8 +39,9 @@ from ..channels import (
 )
 from ..errors import CommandTimedOut, SessionGone, Unavailable
 from ..spawners.base import Spawner
-from ..store import DatabaseUnavailable, Store
-from .bus import CommandFinished, EventBus, IopubMessage, SessionChanged
+from ..store import DatabaseUnavailable
+from .bus import CommandFinished, IopubMessage, SessionChanged
+from .services import SessionServices
 
 #: Statuses of a session that holds (or is about to hold, or still holds) a worker.
 ACTIVE = ("pending", "running", "stopping")
@@ -55,46 +55,6 @@ HUB = "the hub"
 OWNER_REASON = "ended by user"
 #: longest error message kept per command (the command log's column holds 1000)
 ERROR_CHARS = 1000
-
-
-class CpuClassing(Protocol):
-    """The cpu isolation tree as a session uses it (:class:`.cpu.CpuClasses`)."""
-
-    def background(self, session_id: str, on: bool) -> None: ...
-
-
-class Tasks:
-    """Background tasks kept referenced until done (the manager's and its sessions')."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background; it finishes even if its awaiter is cancelled."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def wait(self) -> None:
-        """Wait for every task still running (at shutdown)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@dataclass(eq=False)
-class SessionServices:
-    """What every session uses of the hub; built once by the manager."""
-
-    store: Store
-    bus: EventBus
-    log: logging.Logger | logging.LoggerAdapter[Any]
-    tasks: Tasks
-    #: seconds a worker has to leave an interrupted command before it is declared hung
-    interrupt_grace: float
-    #: commands run in the background cpu class (with cpu isolation)
-    background_commands: Collection[str] = ()
-    #: the cpu isolation tree, once set up (None: off)
-    cpu: CpuClassing | None = None
 
 
 class Session:
