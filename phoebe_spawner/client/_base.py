@@ -233,7 +233,9 @@ class ClientBase:
         return session
 
     def end_session(self, session_id: str | None = None) -> dict[str, Any]:
-        """End ``session_id`` (default: the current session) and stop its worker."""
+        """End ``session_id`` (default: the current session) and stop its worker: the hub
+        answers once the worker is told to stop (the session is ``stopping``, its
+        commands answer 404) and reaps it after; it is listed until then."""
         sid = session_id or self._session_id
         if sid is None:
             raise PhoebeClientError("no session to end: none is current")

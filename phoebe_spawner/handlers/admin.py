@@ -57,7 +57,8 @@ class AdminSessionsHandler(AdminHandler):
 
 class AdminSessionHandler(AdminHandler):
     """``GET`` one session (admin view) · ``DELETE`` ends it (checkpoint-free, like an
-    owner's end-session) -> ``{"success": true}``; 404 unknown."""
+    owner's end-session, and like it answering once the worker is told to stop) ->
+    ``{"success": true}``; 404 unknown."""
 
     def _session(self, session_id: str) -> Session:
         s = self.manager.sessions.get(session_id)
@@ -71,7 +72,7 @@ class AdminSessionHandler(AdminHandler):
     async def delete(self, session_id: str) -> None:
         s = self._session(session_id)
         by = f"admin {self.user.name}"
-        await self.manager.end_session(s.user, s.id, reason=f"ended by {by}", by=by)
+        await self.manager.end_session(s.user, s.id, reason=f"ended by {by}", by=by, wait=False)
         self.write_json({"success": True})
 
 

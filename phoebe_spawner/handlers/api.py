@@ -144,10 +144,12 @@ class StartSessionHandler(BaseHandler):
 
 
 class EndSessionHandler(BaseHandler):
-    """``POST /dash/end-session/{id}``: stop one of the caller's sessions (body ignored)."""
+    """``POST /dash/end-session/{id}``: stop one of the caller's sessions (body ignored).
+    Answers once the session is ``stopping`` and its worker told to stop; the worker's
+    exit and the slot's release follow."""
 
     async def post(self, session_id: str) -> None:
-        await self.manager.end_session(self.user, session_id)
+        await self.manager.end_session(self.user, session_id, wait=False)
         self.write_json({"success": True})
 
 

@@ -43,16 +43,8 @@ from .memory import MemorySampler
 from .policy import CapacityPlan, CullPolicy, port_status, session_limit
 from .pool import PooledWorker, WarmPool
 from .recovery import Recovery
-from .session import (
-    ACTIVE,
-    ENDED,
-    OWNER,
-    OWNER_REASON,
-    Session,
-    SessionServices,
-    Tasks,
-    session_dir,
-)
+from .services import SessionServices, Tasks
+from .session import ACTIVE, ENDED, OWNER, OWNER_REASON, Session, session_dir
 from .watch import ExitWatch
 
 
@@ -577,15 +569,21 @@ class SessionManager(LoggingConfigurable):
     # --- stop and recovery ---------------------------------------------------------------------
 
     async def end_session(
-        self, user: User, session_id: str, *, reason: str = OWNER_REASON, by: str = OWNER
+        self,
+        user: User,
+        session_id: str,
+        *,
+        reason: str = OWNER_REASON,
+        by: str = OWNER,
+        wait: bool = True,
     ) -> None:
-        """Stop the user's session (``POST /dash/end-session``; an admin for them passes
-        ``by="admin <name>"``, and the session lingers)."""
+        """Stop the user's session (an admin passes ``by="admin <name>"``: it lingers);
+        ``wait=False``: only until it is ``stopping``, its worker told (:meth:`Session.stop`)."""
         s = self.get_owned(user, session_id)
         if s.status in ENDED:  # dismissed: from now on not found
             self.endings.drop(s.id, self.sessions)
             return
-        await s.stop("stopped", reason, by=by)
+        await s.stop("stopped", reason, by=by, wait=wait)
 
     async def recover(self, users: Callable[[dict[str, Any]], User]) -> None:
         """Re-adopt or fail what a previous hub left (:mod:`.recovery`; ``users``: owners)."""

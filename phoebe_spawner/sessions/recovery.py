@@ -25,7 +25,8 @@ from phoebe_kernel_worker import protocol
 from ..auth.base import User
 from ..channels import ChannelError, WorkerChannel, WorkerEndpoint
 from ..spawners.base import Spawner
-from .session import Session, SessionServices
+from .services import SessionServices
+from .session import Session
 
 
 @dataclass

@@ -8,23 +8,22 @@ cancels, orphans found at recovery), :meth:`Session.stop` and :meth:`Session.fai
 Its status moves ``pending -> running -> stopping -> stopped`` or ends ``failed`` /
 ``culled``; :meth:`Session._enter` is the one place that sets it, after writing it to
 the store, and every end is announced on the bus (:mod:`.bus`) once the worker is gone.
-What a session needs of the hub comes in one :class:`SessionServices`, never the manager.
+What a session needs of the hub comes in one :class:`.services.SessionServices`, never
+the manager.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
@@ -38,10 +37,11 @@ from ..channels import (
     Reply,
     WorkerChannel,
 )
-from ..errors import CommandTimedOut, SessionGone, Unavailable
+from ..errors import CommandTimedOut, SessionGone, SessionNotFound, Unavailable
 from ..spawners.base import Spawner
-from ..store import DatabaseUnavailable, Store
-from .bus import CommandFinished, EventBus, IopubMessage, SessionChanged
+from ..store import DatabaseUnavailable
+from .bus import CommandFinished, IopubMessage, SessionChanged
+from .services import SessionServices
 
 #: Statuses of a session that holds (or is about to hold, or still holds) a worker.
 ACTIVE = ("pending", "running", "stopping")
@@ -55,46 +55,6 @@ HUB = "the hub"
 OWNER_REASON = "ended by user"
 #: longest error message kept per command (the command log's column holds 1000)
 ERROR_CHARS = 1000
-
-
-class CpuClassing(Protocol):
-    """The cpu isolation tree as a session uses it (:class:`.cpu.CpuClasses`)."""
-
-    def background(self, session_id: str, on: bool) -> None: ...
-
-
-class Tasks:
-    """Background tasks kept referenced until done (the manager's and its sessions')."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background; it finishes even if its awaiter is cancelled."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def wait(self) -> None:
-        """Wait for every task still running (at shutdown)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@dataclass(eq=False)
-class SessionServices:
-    """What every session uses of the hub; built once by the manager."""
-
-    store: Store
-    bus: EventBus
-    log: logging.Logger | logging.LoggerAdapter[Any]
-    tasks: Tasks
-    #: seconds a worker has to leave an interrupted command before it is declared hung
-    interrupt_grace: float
-    #: commands run in the background cpu class (with cpu isolation)
-    background_commands: Collection[str] = ()
-    #: the cpu isolation tree, once set up (None: off)
-    cpu: CpuClassing | None = None
 
 
 class Session:
@@ -154,6 +114,10 @@ class Session:
         #: recent (unix time, MiB) memory samples, for the admin page's plots
         self.mem_history: deque[tuple[float, float]] = deque(maxlen=120)
         self._stopping: asyncio.Future[None] | None = None
+        #: resolved once ``stopping`` is recorded and the worker told to stop
+        self._told: asyncio.Future[None] | None = None
+        #: the status a stop ends the session with (its 410 says it while it stops)
+        self._final = "stopped"
         self._failing: asyncio.Future[Any] | None = None
 
     # --- views ------------------------------------------------------------------------
@@ -209,18 +173,23 @@ class Session:
 
     def check_running(self) -> None:
         """Raise unless the session is running with a connected channel: 410 if the hub or
-        an admin ended it (:meth:`gone`), 503 otherwise."""
+        an admin ended it (:meth:`gone`), 404 if its owner did (both already while its
+        worker stops: the end-session has answered), 503 otherwise."""
         if self.status == "running" and self.channel is not None:
             return
-        if self.status in ENDED and self.linger:
+        if self.status in (*ENDED, "stopping") and self.linger:
             raise self.gone()
+        if self.status == "stopping" and self.ended_by == OWNER:
+            raise SessionNotFound(f"Session {self.id} not found")
         if self.status == "failed":
             raise Unavailable(f"Session {self.id} has failed: {self.reason}")
         raise Unavailable(f"Session {self.id} is {self.status}")
 
     def gone(self) -> SessionGone:
-        """The 410 a command to this ended session answers (why, and its checkpoint)."""
-        return gone_error(self.id, self.status, self.reason, self.checkpoint_id)
+        """The 410 a command to this ended (or stopping) session answers: why, and its
+        checkpoint."""
+        status = self._final if self.status == "stopping" else self.status
+        return gone_error(self.id, status, self.reason, self.checkpoint_id)
 
     # --- the one status setter ------------------------------------------------------------
 
@@ -469,10 +438,13 @@ class Session:
 
     # --- endings ---------------------------------------------------------------------------
 
-    async def stop(self, final: str, reason: str, *, by: str = HUB) -> None:
+    async def stop(self, final: str, reason: str, *, by: str = HUB, wait: bool = True) -> None:
         """Stop the worker and end ``final`` (``stopped``, ``culled``) once; concurrent
-        callers wait for the same stop. ``by``: who ends it (the session lingers unless
-        :data:`OWNER`). 503 if the store cannot record ``stopping``."""
+        callers share the one stop. ``by``: who ends it (the session lingers unless
+        :data:`OWNER`). The stop runs in a tracked task (hub shutdown waits for it); with
+        ``wait=False`` (end-session) this returns once ``stopping`` is recorded and the
+        worker told to stop, and the session holds its slot until the worker is gone.
+        503 if the store cannot record ``stopping``."""
         if self.status == "pending":
             await self.launched.wait()  # stop what the start created, never race it
         if self._stopping is None:
@@ -480,20 +452,39 @@ class Session:
                 return
             self.ended_by = by
             self.linger = by != OWNER
-            self._stopping = asyncio.ensure_future(self._stop(final, reason))
-        await asyncio.shield(self._stopping)
+            self._final = final
+            self._told = asyncio.get_running_loop().create_future()
+            # retrieved here: a waiter cancelled meanwhile leaves no "never retrieved" warning
+            self._told.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._stopping = self._services.tasks.spawn(self._stop(final, reason, self._told))
+            self._stopping.add_done_callback(self._log_crash)
+        told, stopping = self._told, self._stopping
+        assert told is not None  # set with _stopping
+        await asyncio.shield(told)
+        if wait:
+            await asyncio.shield(stopping)
 
-    async def _stop(self, final: str, reason: str) -> None:
+    async def _stop(self, final: str, reason: str, told: asyncio.Future[None]) -> None:
+        """The stop: ``told`` resolves once ``stopping`` is recorded and the shutdown
+        request sent (or fails with the 503); the worker's exit, the final status and the
+        slot's release follow."""
         try:
             await self._enter("stopping", reason, strict=True)
-        except Unavailable:
+        except Unavailable as e:
             self._stopping = None  # nothing happened: a later stop may try again
-            raise
+            told.set_exception(e)
+            return
         self._announce("stopping")
         if self.channel is not None:
+            # the request leaves in control()'s first step, before its first wait: the
+            # waiters of ``told`` run only after that
+            asked = self.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
+            told.set_result(None)
             with contextlib.suppress(ChannelError):  # a dead worker cannot answer
-                await self.channel.control(protocol.SHUTDOWN_REQUEST, timeout=1)
+                await asked
             await self.channel.close(ChannelClosed(f"session {final}: {reason}"))
+        else:
+            told.set_result(None)
         log = self._services.log
         try:
             await self.spawner.stop()
@@ -517,6 +508,14 @@ class Session:
             final, reason, stopped_at=self.ended_at, termination_reason=reason, spawner_state={}
         )
         self._announce(final)
+
+    def _log_crash(self, task: asyncio.Task[None]) -> None:
+        """Log a stop that raised (nobody awaits an end-session's stop to the end)."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._services.log.error("stopping session %s failed", self.id, exc_info=error)
+            if self._told is not None and not self._told.done():
+                self._told.set_exception(error)  # its waiters get the error, never hang
 
     async def fail(self, reason: str) -> None:
         """End the session ``failed`` with ``reason`` (it stays listed a while) and kill

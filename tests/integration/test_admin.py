@@ -70,6 +70,10 @@ async def test_admin_api_sees_and_ends_every_users_sessions(make_hub):
     assert resp.status == 404 and "nope" in resp.detail
     resp = await client.request("DELETE", f"/api/v1/admin/sessions/{sid}", token=admin)
     assert resp.status == 200 and resp.json() == {"success": True}
+    # gone (410) at once, while its worker stops
+    resp = await client.post(f"/send/{sid}", {"command": "ping"}, token=user)
+    assert resp.status == 410 and resp.json()["reason"] == "ended by admin root@example.org"
+    await async_wait_for(lambda: not app.manager.active(), "the admin's end to finish")
     # the owner still sees it, with the reason; a command to it is gone (410)
     listed = (await client.get("/dash/sessions", token=user)).json()
     assert (listed[sid]["status"], listed[sid]["reason"]) == (

@@ -52,6 +52,7 @@ async def test_commands_and_transitions_are_recorded(make_hub):
     assert row["status"] == "running" and row["project_name"] == "p" and row["user_agent"] == "ua/1"
     assert row["spawner_state"]["pid"] == app.manager.sessions[sid].spawner.pid
     await client.post(f"/dash/end-session/{sid}")
+    await async_wait_for(lambda: sid not in app.manager.sessions, "the session to end")
     row = await app.store.get_session(sid)
     assert row["status"] == "stopped" and row["stopped_at"] and row["spawner_state"] == {}
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ..conftest import JWT_SECRET, register
+from ..conftest import JWT_SECRET, Client, register
+from ..waiting import async_wait_for
 
 
 async def test_public_routes(make_hub):
@@ -67,8 +68,13 @@ async def test_start_list_end(make_hub):
     assert listed[s["session_id"]]["metadata"] == {"project_name": "Algol", "extra": [1, 2]}
     resp = await client.post(f"/dash/end-session/{s['session_id']}")
     assert resp.status == 200 and resp.json() == {"success": True}
-    assert (await client.get("/dash/sessions")).json() == {}
+    # listed "stopping" until its worker is gone (the answer does not wait for that)
+    await async_wait_for(lambda: _listed(client), "the ended session to leave the list", timeout=10)
     assert (await client.post(f"/dash/end-session/{s['session_id']}")).status == 404
+
+
+async def _listed(client: Client) -> bool:
+    return (await client.get("/dash/sessions")).json() == {}
 
 
 @pytest.mark.parametrize("body", [b"", b"null", b"{}"])

@@ -293,6 +293,9 @@ async def test_failed_sessions_stay_listed_for_failed_linger_then_drop(make_hub)
     assert (listed[sid]["status"], listed[sid]["reason"]) == ("failed", reason)
     # ... until its owner ends it
     assert (await client.post(f"/dash/end-session/{ended_by_owner}")).status == 200
+    await async_wait_for(
+        lambda: ended_by_owner not in manager.sessions, "the owner's session to be forgotten"
+    )
     assert ended_by_owner not in (await client.get("/dash/sessions")).json()
     # ... or for failed_linger seconds after it failed
     failed = manager.sessions[sid]

@@ -66,6 +66,7 @@ async def test_full_phoebe_session_in_a_container(make_hub, docker_engine):
     assert len(fluxes) == len(times) and all(f > 0 for f in fluxes)
     resp = await client.post(f"/dash/end-session/{sid}")
     assert resp.status == 200 and resp.json() == {"success": True}
+    await async_wait_for(lambda: not app.manager.active(), "the end to finish", timeout=60)
     assert [c.id for c in docker_engine.containers() if c.id == cid] == []  # removed
 
 
@@ -167,6 +168,7 @@ async def test_restart_readopts_the_container_with_the_users_bundle(
     assert await ok(client2, sid, "get_value", twig="period@binary") == 2.5
     assert (await ok(client2, sid, "get_bundle"))["bundle"] == bundle
     await client2.post(f"/dash/end-session/{sid}")
+    await async_wait_for(lambda: not app2.manager.active(), "the end to finish", timeout=60)
     assert cid not in {c.id for c in docker_engine.containers()}
 
 
@@ -246,6 +248,7 @@ async def test_progress_names_the_container_steps(make_hub, docker_engine):
     run_dir = spawner.host_run_dir
     assert run_dir and os.path.exists(run_dir)
     await client.post(f"/dash/end-session/{sid}")
+    await async_wait_for(lambda: not app.manager.active(), "the end to finish", timeout=60)
     assert not os.path.exists(run_dir)
 
 

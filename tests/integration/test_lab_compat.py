@@ -33,6 +33,7 @@ import pytest
 
 from ..conftest import Client
 from ..lab_calls import LAB_UI_PARAMETERS
+from ..waiting import async_wait_for
 
 pytestmark = pytest.mark.phoebe
 
@@ -245,4 +246,11 @@ async def test_phoebe_lab_page_flow(make_hub):
     resp = await client.post(f"/dash/end-session/{sid}")
     assert resp.status == 200 and resp.json() == {"success": True}
     assert (await client.send(sid, "ping")).status == 404
-    assert sid not in (await client.get("/dash/sessions")).json()
+    # listed "stopping" until its worker is gone (end-session answers before that)
+    await async_wait_for(
+        lambda: _unlisted(client, sid), "the session to leave the list", timeout=10
+    )
+
+
+async def _unlisted(client: Client, sid: str) -> bool:
+    return sid not in (await client.get("/dash/sessions")).json()

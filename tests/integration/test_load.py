@@ -45,7 +45,7 @@ async def test_two_hundred_lifecycles_leave_nothing_behind(make_hub):
     baseline = open_fds()
     for _ in range(CYCLES):
         await cycle()
-    assert app.manager.sessions == {}
+    await async_wait_for(lambda: app.manager.sessions == {}, "the last session to end")
     status = (await client.get("/dash/port-status")).json()
     assert status["reserved_ports"] == 0 and status["available_ports"] == status["total_ports"]
     await async_wait_for(lambda: not zombies(), "no zombie process", timeout=5)

@@ -147,16 +147,18 @@ async def test_failed_linger_still_governs_failures_while_ended_linger_governs_c
 
 
 async def test_owner_end_is_404_and_admin_end_is_410_without_a_checkpoint(make_hub):
-    _, client = await make_hub()
+    app, client = await make_hub()
     mine, ended_by_admin = await start(client), await start(client)
     assert (await client.post(f"/dash/end-session/{mine}")).status == 200
     resp = await client.send(mine, "ping")
     assert resp.status == 404 and resp.json() == {"detail": f"Session {mine} not found"}
+    await async_wait_for(lambda: mine not in app.manager.sessions, "the owner's end to finish")
     assert mine not in (await client.get("/dash/sessions")).json()
 
     # in auth mode none the one anonymous user is the admin
     resp = await client.request("DELETE", f"/api/v1/admin/sessions/{ended_by_admin}")
     assert resp.status == 200, resp.body
+    await async_wait_for(lambda: not app.manager.active(), "the admin's end to finish")
     listed = (await client.get("/dash/sessions")).json()[ended_by_admin]
     assert (listed["status"], listed["reason"]) == ("stopped", "ended by admin anonymous")
     resp = await client.send(ended_by_admin, "ping")
@@ -217,6 +219,7 @@ async def test_log_lines_for_starts_ends_commands_and_requests(make_hub, watch_l
     await cull(app, culled)
     cid = (await hub_checkpoints(client, culled))[0]["checkpoint_id"]
     assert (await client.request("DELETE", f"/api/v1/admin/sessions/{by_admin}")).status == 200
+    await async_wait_for(lambda: not app.manager.active(), "the ends to finish")
 
     # one INFO line per start and per end: whose session, who ended it, and why
     for sid in (owned, culled, by_admin):

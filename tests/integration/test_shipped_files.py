@@ -23,6 +23,7 @@ from phoebe_spawner.auth.hub import HubAuthenticator
 from phoebe_spawner.spawners.slurm import SlurmSpawner
 
 from ..conftest import TEST_FACTORY
+from ..waiting import async_wait_for
 from .test_slurm import hub_config, in_queue, job_state
 
 SHARE = Path(__file__).resolve().parents[2] / "share" / "phoebe_spawner"
@@ -119,6 +120,7 @@ async def test_batch_template_runs_a_session_on_the_cluster(make_hub, slurm_clus
     assert env["OMP_NUM_THREADS"] == "1"  # the CPUs Slurm gave the job
     assert prologue.read_text() == "ran\n"  # the site's prologue ran once
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
+    await async_wait_for(lambda: not app.manager.active(), "the end to finish", timeout=60)
     assert not in_queue(slurm_cluster, job_id)
     assert job_state(slurm_cluster, job_id) == "COMPLETED"
     row = await app.store.get_session(sid)
@@ -209,4 +211,5 @@ async def test_a_template_without_the_job_name_still_names_the_job(make_hub, slu
     info = slurm_cluster.run("scontrol", "show", "job", "-o", job_id)
     assert f"JobName=phoebe-{sid} " in info
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
+    await async_wait_for(lambda: not app.manager.active(), "the end to finish", timeout=60)
     assert not in_queue(slurm_cluster, job_id)

@@ -102,6 +102,7 @@ async def test_phoebe_session_runs_as_a_slurm_job(make_hub, slurm_cluster):
 
     job_id = spawner.job_id
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
+    await async_wait_for(lambda: not app.manager.active(), "the end to finish", timeout=60)
     assert not in_queue(slurm_cluster, job_id)
     assert job_state(slurm_cluster, job_id) == "COMPLETED", slurm_cluster.run(
         "scontrol", "show", "job", job_id
@@ -277,6 +278,7 @@ async def test_hub_restart_readopts_a_running_job(make_hub, slurm_cluster, tmp_p
     reply = await client2.send(sid, "get_value", twig="period@binary")
     assert reply.json()["result"] == 2.5
     await client2.post(f"/dash/end-session/{sid}")
+    await async_wait_for(lambda: not app2.manager.active(), "the end to finish", timeout=60)
     assert not in_queue(slurm_cluster, job_id)
 
 
