@@ -2,7 +2,7 @@
 
 Started once per hub by :class:`phoebe_spawner.spawners.forkserver.ForkServer` as
 ``python -m phoebe_kernel_worker.forkserver --socket PATH --ready-fd N
-[--session-factory M:F]``. At start it runs the factory's ``prepare`` (for PHOEBE:
+[--prefork K] [--session-factory M:F]``. At start it runs the factory's ``prepare`` (for PHOEBE:
 import it and build the default bundle, see :mod:`phoebe_kernel_worker.factories`),
 freezes the garbage collector so children share those pages copy-on-write, listens on
 a 0600 unix socket in the hub's private runtime directory and reports ``{"pid": N}`` on
@@ -12,23 +12,30 @@ its own after the fork.
 One connection per worker; lines of JSON::
 
     hub    -> server  {"connection_file": P, "log_file": P, "env": {...}, "rlimits": {...}}
-    child  -> hub     {"pid": N}                       right after the fork
+    child  -> hub     {"pid": N[, "spare": true]}      right after the fork (or hand-over)
     child  -> hub     {"endpoints": {...}, "pid": N}   once its channels are bound
     server -> hub     {"exit": status, "pid": N}       once the child exited (then EOF)
 
 The signing key travels in the 0600 connection file, as for a cold worker, never in a
 request. A request the server cannot honour is answered ``{"error": reason}``.
 
+With ``--prefork K`` (``c.ForkServerSpawner.prefork``) the server keeps up to K spare
+children forked ahead (:mod:`phoebe_kernel_worker.spares`): a request goes to a spare
+when one is waiting (its ``{"pid"}`` line says ``"spare": true``), else to a child forked
+on demand. Spares are refilled one per turn of the loop in which no request or exit
+was waiting, so a burst of requests is never held up by a refill.
+
 Only the hub (the server's parent, checked with ``SO_PEERCRED``) may connect. In the
 child: its own session and process group (``setsid``), default signal handlers,
-the server's descriptors closed, stdout/stderr to the worker's log, the environment
+the server's descriptors closed, stdin from ``/dev/null`` (all of this a spare does
+ahead), then, for the request: stdout/stderr to the worker's log, the environment
 replaced by the request's, the ``rlimits`` set (``AS`` from ``mem_limit``,
 ``FSIZE`` from ``max_file_size``), ``random`` and numpy
 reseeded from the OS, then the same :func:`~phoebe_kernel_worker.__main__.run_session`
 a cold worker runs, which puts up the worker's wall (:mod:`phoebe_kernel_worker.wall`:
 a root server's child drops to its own uid there). The server dies with the hub
 (``PR_SET_PDEATHSIG``); children asked to exit with their parent (``exit_with_parent``)
-then follow it.
+then follow it, and spares always do.
 """
 
 from __future__ import annotations
@@ -45,12 +52,14 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from . import protocol
+from . import protocol, spares
 from .__main__ import (
     DEFAULT_FACTORY,
     _load_factory,
@@ -62,17 +71,27 @@ from .worker import SessionFactory
 
 log = logging.getLogger("phoebe_kernel_worker.forkserver")
 
-MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = spares.MAX_REQUEST_BYTES
 REQUEST_TIMEOUT = 5.0
+#: seconds between attempts to fork a spare after one failed or died unasked
+SPARE_RETRY = 1.0
 
 
 class ForkServer:
-    """The template's accept/fork/reap loop (single-threaded; one per hub)."""
+    """The template's accept/fork/reap loop (single-threaded; one per hub).
 
-    def __init__(self, listener: socket.socket, factory: SessionFactory) -> None:
+    ``children`` are the workers serving a hub connection (the template reports their
+    exit on it); ``spares`` the children forked ahead, each with the template's end of
+    its socketpair, waiting for a request (up to ``prefork`` of them).
+    """
+
+    def __init__(self, listener: socket.socket, factory: SessionFactory, prefork: int = 0) -> None:
         self.listener = listener
         self.factory = factory
+        self.prefork = max(0, prefork)
         self.children: dict[int, socket.socket] = {}
+        self.spares: dict[int, socket.socket] = {}
+        self._spare_after = 0.0  # no spare is forked before this (time.monotonic)
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -89,16 +108,21 @@ class ForkServer:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         while not self._stop:
-            for key, _ in self.selector.select(timeout=1.0):
+            refill = self._wants_spare()
+            events = self.selector.select(timeout=0 if refill else 1.0)
+            for key, _ in events:
                 if key.fileobj is self.listener:
                     self._accept()
                 else:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
             self._reap()
+            if refill and not events and not self._stop:
+                self._add_spare()
         log.info("fork server stopping (%d children left running)", len(self.children))
         for conn in self.children.values():
             conn.close()
+        self._drop_spares()
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stop = True
@@ -110,8 +134,9 @@ class ForkServer:
             return
         try:
             _check_peer(conn)
-            request = self._read_request(conn)
-            self._fork(conn, request)
+            line, request = self._read_request(conn)
+            if not self._hand_to_spare(conn, line):
+                self._fork(conn, request)
         except (OSError, ValueError) as e:
             log.warning("bad fork request: %s", e)
             with contextlib.suppress(OSError):
@@ -119,7 +144,8 @@ class ForkServer:
             conn.close()
 
     @staticmethod
-    def _read_request(conn: socket.socket) -> dict[str, Any]:
+    def _read_request(conn: socket.socket) -> tuple[bytes, dict[str, Any]]:
+        """The request line (for a spare) and the request it holds."""
         conn.setblocking(True)
         conn.settimeout(REQUEST_TIMEOUT)
         data = b""
@@ -134,9 +160,17 @@ class ForkServer:
         request = orjson.loads(data)
         if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
             raise ValueError("a request is an object with a 'connection_file'")
-        return request
+        return data, request
 
     def _fork(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Fork a child on demand for ``request`` (no spare was waiting)."""
+        pid = self._spawn(lambda: self._become_worker(conn, request))
+        self.children[pid] = conn
+        log.debug("forked worker %d", pid)
+
+    def _spawn(self, body: Callable[[], int]) -> int:
+        """Fork; the child runs ``body`` and exits with its status, the parent gets the
+        child's pid. Refused while the template has a thread besides this one."""
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
         if threads > 1:
             raise ValueError(f"the template has {threads} threads; forking it is unsafe")
@@ -146,7 +180,7 @@ class ForkServer:
         if pid == 0:  # the child: never returns into this loop
             status = 1
             try:
-                status = self._become_worker(conn, request)
+                status = body()
             except SystemExit as e:
                 status = e.code if isinstance(e.code, int) else 1
                 if not isinstance(e.code, int) and e.code is not None:
@@ -158,11 +192,80 @@ class ForkServer:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(status)
-        self.children[pid] = conn
-        log.debug("forked worker %d", pid)
+        return pid
+
+    # --- spares -------------------------------------------------------------------
+
+    def _wants_spare(self) -> bool:
+        return len(self.spares) < self.prefork and time.monotonic() >= self._spare_after
+
+    def _add_spare(self) -> None:
+        """Fork one spare (called in a turn of the loop with nothing else to do)."""
+        mine, theirs = socket.socketpair()
+        template = os.getpid()
+        try:
+            pid = self._spawn(lambda: self._run_spare(theirs, mine, template))
+        except (OSError, ValueError) as e:
+            mine.close()
+            theirs.close()
+            log.warning("cannot fork a spare (%s); trying again in %g s", e, SPARE_RETRY)
+            self._spare_after = time.monotonic() + SPARE_RETRY
+            return
+        theirs.close()
+        self.spares[pid] = mine
+        log.debug("spare %d ready (%d of %d)", pid, len(self.spares), self.prefork)
+
+    def _run_spare(self, sock: socket.socket, other: socket.socket, template: int) -> int:
+        """In a spare: leave the template, wait for a request, become its worker."""
+        other.close()
+        self._leave_template()
+        try:
+            name = spares.die_with_template(template)
+            conn, request = spares.wait_for_request(sock)
+        except spares.TemplateGone:
+            return 0
+        spares.keep_alone(name)
+        return self._take_request(conn, request, spare=True)
+
+    def _hand_to_spare(self, conn: socket.socket, line: bytes) -> bool:
+        """Give the request to the oldest waiting spare; False if none could take it."""
+        while self.spares:
+            pid = next(iter(self.spares))
+            sock = self.spares.pop(pid)
+            try:
+                spares.hand_over(sock, conn, line)
+            except OSError as e:
+                log.warning("spare %d could not take a request: %s", pid, e)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                continue
+            finally:
+                sock.close()
+            self.children[pid] = conn
+            log.debug("spare %d took a request", pid)
+            return True
+        return False
+
+    def _drop_spares(self) -> None:
+        """End and reap every spare (the template is stopping)."""
+        for pid, sock in self.spares.items():
+            sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.spares.clear()
+
+    # --- in the child ---------------------------------------------------------------
 
     def _become_worker(self, conn: socket.socket, request: dict[str, Any]) -> int:
-        """Turn the freshly forked child into a worker for ``request``; its exit status."""
+        """Turn a child forked on demand into a worker for ``request``; its exit status."""
+        self._leave_template()
+        return self._take_request(conn, request)
+
+    def _leave_template(self) -> None:
+        """What every child does first, whatever the request: its own session, default
+        signal handlers, none of the template's descriptors, stdin from /dev/null."""
         os.setsid()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -172,17 +275,29 @@ class ForkServer:
         self.listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for other in self.children.values():
+        for other in (*self.children.values(), *self.spares.values()):
             other.close()
         self.children.clear()
-        _redirect_stdio(str(request.get("log_file") or os.devnull))
+        self.spares.clear()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+
+    def _take_request(
+        self, conn: socket.socket, request: dict[str, Any], *, spare: bool = False
+    ) -> int:
+        """Set the child up for ``request`` and run its session; its exit status."""
+        _redirect_output(str(request.get("log_file") or os.devnull))
         _set_rlimits(request.get("rlimits"))
         env = request.get("env")
         if isinstance(env, dict):
             os.environ.clear()
             os.environ.update({str(k): str(v) for k, v in env.items()})
-        _reseed()
-        conn.sendall(orjson.dumps({"pid": os.getpid()}) + b"\n")
+        _reseed()  # in this child, after its fork: no two children share a random state
+        hello: dict[str, Any] = {"pid": os.getpid()}
+        if spare:
+            hello["spare"] = True
+        conn.sendall(orjson.dumps(hello) + b"\n")
         info = protocol.read_connection_file(request["connection_file"])
 
         def report(data: bytes) -> None:
@@ -193,7 +308,7 @@ class ForkServer:
 
     def _reap(self) -> None:
         """Collect exited children and tell the hub each one's exit status."""
-        while self.children:
+        while True:
             try:
                 pid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -201,6 +316,12 @@ class ForkServer:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wstatus)
+            spare = self.spares.pop(pid, None)
+            if spare is not None:  # killed while waiting (e.g. out of memory)
+                spare.close()
+                log.warning("spare %d exited with %d before it took a request", pid, status)
+                self._spare_after = time.monotonic() + SPARE_RETRY
+                continue
             conn = self.children.pop(pid, None)
             log.debug("worker %d exited with %d", pid, status)
             if conn is not None:
@@ -231,11 +352,8 @@ def _check_peer(conn: socket.socket) -> None:
         raise ValueError(f"process {pid} is not the hub: refused")
 
 
-def _redirect_stdio(log_file: str) -> None:
-    """stdin from /dev/null, stdout and stderr appended to the worker's log."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def _redirect_output(log_file: str) -> None:
+    """stdout and stderr appended to the worker's log."""
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -256,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="the unix socket to listen on")
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--session-factory", default=DEFAULT_FACTORY)
+    parser.add_argument("--prefork", type=int, default=0, help="spare children to keep")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_process(args.log_level)
@@ -276,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     listener.bind(args.socket)
     os.chmod(args.socket, 0o600)
     listener.listen(256)
-    server = ForkServer(listener, factory)
+    server = ForkServer(listener, factory, args.prefork)
     with os.fdopen(args.ready_fd, "wb") as ready:
         ready.write(orjson.dumps({"pid": os.getpid()}) + b"\n")
     log.info("fork server %d ready on %s", os.getpid(), args.socket)
