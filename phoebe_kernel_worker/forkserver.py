@@ -67,31 +67,31 @@ from .__main__ import (
     run_session,
     setup_process,
 )
+from .spares import SparePool
 from .worker import SessionFactory
 
 log = logging.getLogger("phoebe_kernel_worker.forkserver")
 
 MAX_REQUEST_BYTES = spares.MAX_REQUEST_BYTES
 REQUEST_TIMEOUT = 5.0
-#: seconds between attempts to fork a spare after one failed or died unasked
-SPARE_RETRY = 1.0
 
 
 class ForkServer:
     """The template's accept/fork/reap loop (single-threaded; one per hub).
 
-    ``children`` are the workers serving a hub connection (the template reports their
-    exit on it); ``spares`` the children forked ahead, each with the template's end of
-    its socketpair, waiting for a request (up to ``prefork`` of them).
+    ``pending`` are the hub's connections whose request is still arriving (read without
+    blocking the loop, each until its deadline); ``children`` the workers serving a hub
+    connection (the template reports their exit on it); ``spares`` the children forked
+    ahead and waiting for a request (up to ``prefork`` of them).
     """
 
     def __init__(self, listener: socket.socket, factory: SessionFactory, prefork: int = 0) -> None:
         self.listener = listener
         self.factory = factory
-        self.prefork = max(0, prefork)
+        self.pending: dict[socket.socket, tuple[bytes, float]] = {}  # data, deadline
         self.children: dict[int, socket.socket] = {}
-        self.spares: dict[int, socket.socket] = {}
-        self._spare_after = 0.0  # no spare is forked before this (time.monotonic)
+        self.spares = SparePool(prefork)
+        self._last_request = 0.0
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -108,59 +108,95 @@ class ForkServer:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         while not self._stop:
-            refill = self._wants_spare()
-            events = self.selector.select(timeout=0 if refill else 1.0)
+            events = self.selector.select(timeout=self._timeout())
             for key, _ in events:
                 if key.fileobj is self.listener:
                     self._accept()
-                else:
+                elif key.fileobj == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                elif isinstance(key.fileobj, socket.socket):
+                    self._receive(key.fileobj)
+            self._expire()
             self._reap()
-            if refill and not events and not self._stop:
+            if not events and not self._stop and self._wants_spare():
                 self._add_spare()
         log.info("fork server stopping (%d children left running)", len(self.children))
-        for conn in self.children.values():
+        for conn in (*self.children.values(), *self.pending):
             conn.close()
-        self._drop_spares()
+        self.spares.drop()
+
+    def _timeout(self) -> float:
+        """How long the loop may wait for an event: until the next spare is due or the
+        next pending request's deadline, at most a second."""
+        now = time.monotonic()
+        wake = now + 1.0
+        due = self.spares.due(self._last_request)
+        if due is not None:
+            wake = min(wake, due)
+        for _data, deadline in self.pending.values():
+            wake = min(wake, deadline)
+        return max(0.0, wake - now)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stop = True
 
     def _accept(self) -> None:
+        """Take every waiting connection from the hub; their requests are read as they
+        arrive (:meth:`_receive`), so a slow writer never holds up the others."""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            self._last_request = time.monotonic()
+            try:
+                _check_peer(conn)
+                conn.setblocking(False)
+                self.selector.register(conn, selectors.EVENT_READ)
+            except (OSError, ValueError) as e:
+                _refuse(conn, e)
+                continue
+            self.pending[conn] = (b"", self._last_request + REQUEST_TIMEOUT)
+
+    def _receive(self, conn: socket.socket) -> None:
+        """Read what arrived of ``conn``'s request; once it is whole, serve it (a spare,
+        else a fork on demand)."""
+        data, deadline = self.pending[conn]
         try:
-            conn, _ = self.listener.accept()
+            chunk = conn.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as e:
+            self._done_reading(conn)
+            _refuse(conn, e)
+            return
+        data += chunk
+        if chunk and not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
+            self.pending[conn] = (data, deadline)
+            return
+        self._done_reading(conn)
         try:
-            _check_peer(conn)
-            line, request = self._read_request(conn)
-            if not self._hand_to_spare(conn, line):
+            request = _parse_request(data)
+            pid = self.spares.hand_over(conn, data)
+            if pid is None:
                 self._fork(conn, request)
+            else:
+                self.children[pid] = conn
         except (OSError, ValueError) as e:
-            log.warning("bad fork request: %s", e)
-            with contextlib.suppress(OSError):
-                conn.sendall(orjson.dumps({"error": str(e)}) + b"\n")
-            conn.close()
+            _refuse(conn, e)
 
-    @staticmethod
-    def _read_request(conn: socket.socket) -> tuple[bytes, dict[str, Any]]:
-        """The request line (for a spare) and the request it holds."""
-        conn.setblocking(True)
-        conn.settimeout(REQUEST_TIMEOUT)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                raise ValueError("connection closed before the request was complete")
-            data += chunk
-            if len(data) > MAX_REQUEST_BYTES:
-                raise ValueError("request too large")
-        conn.settimeout(None)
-        request = orjson.loads(data)
-        if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
-            raise ValueError("a request is an object with a 'connection_file'")
-        return data, request
+    def _done_reading(self, conn: socket.socket) -> None:
+        if self.pending.pop(conn, None) is not None:
+            self.selector.unregister(conn)
+            conn.setblocking(True)
+
+    def _expire(self) -> None:
+        """Refuse the requests that did not arrive whole within ``REQUEST_TIMEOUT``."""
+        now = time.monotonic()
+        for conn in [c for c, (_data, deadline) in self.pending.items() if deadline <= now]:
+            self._done_reading(conn)
+            _refuse(conn, ValueError(f"the request did not arrive within {REQUEST_TIMEOUT:g} s"))
 
     def _fork(self, conn: socket.socket, request: dict[str, Any]) -> None:
         """Fork a child on demand for ``request`` (no spare was waiting)."""
@@ -197,23 +233,16 @@ class ForkServer:
     # --- spares -------------------------------------------------------------------
 
     def _wants_spare(self) -> bool:
-        return len(self.spares) < self.prefork and time.monotonic() >= self._spare_after
+        """Whether to fork a spare now (see :meth:`SparePool.due`); nothing may be pending."""
+        due = self.spares.due(self._last_request)
+        return due is not None and not self.pending and time.monotonic() >= due
 
     def _add_spare(self) -> None:
         """Fork one spare (called in a turn of the loop with nothing else to do)."""
-        mine, theirs = socket.socketpair()
         template = os.getpid()
-        try:
-            pid = self._spawn(lambda: self._run_spare(theirs, mine, template))
-        except (OSError, ValueError) as e:
-            mine.close()
-            theirs.close()
-            log.warning("cannot fork a spare (%s); trying again in %g s", e, SPARE_RETRY)
-            self._spare_after = time.monotonic() + SPARE_RETRY
-            return
-        theirs.close()
-        self.spares[pid] = mine
-        log.debug("spare %d ready (%d of %d)", pid, len(self.spares), self.prefork)
+        self.spares.add(
+            lambda theirs, mine: self._spawn(lambda: self._run_spare(theirs, mine, template))
+        )
 
     def _run_spare(self, sock: socket.socket, other: socket.socket, template: int) -> int:
         """In a spare: leave the template, wait for a request, become its worker."""
@@ -226,35 +255,6 @@ class ForkServer:
             return 0
         spares.keep_alone(name)
         return self._take_request(conn, request, spare=True)
-
-    def _hand_to_spare(self, conn: socket.socket, line: bytes) -> bool:
-        """Give the request to the oldest waiting spare; False if none could take it."""
-        while self.spares:
-            pid = next(iter(self.spares))
-            sock = self.spares.pop(pid)
-            try:
-                spares.hand_over(sock, conn, line)
-            except OSError as e:
-                log.warning("spare %d could not take a request: %s", pid, e)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                continue
-            finally:
-                sock.close()
-            self.children[pid] = conn
-            log.debug("spare %d took a request", pid)
-            return True
-        return False
-
-    def _drop_spares(self) -> None:
-        """End and reap every spare (the template is stopping)."""
-        for pid, sock in self.spares.items():
-            sock.close()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        self.spares.clear()
 
     # --- in the child ---------------------------------------------------------------
 
@@ -275,10 +275,11 @@ class ForkServer:
         self.listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for other in (*self.children.values(), *self.spares.values()):
+        for other in (*self.children.values(), *self.pending):
             other.close()
         self.children.clear()
-        self.spares.clear()
+        self.pending.clear()
+        self.spares.forget()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -316,11 +317,7 @@ class ForkServer:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wstatus)
-            spare = self.spares.pop(pid, None)
-            if spare is not None:  # killed while waiting (e.g. out of memory)
-                spare.close()
-                log.warning("spare %d exited with %d before it took a request", pid, status)
-                self._spare_after = time.monotonic() + SPARE_RETRY
+            if self.spares.reaped(pid, status):
                 continue
             conn = self.children.pop(pid, None)
             log.debug("worker %d exited with %d", pid, status)
@@ -341,6 +338,27 @@ def _set_rlimits(limits: Any) -> None:
     for name, value in limits.items():
         if name in RLIMITS and isinstance(value, int) and value > 0:
             resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
+
+
+def _parse_request(data: bytes) -> dict[str, Any]:
+    """The request in a line the hub sent (refused when cut short, too large or wrong)."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError("request too large")
+    if not data.endswith(b"\n"):
+        raise ValueError("connection closed before the request was complete")
+    request = orjson.loads(data)
+    if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
+        raise ValueError("a request is an object with a 'connection_file'")
+    return request
+
+
+def _refuse(conn: socket.socket, error: Exception) -> None:
+    """Answer a request the server cannot honour with ``{"error": reason}`` and close."""
+    log.warning("bad fork request: %s", error)
+    with contextlib.suppress(OSError):
+        conn.setblocking(True)
+        conn.sendall(orjson.dumps({"error": str(error)}) + b"\n")
+    conn.close()
 
 
 def _check_peer(conn: socket.socket) -> None:

@@ -4,7 +4,9 @@ A spare is a child forked ahead that waits for a request (docs/performance.md, "
 server"): a burst of starts takes the waiting spares first, the fork server forks new
 ones once no request is waiting, a spare that dies is reaped and replaced, and every
 spare dies with the template. Spares belong to no session and hold no descriptor of the
-hub. Fast test sessions; the reseed and the wall with spares are checked in
+hub. The template reads requests without blocking its loop: one that arrives slowly holds
+up no other, and one that never completes is refused after its deadline. Fast test
+sessions; the reseed and the wall with spares are checked in
 ``test_forkserver.py`` and ``test_wall.py``.
 """
 
@@ -15,6 +17,7 @@ import os
 import signal
 from typing import Any
 
+import orjson
 import psutil
 
 from phoebe_spawner.spawners.forkserver import ForkServer, ForkServerSpawner
@@ -110,4 +113,25 @@ async def test_a_dead_spare_is_reaped_and_replaced(make_hub):
     spawner = app.manager.sessions[sid].spawner
     assert isinstance(spawner, ForkServerSpawner) and spawner.child is not None
     assert spawner.child.spare and spawner.child.pid == survivor
+    assert (await client.post(f"/dash/end-session/{sid}")).status == 200
+
+
+async def test_a_slow_request_holds_up_no_other(make_hub):
+    app, client = await make_hub(**FORK, ForkServerSpawner__prefork=1)
+    await wait_spares(app, 1)
+    path = app.manager.backend.socket_path
+    slow_reader, slow = await asyncio.open_unix_connection(path)
+    stuck_reader, stuck = await asyncio.open_unix_connection(path)
+    for writer in (slow, stuck):  # the hub (this process) connects: half a request each
+        writer.write(b'{"connection_file": ')
+        await writer.drain()
+    sid = await start(client)  # served while both are still arriving
+    slow.write(b"1}\n")  # now whole, and refused for what it says, not for its lateness
+    await slow.drain()
+    reply = orjson.loads(await asyncio.wait_for(slow_reader.readline(), 10))
+    assert reply == {"error": "a request is an object with a 'connection_file'"}
+    reply = orjson.loads(await asyncio.wait_for(stuck_reader.readline(), 30))
+    assert reply == {"error": "the request did not arrive within 5 s"}
+    for writer in (slow, stuck):
+        writer.close()
     assert (await client.post(f"/dash/end-session/{sid}")).status == 200
