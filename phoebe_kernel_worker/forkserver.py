@@ -22,8 +22,9 @@ request. A request the server cannot honour is answered ``{"error": reason}``.
 With ``--prefork K`` (``c.ForkServerSpawner.prefork``) the server keeps up to K spare
 children forked ahead (:mod:`phoebe_kernel_worker.spares`): a request goes to a spare
 when one is waiting (its ``{"pid"}`` line says ``"spare": true``), else to a child forked
-on demand. Spares are refilled one per turn of the loop in which no request or exit
-was waiting, so a burst of requests is never held up by a refill.
+on demand. Spares are refilled one per turn of the loop in which nothing was waiting
+or pending and no request came in the last 50 ms, so a burst is served before any
+refill. Requests are read as they arrive, never blocking the loop.
 
 Only the hub (the server's parent, checked with ``SO_PEERCRED``) may connect. In the
 child: its own session and process group (``setsid``), default signal handlers,
@@ -127,12 +128,13 @@ class ForkServer:
         self.spares.drop()
 
     def _timeout(self) -> float:
-        """How long the loop may wait for an event: until the next spare is due or the
-        next pending request's deadline, at most a second."""
+        """How long the loop may wait for an event: until the next spare is due (none is
+        while a request is pending) or the next pending request's deadline, at most a
+        second."""
         now = time.monotonic()
         wake = now + 1.0
         due = self.spares.due(self._last_request)
-        if due is not None:
+        if due is not None and not self.pending:
             wake = min(wake, due)
         for _data, deadline in self.pending.values():
             wake = min(wake, deadline)
