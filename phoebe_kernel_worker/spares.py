@@ -48,6 +48,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 SPARE_RETRY = 1.0
 #: seconds without a new request before a spare is forked (a burst is served first)
 SPARE_QUIET = 0.05
+#: seconds a spare may take to read its request before another is tried
+HAND_OVER_TIMEOUT = 5.0
 
 
 class SparePool:
@@ -98,6 +100,7 @@ class SparePool:
             pid = next(iter(self.socks))
             sock = self.socks.pop(pid)
             try:
+                sock.settimeout(HAND_OVER_TIMEOUT)  # a stopped spare must not stop the loop
                 hand_over(sock, conn, line)
             except OSError as e:
                 log.warning("spare %d could not take a request: %s", pid, e)
