@@ -8,6 +8,12 @@ after each cold start (interleaved, so both see the same load; the ratio uses th
 
     python benchmarks/session_start.py                       # starts a hub per mode
     python benchmarks/session_start.py --url URL --label fork [--token T]
+    python benchmarks/session_start.py --interleave fork-p0,fork-p4 --concurrent 40
+
+``--interleave`` starts the hubs of the listed modes side by side and takes turns: one
+sequential start on each in turn, then one burst of ``--concurrent`` on each in turn,
+``--bursts`` times, so every mode sees the same load (ratios between modes hold on a
+busy machine).
 
 Without ``--url`` the modes are hubs started here: ``default`` (the hub as the README's
 quick start runs it: no spawner named, default limits, so the fork server), ``cold``
@@ -201,6 +207,59 @@ async def measure(
     ]
 
 
+async def interleaved(modes: list[str], starts: int, concurrent: int, bursts: int) -> list[str]:
+    """The modes' hubs side by side, taking turns (see the module's docstring)."""
+    async with contextlib.AsyncExitStack() as stack:
+        hubs: dict[str, Hub] = {}
+        for mode in modes:
+            spawner, pool, extra = mode_config(mode, concurrent)
+            # bursts one after another from one address: no per-address cap in the way
+            extra = [*extra, "--PhoebeSpawnerApp.max_connections_per_ip=1024"]
+            url, pid = stack.enter_context(local_hub(spawner=spawner, pool=pool, extra=extra))
+            hubs[mode] = await stack.enter_async_context(Hub(url, None, pid))
+        for hub in hubs.values():
+            assert hub.pid is not None
+            await wait_template(hub.pid)
+            sid, _ = await start_and_ping(hub)  # warm-up, not counted
+            await hub.end(sid)
+        seq: dict[str, list[float]] = {mode: [] for mode in modes}
+        walls: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(starts):
+            for mode, hub in hubs.items():
+                await wait_spares(hub, spares_expected(mode))
+                sid, seconds = await start_and_ping(hub)
+                seq[mode].append(seconds)
+                await hub.end(sid)
+        for _ in range(bursts):
+            for mode, hub in hubs.items():
+                await wait_spares(hub, spares_expected(mode))
+                t0 = time.perf_counter()
+                results = await asyncio.gather(*(start_and_ping(hub) for _ in range(concurrent)))
+                walls[mode].append(time.perf_counter() - t0)
+                await asyncio.gather(*(hub.end(sid) for sid, _ in results))
+    lines = []
+    base = modes[0]
+    for mode in modes:
+        row = emit("session_start", mode, kind="interleaved_sequential", **percentiles(seq[mode]))
+        burst = emit(
+            "session_start",
+            mode,
+            kind="interleaved_burst",
+            concurrency=concurrent,
+            all_done_ms=[round(1000 * w, 1) for w in walls[mode]],
+            all_done_median_ms=round(1000 * statistics.median(walls[mode]), 1),
+        )
+        seq_ratio = statistics.median(seq[mode]) / statistics.median(seq[base])
+        burst_ratio = statistics.median(walls[mode]) / statistics.median(walls[base])
+        lines.append(
+            f"{mode:9s} sequential p50 {row['p50_ms']:7.1f} ms p90 {row['p90_ms']:7.1f} ms "
+            f"({seq_ratio:.2f}x {base})   {concurrent} at once: all ready in "
+            f"{burst['all_done_median_ms']:7.0f} ms median of {bursts} "
+            f"({burst_ratio:.2f}x {base})"
+        )
+    return lines
+
+
 async def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--label", default="given", help="the mode of the hub at --url")
@@ -209,12 +268,17 @@ async def main() -> None:
     p.add_argument("--concurrent", type=int, default=16)
     p.add_argument("--ref-repeats", type=int, default=3)
     p.add_argument("--pool", type=int, default=0, help="warm pool size of the hub at --url")
+    p.add_argument("--interleave", help="modes whose hubs run side by side, taking turns")
+    p.add_argument("--bursts", type=int, default=3, help="bursts per mode with --interleave")
     args = p.parse_args()
     emit("session_start", "machine", **machine())
     ref = reference(args.ref_repeats)
     emit("session_start", "floor_import_phoebe", seconds=round(ref, 3))
     lines = [f"floor: python -c 'import phoebe; phoebe.default_binary()'  {1000 * ref:8.1f} ms"]
-    if args.url:
+    if args.interleave:
+        modes = args.interleave.split(",")
+        lines += await interleaved(modes, args.starts, args.concurrent, args.bursts)
+    elif args.url:
         async with Hub(args.url, args.token) as hub:
             lines += await measure(
                 hub, args.label, args.starts, args.concurrent, args.pool, args.label == "cold"
