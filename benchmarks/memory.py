@@ -33,6 +33,8 @@ def workers_of(hub_pid: int) -> tuple[list[psutil.Process], psutil.Process | Non
     workers = []
     for p in psutil.Process(hub_pid).children(recursive=True):
         cmd = " ".join(p.cmdline())
+        if p.name() == "phoebe-spare":
+            continue  # a fork server's spare, waiting for a request: no session's worker
         if "phoebe_kernel_worker.forkserver" in cmd:
             if p.ppid() == hub_pid:
                 template = p

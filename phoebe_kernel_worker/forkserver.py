@@ -2,7 +2,7 @@
 
 Started once per hub by :class:`phoebe_spawner.spawners.forkserver.ForkServer` as
 ``python -m phoebe_kernel_worker.forkserver --socket PATH --ready-fd N
-[--session-factory M:F]``. At start it runs the factory's ``prepare`` (for PHOEBE:
+[--prefork K] [--session-factory M:F]``. At start it runs the factory's ``prepare`` (for PHOEBE:
 import it and build the default bundle, see :mod:`phoebe_kernel_worker.factories`),
 freezes the garbage collector so children share those pages copy-on-write, listens on
 a 0600 unix socket in the hub's private runtime directory and reports ``{"pid": N}`` on
@@ -12,23 +12,31 @@ its own after the fork.
 One connection per worker; lines of JSON::
 
     hub    -> server  {"connection_file": P, "log_file": P, "env": {...}, "rlimits": {...}}
-    child  -> hub     {"pid": N}                       right after the fork
+    child  -> hub     {"pid": N[, "spare": true]}      right after the fork (or hand-over)
     child  -> hub     {"endpoints": {...}, "pid": N}   once its channels are bound
     server -> hub     {"exit": status, "pid": N}       once the child exited (then EOF)
 
 The signing key travels in the 0600 connection file, as for a cold worker, never in a
 request. A request the server cannot honour is answered ``{"error": reason}``.
 
+With ``--prefork K`` (``c.ForkServerSpawner.prefork``) the server keeps up to K spare
+children forked ahead (:mod:`phoebe_kernel_worker.spares`): a request goes to a spare
+when one is waiting (its ``{"pid"}`` line says ``"spare": true``), else to a child forked
+on demand. Spares are refilled one per turn of the loop in which nothing was waiting
+or pending and no request came in the last 50 ms, so a burst is served before any
+refill. Requests are read as they arrive, never blocking the loop.
+
 Only the hub (the server's parent, checked with ``SO_PEERCRED``) may connect. In the
 child: its own session and process group (``setsid``), default signal handlers,
-the server's descriptors closed, stdout/stderr to the worker's log, the environment
+the server's descriptors closed, stdin from ``/dev/null`` (all of this a spare does
+ahead), then, for the request: stdout/stderr to the worker's log, the environment
 replaced by the request's, the ``rlimits`` set (``AS`` from ``mem_limit``,
 ``FSIZE`` from ``max_file_size``), ``random`` and numpy
 reseeded from the OS, then the same :func:`~phoebe_kernel_worker.__main__.run_session`
 a cold worker runs, which puts up the worker's wall (:mod:`phoebe_kernel_worker.wall`:
 a root server's child drops to its own uid there). The server dies with the hub
 (``PR_SET_PDEATHSIG``); children asked to exit with their parent (``exit_with_parent``)
-then follow it.
+then follow it, and spares always do.
 """
 
 from __future__ import annotations
@@ -45,12 +53,14 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from . import protocol
+from . import protocol, spares
 from .__main__ import (
     DEFAULT_FACTORY,
     _load_factory,
@@ -58,21 +68,31 @@ from .__main__ import (
     run_session,
     setup_process,
 )
+from .spares import SparePool
 from .worker import SessionFactory
 
 log = logging.getLogger("phoebe_kernel_worker.forkserver")
 
-MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = spares.MAX_REQUEST_BYTES
 REQUEST_TIMEOUT = 5.0
 
 
 class ForkServer:
-    """The template's accept/fork/reap loop (single-threaded; one per hub)."""
+    """The template's accept/fork/reap loop (single-threaded; one per hub).
 
-    def __init__(self, listener: socket.socket, factory: SessionFactory) -> None:
+    ``pending`` are the hub's connections whose request is still arriving (read without
+    blocking the loop, each until its deadline); ``children`` the workers serving a hub
+    connection (the template reports their exit on it); ``spares`` the children forked
+    ahead and waiting for a request (up to ``prefork`` of them).
+    """
+
+    def __init__(self, listener: socket.socket, factory: SessionFactory, prefork: int = 0) -> None:
         self.listener = listener
         self.factory = factory
+        self.pending: dict[socket.socket, tuple[bytes, float]] = {}  # data, deadline
         self.children: dict[int, socket.socket] = {}
+        self.spares = SparePool(prefork)
+        self._last_request = 0.0
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -89,54 +109,106 @@ class ForkServer:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         while not self._stop:
-            for key, _ in self.selector.select(timeout=1.0):
+            events = self.selector.select(timeout=self._timeout())
+            for key, _ in events:
                 if key.fileobj is self.listener:
                     self._accept()
-                else:
+                elif key.fileobj == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                elif isinstance(key.fileobj, socket.socket):
+                    self._receive(key.fileobj)
+            self._expire()
             self._reap()
+            if not events and not self._stop and self._wants_spare():
+                self._add_spare()
         log.info("fork server stopping (%d children left running)", len(self.children))
-        for conn in self.children.values():
+        for conn in (*self.children.values(), *self.pending):
             conn.close()
+        self.spares.drop()
+
+    def _timeout(self) -> float:
+        """How long the loop may wait for an event: until the next spare is due (none is
+        while a request is pending) or the next pending request's deadline, at most a
+        second."""
+        now = time.monotonic()
+        wake = now + 1.0
+        due = self.spares.due(self._last_request)
+        if due is not None and not self.pending:
+            wake = min(wake, due)
+        for _data, deadline in self.pending.values():
+            wake = min(wake, deadline)
+        return max(0.0, wake - now)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stop = True
 
     def _accept(self) -> None:
+        """Take every waiting connection from the hub; their requests are read as they
+        arrive (:meth:`_receive`), so a slow writer never holds up the others."""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            self._last_request = time.monotonic()
+            try:
+                _check_peer(conn)
+                conn.setblocking(False)
+                self.selector.register(conn, selectors.EVENT_READ)
+            except (OSError, ValueError) as e:
+                _refuse(conn, e)
+                continue
+            self.pending[conn] = (b"", self._last_request + REQUEST_TIMEOUT)
+
+    def _receive(self, conn: socket.socket) -> None:
+        """Read what arrived of ``conn``'s request; once it is whole, serve it (a spare,
+        else a fork on demand)."""
+        data, deadline = self.pending[conn]
         try:
-            conn, _ = self.listener.accept()
+            chunk = conn.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as e:
+            self._done_reading(conn)
+            _refuse(conn, e)
+            return
+        data += chunk
+        if chunk and not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
+            self.pending[conn] = (data, deadline)
+            return
+        self._done_reading(conn)
         try:
-            _check_peer(conn)
-            request = self._read_request(conn)
-            self._fork(conn, request)
+            request = _parse_request(data)
+            pid = self.spares.hand_over(conn, data)
+            if pid is None:
+                self._fork(conn, request)
+            else:
+                self.children[pid] = conn
         except (OSError, ValueError) as e:
-            log.warning("bad fork request: %s", e)
-            with contextlib.suppress(OSError):
-                conn.sendall(orjson.dumps({"error": str(e)}) + b"\n")
-            conn.close()
+            _refuse(conn, e)
 
-    @staticmethod
-    def _read_request(conn: socket.socket) -> dict[str, Any]:
-        conn.setblocking(True)
-        conn.settimeout(REQUEST_TIMEOUT)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                raise ValueError("connection closed before the request was complete")
-            data += chunk
-            if len(data) > MAX_REQUEST_BYTES:
-                raise ValueError("request too large")
-        conn.settimeout(None)
-        request = orjson.loads(data)
-        if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
-            raise ValueError("a request is an object with a 'connection_file'")
-        return request
+    def _done_reading(self, conn: socket.socket) -> None:
+        if self.pending.pop(conn, None) is not None:
+            self.selector.unregister(conn)
+            conn.setblocking(True)
+
+    def _expire(self) -> None:
+        """Refuse the requests that did not arrive whole within ``REQUEST_TIMEOUT``."""
+        now = time.monotonic()
+        for conn in [c for c, (_data, deadline) in self.pending.items() if deadline <= now]:
+            self._done_reading(conn)
+            _refuse(conn, ValueError(f"the request did not arrive within {REQUEST_TIMEOUT:g} s"))
 
     def _fork(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Fork a child on demand for ``request`` (no spare was waiting)."""
+        pid = self._spawn(lambda: self._become_worker(conn, request))
+        self.children[pid] = conn
+        log.debug("forked worker %d", pid)
+
+    def _spawn(self, body: Callable[[], int]) -> int:
+        """Fork; the child runs ``body`` and exits with its status, the parent gets the
+        child's pid. Refused while the template has a thread besides this one."""
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
         if threads > 1:
             raise ValueError(f"the template has {threads} threads; forking it is unsafe")
@@ -146,7 +218,7 @@ class ForkServer:
         if pid == 0:  # the child: never returns into this loop
             status = 1
             try:
-                status = self._become_worker(conn, request)
+                status = body()
             except SystemExit as e:
                 status = e.code if isinstance(e.code, int) else 1
                 if not isinstance(e.code, int) and e.code is not None:
@@ -158,11 +230,44 @@ class ForkServer:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(status)
-        self.children[pid] = conn
-        log.debug("forked worker %d", pid)
+        return pid
+
+    # --- spares -------------------------------------------------------------------
+
+    def _wants_spare(self) -> bool:
+        """Whether to fork a spare now (see :meth:`SparePool.due`); nothing may be pending."""
+        due = self.spares.due(self._last_request)
+        return due is not None and not self.pending and time.monotonic() >= due
+
+    def _add_spare(self) -> None:
+        """Fork one spare (called in a turn of the loop with nothing else to do)."""
+        template = os.getpid()
+        self.spares.add(
+            lambda theirs, mine: self._spawn(lambda: self._run_spare(theirs, mine, template))
+        )
+
+    def _run_spare(self, sock: socket.socket, other: socket.socket, template: int) -> int:
+        """In a spare: leave the template, wait for a request, become its worker."""
+        other.close()
+        self._leave_template()
+        try:
+            name = spares.die_with_template(template)
+            conn, request = spares.wait_for_request(sock)
+        except spares.TemplateGone:
+            return 0
+        spares.keep_alone(name)
+        return self._take_request(conn, request, spare=True)
+
+    # --- in the child ---------------------------------------------------------------
 
     def _become_worker(self, conn: socket.socket, request: dict[str, Any]) -> int:
-        """Turn the freshly forked child into a worker for ``request``; its exit status."""
+        """Turn a child forked on demand into a worker for ``request``; its exit status."""
+        self._leave_template()
+        return self._take_request(conn, request)
+
+    def _leave_template(self) -> None:
+        """What every child does first, whatever the request: its own session, default
+        signal handlers, none of the template's descriptors, stdin from /dev/null."""
         os.setsid()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -172,17 +277,30 @@ class ForkServer:
         self.listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for other in self.children.values():
+        for other in (*self.children.values(), *self.pending):
             other.close()
         self.children.clear()
-        _redirect_stdio(str(request.get("log_file") or os.devnull))
+        self.pending.clear()
+        self.spares.forget()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+
+    def _take_request(
+        self, conn: socket.socket, request: dict[str, Any], *, spare: bool = False
+    ) -> int:
+        """Set the child up for ``request`` and run its session; its exit status."""
+        _redirect_output(str(request.get("log_file") or os.devnull))
         _set_rlimits(request.get("rlimits"))
         env = request.get("env")
         if isinstance(env, dict):
             os.environ.clear()
             os.environ.update({str(k): str(v) for k, v in env.items()})
-        _reseed()
-        conn.sendall(orjson.dumps({"pid": os.getpid()}) + b"\n")
+        _reseed()  # in this child, after its fork: no two children share a random state
+        hello: dict[str, Any] = {"pid": os.getpid()}
+        if spare:
+            hello["spare"] = True
+        conn.sendall(orjson.dumps(hello) + b"\n")
         info = protocol.read_connection_file(request["connection_file"])
 
         def report(data: bytes) -> None:
@@ -193,7 +311,7 @@ class ForkServer:
 
     def _reap(self) -> None:
         """Collect exited children and tell the hub each one's exit status."""
-        while self.children:
+        while True:
             try:
                 pid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -201,6 +319,8 @@ class ForkServer:
             if pid == 0:
                 return
             status = os.waitstatus_to_exitcode(wstatus)
+            if self.spares.reaped(pid, status):
+                continue
             conn = self.children.pop(pid, None)
             log.debug("worker %d exited with %d", pid, status)
             if conn is not None:
@@ -222,6 +342,27 @@ def _set_rlimits(limits: Any) -> None:
             resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
 
 
+def _parse_request(data: bytes) -> dict[str, Any]:
+    """The request in a line the hub sent (refused when cut short, too large or wrong)."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError("request too large")
+    if not data.endswith(b"\n"):
+        raise ValueError("connection closed before the request was complete")
+    request = orjson.loads(data)
+    if not isinstance(request, dict) or not isinstance(request.get("connection_file"), str):
+        raise ValueError("a request is an object with a 'connection_file'")
+    return request
+
+
+def _refuse(conn: socket.socket, error: Exception) -> None:
+    """Answer a request the server cannot honour with ``{"error": reason}`` and close."""
+    log.warning("bad fork request: %s", error)
+    with contextlib.suppress(OSError):
+        conn.setblocking(True)
+        conn.sendall(orjson.dumps({"error": str(error)}) + b"\n")
+    conn.close()
+
+
 def _check_peer(conn: socket.socket) -> None:
     """Only the hub (this server's parent) may ask for a worker, never a worker that
     reaches the socket: the kernel says who connected (``SO_PEERCRED``)."""
@@ -231,11 +372,8 @@ def _check_peer(conn: socket.socket) -> None:
         raise ValueError(f"process {pid} is not the hub: refused")
 
 
-def _redirect_stdio(log_file: str) -> None:
-    """stdin from /dev/null, stdout and stderr appended to the worker's log."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def _redirect_output(log_file: str) -> None:
+    """stdout and stderr appended to the worker's log."""
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -256,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="the unix socket to listen on")
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--session-factory", default=DEFAULT_FACTORY)
+    parser.add_argument("--prefork", type=int, default=0, help="spare children to keep")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_process(args.log_level)
@@ -276,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     listener.bind(args.socket)
     os.chmod(args.socket, 0o600)
     listener.listen(256)
-    server = ForkServer(listener, factory)
+    server = ForkServer(listener, factory, args.prefork)
     with os.fdopen(args.ready_fd, "wb") as ready:
         ready.write(orjson.dumps({"pid": os.getpid()}) + b"\n")
     log.info("fork server %d ready on %s", os.getpid(), args.socket)

@@ -22,3 +22,16 @@ def sigint_blocked(pid: int) -> bool:
     except (OSError, StopIteration):
         return False
     return bool(int(mask, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
+
+
+def spares_of(template_pid: int) -> list[psutil.Process]:
+    """The fork server's spares: its children still waiting for a request (they are named
+    ``phoebe-spare`` until they take one)."""
+    found = []
+    for child in psutil.Process(template_pid).children():
+        try:
+            if child.name() == "phoebe-spare" and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found

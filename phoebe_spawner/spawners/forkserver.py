@@ -39,7 +39,7 @@ from typing import IO, Any
 
 import orjson
 import psutil
-from traitlets import Float, List, Unicode, default
+from traitlets import Float, Integer, List, Unicode, default
 
 from ..channels import WorkerEndpoint
 from .base import THREAD_VARS, SpawnError
@@ -66,13 +66,22 @@ class ForkedChild:
 
     Created by :meth:`ForkServer.fork`. A reader task takes the worker's readiness report
     (:meth:`read_ready`) and then the exit report the fork server sends when it reaps
-    the worker (:attr:`exit_status`, :attr:`exited`).
+    the worker (:attr:`exit_status`, :attr:`exited`). ``spare`` says whether the worker
+    was one of the fork server's spares (forked ahead, see ``ForkServerSpawner.prefork``).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pid: int,
+        *,
+        spare: bool = False,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.pid = pid
+        self.spare = spare
         self.exit_status: int | None = None
         #: the connection ended without an exit report (the fork server died)
         self.lost = False
@@ -273,7 +282,7 @@ class ForkServer:
             writer.close()
             reason = reply.get("error") if isinstance(reply, dict) else None
             raise ForkServerUnavailable(str(reason or "the fork server refused the request"))
-        return ForkedChild(reader, writer, reply["pid"])
+        return ForkedChild(reader, writer, reply["pid"], spare=reply.get("spare") is True)
 
     def _maybe_restart(self) -> None:
         if self._closing or time.monotonic() - self._started_at < self.restart_interval:
@@ -312,8 +321,8 @@ class ForkServerSpawner(LocalProcessSpawner):
 
     forkserver_cmd = List(
         Unicode(),
-        help="""The command that starts the fork server; the spawner appends ``--socket``,
-        ``--ready-fd`` and ``worker_args`` (e.g. ``--session-factory``).""",
+        help="""The command that starts the fork server; the spawner appends ``--prefork``,
+        ``worker_args`` (e.g. ``--session-factory``), ``--socket`` and ``--ready-fd``.""",
     ).tag(config=True)
 
     @default("forkserver_cmd")
@@ -330,6 +339,18 @@ class ForkServerSpawner(LocalProcessSpawner):
         10.0, help="Seconds to wait for the fork server (starting or busy) before a cold start."
     ).tag(config=True)
 
+    prefork = Integer(
+        4,
+        min=0,
+        help="""Spare workers the fork server keeps forked ahead, so that a burst of starts
+        does not wait for one fork after another: a start takes a waiting spare and the
+        fork server forks a new one once no request is waiting. Each spare has done only
+        what no request decides (its own session, the template's descriptors closed); the
+        wall, uid, environment, limits and random seed are still set per request. A spare
+        costs about the private memory of a freshly forked worker. 0: fork each worker
+        on demand.""",
+    ).tag(config=True)
+
     @classmethod
     async def start_backend(cls, parent: Any, runtime_dir: str) -> ForkServer:
         proto = cls(parent=parent)
@@ -338,7 +359,7 @@ class ForkServerSpawner(LocalProcessSpawner):
         for var in THREAD_VARS:
             env[var] = proto.template_threads
         server = ForkServer(
-            [*proto.forkserver_cmd, *proto.worker_args],
+            [*proto.forkserver_cmd, "--prefork", str(proto.prefork), *proto.worker_args],
             env,
             str(Path(runtime_dir) / "forkserver"),
             start_timeout=proto.start_timeout,

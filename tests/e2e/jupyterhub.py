@@ -211,12 +211,14 @@ c.JupyterHub.load_roles.extend([
         if service is None:
             return []
         # the fork server's template (the default backend's) is the service's own child
-        # and runs phoebe_kernel_worker.forkserver; the workers are the processes it forks
+        # and runs phoebe_kernel_worker.forkserver; the workers are the processes it forks,
+        # except its spares (named phoebe-spare until they take a request)
         return [
             p
             for p in service.children(recursive=True)
             if "phoebe_kernel_worker" in " ".join(p.cmdline())
             and not (p.ppid() == service.pid and "phoebe_kernel_worker.forkserver" in p.cmdline())
+            and p.name() != "phoebe-spare"
         ]
 
     def end_every_session(self) -> None:

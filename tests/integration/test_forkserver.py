@@ -19,6 +19,7 @@ import pytest
 from phoebe_spawner.spawners.forkserver import ForkServer, ForkServerSpawner
 
 from ..conftest import Client
+from ..processes import spares_of
 from ..waiting import async_wait_for
 
 FORK = {"PhoebeSpawnerApp__spawner_class": "local-forkserver"}
@@ -45,19 +46,27 @@ def fork_server_of(app: Any) -> ForkServer:
     return server
 
 
-async def test_workers_are_forked_from_the_template(make_hub):
-    app, client = await make_hub(**FORK)
-    a, b = await start(client), await start(client)
+@pytest.mark.parametrize("prefork", [0, 2])
+async def test_workers_are_forked_from_the_template(make_hub, prefork):
+    """Forked on demand (prefork 0) or taken from the spares forked ahead: the same worker."""
+    app, client = await make_hub(**FORK, ForkServerSpawner__prefork=prefork)
+    await async_wait_for(lambda: app.manager.backend.ready, "the template", timeout=30)
     server = fork_server_of(app)
+    await async_wait_for(
+        lambda: len(spares_of(server.proc.pid)) == prefork, f"{prefork} spares", timeout=30
+    )
+    a, b = await start(client), await start(client)
     wa, wb = await result(client, a, "whereami"), await result(client, b, "whereami")
     for sid, where in ((a, wa), (b, wb)):
         spawner = app.manager.sessions[sid].spawner
         assert isinstance(spawner, ForkServerSpawner) and spawner.child is not None
+        assert spawner.child.spare is (prefork > 0)
         assert where["ppid"] == server.proc.pid  # forked, not cold-started by the hub
         assert where["pgid"] == where["sid"] == where["pid"]  # its own session and group
         assert where["cwd"] == app.manager.session_dir("anonymous", sid)
     assert wa["cwd"] != wb["cwd"]
-    # reseeded: the children do not repeat the template's random sequence
+    # reseeded: the children (two spares forked one after the other, or two children
+    # forked on demand) do not repeat the template's random sequence
     ra, rb = await result(client, a, "random"), await result(client, b, "random")
     assert ra["random"] != rb["random"] and ra["numpy"] != rb["numpy"]
     # the key reached the worker through its 0600 file only

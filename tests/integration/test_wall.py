@@ -28,6 +28,8 @@ from phoebe_kernel_worker import wall
 from phoebe_spawner.spawners.forkserver import ForkServer
 
 from ..conftest import Client
+from ..processes import spares_of
+from ..waiting import async_wait_for
 
 BACKENDS = ["local", "local-forkserver"]
 ROOT = os.geteuid() == 0
@@ -62,8 +64,13 @@ async def result(client: Client, sid: str, command: str, **kwargs: Any) -> Any:
 
 
 async def check_wall(make_hub: Any, backend: str) -> None:
-    """Start two sessions and probe everything of the hub and of the other from one."""
+    """Start two sessions and probe everything of the hub and of the other from one.
+    With the fork server, both workers are spares forked ahead (``prefork``)."""
     app, client = await make_hub(PhoebeSpawnerApp__spawner_class=backend)
+    if backend == "local-forkserver":
+        server = app.manager.backend
+        await async_wait_for(lambda: server.ready, "the fork server", timeout=30)
+        await async_wait_for(lambda: len(spares_of(server.proc.pid)) >= 2, "2 spares", timeout=30)
     attacker, victim = await start(client), await start(client)
     data = Path(app.data_dir)
     victim_dir = Path(app.manager.session_dir("anonymous", victim))
@@ -85,6 +92,8 @@ async def check_wall(make_hub: Any, backend: str) -> None:
         server = app.manager.backend
         assert isinstance(server, ForkServer) and server.proc is not None
         assert attacker_where["ppid"] == server.proc.pid  # really forked
+        for sid in (attacker, victim):
+            assert app.manager.sessions[sid].spawner.child.spare  # type: ignore[attr-defined]
         pids.append(server.proc.pid)
         unix.append(server.socket_path)
     await result(client, attacker, "touch", name="mine.txt")
