@@ -26,7 +26,8 @@ from typing import Any
 
 from .bus import SessionChanged
 from .limits import SessionLimits
-from .session import Session, Tasks, describe_exit
+from .services import Tasks
+from .session import Session, describe_exit
 
 #: sessions polled at once by one round (backends whose poll is a request: Docker, Slurm)
 POLL_CONCURRENCY = 8
