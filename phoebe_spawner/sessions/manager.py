@@ -144,11 +144,12 @@ class SessionManager(LoggingConfigurable):
         count toward ``max_sessions``; see docs/performance.md.""",
     ).tag(config=True)
     cpu_isolation = Bool(
-        False,
+        True,
         help="""Put each local worker in a cgroup of its own and mark it ``cpu.idle`` while
         it runs one of ``background_commands``, so the hub and other sessions' commands
-        preempt it at once (needs a writable cgroup ``cpu`` tree: root, or a delegated
-        one; see phoebe_spawner/sessions/cpu.py and docs/performance.md).""",
+        preempt it at once. Needs a writable cgroup ``cpu`` tree (root, or a delegated
+        one) and Linux >= 5.15; where the hub has none it logs one line and runs without
+        (False: off, no line). See docs/performance.md.""",
     ).tag(config=True)
     cpu_cgroup_parent = Unicode(
         "",
