@@ -13,6 +13,12 @@ and sets ``cpu.idle`` on a session's group while it runs one of the
 group wants the CPU, so the hub and the other sessions preempt it at once. The
 command still gets every cycle nobody else wants; nothing is throttled.
 
+Weights: among its siblings the ``hub`` group weighs as much as ``HUB_WEIGHT`` session
+groups, so a burst of starting workers cannot crowd out the process that serves every
+user. Against the rest of the machine the tree weighs as much as its busy processes did
+as separate ones (2 + the sessions in a background command): one group for a whole class
+would otherwise get one process's share on a machine that runs anything else.
+
 ``<parent>`` is the hub's own cgroup unless configured, and must be writable by the
 hub (root, or a delegated subtree such as systemd's ``Delegate=yes``). A hub that
 cannot build the tree (no writable ``cpu`` hierarchy, not root, a kernel without
@@ -40,6 +46,14 @@ from typing import Any
 from .bus import SessionChanged
 
 log = logging.getLogger(__name__)
+
+#: a group's weight file, by cgroup version
+WEIGHT_FILE = {1: "cpu.shares", 2: "cpu.weight"}
+#: (default, maximum) of that file
+WEIGHTS = {1: (1024, 262144), 2: (100, 10000)}
+#: the hub's group weighs as much as this many default groups: it serves every user, so
+#: a burst of starting workers (each in a normal group of its own) cannot crowd it out
+HUB_WEIGHT = 100
 
 
 def cpu_hierarchy() -> tuple[Path, str, int] | None:
@@ -101,10 +115,14 @@ class CpuClasses:
     small writes to the cgroup file system.
     """
 
-    def __init__(self, root: Path, home: Path) -> None:
+    def __init__(self, root: Path, home: Path, version: int = 1) -> None:
         self.root = root
         #: where the hub was before (it goes back there at :meth:`close`)
         self.home = home
+        self.version = version
+        #: sessions running a background command (the tree's weight follows their number)
+        self._busy: set[str] = set()
+        self._tree_weight = 0
 
     @classmethod
     def setup(cls, parent: str, key: str) -> CpuClasses | None:
@@ -123,7 +141,7 @@ class CpuClasses:
         if not _is_group_under(base, mount):
             _off(f"{base} is not a group of the cgroup cpu hierarchy at {mount}")
             return None
-        tree = cls(base / tree_name(key), home)
+        tree = cls(base / tree_name(key), home, version)
         new_root = not tree.root.exists()  # on cgroup v2 the memory limits may share it
         try:
             tree.root.mkdir(exist_ok=True)
@@ -136,6 +154,8 @@ class CpuClasses:
                 enable_controller(tree.root, "cpu")
             if not (tree.root / "hub" / "cpu.idle").exists():
                 raise OSError(errno.ENOTSUP, "this kernel has no cpu.idle (Linux >= 5.15)")
+            tree._set_weight(tree.root / "hub", HUB_WEIGHT)
+            tree._weigh_tree()
         except OSError as e:
             hint = " (needs root or a delegated cgroup)" if e.errno == errno.EACCES else ""
             _off(f"cannot use the cgroup tree {tree.root}: {e}{hint}")
@@ -166,11 +186,17 @@ class CpuClasses:
             log.info("session %s: worker %s not placed in %s: %s", session_id, pid, group, e)
 
     def background(self, session_id: str, on: bool) -> None:
-        """Mark the session's group idle (``on``) or back to normal."""
+        """Mark the session's group idle (``on``) or back to normal, and weigh the tree."""
         try:
             (self._group(session_id) / "cpu.idle").write_text("1" if on else "0")
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
+            return
+        if on:
+            self._busy.add(session_id)
+        else:
+            self._busy.discard(session_id)
+        self._weigh_tree()
 
     def on_session_changed(self, change: SessionChanged[Any]) -> None:
         """Bus subscriber (the manager subscribes it): an ended session's group goes."""
@@ -180,6 +206,28 @@ class CpuClasses:
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""
         remove_group(self._group(session_id), session_id)
+        if session_id in self._busy:
+            self._busy.discard(session_id)
+            self._weigh_tree()
+
+    def _weigh_tree(self) -> None:
+        """Give the tree the weight its busy processes had as separate ones (the hub, the
+        fork server and each worker running a background command), so that gathering
+        them in one group does not shrink their share against the rest of the machine: a
+        class computing on a shared machine gets what it got without isolation. Called
+        on the event loop (and by setup), never concurrently."""
+        weight = len(self._busy) + 2
+        if weight != self._tree_weight:
+            try:
+                self._set_weight(self.root, weight)
+                self._tree_weight = weight
+            except OSError as e:
+                log.info("cpu isolation: weight of %s not set: %s", self.root, e)
+
+    def _set_weight(self, group: Path, times: int) -> None:
+        """Weigh ``group`` as ``times`` default groups (capped at the kernel's maximum)."""
+        default, most = WEIGHTS[self.version]
+        (group / WEIGHT_FILE[self.version]).write_text(str(min(default * times, most)))
 
     def close(self) -> None:
         """Move the hub back where it was and remove every empty group, then the tree

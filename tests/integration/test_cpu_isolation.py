@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from phoebe_spawner.sessions.cpu import CpuClasses, cpu_hierarchy
+from phoebe_spawner.sessions.cpu import HUB_WEIGHT, WEIGHT_FILE, WEIGHTS, CpuClasses, cpu_hierarchy
 
 from ..waiting import async_wait_for
 
@@ -68,6 +68,13 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     tree = app.manager.cpu
     assert isinstance(tree, CpuClasses)
     assert cgroup_of(os.getpid()).endswith(f"/{tree.root.name}/hub")  # the hub itself
+    default, _ = WEIGHTS[tree.version]
+
+    def weight(group: Path) -> int:
+        return int((group / WEIGHT_FILE[tree.version]).read_text())
+
+    assert weight(tree.root / "hub") == HUB_WEIGHT * default  # first among its siblings
+    assert weight(tree.root) == 2 * default  # the hub and the fork server, as before
 
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
     session = app.manager.sessions[sid]
@@ -82,8 +89,11 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     # a background command: idle while it runs, back to normal after
     sleeping = asyncio.create_task(client.send(sid, "sleep", seconds=1.0))
     await async_wait_for(lambda: idle(group) == "1", "the group to go idle")
+    assert weight(tree.root) == 3 * default  # the tree weighs what its busy worker did
     assert (await sleeping).status == 200
     assert idle(group) == "0"
+    assert weight(tree.root) == 2 * default
+    assert weight(group) == default  # a normal group again
     # an interactive command leaves the class alone
     await client.send(sid, "echo", a=1)
     assert idle(group) == "0"
