@@ -13,11 +13,15 @@ and sets ``cpu.idle`` on a session's group while it runs one of the
 group wants the CPU, so the hub and the other sessions preempt it at once. The
 command still gets every cycle nobody else wants; nothing is throttled.
 
-Weights: among its siblings the ``hub`` group weighs as much as ``HUB_WEIGHT`` session
-groups, so a burst of starting workers cannot crowd out the process that serves every
-user. Against the rest of the machine the tree weighs as much as its busy processes did
-as separate ones (2 + the sessions in a background command): one group for a whole class
-would otherwise get one process's share on a machine that runs anything else.
+Weights: against the rest of the machine the tree weighs as much as its busy processes
+did as separate ones (the processes in ``hub``, forked workers waiting for their group
+among them, + the sessions in a background command): one group for a whole class would
+otherwise get one process's share on a machine that runs anything else (measured on a
+loaded machine: starts past their 60 s timeout, where separate processes took 6 s).
+The ``hub`` group keeps the default weight: a heavier one counts as load on the CPU the
+hub last ran on, and the kernel's load balancer then moves the idle computes (whose load
+counts almost nothing) off that CPU, leaving it half used and the class unevenly served
+(measured: computes 96-129 s with 100x, see docs/performance.md).
 
 ``<parent>`` is the hub's own cgroup unless configured, and must be writable by the
 hub (root, or a delegated subtree such as systemd's ``Delegate=yes``). A hub that
@@ -40,6 +44,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +56,6 @@ log = logging.getLogger(__name__)
 WEIGHT_FILE = {1: "cpu.shares", 2: "cpu.weight"}
 #: (default, maximum) of that file
 WEIGHTS = {1: (1024, 262144), 2: (100, 10000)}
-#: the hub's group weighs as much as this many default groups: it serves every user, so
-#: a burst of starting workers (each in a normal group of its own) cannot crowd it out
-HUB_WEIGHT = 100
 
 
 def cpu_hierarchy() -> tuple[Path, str, int] | None:
@@ -123,6 +125,7 @@ class CpuClasses:
         #: sessions running a background command (the tree's weight follows their number)
         self._busy: set[str] = set()
         self._tree_weight = 0
+        self._lock = threading.Lock()  # place() runs in threads, the rest on the loop
 
     @classmethod
     def setup(cls, parent: str, key: str) -> CpuClasses | None:
@@ -154,7 +157,6 @@ class CpuClasses:
                 enable_controller(tree.root, "cpu")
             if not (tree.root / "hub" / "cpu.idle").exists():
                 raise OSError(errno.ENOTSUP, "this kernel has no cpu.idle (Linux >= 5.15)")
-            tree._set_weight(tree.root / "hub", HUB_WEIGHT)
             tree._weigh_tree()
         except OSError as e:
             hint = " (needs root or a delegated cgroup)" if e.errno == errno.EACCES else ""
@@ -184,6 +186,7 @@ class CpuClasses:
             (group / "cgroup.procs").write_text(str(pid))
         except OSError as e:  # e.g. the worker already exited (ESRCH)
             log.info("session %s: worker %s not placed in %s: %s", session_id, pid, group, e)
+        self._weigh_tree()  # the workers still starting in the hub's group count
 
     def background(self, session_id: str, on: bool) -> None:
         """Mark the session's group idle (``on``) or back to normal, and weigh the tree."""
@@ -211,13 +214,23 @@ class CpuClasses:
             self._weigh_tree()
 
     def _weigh_tree(self) -> None:
-        """Give the tree the weight its busy processes had as separate ones (the hub, the
-        fork server and each worker running a background command), so that gathering
-        them in one group does not shrink their share against the rest of the machine: a
-        class computing on a shared machine gets what it got without isolation. Called
-        on the event loop (and by setup), never concurrently."""
-        weight = len(self._busy) + 2
-        if weight != self._tree_weight:
+        """Give the tree the weight its busy processes had as separate ones (those in the
+        hub's group: the hub, the fork server, workers still starting; and each worker
+        running a background command), so that gathering them in one group does not
+        shrink their share against the rest of the machine: a class starting or computing
+        on a shared machine gets what it got without isolation. Idle workers do not
+        count (a lone compute must not take the share of forty). Called by setup, by
+        :meth:`place` (in a thread) and on the event loop."""
+        with self._lock:
+            try:
+                # the hub, the fork server and the workers it forked that wait for
+                # their own group (a burst of starts)
+                starting = len((self.root / "hub" / "cgroup.procs").read_text().split())
+            except OSError:
+                starting = 2
+            weight = max(starting, 2) + len(self._busy)
+            if weight == self._tree_weight:
+                return
             try:
                 self._set_weight(self.root, weight)
                 self._tree_weight = weight

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from phoebe_spawner.sessions.cpu import HUB_WEIGHT, WEIGHT_FILE, WEIGHTS, CpuClasses, cpu_hierarchy
+from phoebe_spawner.sessions.cpu import WEIGHT_FILE, WEIGHTS, CpuClasses, cpu_hierarchy
 
 from ..waiting import async_wait_for
 
@@ -73,7 +73,7 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     def weight(group: Path) -> int:
         return int((group / WEIGHT_FILE[tree.version]).read_text())
 
-    assert weight(tree.root / "hub") == HUB_WEIGHT * default  # first among its siblings
+    assert weight(tree.root / "hub") == default
     assert weight(tree.root) == 2 * default  # the hub and the fork server, as before
 
     sid = (await client.post("/dash/start-session", {})).json()["session_id"]
