@@ -10,9 +10,11 @@ a missing optional component can never pass silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +24,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
 from phoebe_spawner.app import PhoebeSpawnerApp
+from phoebe_spawner.sessions.cpu import cpu_hierarchy, tree_name
 
 from .waiting import WaitTimeout, wait_for
 
@@ -119,6 +122,45 @@ def no_orphaned_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for p in orphans():
             p.kill()
         pytest.fail(f"orphaned worker processes after the test run: {leaked}")
+
+
+def cpu_trees_of(base: Path) -> dict[str, Path]:
+    """The cpu isolation trees of the hubs whose data directories are under ``base`` (at
+    most four levels down), by path: every hub of this run builds its tree beside this
+    process's own cgroup (cpu_isolation is on by default), named after its data dir."""
+    where = cpu_hierarchy()
+    if where is None:
+        return {}
+    mount, own, _ = where
+    here = mount / own.lstrip("/")
+    if here.name == "hub" and here.parent.name.startswith("phoebe-spawner-"):
+        here = here.parent.parent  # inside a hub's tree: its trees are beside that one
+    names = {tree_name(str(base))}
+    for path, dirs, _ in os.walk(base):
+        depth = Path(path).relative_to(base).parts
+        if len(depth) >= 4:
+            dirs.clear()
+        names.update(tree_name(os.path.join(path, d)) for d in dirs)
+    return {str(here / n): here / n for n in names if (here / n).is_dir()}
+
+
+def remove_cgroup_tree(root: Path) -> None:
+    """Remove a left cgroup tree, deepest groups first (only empty groups can go)."""
+    for path, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cgroups_left(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """At the end of the run no hub of it may have left its cgroup tree (the cpu
+    isolation groups): each is removed at hub exit, and one kept for re-adopted workers
+    must be gone once they are. Found ones are removed, then reported."""
+    yield
+    left = cpu_trees_of(tmp_path_factory.getbasetemp())
+    for root in left.values():
+        remove_cgroup_tree(root)
+    assert not left, f"the test run left cgroup trees: {sorted(left)}"
 
 
 @dataclass
@@ -245,7 +287,9 @@ HubFactory = Callable[..., Any]
 def hub_config(data_dir: Any, *, auth_mode: str, phoebe: bool, **overrides: Any) -> Config:
     """A test hub's config: a random port, the cold ``local`` spawner, fast polls, no start
     rate limit, test workers (unless ``phoebe``), known secrets; ``overrides`` as
-    ``Class__trait=value``."""
+    ``Class__trait=value``. Everything else is the default: ``cpu_isolation`` is on
+    where this process can create cgroups (root here), so every test's workers run in
+    their own cpu groups unless it passes ``SessionManager__cpu_isolation=False``."""
     c = Config()
     c.PhoebeSpawnerApp.data_dir = str(data_dir)
     c.PhoebeSpawnerApp.port = 0
@@ -286,6 +330,11 @@ async def make_hub(tmp_path: Any) -> AsyncIterator[HubFactory]:
     yield factory
     for app in reversed(apps):
         await app.cleanup()
+    # each hub removes its cpu isolation tree at exit, unless it left workers running
+    # for re-adoption (a later hub of the same data dir, stopping them, removes it then)
+    trees = {a.manager.cpu.root: a.manager.stop_workers_on_shutdown for a in apps if a.manager.cpu}
+    left = [str(root) for root, stopped in trees.items() if stopped and root.exists()]
+    assert not left, f"cgroup trees left at hub exit: {left}"
 
 
 async def register(client: Client, email: str, password: str = "correct horse battery") -> str:  # noqa: S107

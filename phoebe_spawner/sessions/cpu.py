@@ -2,8 +2,8 @@
 
 A ``run_compute`` takes a core for seconds or minutes; on a machine with few cores the
 hub, and other users' quick commands, then wait behind it for the scheduler's slices.
-With ``SessionManager.cpu_isolation`` on, the session manager keeps a cgroup tree in
-the kernel's ``cpu`` hierarchy (version 1 or 2)::
+With ``SessionManager.cpu_isolation`` on (the default), the session manager keeps a
+cgroup tree in the kernel's ``cpu`` hierarchy (version 1 or 2)::
 
     <parent>/phoebe-spawner-<id>/hub        the hub and its helpers (the fork server)
     <parent>/phoebe-spawner-<id>/s-<sid>    one per session, holding its worker
@@ -13,10 +13,28 @@ and sets ``cpu.idle`` on a session's group while it runs one of the
 group wants the CPU, so the hub and the other sessions preempt it at once. The
 command still gets every cycle nobody else wants; nothing is throttled.
 
+Weights: against the rest of the machine the tree weighs as much as its busy processes
+did as separate ones (the processes in ``hub``, forked workers waiting for their group
+among them, + the sessions in a background command): one group for a whole class would
+otherwise get one process's share on a machine that runs anything else (measured on a
+loaded machine: starts past their 60 s timeout, where separate processes took 6 s).
+The ``hub`` group keeps the default weight: a heavier one counts as load on the CPU the
+hub last ran on, and the kernel's load balancer then moves the idle computes (whose load
+counts almost nothing) off that CPU, leaving it half used and the class unevenly served
+(measured: computes 96-129 s with 100x, see docs/performance.md).
+
 ``<parent>`` is the hub's own cgroup unless configured, and must be writable by the
-hub (root, or a delegated subtree such as systemd's ``Delegate=yes``). Anything that
-fails here is logged and leaves the workers where they are: isolation is an
-optimisation, never a reason to refuse a session. Linux >= 5.15 (``cpu.idle``).
+hub (root, or a delegated subtree such as systemd's ``Delegate=yes``). A hub that
+cannot build the tree (no writable ``cpu`` hierarchy, not root, a kernel without
+``cpu.idle``: Linux >= 5.15) says why in one warning at start-up and runs without it;
+anything failing later is logged and leaves the workers where they are: isolation is
+an optimisation, never a reason to refuse a session.
+
+cgroup v2: the hub moves into ``hub`` before it enables ``+cpu`` in ``<parent>``'s
+``cgroup.subtree_control`` (a group holding processes cannot hand controllers down), so
+``<parent>`` may be the group the service manager started the hub in, as long as no
+other process is in it. That path is written to the kernel's rules but not run here
+(the test machine has cgroup v1).
 """
 
 from __future__ import annotations
@@ -26,12 +44,18 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from .bus import SessionChanged
 
 log = logging.getLogger(__name__)
+
+#: a group's weight file, by cgroup version
+WEIGHT_FILE = {1: "cpu.shares", 2: "cpu.weight"}
+#: (default, maximum) of that file
+WEIGHTS = {1: (1024, 262144), 2: (100, 10000)}
 
 
 def cpu_hierarchy() -> tuple[Path, str, int] | None:
@@ -93,41 +117,63 @@ class CpuClasses:
     small writes to the cgroup file system.
     """
 
-    def __init__(self, root: Path, home: Path) -> None:
+    def __init__(self, root: Path, home: Path, version: int = 1) -> None:
         self.root = root
         #: where the hub was before (it goes back there at :meth:`close`)
         self.home = home
+        self.version = version
+        #: sessions running a background command (the tree's weight follows their number)
+        self._busy: set[str] = set()
+        self._tree_weight = 0
+        self._lock = threading.Lock()  # place() runs in threads, the rest on the loop
 
     @classmethod
     def setup(cls, parent: str, key: str) -> CpuClasses | None:
         """Create the tree under ``parent`` (empty: this process's own cgroup) and move
         this process into its ``hub`` group; ``key`` (the hub's data directory) names the
         tree, so a restarted hub finds its re-adopted workers' groups. None if not
-        possible. Blocking: call it in a thread."""
+        possible, with one warning saying why (the hub then runs without priorities).
+        Blocking: call it in a thread."""
         where = cpu_hierarchy()
         if where is None:
-            log.warning("cpu isolation is off: no cgroup 'cpu' controller for this process")
+            _off("this process has no cgroup 'cpu' controller")
             return None
         mount, own, version = where
         home = mount / own.lstrip("/")
-        base = Path(parent) if parent else home
-        tree = cls(base / tree_name(key), home)
+        base = Path(parent) if parent else _outside_trees(home)
+        if not _is_group_under(base, mount):
+            _off(f"{base} is not a group of the cgroup cpu hierarchy at {mount}")
+            return None
+        tree = cls(base / tree_name(key), home, version)
+        new_root = not tree.root.exists()  # on cgroup v2 the memory limits may share it
         try:
+            tree.root.mkdir(exist_ok=True)
+            (tree.root / "hub").mkdir(exist_ok=True)
+            # first out of ``base``: on v2 a group that holds processes cannot hand a
+            # controller to its children (EBUSY), and the hub may be the one in it
+            (tree.root / "hub" / "cgroup.procs").write_text(str(os.getpid()))
             if version == 2:
                 enable_controller(base, "cpu")
-            tree.root.mkdir(exist_ok=True)
-            if version == 2:
                 enable_controller(tree.root, "cpu")
-            (tree.root / "hub").mkdir(exist_ok=True)
-            (tree.root / "hub" / "cgroup.procs").write_text(str(os.getpid()))
             if not (tree.root / "hub" / "cpu.idle").exists():
                 raise OSError(errno.ENOTSUP, "this kernel has no cpu.idle (Linux >= 5.15)")
+            tree._weigh_tree()
         except OSError as e:
-            log.warning("cpu isolation is off: cannot use the cgroup tree %s: %s", tree.root, e)
-            tree.close()
+            hint = " (needs root or a delegated cgroup)" if e.errno == errno.EACCES else ""
+            _off(f"cannot use the cgroup tree {tree.root}: {e}{hint}")
+            tree.undo(new_root)
             return None
         log.info("cpu isolation: workers in per-session cgroups under %s", tree.root)
         return tree
+
+    def undo(self, remove_root: bool) -> None:
+        """A :meth:`setup` that failed half way: the hub back home, the ``hub`` group
+        gone, and the tree root too if ``remove_root`` (setup made it)."""
+        self._go_home()
+        remove_group(self.root / "hub", "hub")
+        if remove_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
 
     def _group(self, session_id: str) -> Path:
         return self.root / f"s-{session_id}"
@@ -140,13 +186,20 @@ class CpuClasses:
             (group / "cgroup.procs").write_text(str(pid))
         except OSError as e:  # e.g. the worker already exited (ESRCH)
             log.info("session %s: worker %s not placed in %s: %s", session_id, pid, group, e)
+        self._weigh_tree()  # the workers still starting in the hub's group count
 
     def background(self, session_id: str, on: bool) -> None:
-        """Mark the session's group idle (``on``) or back to normal."""
+        """Mark the session's group idle (``on``) or back to normal, and weigh the tree."""
         try:
             (self._group(session_id) / "cpu.idle").write_text("1" if on else "0")
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
+            return
+        if on:
+            self._busy.add(session_id)
+        else:
+            self._busy.discard(session_id)
+        self._weigh_tree()
 
     def on_session_changed(self, change: SessionChanged[Any]) -> None:
         """Bus subscriber (the manager subscribes it): an ended session's group goes."""
@@ -156,15 +209,82 @@ class CpuClasses:
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""
         remove_group(self._group(session_id), session_id)
+        if session_id in self._busy:
+            self._busy.discard(session_id)
+            self._weigh_tree()
+
+    def _weigh_tree(self) -> None:
+        """Give the tree the weight its busy processes had as separate ones (those in the
+        hub's group: the hub, the fork server, workers still starting; and each worker
+        running a background command), so that gathering them in one group does not
+        shrink their share against the rest of the machine: a class starting or computing
+        on a shared machine gets what it got without isolation. Idle workers do not
+        count (a lone compute must not take the share of forty). Called by setup, by
+        :meth:`place` (in a thread) and on the event loop."""
+        with self._lock:
+            try:
+                # the hub, the fork server and the workers it forked that wait for
+                # their own group (a burst of starts)
+                starting = len((self.root / "hub" / "cgroup.procs").read_text().split())
+            except OSError:
+                starting = 2
+            weight = max(starting, 2) + len(self._busy)
+            if weight == self._tree_weight:
+                return
+            try:
+                self._set_weight(self.root, weight)
+                self._tree_weight = weight
+            except OSError as e:
+                log.info("cpu isolation: weight of %s not set: %s", self.root, e)
+
+    def _set_weight(self, group: Path, times: int) -> None:
+        """Weigh ``group`` as ``times`` default groups (capped at the kernel's maximum)."""
+        default, most = WEIGHTS[self.version]
+        (group / WEIGHT_FILE[self.version]).write_text(str(min(default * times, most)))
 
     def close(self) -> None:
         """Move the hub back where it was and remove every empty group, then the tree
         (groups of workers left running for re-adoption stay, for the next hub)."""
-        try:
-            (self.home / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError as e:
-            log.warning("cpu isolation: could not move the hub back to %s: %s", self.home, e)
+        self._go_home()
         remove_tree(self.root)
+
+    def _go_home(self) -> None:
+        """Move this process back to the group it came from or, if that is gone (an
+        earlier hub of the same process closed it), to its nearest ancestor."""
+        group = self.home
+        while not (group / "cgroup.procs").exists() and group.parent != group:
+            group = group.parent
+        try:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as e:  # v2: EBUSY once the group hands controllers down
+            log.info("cpu isolation: the hub stays in %s/hub until it exits: %s", self.root, e)
+
+
+def _off(reason: str) -> None:
+    """The one start-up line of a hub that runs without cpu isolation."""
+    log.warning(
+        "cpu isolation is off: %s; commands share the CPU without priorities "
+        "(SessionManager.cpu_isolation = False silences this)",
+        reason,
+    )
+
+
+def _outside_trees(group: Path) -> Path:
+    """Where a hub in ``group`` builds its tree: ``group``, or, if that is the ``hub``
+    group of another hub's tree (a second hub in one process: the tests), beside that
+    tree rather than inside it."""
+    if group.name == "hub" and group.parent.name.startswith("phoebe-spawner-"):
+        return group.parent.parent
+    return group
+
+
+def _is_group_under(group: Path, mount: Path) -> bool:
+    """Whether ``group`` is a cgroup directory of the hierarchy mounted at ``mount``."""
+    try:
+        group.resolve().relative_to(mount.resolve())
+    except ValueError:
+        return False
+    return (group / "cgroup.procs").is_file()
 
 
 def enable_controller(group: Path, controller: str) -> None:

@@ -142,11 +142,11 @@ class SessionManager(LoggingConfigurable):
         count toward ``max_sessions``; see docs/performance.md.""",
     ).tag(config=True)
     cpu_isolation = Bool(
-        False,
-        help="""Put each local worker in a cgroup of its own and mark it ``cpu.idle`` while
-        it runs one of ``background_commands``, so the hub and other sessions' commands
-        preempt it at once (needs a writable cgroup ``cpu`` tree: root, or a delegated
-        one; see phoebe_spawner/sessions/cpu.py and docs/performance.md).""",
+        True,
+        help="""Put each local worker in a cgroup of its own, ``cpu.idle`` while it runs one
+        of ``background_commands``, so other commands preempt it at once. Needs a writable
+        cgroup ``cpu`` tree (root, or delegated) and Linux >= 5.15; without one the hub
+        logs one line and runs without (False: off, no line). See docs/performance.md.""",
     ).tag(config=True)
     cpu_cgroup_parent = Unicode(
         "",
