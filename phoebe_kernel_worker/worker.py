@@ -41,6 +41,8 @@ from . import progress, protocol
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
 from .protocol.exits import out_of_memory
+from .protocol.frames import FEATURE as FRAMES_FEATURE
+from .protocol.frames import HEADER_FIELD as BUFFERS_FIELD
 from .protocol.sockets import readable, send_frames
 
 log = logging.getLogger("phoebe_kernel_worker")
@@ -212,6 +214,16 @@ class KernelWorker:
             body = {"success": False, "error": protocol.DUPLICATE_COMMAND_ERROR}
             self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
             return
+        if msg.buffers or BUFFERS_FIELD in msg.header:  # arrays sent as typed buffers
+            # imported here: numpy starts threads, and the wall goes up before any thread
+            from .buffers import FramesError, attach_buffers
+
+            try:
+                request = attach_buffers(request, msg.header, msg.buffers)
+            except FramesError as e:
+                body = {"success": False, "error": str(e)}
+                self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
+                return
         command = request.pop("command")
         payload, status = self._run(msg.msg_id, command, request)
         self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)
@@ -436,7 +448,8 @@ class KernelWorker:
 
     def status(self) -> dict[str, Any]:
         """What the hub polls: busy/idle, the running command, memory of the process tree
-        (``uss_mib``, ``pss_mib``, ``rss_mib``: see :func:`process_tree_memory_mib`)."""
+        (``uss_mib``, ``pss_mib``, ``rss_mib``: see :func:`process_tree_memory_mib`), and
+        the protocol ``features`` it takes (``frames``: buffers beside the JSON)."""
         with self._lock:
             current = self._current
         memory = process_tree_memory_mib()
@@ -451,6 +464,7 @@ class KernelWorker:
             "rss_mib": memory["rss"],
             "uptime": time.monotonic() - self._started,
             "commands_done": self._commands_done,
+            "features": [FRAMES_FEATURE],  # what this worker takes beyond plain JSON
         }
 
     def close(self) -> None:
