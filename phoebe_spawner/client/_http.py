@@ -149,6 +149,7 @@ class Transport:
         timeout: Any = DEFAULT,
         expect: tuple[int, ...] = (200, 201, 202),
         decode: bool = True,
+        content_type: str = "application/json",
     ) -> Reply:
         """Send one request on the kept-alive connection and decode its JSON answer.
 
@@ -156,16 +157,16 @@ class Transport:
         when a reused connection turns out to be broken. Non-2xx answers raise the
         matching :class:`PhoebeClientError`; network failures raise
         :class:`HubConnectionError` / :class:`HubTimeout`. ``decode=False`` leaves a
-        successful answer's body as bytes. Any other exception (such as
-        KeyboardInterrupt) closes the connection, whose state is then unknown, and
-        propagates.
+        successful answer's body as bytes; ``content_type`` is the body's. Any other
+        exception (such as KeyboardInterrupt) closes the connection, whose state is then
+        unknown, and propagates.
         """
         if safe is None:
             safe = method == "GET"
         read_timeout = self.read_timeout if timeout is DEFAULT else timeout
         headers = dict(self.headers)
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         elif method in ("POST", "PUT", "PATCH", "DELETE"):
             body = b""
         target = self.url(path)

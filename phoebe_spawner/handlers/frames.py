@@ -1,0 +1,158 @@
+"""``POST /send/{id}`` with numpy arrays as typed buffers beside the JSON (docs/api.md).
+
+A request with ``Content-Type: application/vnd.phoebe-spawner.frames`` (the client
+library sends one when a call's arguments hold large arrays) has this body::
+
+    b"PSF1"  u32 little-endian H  header (H bytes of JSON)  JSON part  buffer 0  buffer 1 ...
+
+The header is ``{"json": J, "buffers": [{"dtype": "<f8", "shape": [n], "nbytes": 8n},
+...]}``: the JSON part's length and each buffer's description
+(:mod:`phoebe_kernel_worker.protocol.frames` lists what is allowed). The JSON part is
+the ordinary request (``{"command": name, ...kwargs}``) with ``{"__buffer__": i}`` where
+array ``i`` goes; the buffers follow back to back, and the lengths must add up to the
+body's exactly.
+
+:func:`parse_body` checks all of that (pure; unit-tested) without copying or reading
+the buffers; :func:`send` (called by :class:`~.api.SendHandler`) then checks the
+session: its worker must take buffers (415 otherwise: the client sends JSON instead)
+and no array may have more elements than the worker's ``max_array_length``; the JSON
+part and the buffers go to the worker as one signed message
+(``WorkerChannel.execute``), which rebuilds the arrays and checks them again.
+The body size limit (413) applies to the whole body, as for JSON.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate_command
+from phoebe_kernel_worker.protocol.frames import (
+    FEATURE,
+    MEDIA_TYPE,
+    Buffers,
+    FramesError,
+    resolve_references,
+    specs_from_json,
+)
+from phoebe_kernel_worker.protocol.limits import WorkerLimits
+
+from .base import ApiError, BaseHandler
+
+__all__ = ["MAGIC", "MEDIA_TYPE", "FramesBody", "FramesError", "is_frames", "parse_body", "send"]
+
+#: the first four bytes of a frames body (the format's version is its last byte)
+MAGIC = b"PSF1"
+_PREFIX = struct.Struct("<4sI")
+#: longest envelope header (descriptions of at most MAX_BUFFERS buffers fit easily)
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FramesBody:
+    """A checked frames body: the JSON part, its command and the buffers (not copied)."""
+
+    json: bytes
+    command: str
+    buffers: Buffers
+
+
+def is_frames(content_type: str | None) -> bool:
+    """Whether a request's ``Content-Type`` is the frames type (any parameters)."""
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == MEDIA_TYPE
+
+
+def parse_body(body: bytes) -> FramesBody:
+    """Check a frames body's envelope, lengths, JSON part and references.
+
+    Raises :class:`FramesError` (a 400) for a truncated body, lengths that do not add
+    up, a description or dtype not allowed, more buffers than the limit, a JSON part
+    that is not a ``{"command": ...}`` object, and references out of range, repeated or
+    missing. The buffers are sliced out of ``body`` as memoryviews, never read.
+    """
+    if len(body) < _PREFIX.size:
+        raise FramesError(f"truncated body: {len(body)} bytes, not even the envelope")
+    magic, header_len = _PREFIX.unpack_from(body)
+    if magic != MAGIC:
+        raise FramesError(f"a frames body starts with {MAGIC!r}")
+    if header_len > MAX_HEADER_BYTES:
+        raise FramesError(f"envelope header of {header_len} bytes (at most {MAX_HEADER_BYTES})")
+    start = _PREFIX.size + header_len
+    if start > len(body):
+        raise FramesError(f"truncated body: the envelope header needs {header_len} bytes")
+    try:
+        header = orjson.loads(body[_PREFIX.size : start])
+    except orjson.JSONDecodeError:
+        raise FramesError("the envelope header is not JSON") from None
+    if not isinstance(header, dict) or set(header) != {"json", "buffers"}:
+        raise FramesError('the envelope header must be {"json": length, "buffers": [...]}')
+    json_len = header["json"]
+    if type(json_len) is not int or json_len < 0:
+        raise FramesError("the JSON part's length must be a non-negative integer")
+    specs = specs_from_json(header["buffers"])
+    expected = start + json_len + sum(spec.nbytes for spec in specs)
+    if expected != len(body):
+        raise FramesError(
+            f"lengths do not add up: the envelope describes {expected} bytes, "
+            f"the body has {len(body)}"
+        )
+    json_part = body[start : start + json_len]
+    try:
+        request = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        raise FramesError(f"the JSON part is malformed: {e.msg} at position {e.pos}") from None
+    command = request.get("command") if isinstance(request, dict) else None
+    if not isinstance(command, str) or not command:
+        raise FramesError("the JSON part must be an object naming a 'command'")
+    if has_duplicate_command(json_part):
+        raise FramesError(DUPLICATE_COMMAND_ERROR)
+    resolve_references(request, len(specs))
+    view = memoryview(body)
+    data = []
+    offset = start + json_len
+    for spec in specs:
+        data.append(view[offset : offset + spec.nbytes])
+        offset += spec.nbytes
+    return FramesBody(json_part, command, Buffers(tuple(specs), tuple(data)))
+
+
+async def send(handler: BaseHandler, session_id: str) -> None:
+    """Answer ``POST /send/{id}`` for a frames body (called by the send handler).
+
+    The worker's reply is passed on verbatim, like the JSON path's; a worker that
+    refuses the buffers (``bad_request``) gets a 400 with its reason.
+    """
+    try:
+        request = parse_body(handler.body)
+    except FramesError as e:
+        raise ApiError(400, f"Malformed frames body: {e}") from None
+    session = await handler.manager.find(handler.user, session_id)
+    session.check_running()
+    if session.channel is None or FEATURE not in session.channel.features:
+        raise ApiError(415, f"This session's worker does not take {MEDIA_TYPE} bodies: send JSON")
+    limit = WorkerLimits.from_mapping(session.spawner.worker_limits).max_array_length
+    for i, spec in enumerate(request.buffers.specs):
+        if spec.size > limit:
+            raise ApiError(
+                400,
+                f"buffer {i}: an array of {spec.size} elements is above this service's "
+                f"limit of {limit}",
+            )
+    reply = await handler.manager.send(
+        handler.user, session_id, request.json, request.command, buffers=request.buffers
+    )
+    if reply.status == "bad_request":
+        raise ApiError(400, f"Malformed frames body: {_worker_error(reply.content)}")
+    handler.set_status(200)
+    handler.finish(reply.content)
+
+
+def _worker_error(content: bytes) -> str:
+    """The ``error`` of a worker's ``bad_request`` reply (a fixed text if unreadable)."""
+    try:
+        error = orjson.loads(content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else "the worker refused the buffers"
