@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ import zmq
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
-from phoebe_kernel_worker.protocol.frames import HEADER_FIELD, Buffers
+from phoebe_kernel_worker.protocol.frames import Buffers
 from phoebe_kernel_worker.protocol.sockets import readable, send_frames
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,12 @@ class ChannelBusy(ChannelError):
 
 @dataclass(slots=True)
 class Reply:
-    """A verified reply: its header (``status``, ``command``...) and raw content bytes."""
+    """A verified reply: its header (``status``, ``command``...), raw content bytes and
+    buffer frames (a result's arrays, when the request asked for them)."""
 
     header: dict[str, Any]
     content: bytes
+    buffers: list[bytes] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -195,7 +197,8 @@ class WorkerChannel:
         ``on_sent(msg_id)`` is called as soon as the request is sent, before the reply:
         iopub messages of the command carry that id as their ``parent_id``. ``buffers``
         (only to a worker whose :attr:`features` hold ``frames``) go as signed frames
-        after the JSON, described in the header, without a copy.
+        after the JSON, described in the header, without a copy; with ``reply_buffers``
+        the reply's :attr:`Reply.buffers` may hold the result's arrays.
         """
         msg_id, fut = await self._send("shell", protocol.EXECUTE_REQUEST, body, buffers)
         if on_sent is not None:
@@ -227,9 +230,9 @@ class WorkerChannel:
         if buffers is None:
             msg_id, frames = signer.serialize(msg_type, body)
         else:
-            extra: dict[str, Any] = {HEADER_FIELD: buffers.header()}
+            extra = buffers.fields()
             msg_id, frames = signer.serialize(msg_type, body, buffers=buffers.data, **extra)
-            copy = False  # the buffers are slices of the request body: sent in place
+            copy = copy and not buffers.data  # buffers: slices of the request body, sent in place
         sock = self._sockets[channel]
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         try:
@@ -309,7 +312,7 @@ class WorkerChannel:
             return
         fut = self._pending.pop(msg.parent_id or "", None)
         if fut is not None and not fut.done():
-            fut.set_result(Reply(msg.header, msg.content))
+            fut.set_result(Reply(msg.header, msg.content, msg.buffers))
 
     # --- teardown -----------------------------------------------------------------------
 

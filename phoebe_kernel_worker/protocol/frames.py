@@ -20,7 +20,10 @@ Pure (no numpy, no sockets): the hub has no numpy. What is checked here:
   (:func:`resolve_references`).
 
 A worker says it takes buffers by listing :data:`FEATURE` in its status reply's
-``features``; the hub sends buffers only to such workers.
+``features``; the hub sends buffers only to such workers. The other way, a request
+whose header sets :data:`ACCEPT_FIELD` gets the result's numeric arrays of at least
+:data:`MIN_REPLY_ELEMENTS` elements as buffer frames of the reply, described the same
+way (``phoebe_kernel_worker.serialize.dumps_with_buffers``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ACCEPT_FIELD",
     "DTYPES",
     "FEATURE",
     "HEADER_FIELD",
@@ -38,6 +42,7 @@ __all__ = [
     "MAX_EXTENT",
     "MAX_NDIM",
     "MEDIA_TYPE",
+    "MIN_REPLY_ELEMENTS",
     "REF_KEY",
     "BufferSpec",
     "Buffers",
@@ -53,6 +58,11 @@ MEDIA_TYPE = "application/vnd.phoebe-spawner.frames"
 FEATURE = "frames"
 #: the ``execute_request`` header field listing the buffers' ``{"dtype", "shape"}``
 HEADER_FIELD = "buffer_specs"
+#: the ``execute_request`` header field asking for the result's arrays as buffers (true):
+#: the reply then lists them in its own :data:`HEADER_FIELD`
+ACCEPT_FIELD = "accept_buffers"
+#: arrays of a result with fewer elements stay in the reply's JSON
+MIN_REPLY_ELEMENTS = 1024
 #: the key of a reference to a buffer in the JSON: ``{"__buffer__": index}``
 REF_KEY = "__buffer__"
 #: the dtypes a buffer may have (numpy's ``dtype.str``) and their item sizes
@@ -95,20 +105,28 @@ class BufferSpec:
 
 @dataclass(frozen=True, slots=True)
 class Buffers:
-    """A request's buffers as the hub forwards them: each one's spec and bytes, in order.
+    """A request's buffers as the hub forwards them (each one's spec and bytes, in
+    order), and whether the reply may carry buffers too.
 
-    Built by the hub's ``/send`` handler for a frames body; handed through the session
-    to ``WorkerChannel.execute``, which sends ``data`` as frames after the content and
-    :meth:`header` as the :data:`HEADER_FIELD` of the message header.
+    Built by the hub's ``/send`` handler for a frames body or an ``Accept`` that names
+    :data:`MEDIA_TYPE`; handed through the session to ``WorkerChannel.execute``, which
+    sends ``data`` as frames after the content and :meth:`fields` in the header.
     """
 
-    specs: tuple[BufferSpec, ...]
+    specs: tuple[BufferSpec, ...] = ()
     #: bytes-like objects (slices of the request body: never copied)
-    data: tuple[Any, ...]
+    data: tuple[Any, ...] = ()
+    #: the client takes numpy arrays of the result as buffers (:data:`ACCEPT_FIELD`)
+    reply_buffers: bool = False
 
-    def header(self) -> list[dict[str, Any]]:
-        """The :data:`HEADER_FIELD` value describing these buffers."""
-        return [spec.to_json() for spec in self.specs]
+    def fields(self) -> dict[str, Any]:
+        """The header fields describing these buffers (and asking for buffers back)."""
+        fields: dict[str, Any] = {}
+        if self.specs:
+            fields[HEADER_FIELD] = [spec.to_json() for spec in self.specs]
+        if self.reply_buffers:
+            fields[ACCEPT_FIELD] = True
+        return fields
 
 
 def spec_from_json(obj: Any, index: int) -> BufferSpec:

@@ -34,7 +34,7 @@ from ._frames import encode as encode_frames
 from ._http import Transport
 from ._retry import with_retry_after
 
-__all__ = ["READ_ONLY_COMMANDS", "ClientBase", "client_version"]
+__all__ = ["ARRAY_RESULT_COMMANDS", "READ_ONLY_COMMANDS", "ClientBase", "client_version"]
 
 log = logging.getLogger("phoebe_spawner.client")
 
@@ -51,6 +51,10 @@ READ_ONLY_COMMANDS = frozenset(
         "is_parameter_constrained",
     }
 )
+
+
+#: Commands whose results may hold large arrays: asked for as typed buffers (``Accept``).
+ARRAY_RESULT_COMMANDS = frozenset({"get_value", "run_compute", "run_solver"})
 
 
 @functools.cache
@@ -357,12 +361,14 @@ class ClientBase:
         sid = self._sid(session_id)
         request = {**kwargs, "command": command}
         frames = self._frames_body(sid, request)
+        takes_arrays = self._array_results(command) and self._hub_takes_frames()
         post = functools.partial(
             self._http.request,
             "POST",
             f"send/{sid}",
             safe=command in READ_ONLY_COMMANDS,
             timeout=self.command_timeout,
+            accept=f"{FRAMES_TYPE}, application/json" if takes_arrays else None,
         )
         if frames is None:
             reply = post(dumps(request)).body
@@ -390,10 +396,19 @@ class ClientBase:
         body = encode_frames(request)
         if body is None:
             return None
+        return body if self._hub_takes_frames() else None
+
+    def _array_results(self, command: str) -> bool:
+        """Whether ``command``'s large result arrays are asked for as typed buffers
+        (commands that return arrays; the subclass adds its ``convert`` switch)."""
+        return self.binary_arrays and command in ARRAY_RESULT_COMMANDS
+
+    def _hub_takes_frames(self) -> bool:
+        """Whether the hub lists ``frames`` in ``GET /health`` (asked once)."""
         if self._hub_frames is None:
             try:
                 features = self._http.request("GET", "health").body.get("features")
             except (PhoebeClientError, AttributeError):
                 features = None
             self._hub_frames = isinstance(features, list) and FRAMES_FEATURE in features
-        return body if self._hub_frames else None
+        return self._hub_frames

@@ -91,6 +91,10 @@ class PhoebeClient(ClientBase):
         self.convert = convert
         self.jobs = JobRunner(self._http, stream_timeout=stream_timeout)
 
+    def _array_results(self, command: str) -> bool:
+        """Arrays as typed buffers only where results are converted to numpy anyway."""
+        return self.convert and super()._array_results(command)
+
     # ------------------------------------------------------------------ parameters
 
     def ping(self, *, session_id: str | None = None) -> dict[str, Any]:

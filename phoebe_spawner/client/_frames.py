@@ -8,6 +8,9 @@ unchanged, so the worker gets exactly these bits (NaN, -0.0 and denormals includ
 an array, without a JSON round trip. Smaller arrays, other dtypes and astropy
 Quantities stay in the JSON (:func:`._convert.dumps`).
 
+:func:`decode` reads a reply in the same format (asked for with ``Accept``: a
+result's large arrays, e.g. ``get_value``'s fluxes, as buffers).
+
 The body: ``b"PSF1"``, the header's length (u32, little-endian), the header
 ``{"json": J, "buffers": [{"dtype", "shape", "nbytes"}, ...]}``, the JSON part (J
 bytes), the buffers back to back. Kept free of the hub's code: the client is its own
@@ -24,7 +27,7 @@ import orjson
 
 from ._convert import dumps
 
-__all__ = ["FEATURE", "MEDIA_TYPE", "MIN_ELEMENTS", "encode"]
+__all__ = ["FEATURE", "MEDIA_TYPE", "MIN_ELEMENTS", "decode", "encode"]
 
 #: the request's Content-Type
 MEDIA_TYPE = "application/vnd.phoebe-spawner.frames"
@@ -84,3 +87,45 @@ def _as_buffer(array: np.ndarray, min_elements: int) -> np.ndarray | None:
         return None
     little = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
     return np.ascontiguousarray(array, dtype=little)
+
+
+def decode(data: bytes) -> Any:
+    """The JSON of a frames reply with numpy arrays in place of its references.
+
+    The arrays are writeable (they share one copy of the reply's bytes). Raises
+    ValueError for a reply that does not add up.
+    """
+    prefix = struct.calcsize("<4sI")
+    if len(data) < prefix:
+        raise ValueError("truncated frames reply")
+    magic, header_len = struct.unpack_from("<4sI", data)
+    if magic != _MAGIC or prefix + header_len > len(data):
+        raise ValueError("not a frames reply")
+    header = orjson.loads(data[prefix : prefix + header_len])
+    start = prefix + header_len
+    body = orjson.loads(data[start : start + header["json"]])
+    buffer = bytearray(data[start + header["json"] :])
+    arrays, offset = [], 0
+    for spec in header["buffers"]:
+        if spec["dtype"] not in ("<f8", "<f4", "<i8", "<i4", "|b1"):
+            raise ValueError(f"unexpected dtype {spec['dtype']!r} in a frames reply")
+        dtype = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        if count * dtype.itemsize != spec["nbytes"] or offset + spec["nbytes"] > len(buffer):
+            raise ValueError("the buffers of a frames reply do not add up")
+        array = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+        arrays.append(array.reshape(spec["shape"]))
+        offset += spec["nbytes"]
+    if offset != len(buffer):
+        raise ValueError("the buffers of a frames reply do not add up")
+    return _resolve(body, arrays)
+
+
+def _resolve(value: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__buffer__"}:
+            return arrays[value["__buffer__"]]
+        return {k: _resolve(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, arrays) for v in value]
+    return value

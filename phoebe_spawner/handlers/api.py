@@ -183,10 +183,14 @@ class SendHandler(BaseHandler):
     """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim.
 
     A body with numpy arrays as typed buffers (``Content-Type:
-    application/vnd.phoebe-spawner.frames``) goes to :func:`.frames.send`."""
+    application/vnd.phoebe-spawner.frames``), or a request that takes a result's arrays
+    as buffers (that type in ``Accept``), goes to :func:`.frames.send`."""
 
     async def post(self, session_id: str) -> None:
-        if frames.is_frames(self.request.headers.get("Content-Type")):
+        headers = self.request.headers
+        if frames.is_frames(headers.get("Content-Type")) or frames.accepts_frames(
+            headers.get("Accept")
+        ):
             await frames.send(self, session_id)
             return
         command = self.command_request(fast=True)

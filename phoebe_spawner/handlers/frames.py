@@ -19,18 +19,24 @@ and no array may have more elements than the worker's ``max_array_length``; the 
 part and the buffers go to the worker as one signed message
 (``WorkerChannel.execute``), which rebuilds the arrays and checks them again.
 The body size limit (413) applies to the whole body, as for JSON.
+
+The other way: a request whose ``Accept`` names the frames type (JSON body or not) asks
+the worker for the result's large arrays as buffers; a reply that has some goes back in
+the same format (:func:`reply_body`), anything else as the worker's JSON.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from phoebe_kernel_worker.protocol import DUPLICATE_COMMAND_ERROR, has_duplicate_command
 from phoebe_kernel_worker.protocol.frames import (
     FEATURE,
+    HEADER_FIELD,
     MEDIA_TYPE,
     Buffers,
     FramesError,
@@ -41,7 +47,17 @@ from phoebe_kernel_worker.protocol.limits import WorkerLimits
 
 from .base import ApiError, BaseHandler
 
-__all__ = ["MAGIC", "MEDIA_TYPE", "FramesBody", "FramesError", "is_frames", "parse_body", "send"]
+__all__ = [
+    "MAGIC",
+    "MEDIA_TYPE",
+    "FramesBody",
+    "FramesError",
+    "accepts_frames",
+    "is_frames",
+    "parse_body",
+    "reply_body",
+    "send",
+]
 
 #: the first four bytes of a frames body (the format's version is its last byte)
 MAGIC = b"PSF1"
@@ -118,35 +134,78 @@ def parse_body(body: bytes) -> FramesBody:
     return FramesBody(json_part, command, Buffers(tuple(specs), tuple(data)))
 
 
+def accepts_frames(accept: str | None) -> bool:
+    """Whether a request's ``Accept`` names the frames type (the result's arrays as
+    buffers)."""
+    return accept is not None and MEDIA_TYPE in accept.lower()
+
+
 async def send(handler: BaseHandler, session_id: str) -> None:
-    """Answer ``POST /send/{id}`` for a frames body (called by the send handler).
+    """Answer ``POST /send/{id}`` for a frames body, or a JSON body whose ``Accept`` names
+    the frames type (called by the send handler).
 
     The worker's reply is passed on verbatim, like the JSON path's; a worker that
-    refuses the buffers (``bad_request``) gets a 400 with its reason.
+    refuses the buffers (``bad_request``) gets a 400 with its reason. A reply with
+    buffers (asked for with ``Accept``) goes out as a frames body (:func:`reply_body`).
     """
-    try:
-        request = parse_body(handler.body)
-    except FramesError as e:
-        raise ApiError(400, f"Malformed frames body: {e}") from None
+    frames_body = is_frames(handler.request.headers.get("Content-Type"))
+    if frames_body:
+        try:
+            request = parse_body(handler.body)
+        except FramesError as e:
+            raise ApiError(400, f"Malformed frames body: {e}") from None
+        body, command, specs, data = (
+            request.json,
+            request.command,
+            request.buffers.specs,
+            request.buffers.data,
+        )
+    else:
+        body, command, specs, data = handler.body, handler.command_request(fast=True), (), ()
     session = await handler.manager.find(handler.user, session_id)
     session.check_running()
-    if session.channel is None or FEATURE not in session.channel.features:
+    takes_frames = session.channel is not None and FEATURE in session.channel.features
+    if specs and not takes_frames:
         raise ApiError(415, f"This session's worker does not take {MEDIA_TYPE} bodies: send JSON")
     limit = WorkerLimits.from_mapping(session.spawner.worker_limits).max_array_length
-    for i, spec in enumerate(request.buffers.specs):
+    for i, spec in enumerate(specs):
         if spec.size > limit:
             raise ApiError(
                 400,
                 f"buffer {i}: an array of {spec.size} elements is above this service's "
                 f"limit of {limit}",
             )
-    reply = await handler.manager.send(
-        handler.user, session_id, request.json, request.command, buffers=request.buffers
-    )
+    accept = takes_frames and accepts_frames(handler.request.headers.get("Accept"))
+    buffers = Buffers(specs, data, reply_buffers=accept) if specs or accept else None
+    reply = await handler.manager.send(handler.user, session_id, body, command, buffers=buffers)
     if reply.status == "bad_request":
-        raise ApiError(400, f"Malformed frames body: {_worker_error(reply.content)}")
+        what = "frames" if frames_body else "JSON"
+        raise ApiError(400, f"Malformed {what} body: {_worker_error(reply.content)}")
     handler.set_status(200)
-    handler.finish(reply.content)
+    if not reply.buffers:
+        handler.finish(reply.content)
+        return
+    handler.set_header("Content-Type", MEDIA_TYPE)
+    for part in reply_body(reply.header, reply.content, reply.buffers):
+        handler.write(part)
+    handler.finish()
+
+
+def reply_body(header: dict[str, Any], content: bytes, buffers: list[bytes]) -> list[bytes]:
+    """The parts of a frames reply: the envelope (as for requests) around the worker's
+    JSON and buffers, after checking the worker's descriptions of them (a worker is not
+    trusted: a reply that does not add up is a 502)."""
+    try:
+        specs = specs_from_json(header.get(HEADER_FIELD))
+        if len(specs) != len(buffers) or any(
+            spec.nbytes != len(data) for spec, data in zip(specs, buffers, strict=False)
+        ):
+            raise FramesError("its buffers do not match their descriptions")
+    except FramesError as e:
+        raise ApiError(502, f"The worker's reply is malformed: {e}") from None
+    described = [{**spec.to_json(), "nbytes": spec.nbytes} for spec in specs]
+    envelope = orjson.dumps({"json": len(content), "buffers": described})
+    return [_PREFIX.pack(MAGIC, len(envelope)), envelope, content, *buffers]
 
 
 def _worker_error(content: bytes) -> str:

@@ -20,6 +20,7 @@ import pytest
 
 from phoebe_kernel_worker.protocol.frames import MAX_BUFFERS, MEDIA_TYPE
 from phoebe_spawner.client import BadRequest, PhoebeClient
+from phoebe_spawner.client._frames import decode
 from phoebe_spawner.client._frames import encode as client_encode
 from phoebe_spawner.handlers.frames import MAGIC
 
@@ -186,6 +187,38 @@ async def test_frames_to_someone_elses_or_an_unknown_session(make_hub):
     assert resp.status == 401
 
 
+async def test_result_arrays_come_back_as_buffers_when_asked(make_hub):
+    app, client, sid = await start(make_hub)
+    accept = {"Accept": f"{MEDIA_TYPE}, application/json"}
+    resp = await client.post(
+        f"/send/{sid}", body=encode({"command": "echo", "v": SPECIAL}), headers={**FRAMES, **accept}
+    )
+    assert resp.status == 200 and resp.headers["Content-Type"] == MEDIA_TYPE
+    result = decode(resp.body)["result"]
+    assert result["v"].tobytes() == SPECIAL.tobytes()  # NaN as NaN, not null
+    # a JSON request may ask too; small results stay JSON
+    resp = await client.post(f"/send/{sid}", {"command": "echo", "n": 1}, headers=accept)
+    assert resp.headers["Content-Type"] == "application/json" and resp.json()["result"] == {"n": 1}
+    big = np.arange(3000.0)
+    stored = encode({"command": "set_value", "twig": "big", "value": big})
+    assert (await client.post(f"/send/{sid}", body=stored, headers=FRAMES)).status == 200
+    resp = await client.post(
+        f"/send/{sid}", {"command": "get_value", "twig": "big"}, headers=accept
+    )
+    assert resp.headers["Content-Type"] == MEDIA_TYPE
+    assert decode(resp.body)["result"].tobytes() == big.tobytes()
+    # malformed JSON with Accept: the same 400 as without
+    resp = await client.post(f"/send/{sid}", body=b"{nope", headers=accept)
+    assert resp.status == 400 and "Malformed JSON body" in resp.detail
+    # a worker without frames answers JSON, whatever the client accepts
+    app.manager.sessions[sid].channel.features = frozenset()
+    resp = await client.post(
+        f"/send/{sid}", {"command": "get_value", "twig": "big"}, headers=accept
+    )
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.json()["result"] == big.tolist()
+
+
 # --- the client library ------------------------------------------------------------------
 
 
@@ -229,3 +262,16 @@ def test_client_element_cap_is_a_bad_request(tmp_path):
         client.start_session()
         with pytest.raises(BadRequest, match="above this service's limit of 2000"):
             client.send("arrays", v=np.zeros(2001))
+
+
+def test_client_gets_arrays_back_bit_for_bit(threaded_hub):
+    with PhoebeClient(threaded_hub.url) as client:
+        client.start_session()
+        client.set_value("fluxes", SPECIAL)
+        got = client.get_value("fluxes")
+        assert isinstance(got, np.ndarray) and got.tobytes() == SPECIAL.tobytes()
+        got[0] = 1.0  # a result is the caller's to change
+    with PhoebeClient(threaded_hub.url, convert=False) as client:
+        client.start_session()
+        client.set_value("fluxes", SPECIAL)
+        assert isinstance(client.get_value("fluxes"), list)  # plain JSON, as asked

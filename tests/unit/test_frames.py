@@ -219,3 +219,35 @@ def test_spec_checks():
         spec_from_json({"dtype": "<i4", "shape": [2**40]}, 0)
     with pytest.raises(FramesError, match="shape must be"):
         spec_from_json({"dtype": "<i4", "shape": [True]}, 0)
+
+
+def test_a_reply_with_buffers_reaches_the_client_as_writeable_arrays():
+    from phoebe_spawner.client._frames import decode
+    from phoebe_spawner.handlers.frames import reply_body
+
+    fluxes = np.array([np.nan, -0.0, 5e-324] * 700)
+    flags = np.ones(1100, dtype=bool)
+    content = orjson.dumps(
+        {"success": True, "result": {"f": {"__buffer__": 0}, "b": {"__buffer__": 1}}}
+    )
+    header = {
+        "buffer_specs": [{"dtype": "<f8", "shape": [2100]}, {"dtype": "|b1", "shape": [1100]}]
+    }
+    body = b"".join(reply_body(header, content, [fluxes.tobytes(), flags.tobytes()]))
+    decoded = decode(body)
+    got = decoded["result"]["f"]
+    assert got.tobytes() == fluxes.tobytes() and got.flags.writeable
+    assert decoded["result"]["b"].dtype == np.bool_ and decoded["result"]["b"].all()
+    with pytest.raises(ValueError, match="do not add up"):
+        decode(body[:-1])
+
+
+def test_a_worker_reply_that_does_not_add_up_is_a_502():
+    from phoebe_spawner.handlers.base import ApiError
+    from phoebe_spawner.handlers.frames import reply_body
+
+    header = {"buffer_specs": [{"dtype": "<f8", "shape": [2]}]}
+    for hdr, buffers in ((header, [b"x" * 15]), (header, []), ({}, [b"x" * 16])):
+        with pytest.raises(ApiError) as info:
+            reply_body(hdr, b"{}", buffers)
+        assert info.value.status_code == 502 and "malformed" in info.value.detail

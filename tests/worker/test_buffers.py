@@ -17,7 +17,7 @@ import pytest
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.buffers import FramesError, array_from_buffer, attach_buffers
 from phoebe_kernel_worker.protocol import Signer
-from phoebe_kernel_worker.protocol.frames import FEATURE, HEADER_FIELD, BufferSpec
+from phoebe_kernel_worker.protocol.frames import ACCEPT_FIELD, FEATURE, HEADER_FIELD, BufferSpec
 
 from .test_worker_process import worker  # noqa: F401 - the real worker process fixture
 
@@ -125,3 +125,18 @@ async def test_unsigned_buffers_are_dropped(worker):  # noqa: F811
     shell.send_multipart([*frames, b"\x00" * 8])
     reply = execute(shell, signer, {"command": "ping"}, [])  # checks the parent id
     assert reply.json()["success"] is True
+
+
+async def test_worker_sends_result_arrays_as_buffers_when_asked(worker):  # noqa: F811
+    _, socks, signer, _ = worker
+    values = np.array([np.nan, -0.0, 5e-324, -np.inf] * 600)
+    request = {"command": "echo", "v": {"__buffer__": 0}, "small": [1, 2]}
+    hdr = {**header(("<f8", [2400])), ACCEPT_FIELD: True}
+    reply = execute(socks["shell"], signer, request, [values.tobytes()], hdr)
+    assert reply.header["status"] == "ok"
+    assert reply.json() == {"success": True, "result": {"v": {"__buffer__": 0}, "small": [1, 2]}}
+    assert reply.header[HEADER_FIELD] == [{"dtype": "<f8", "shape": [2400]}]
+    assert reply.buffers == [values.tobytes()]
+    # without asking: JSON, NaN as null
+    reply = execute(socks["shell"], signer, request, [values.tobytes()])
+    assert reply.buffers == [] and reply.json()["result"]["v"][:4] == [None, -0.0, 5e-324, None]
