@@ -154,21 +154,16 @@ async def send(handler: BaseHandler, session_id: str) -> None:
             request = parse_body(handler.body)
         except FramesError as e:
             raise ApiError(400, f"Malformed frames body: {e}") from None
-        body, command, specs, data = (
-            request.json,
-            request.command,
-            request.buffers.specs,
-            request.buffers.data,
-        )
+        body, command, sent = request.json, request.command, request.buffers
     else:
-        body, command, specs, data = handler.body, handler.command_request(fast=True), (), ()
+        body, command, sent = handler.body, handler.command_request(fast=True), Buffers()
     session = await handler.manager.find(handler.user, session_id)
     session.check_running()
     takes_frames = session.channel is not None and FEATURE in session.channel.features
-    if specs and not takes_frames:
+    if sent.specs and not takes_frames:
         raise ApiError(415, f"This session's worker does not take {MEDIA_TYPE} bodies: send JSON")
     limit = WorkerLimits.from_mapping(session.spawner.worker_limits).max_array_length
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate(sent.specs):
         if spec.size > limit:
             raise ApiError(
                 400,
@@ -176,7 +171,7 @@ async def send(handler: BaseHandler, session_id: str) -> None:
                 f"limit of {limit}",
             )
     accept = takes_frames and accepts_frames(handler.request.headers.get("Accept"))
-    buffers = Buffers(specs, data, reply_buffers=accept) if specs or accept else None
+    buffers = Buffers(sent.specs, sent.data, accept) if sent.specs or accept else None
     reply = await handler.manager.send(handler.user, session_id, body, command, buffers=buffers)
     if reply.status == "bad_request":
         what = "frames" if frames_body else "JSON"
