@@ -16,7 +16,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ["session_start.py", "session_end.py", "command_path.py", "memory.py", "interrupts.py"]
+SCRIPTS = [
+    "session_start.py",
+    "session_end.py",
+    "command_path.py",
+    "array_upload.py",
+    "memory.py",
+    "interrupts.py",
+]
 
 
 def main() -> int:

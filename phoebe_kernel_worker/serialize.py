@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["DUMPS_OPTIONS", "dumps", "to_jsonable"]
+from .protocol.frames import MAX_BUFFERS, REF_KEY
+
+__all__ = ["DUMPS_OPTIONS", "dumps", "dumps_with_buffers", "to_jsonable"]
 
 #: Options passed to :func:`orjson.dumps` by :func:`dumps`.
 DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -41,6 +43,35 @@ def dumps(obj: Any) -> bytes:
     become ``null``; unknown objects become their ``str()``.
     """
     return orjson.dumps(to_jsonable(obj), option=DUMPS_OPTIONS)
+
+
+def dumps_with_buffers(obj: Any, min_elements: int) -> tuple[bytes, list[np.ndarray]]:
+    """Serialize a reply with its numeric arrays of at least ``min_elements`` elements
+    as buffers: the JSON holds ``{"__buffer__": i}`` in their places.
+
+    Called by the worker's main loop for a request that asked for buffers
+    (``protocol.frames.ACCEPT_FIELD``). The arrays are those :func:`to_jsonable` keeps:
+    C-contiguous float64, int64 or bool, made little-endian; their bits travel as they
+    are (NaN stays NaN, not ``null``). Returns the JSON bytes and the arrays in order.
+    """
+    arrays: list[np.ndarray] = []
+
+    def extract(value: Any) -> Any:
+        if type(value) is np.ndarray:
+            if value.size < min_elements or len(arrays) >= MAX_BUFFERS or value.ndim > 4:
+                return value
+            if value.dtype.byteorder == ">":
+                value = value.astype(value.dtype.newbyteorder("<"))
+            arrays.append(value)
+            return {REF_KEY: len(arrays) - 1}
+        if type(value) is dict:
+            return {key: extract(item) for key, item in value.items()}
+        if type(value) is list:
+            return [extract(item) for item in value]
+        return value
+
+    content = orjson.dumps(extract(to_jsonable(obj)), option=DUMPS_OPTIONS)
+    return content, arrays
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import random as _random
@@ -30,8 +31,8 @@ PTRACE_DETACH = 17
 
 
 class TestSession:
-    """Commands: ping, echo, set/get (a dict), sleep, steps, crash, hang, allocate, env,
-    whereami, touch, write, random, probe_wall."""
+    """Commands: ping, echo, arrays, set/get (a dict), sleep, steps, crash, hang, allocate,
+    env, whereami, touch, write, random, probe_wall."""
 
     __test__ = False  # not a pytest test class
 
@@ -50,6 +51,25 @@ class TestSession:
 
     def echo(self, **kwargs: Any) -> dict[str, Any]:
         return kwargs
+
+    def arrays(self, **kwargs: Any) -> dict[str, Any]:
+        """What each argument is as the command receives it: its type, and for a numpy
+        array its dtype, shape, the SHA-256 of its bytes (to compare bit for bit),
+        whether it is writeable and whether it views memory it does not own (a buffer
+        frame, not a copy)."""
+        out: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            entry: dict[str, Any] = {"type": type(value).__name__}
+            if hasattr(value, "dtype") and hasattr(value, "tobytes"):
+                entry.update(
+                    dtype=value.dtype.str,
+                    shape=list(value.shape),
+                    sha256=hashlib.sha256(value.tobytes()).hexdigest(),
+                    writeable=bool(value.flags.writeable),
+                    view=value.base is not None,
+                )
+            out[name] = entry
+        return out
 
     def set_value(self, twig: str, value: Any) -> dict[str, Any]:
         self.values[twig] = value
@@ -178,6 +198,7 @@ class TestSession:
     COMMANDS: ClassVar[dict[str, Callable[..., Any]]] = {
         "ping": ping,
         "echo": echo,
+        "arrays": arrays,
         "set_value": set_value,
         "get_value": get_value,
         "sleep": sleep,

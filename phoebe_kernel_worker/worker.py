@@ -41,6 +41,10 @@ from . import progress, protocol
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
 from .protocol.exits import out_of_memory
+from .protocol.frames import ACCEPT_FIELD
+from .protocol.frames import FEATURE as FRAMES_FEATURE
+from .protocol.frames import HEADER_FIELD as BUFFERS_FIELD
+from .protocol.frames import MIN_REPLY_ELEMENTS as MIN_REPLY
 from .protocol.sockets import readable, send_frames
 
 log = logging.getLogger("phoebe_kernel_worker")
@@ -212,12 +216,30 @@ class KernelWorker:
             body = {"success": False, "error": protocol.DUPLICATE_COMMAND_ERROR}
             self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
             return
-        command = request.pop("command")
-        payload, status = self._run(msg.msg_id, command, request)
-        self._reply(signer, self.shell, ids, msg, payload, status=status, command=command)
+        if msg.buffers or BUFFERS_FIELD in msg.header:  # arrays sent as typed buffers
+            # imported here: numpy starts threads, and the wall goes up before any thread
+            from .buffers import FramesError, attach_buffers
 
-    def _run(self, msg_id: str, command: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:
+            try:
+                request = attach_buffers(request, msg.header, msg.buffers)
+            except FramesError as e:
+                body = {"success": False, "error": str(e)}
+                self._reply(signer, self.shell, ids, msg, orjson.dumps(body), status="bad_request")
+                return
+        command = request.pop("command")
+        # the result's arrays as buffers, when the request asks for them
+        buffers: list[Any] | None = [] if msg.header.get(ACCEPT_FIELD) is True else None
+        payload, status = self._run(msg.msg_id, command, request, buffers)
+        extra = {BUFFERS_FIELD: [_spec(a) for a in buffers]} if buffers else {}
+        self._reply(
+            signer, self.shell, ids, msg, payload, buffers, status=status, command=command, **extra
+        )
+
+    def _run(
+        self, msg_id: str, command: str, kwargs: dict[str, Any], buffers: list[Any] | None = None
+    ) -> tuple[bytes, str]:
         """Run one command; returns the reply content and its status (ok|error|interrupted).
+        With ``buffers`` (a list), the result's large arrays go there, not in the JSON.
 
         While it runs, PHOEBE's progress and the command's output lines are published on
         iopub with ``parent_id`` = the command's msg_id.
@@ -243,7 +265,7 @@ class KernelWorker:
             sys.stdout, sys.stderr = tees  # type: ignore[assignment]
             try:
                 result = self.session.dispatch(command, kwargs)
-                payload, status = self._dumps({"success": True, "result": result}), "ok"
+                payload, status = self._dump_result(result, buffers), "ok"
             finally:
                 sys.stdout, sys.stderr = tees[0]._stream, tees[1]._stream
                 progress.set_sink(None)
@@ -266,6 +288,17 @@ class KernelWorker:
         self._publish("status", {"execution_state": "idle", "command": command}, msg_id)
         return payload, status
 
+    def _dump_result(self, result: Any, buffers: list[Any] | None) -> bytes:
+        """The reply content of a result; with ``buffers`` its large numeric arrays are
+        appended there instead (:func:`.serialize.dumps_with_buffers`)."""
+        if buffers is None:
+            return self._dumps({"success": True, "result": result})
+        from .serialize import dumps_with_buffers
+
+        content, arrays = dumps_with_buffers({"success": True, "result": result}, MIN_REPLY)
+        buffers.extend(arrays)
+        return content
+
     def _publish_progress(self, msg_id: str, fraction: float, message: str) -> None:
         self._publish("progress", {"fraction": round(fraction, 6), "message": message}, msg_id)
 
@@ -285,10 +318,13 @@ class KernelWorker:
         ids: list[bytes],
         msg: Message,
         content: bytes,
+        buffers: list[Any] | None = None,
         **extra: Any,
     ) -> None:
-        _, frames = signer.serialize(msg.reply_type(), content, parent_id=msg.msg_id, **extra)
-        send_frames(sock, [*ids, *frames], copy=len(content) < 65536)
+        _, frames = signer.serialize(
+            msg.reply_type(), content, parent_id=msg.msg_id, buffers=buffers or (), **extra
+        )
+        send_frames(sock, [*ids, *frames], copy=len(content) < 65536 and not buffers)
 
     def _read_subscriptions(self) -> None:
         """Take in iopub (un)subscriptions (main thread): ``\x01topic`` / ``\x00topic``."""
@@ -436,7 +472,8 @@ class KernelWorker:
 
     def status(self) -> dict[str, Any]:
         """What the hub polls: busy/idle, the running command, memory of the process tree
-        (``uss_mib``, ``pss_mib``, ``rss_mib``: see :func:`process_tree_memory_mib`)."""
+        (``uss_mib``, ``pss_mib``, ``rss_mib``: see :func:`process_tree_memory_mib`), and
+        the protocol ``features`` it takes (``frames``: buffers beside the JSON)."""
         with self._lock:
             current = self._current
         memory = process_tree_memory_mib()
@@ -451,12 +488,18 @@ class KernelWorker:
             "rss_mib": memory["rss"],
             "uptime": time.monotonic() - self._started,
             "commands_done": self._commands_done,
+            "features": [FRAMES_FEATURE],  # what this worker takes beyond plain JSON
         }
 
     def close(self) -> None:
         for sock in (self.shell, self.control, self.iopub):
             sock.close(linger=0)
         self.ctx.term()
+
+
+def _spec(array: Any) -> dict[str, Any]:
+    """The header description of one reply buffer (a numpy array)."""
+    return {"dtype": array.dtype.str, "shape": list(array.shape)}
 
 
 def _memory_message() -> str:

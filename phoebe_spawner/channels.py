@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ import zmq
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message, ProtocolError, Signer
+from phoebe_kernel_worker.protocol.frames import Buffers
 from phoebe_kernel_worker.protocol.sockets import readable, send_frames
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,12 @@ class ChannelBusy(ChannelError):
 
 @dataclass(slots=True)
 class Reply:
-    """A verified reply: its header (``status``, ``command``...) and raw content bytes."""
+    """A verified reply: its header (``status``, ``command``...), raw content bytes and
+    buffer frames (a result's arrays, when the request asked for them)."""
 
     header: dict[str, Any]
     content: bytes
+    buffers: list[bytes] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -148,6 +151,9 @@ class WorkerChannel:
         self._iopub_handlers: list[IOPubHandler] = []
         self._closed: BaseException | None = None
         self._rejected = 0
+        #: what the worker takes beyond plain JSON (its last status reply's ``features``;
+        #: ``frames``: buffers beside a command's JSON). Empty until a status request.
+        self.features: frozenset[str] = frozenset()
 
     def connect(self) -> None:
         """Open the sockets and start watching them (call once, on the event loop)."""
@@ -184,13 +190,17 @@ class WorkerChannel:
         *,
         timeout: float | None,
         on_sent: Callable[[str], None] | None = None,
+        buffers: Buffers | None = None,
     ) -> Reply:
         """Run one command (``body`` is the JSON request) on the shell channel.
 
         ``on_sent(msg_id)`` is called as soon as the request is sent, before the reply:
-        iopub messages of the command carry that id as their ``parent_id``.
+        iopub messages of the command carry that id as their ``parent_id``. ``buffers``
+        (only to a worker whose :attr:`features` hold ``frames``) go as signed frames
+        after the JSON, described in the header, without a copy; with ``reply_buffers``
+        the reply's :attr:`Reply.buffers` may hold the result's arrays.
         """
-        msg_id, fut = await self._send("shell", protocol.EXECUTE_REQUEST, body)
+        msg_id, fut = await self._send("shell", protocol.EXECUTE_REQUEST, body, buffers)
         if on_sent is not None:
             on_sent(msg_id)
         return await self._wait(msg_id, fut, timeout)
@@ -205,19 +215,30 @@ class WorkerChannel:
         result = reply.json()
         if not isinstance(result, dict):
             raise ChannelError("malformed control reply")
+        if msg_type == protocol.STATUS_REQUEST:
+            features = result.get("features")
+            if isinstance(features, list):
+                self.features = frozenset(f for f in features if isinstance(f, str))
         return result
 
     async def _send(
-        self, channel: str, msg_type: str, body: bytes
+        self, channel: str, msg_type: str, body: bytes, buffers: Buffers | None = None
     ) -> tuple[str, asyncio.Future[Reply]]:
         self._check_open()
-        msg_id, frames = self._signers[channel].serialize(msg_type, body)
+        signer = self._signers[channel]
+        copy = len(body) < 65536
+        if buffers is None:
+            msg_id, frames = signer.serialize(msg_type, body)
+        else:
+            extra = buffers.fields()
+            msg_id, frames = signer.serialize(msg_type, body, buffers=buffers.data, **extra)
+            copy = copy and not buffers.data  # buffers: slices of the request body, sent in place
         sock = self._sockets[channel]
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         try:
             # a DEALER queues up to its high-water mark even before the worker is
             # connected; a full queue means the worker stopped reading
-            send_frames(sock, frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+            send_frames(sock, frames, flags=zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             raise ChannelBusy(f"the worker is not taking {channel} requests") from None
         except zmq.ZMQError as e:
@@ -291,7 +312,7 @@ class WorkerChannel:
             return
         fut = self._pending.pop(msg.parent_id or "", None)
         if fut is not None and not fut.done():
-            fut.set_result(Reply(msg.header, msg.content))
+            fut.set_result(Reply(msg.header, msg.content, msg.buffers))
 
     # --- teardown -----------------------------------------------------------------------
 

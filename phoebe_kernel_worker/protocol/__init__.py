@@ -5,6 +5,7 @@ The hub (``phoebe_spawner``) imports nothing else from :mod:`phoebe_kernel_worke
 from here too, so each fact lives in one place:
 
 * :mod:`.messages`: message framing, HMAC signing and the message types;
+* :mod:`.frames`: typed buffers beside a command's JSON (dtypes, shapes, references);
 * :mod:`.connection`: connection files, readiness reports, the CurveZMQ key;
 * :mod:`.commands`: the command names a client may send and the duplicate-name check;
 * :mod:`.limits`: the schema of a worker's cost caps (``Spawner.worker_limits``);

@@ -6,17 +6,21 @@ with :class:`Signer`, so the wire format lives in exactly one place.
 
 Wire format (one ZMQ multipart message, modelled on Jupyter's)::
 
-    [routing ids...] DELIM  signature  header  content
+    [routing ids...] DELIM  signature  header  content  [buffer ...]
 
 * ``header`` is a JSON object: ``msg_id``, ``msg_type``, ``session``, ``date`` (unix
   seconds), ``parent_id`` (the ``msg_id`` a reply answers, or null), ``version`` and
   optional extra fields (``status`` on replies).
 * ``content`` is opaque bytes (JSON in practice); the protocol never parses it, so a
   large result travels from the worker to the HTTP client without being re-encoded.
-* ``signature`` is the hex HMAC-SHA256 over the length-prefixed header and content
-  frames with the per-session key. Receivers compare it in constant time, reject
-  messages for another session, messages older than ``max_age`` seconds and replays
-  (a bounded history of seen signatures).
+* ``buffer`` frames (at most :data:`MAX_BUFFERS`, usually none) carry a command's
+  numpy arrays as raw bytes beside its JSON; the header describes them
+  (:mod:`.frames`). Unlike Jupyter's, they are signed like the rest.
+* ``signature`` is the hex HMAC-SHA256 over the length-prefixed header, content and
+  buffer frames with the per-session key (with no buffers: over header and content,
+  as before buffers existed). Receivers compare it in constant time, reject messages
+  for another session, messages older than ``max_age`` seconds and replays (a bounded
+  history of seen signatures).
 """
 
 from __future__ import annotations
@@ -28,10 +32,16 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from .frames import MAX_BUFFERS
+
+#: a frame: bytes, or any bytes-like object (a slice of a request body, a numpy buffer)
+Buffer = bytes | bytearray | memoryview
 
 __all__ = [
     "BIND_REQUEST",
@@ -86,6 +96,8 @@ class Message:
     parent_id: str | None
     content: bytes
     header: dict[str, Any] = field(default_factory=dict)
+    #: the buffer frames after the content (raw bytes; described by the header)
+    buffers: list[bytes] = field(default_factory=list)
 
     def json(self) -> Any:
         """Parse the content as JSON (raises ``orjson.JSONDecodeError``)."""
@@ -141,27 +153,33 @@ class Signer:
         self._history: OrderedDict[bytes, None] = OrderedDict()
         self._history_size = history
 
-    def sign(self, header: bytes, content: bytes) -> bytes:
-        """Hex HMAC-SHA256 over the length-prefixed frames."""
+    def sign(self, header: bytes, content: Buffer, buffers: Sequence[Buffer] = ()) -> bytes:
+        """Hex HMAC-SHA256 over the length-prefixed frames (header, content, buffers)."""
         mac = self._mac.copy()
-        for frame in (header, content):
-            mac.update(len(frame).to_bytes(8, "big"))
+        for frame in (header, content, *buffers):
+            size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+            mac.update(size.to_bytes(8, "big"))
             mac.update(frame)
         return mac.hexdigest().encode()
 
     def serialize(
         self,
         msg_type: str,
-        content: bytes = b"{}",
+        content: Buffer = b"{}",
         *,
         parent_id: str | None = None,
         msg_id: str | None = None,
+        buffers: Sequence[Buffer] = (),
         **extra: Any,
-    ) -> tuple[str, list[bytes]]:
+    ) -> tuple[str, list[Buffer]]:
         """Build the frames of one message; returns ``(msg_id, frames)``.
 
         ``extra`` header fields must be JSON-able (e.g. ``status="ok"`` on replies).
+        ``buffers`` (bytes-like, at most :data:`MAX_BUFFERS`) become frames after the
+        content, covered by the signature; the caller describes them in a header field.
         """
+        if len(buffers) > MAX_BUFFERS:
+            raise ValueError(f"at most {MAX_BUFFERS} buffers per message")
         msg_id = msg_id or f"{self._id_prefix}{next(self._ids):016x}"
         header = {
             "msg_id": msg_id,
@@ -173,7 +191,7 @@ class Signer:
             **extra,
         }
         hbytes = orjson.dumps(header)
-        return msg_id, [DELIM, self.sign(hbytes, content), hbytes, content]
+        return msg_id, [DELIM, self.sign(hbytes, content, buffers), hbytes, content, *buffers]
 
     def deserialize(self, frames: list[bytes]) -> tuple[list[bytes], Message]:
         """Split routing ids from a message, verify it, and decode its header.
@@ -186,12 +204,14 @@ class Signer:
         except ValueError:
             raise ProtocolError("missing delimiter frame") from None
         ids, rest = frames[:idx], frames[idx + 1 :]
-        if len(rest) != 3:
-            raise ProtocolError(f"expected 3 frames after the delimiter, got {len(rest)}")
-        signature, hbytes, content = rest
+        if not 3 <= len(rest) <= 3 + MAX_BUFFERS:
+            raise ProtocolError(
+                f"expected 3 to {3 + MAX_BUFFERS} frames after the delimiter, got {len(rest)}"
+            )
+        signature, hbytes, content, *buffers = rest
         if len(hbytes) > MAX_HEADER_BYTES:
             raise ProtocolError("header too large")
-        if not hmac.compare_digest(signature, self.sign(hbytes, content)):
+        if not hmac.compare_digest(signature, self.sign(hbytes, content, buffers)):
             raise ProtocolError("invalid signature")
         if signature in self._history:
             raise ProtocolError("replayed message")
@@ -202,6 +222,7 @@ class Signer:
         if not isinstance(header, dict):
             raise ProtocolError("header is not an object")
         msg = _message_from_header(header, content)
+        msg.buffers = buffers
         if msg.session != self.session:
             raise ProtocolError("message for another session")
         if abs(time.time() - msg.date) > self.max_age:

@@ -11,7 +11,11 @@ for each frame, which costs more than the sends themselves for small messages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import zmq
+
+from .messages import Buffer
 
 __all__ = ["readable", "send_frames"]
 
@@ -21,7 +25,7 @@ _POLLIN = int(zmq.POLLIN)
 
 
 def send_frames(
-    sock: zmq.Socket[bytes], frames: list[bytes], *, flags: int = 0, copy: bool = True
+    sock: zmq.Socket[bytes], frames: Sequence[Buffer], *, flags: int = 0, copy: bool = True
 ) -> None:
     """Send ``frames`` as one multipart message (``flags`` apply to every frame)."""
     send = sock.send

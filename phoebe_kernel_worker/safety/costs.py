@@ -44,6 +44,7 @@ from typing import Any
 
 from phoebe_kernel_worker.errors import CommandError
 from phoebe_kernel_worker.protocol.limits import WorkerLimits
+from phoebe_kernel_worker.safety.values import is_ndarray
 
 __all__ = ["check_array_lengths", "check_ntriangles", "check_run_cost"]
 
@@ -63,9 +64,17 @@ def check_ntriangles(limits: WorkerLimits, value: Any, what: str) -> None:
 
 
 def check_array_lengths(value: Any, limit: int, what: str, depth: int = 0) -> None:
-    """Refuse any list (at any depth of ``value``) with more than ``limit`` elements."""
+    """Refuse any list (at any depth of ``value``) with more than ``limit`` elements, and
+    any numpy array (from a request's buffers) with more than ``limit`` in all."""
     if depth > 8:
         return  # deeper nesting is refused by the per-command value checks
+    if is_ndarray(value):
+        if value.size > limit:
+            raise CommandError(
+                f"{what}: an array of {value.size} elements is above this service's limit "
+                f"of {limit}"
+            )
+        return
     if isinstance(value, list | tuple):
         if len(value) > limit:
             raise CommandError(

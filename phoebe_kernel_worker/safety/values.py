@@ -18,10 +18,12 @@ business (:func:`phoebe_kernel_worker.safety.costs.check_array_lengths`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
+from phoebe_kernel_worker.protocol.frames import DTYPES
 
 __all__ = [
     "BUNDLE_VALUES",
@@ -31,6 +33,7 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "ValueLimits",
     "check_plain_value",
+    "is_ndarray",
 ]
 
 #: Longest string in a plain value.
@@ -63,6 +66,16 @@ COMMAND_VALUES = ValueLimits(
 BUNDLE_VALUES = ValueLimits(max_depth=6, max_list_length=None, nested_dicts=True, error=UnsafeInput)
 
 
+def is_ndarray(value: Any) -> bool:
+    """Whether ``value`` is exactly a numpy array (as built from a request's buffers).
+
+    Without importing numpy (it starts threads, and the worker's wall goes up first):
+    while numpy is not imported, nothing can be an array.
+    """
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and type(value) is numpy.ndarray
+
+
 def check_plain_value(
     value: Any,
     what: str,
@@ -74,7 +87,10 @@ def check_plain_value(
     """Raise ``limits.error`` unless ``value`` is plain JSON data within ``limits``.
 
     Accepts ``None``, bools, numbers (finite or not), strings of at most
-    :data:`MAX_STRING_LENGTH` characters and nested lists (tuples) of those; dicts with
+    :data:`MAX_STRING_LENGTH` characters and nested lists (tuples) of those; numpy
+    arrays of the dtypes a request's buffers may have
+    (:data:`phoebe_kernel_worker.protocol.frames.DTYPES`), each dimension counted as a
+    level of nesting and all elements as the list length; dicts with
     string keys only if ``allow_dict`` (and, below the top, only if
     ``limits.nested_dicts``).  ``what`` names the value in the message.
     """
@@ -87,6 +103,14 @@ def check_plain_value(
             raise limits.error(f"{what}: string longer than {MAX_STRING_LENGTH} characters")
         return
     nested = allow_dict and limits.nested_dicts
+    if is_ndarray(value):  # from a request's buffers (phoebe_kernel_worker.buffers)
+        if value.dtype.str not in DTYPES:
+            raise limits.error(f"{what}: arrays of {value.dtype} are not accepted")
+        if depth + value.ndim - 1 > limits.max_depth:
+            raise limits.error(f"{what}: value nested too deeply")
+        if limits.max_list_length is not None and value.size > limits.max_list_length:
+            raise limits.error(f"{what}: list too long")
+        return
     if isinstance(value, list | tuple):
         if limits.max_list_length is not None and len(value) > limits.max_list_length:
             raise limits.error(f"{what}: list too long")

@@ -28,10 +28,13 @@ from ._errors import (
     SessionEnded,
     SessionNotFound,
 )
+from ._frames import FEATURE as FRAMES_FEATURE
+from ._frames import MEDIA_TYPE as FRAMES_TYPE
+from ._frames import encode as encode_frames
 from ._http import Transport
 from ._retry import with_retry_after
 
-__all__ = ["READ_ONLY_COMMANDS", "ClientBase", "client_version"]
+__all__ = ["ARRAY_RESULT_COMMANDS", "READ_ONLY_COMMANDS", "ClientBase", "client_version"]
 
 log = logging.getLogger("phoebe_spawner.client")
 
@@ -48,6 +51,10 @@ READ_ONLY_COMMANDS = frozenset(
         "is_parameter_constrained",
     }
 )
+
+
+#: Commands whose results may hold large arrays: asked for as typed buffers (``Accept``).
+ARRAY_RESULT_COMMANDS = frozenset({"get_value", "run_compute", "run_solver"})
 
 
 @functools.cache
@@ -82,6 +89,7 @@ class ClientBase:
         auth_scheme: str | None = None,
         start_retries: int = 5,
         max_retry_wait: float = 30.0,
+        binary_arrays: bool = True,
     ) -> None:
         self.url = resolve_url(url, os.environ)
         if (email is None) != (password is None):
@@ -99,6 +107,10 @@ class ClientBase:
         self.max_retry_wait = max_retry_wait
         self.auto_session = auto_session
         self.keep_sessions = keep_sessions
+        #: Send large numpy arrays in commands as typed buffers where the hub takes them.
+        self.binary_arrays = binary_arrays
+        self._hub_frames: bool | None = None  # asked once, from GET /health
+        self._frames_refused: set[str] = set()  # sessions whose worker answered 415
         self._session_id = session_id
         self._started: list[str] = []
         self._auth_scheme = scheme
@@ -345,19 +357,60 @@ class ClientBase:
 
         Raises PhoebeError when PHOEBE raised (``success: false``) and the HTTP errors
         (SessionNotFound, WorkerUnavailable, CommandTimeout, ...). Read-only commands
-        are sent again once if a kept-alive connection broke; others never are.
+        are sent again once if a kept-alive connection broke; others never are. Large
+        numpy arrays go as typed buffers (:meth:`_frames_body`), else all is JSON.
         """
         sid = self._sid(session_id)
-        body = dumps({**kwargs, "command": command})
-        reply = self._http.request(
+        request = {**kwargs, "command": command}
+        frames = self._frames_body(sid, request)
+        takes_arrays = self._array_results(command) and self._hub_takes_frames()
+        post = functools.partial(
+            self._http.request,
             "POST",
             f"send/{sid}",
-            body,
             safe=command in READ_ONLY_COMMANDS,
             timeout=self.command_timeout,
-        ).body
+            accept=f"{FRAMES_TYPE}, application/json" if takes_arrays else None,
+        )
+        if frames is None:
+            reply = post(dumps(request)).body
+        else:
+            try:
+                reply = post(frames, content_type=FRAMES_TYPE).body
+            except PhoebeClientError as exc:
+                if exc.status != 415:  # 415: this session's worker takes JSON only
+                    raise
+                self._frames_refused.add(sid)
+                reply = post(dumps(request)).body
         if not isinstance(reply, dict) or "success" not in reply:
             raise PhoebeClientError(f"unexpected answer to {command}: {reply!r}")
         if reply["success"] is not True:
             raise PhoebeError(str(reply.get("error") or "the command failed"), command)
         return reply.get("result")
+
+    def _frames_body(self, sid: str, request: dict[str, Any]) -> bytes | None:
+        """The binary body for ``request`` (numpy arrays as typed buffers, see
+        :mod:`._frames`), or None to send JSON: no array large enough, ``binary_arrays``
+        off, a hub that does not list ``frames`` in ``GET /health`` (asked once), or a
+        session whose worker refused buffers before (415)."""
+        if not self.binary_arrays or sid in self._frames_refused:
+            return None
+        body = encode_frames(request)
+        if body is None:
+            return None
+        return body if self._hub_takes_frames() else None
+
+    def _array_results(self, command: str) -> bool:
+        """Whether ``command``'s large result arrays are asked for as typed buffers
+        (commands that return arrays; the subclass adds its ``convert`` switch)."""
+        return self.binary_arrays and command in ARRAY_RESULT_COMMANDS
+
+    def _hub_takes_frames(self) -> bool:
+        """Whether the hub lists ``frames`` in ``GET /health`` (asked once)."""
+        if self._hub_frames is None:
+            try:
+                features = self._http.request("GET", "health").body.get("features")
+            except (PhoebeClientError, AttributeError):
+                features = None
+            self._hub_frames = isinstance(features, list) and FRAMES_FEATURE in features
+        return self._hub_frames

@@ -45,7 +45,9 @@ class PhoebeClient(ClientBase):
     bars. Calls from several threads are safe but wait for each other: use one client
     per thread to run things in parallel. A session start the hub refuses with
     ``Retry-After`` (429 start rate, 503 busy) is sent again after it, ``start_retries``
-    (5) times at most, never after a wait over ``max_retry_wait`` (30).
+    (5) times at most, never after a wait over ``max_retry_wait`` (30). Numpy arrays of
+    1024 elements or more in a command's arguments go to the hub as typed buffers, not
+    JSON, where the hub takes them (``binary_arrays=False``: always JSON).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class PhoebeClient(ClientBase):
         auth_scheme: str | None = None,
         start_retries: int = 5,
         max_retry_wait: float = 30.0,
+        binary_arrays: bool = True,
     ) -> None:
         super().__init__(
             url,
@@ -82,10 +85,15 @@ class PhoebeClient(ClientBase):
             auth_scheme=auth_scheme,
             start_retries=start_retries,
             max_retry_wait=max_retry_wait,
+            binary_arrays=binary_arrays,
         )
         self.progress = progress
         self.convert = convert
         self.jobs = JobRunner(self._http, stream_timeout=stream_timeout)
+
+    def _array_results(self, command: str) -> bool:
+        """Arrays as typed buffers only where results are converted to numpy anyway."""
+        return self.convert and super()._array_results(command)
 
     # ------------------------------------------------------------------ parameters
 

@@ -29,6 +29,8 @@ from typing import Any
 import orjson
 
 from ._errors import HubConnectionError, HubTimeout, PhoebeClientError, error_for_status
+from ._frames import MEDIA_TYPE as FRAMES_TYPE
+from ._frames import decode as decode_frames
 
 __all__ = ["EventStream", "Reply", "SSEEvent", "Transport"]
 
@@ -149,6 +151,8 @@ class Transport:
         timeout: Any = DEFAULT,
         expect: tuple[int, ...] = (200, 201, 202),
         decode: bool = True,
+        content_type: str = "application/json",
+        accept: str | None = None,
     ) -> Reply:
         """Send one request on the kept-alive connection and decode its JSON answer.
 
@@ -156,16 +160,19 @@ class Transport:
         when a reused connection turns out to be broken. Non-2xx answers raise the
         matching :class:`PhoebeClientError`; network failures raise
         :class:`HubConnectionError` / :class:`HubTimeout`. ``decode=False`` leaves a
-        successful answer's body as bytes. Any other exception (such as
-        KeyboardInterrupt) closes the connection, whose state is then unknown, and
-        propagates.
+        successful answer's body as bytes; ``content_type`` is the body's, ``accept``
+        replaces the ``Accept`` header (a frames answer is decoded too). Any other
+        exception (such as KeyboardInterrupt) closes the connection, whose state is then
+        unknown, and propagates.
         """
         if safe is None:
             safe = method == "GET"
         read_timeout = self.read_timeout if timeout is DEFAULT else timeout
         headers = dict(self.headers)
+        if accept is not None:
+            headers["Accept"] = accept
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         elif method in ("POST", "PUT", "PATCH", "DELETE"):
             body = b""
         target = self.url(path)
@@ -243,7 +250,12 @@ def _decode(response: http.client.HTTPResponse, data: bytes, expect: tuple[int, 
     """Turn an answer into a :class:`Reply`, or raise the error its status means."""
     headers = {k.lower(): v for k, v in response.getheaders()}
     body: Any = None
-    if data:
+    if data and headers.get("content-type", "").startswith(FRAMES_TYPE):
+        try:
+            body = decode_frames(data)  # a result's arrays as typed buffers
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise PhoebeClientError(f"malformed frames answer: {exc}", response.status) from None
+    elif data:
         try:
             body = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -13,8 +13,12 @@ from typing import Any
 import orjson
 
 from ..auth.base import TOKEN_COOKIE, check_xsrf
+from . import frames
 from .base import ApiError, BaseHandler
 from .routing import read_whole
+
+#: what ``GET /health`` says the hub takes beyond the JSON API (the client library asks)
+FEATURES = [frames.FEATURE]
 
 
 class HealthHandler(BaseHandler):
@@ -23,6 +27,8 @@ class HealthHandler(BaseHandler):
     Always 200 while the hub serves requests (a database outage must not get a
     healthy hub restarted); ``{"status": "degraded", "database": "unavailable"}`` when
     the database does not answer within a second or refused work in the last 30 s.
+    ``features`` lists what the hub takes beyond the JSON API (``frames``: ``/send``
+    bodies with typed buffers), so a client knows before it sends one.
     """
 
     auth_required = False
@@ -32,10 +38,11 @@ class HealthHandler(BaseHandler):
             db_ok = await asyncio.wait_for(self.hub.store.ping(), 1.0)
         except TimeoutError:
             db_ok = False
-        if db_ok and not self.hub.store.recently_unavailable():
-            self.write_json({"status": "ok"})
-        else:
-            self.write_json({"status": "degraded", "database": "unavailable"})
+        body: dict[str, Any] = {"status": "ok"}
+        if not db_ok or self.hub.store.recently_unavailable():
+            body = {"status": "degraded", "database": "unavailable"}
+        body["features"] = FEATURES
+        self.write_json(body)
 
 
 class AuthConfigHandler(BaseHandler):
@@ -175,9 +182,19 @@ class PortStatusHandler(BaseHandler):
 
 
 class SendHandler(BaseHandler):
-    """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim."""
+    """``POST /send/{id}``: route one command; the worker's reply is passed on verbatim.
+
+    A body with numpy arrays as typed buffers (``Content-Type:
+    application/vnd.phoebe-spawner.frames``), or a request that takes a result's arrays
+    as buffers (that type in ``Accept``), goes to :func:`.frames.send`."""
 
     async def post(self, session_id: str) -> None:
+        headers = self.request.headers
+        if frames.is_frames(headers.get("Content-Type")) or frames.accepts_frames(
+            headers.get("Accept")
+        ):
+            await frames.send(self, session_id)
+            return
         command = self.command_request(fast=True)
         reply = await self.manager.send(self.user, session_id, self.body, command)
         if reply.status == "bad_request":  # a large body the hub did not parse itself

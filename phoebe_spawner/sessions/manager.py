@@ -27,6 +27,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode
 from traitlets.config import LoggingConfigurable
 
 from phoebe_kernel_worker import protocol
+from phoebe_kernel_worker.protocol.frames import Buffers
 
 from ..auth.base import User
 from ..channels import ChannelError, Reply, WorkerChannel, WorkerEndpoint
@@ -494,18 +495,21 @@ class SessionManager(LoggingConfigurable):
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def send(self, user: User, session_id: str, body: bytes, command: str) -> Reply:
+    async def send(
+        self, user: User, session_id: str, body: bytes, command: str, buffers: Buffers | None = None
+    ) -> Reply:
         """Route one ``/send`` command to the user's worker; the worker's reply verbatim.
 
         ``ping`` is answered from the control channel (the worker's status), so it does
-        not wait behind a long command; every other command waits its turn.
+        not wait behind a long command; every other command waits its turn. ``buffers``
+        (``protocol.frames.Buffers``): arrays beside the JSON (``handlers/frames.py``).
         """
         s = await self.find(user, session_id)
         s.check_running()
         if command == "ping" and s.lock.locked():
             return await s.control_ping()
         timeout = self.command_timeouts.get(command, self.command_timeout)
-        return await s.run(body, command, timeout=timeout)
+        return await s.run(body, command, timeout=timeout, buffers=buffers)
 
     # --- the loops ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import Message
+from phoebe_kernel_worker.protocol.frames import Buffers
 
 from ..auth.base import User
 from ..channels import (
@@ -256,6 +257,7 @@ class Session:
         on_sent: Callable[[str], None] | None = None,
         activity: bool = True,
         count_wait: bool = True,
+        buffers: Buffers | None = None,
     ) -> Reply:
         """Run one command after the commands before it (``/send``, jobs, checkpoints).
 
@@ -265,7 +267,7 @@ class Session:
         ``recovery`` the task that stops the worker if it ignores the interrupt.
         ``on_sent(msg_id)`` is called once the command is on its way to the worker.
         ``activity=False`` (the hub's own commands, e.g. checkpoints) leaves the idle time
-        alone. The hot path: no database wait (the command log is batched), no copies.
+        alone; ``buffers`` go beside the JSON. The hot path: no database wait, no copies.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         self.in_flight += 1
@@ -294,7 +296,9 @@ class Session:
                 if cpu is not None:
                     cpu.background(self.id, True)  # one small cgroup write
                 try:
-                    reply = await self.channel.execute(body, timeout=remaining, on_sent=on_sent)
+                    reply = await self.channel.execute(
+                        body, timeout=remaining, on_sent=on_sent, buffers=buffers
+                    )
                 finally:
                     if cpu is not None:
                         cpu.background(self.id, False)

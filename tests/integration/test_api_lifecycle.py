@@ -107,7 +107,11 @@ async def test_locked_database_is_503_not_500(make_hub, tmp_path):
         assert app.manager.active() == []
         health = await client.get("/health")
         assert health.status == 200
-        assert health.json() == {"status": "degraded", "database": "unavailable"}
+        assert health.json() == {
+            "status": "degraded",
+            "database": "unavailable",
+            "features": ["frames"],
+        }
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

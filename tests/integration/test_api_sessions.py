@@ -23,7 +23,7 @@ from ..waiting import async_wait_for
 
 async def test_public_routes(make_hub):
     _, client = await make_hub()
-    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/health")).json() == {"status": "ok", "features": ["frames"]}
     root = (await client.get("/")).json()
     assert root["service"] == "phoebe-spawner" and root["status"] == "running"
     assert isinstance(root["version"], str)

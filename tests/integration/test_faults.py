@@ -120,7 +120,11 @@ async def test_database_locked_for_fifteen_seconds(make_hub, tmp_path):
             assert reply.json() == {"success": True, "result": {"n": 1}}
             sent += 1
             health = (await client.get("/health")).json()
-            assert health == {"status": "degraded", "database": "unavailable"}
+            assert health == {
+                "status": "degraded",
+                "database": "unavailable",
+                "features": ["frames"],
+            }
             await asyncio.sleep(0.5)
     finally:
         blocker.execute("ROLLBACK")

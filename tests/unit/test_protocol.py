@@ -11,6 +11,7 @@ import pytest
 
 from phoebe_kernel_worker import protocol
 from phoebe_kernel_worker.protocol import ConnectionInfo, ProtocolError, Signer
+from phoebe_kernel_worker.protocol.frames import MAX_BUFFERS
 
 KEY = protocol.new_key()
 
@@ -60,13 +61,41 @@ def test_frames_cannot_be_shifted_between_header_and_content():
         b.deserialize([frames[0], frames[1], frames[2] + b"a", b"b"])
 
 
+def test_buffers_round_trip_and_are_signed():
+    """Buffer frames travel after the content, and the signature covers them (unlike
+    Jupyter's): changing, dropping, adding or re-splitting one is refused."""
+    a, b = pair()
+    buffers = [b"\x00" * 16, memoryview(b"0123456789abcdef")[4:12], b""]
+    _, frames = a.serialize("execute_request", b"{}", buffers=buffers, buffers_meta=1)
+    assert len(frames) == 4 + len(buffers)
+    _, msg = b.deserialize(frames)
+    assert msg.buffers == [b"\x00" * 16, b"456789ab", b""] and msg.header["buffers_meta"] == 1
+    without = a.sign(frames[2], frames[3])
+    assert frames[1] != without  # the buffers are in the signature
+    for mutated in (
+        [*frames[:4], b"\x01" + b"\x00" * 15, *frames[5:]],  # a changed byte
+        frames[:-1],  # a dropped buffer
+        [*frames, b"extra"],  # an added one
+        [*frames[:4], b"\x00" * 8, b"\x00" * 8 + frames[5], *frames[6:]],  # re-split
+    ):
+        with pytest.raises(ProtocolError, match="signature"):
+            Signer(KEY, "s1").deserialize(mutated)
+
+
+def test_no_more_than_max_buffers():
+    with pytest.raises(ValueError, match=f"at most {MAX_BUFFERS}"):
+        Signer(KEY, "s1").serialize("x", b"{}", buffers=[b""] * (MAX_BUFFERS + 1))
+
+
 @pytest.mark.parametrize(
     ("frames", "match"),
     [
         ([b"garbage"], "delimiter"),
         ([], "delimiter"),
-        ([protocol.DELIM, b"sig"], "expected 3 frames"),
-        ([protocol.DELIM, b"a", b"b", b"c", b"d"], "expected 3 frames"),
+        ([protocol.DELIM, b"sig"], "expected 3 to"),
+        # a fourth frame would be a buffer: covered by the signature, which it fails
+        ([protocol.DELIM, b"a", b"b", b"c", b"d"], "signature"),
+        ([protocol.DELIM, *[b"x"] * (4 + MAX_BUFFERS)], "expected 3 to"),
     ],
 )
 def test_malformed_framing(frames, match):

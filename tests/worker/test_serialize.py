@@ -156,3 +156,31 @@ def test_import_does_not_load_phoebe_or_astropy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_dumps_with_buffers_takes_large_numeric_arrays_out_of_the_json() -> None:
+    """A request that asks for buffers gets its result's large arrays as raw bits (NaN
+    stays NaN: no ``null``), in the order of their references; small ones stay JSON."""
+    from phoebe_kernel_worker.serialize import dumps_with_buffers
+
+    fluxes = np.array([np.nan, -0.0, 5e-324, np.inf] * 500)
+    result = {
+        "model": {"lc": {"fluxes": fluxes, "times": np.arange(2000, dtype=">i4")}},
+        "small": np.arange(3.0),
+        "flags": [np.ones(1500, dtype=bool)],
+        "text": "x",
+    }
+    content, buffers = dumps_with_buffers({"success": True, "result": result}, 1000)
+    assert orjson.loads(content) == {
+        "success": True,
+        "result": {
+            "model": {"lc": {"fluxes": {"__buffer__": 0}, "times": {"__buffer__": 1}}},
+            "small": [0.0, 1.0, 2.0],
+            "flags": [{"__buffer__": 2}],
+            "text": "x",
+        },
+    }
+    assert buffers[0].tobytes() == fluxes.tobytes()
+    assert buffers[1].dtype.str == "<i8" and buffers[1].tolist() == list(range(2000))
+    assert buffers[2].dtype.str == "|b1" and buffers[2].all()
+    assert dumps_with_buffers({"a": np.arange(5.0)}, 1000) == (b'{"a":[0.0,1.0,2.0,3.0,4.0]}', [])

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from phoebe_kernel_worker.commands import PhoebeSession
@@ -99,6 +100,14 @@ def test_array_lengths_are_capped(tmp_path: Path) -> None:
     assert message == ("add_dataset: an array of 101 elements is above this service's limit of 100")
     message = _message(session, "set_value", {"twig": "period@binary", "value": [[1.0] * 101]})
     assert "an array of 101 elements" in message
+    # an array from a request's buffers counts all its elements
+    times = np.frombuffer(np.zeros(101).tobytes())
+    message = _message(session, "add_dataset", {"kind": "lc", "compute_times": times})
+    assert message == ("add_dataset: an array of 101 elements is above this service's limit of 100")
+    message = _message(
+        session, "add_dataset", {"kind": "lc", "compute_times": [0.0], "fluxes": np.zeros((11, 10))}
+    )
+    assert "an array of 110 elements" in message
     session.dispatch("add_dataset", {"kind": "lc", "compute_times": [0.0] * 100, "dataset": "ok"})
     bundle = json.loads(session.dispatch("get_bundle")["bundle"])
     [times] = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from phoebe_kernel_worker.errors import CommandError, UnsafeInput
@@ -76,3 +77,29 @@ def test_list_length_is_a_parameter() -> None:
     with pytest.raises(CommandError, match="list too long"):
         check_plain_value([1, 2, 3, 4], "v", limits=short)
     assert BUNDLE_VALUES.max_list_length is None  # bundles: the cost caps bound arrays
+
+
+@pytest.mark.parametrize("dtype", ["<f8", "<f4", "<i8", "<i4", "|b1"])
+def test_arrays_of_buffer_dtypes_pass(dtype: str) -> None:
+    """Arrays from a request's buffers (phoebe_kernel_worker.buffers) are plain data."""
+    check_plain_value(np.zeros(5, dtype=dtype), "v")
+    check_plain_value({"primary": np.zeros((2, 3), dtype=dtype)}, "v", allow_dict=True)
+
+
+def test_arrays_are_bounded_like_lists() -> None:
+    short = ValueLimits(max_depth=2, max_list_length=6, nested_dicts=False, error=CommandError)
+    check_plain_value(np.zeros((2, 3)), "v", limits=short)
+    with pytest.raises(CommandError, match="list too long"):
+        check_plain_value(np.zeros(7), "v", limits=short)
+    # each dimension is a level of nesting, as for nested lists
+    check_plain_value(np.zeros((1, 1, 1)), "v", limits=short)
+    with pytest.raises(CommandError, match="nested too deeply"):
+        check_plain_value(np.zeros((1, 1, 1, 1)), "v", limits=short)
+    with pytest.raises(CommandError, match="nested too deeply"):
+        check_plain_value([np.zeros((1, 1, 1))], "v", limits=short)
+
+
+@pytest.mark.parametrize("dtype", [">f8", "<u8", "<c16", "O", "<U3", "<M8[s]"])
+def test_arrays_of_other_dtypes_are_refused(dtype: str) -> None:
+    with pytest.raises(CommandError, match=r"arrays of .* are not accepted"):
+        check_plain_value(np.zeros(3, dtype=dtype), "v")
