@@ -31,6 +31,7 @@ p50(N) <= 1.3 x ping p50(1), start p50 <= 50 ms, idle CPU <= 5 % of a core, end 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -92,7 +93,9 @@ class Run:
 
     def __init__(self, hub: Hub, pid: int | None, data_dir: str | None, args: Any) -> None:
         self.hub = hub
-        self.proc = psutil.Process(pid) if pid else None
+        self.proc: psutil.Process | None = None
+        with contextlib.suppress(psutil.Error):
+            self.proc = psutil.Process(pid) if pid else None
         self.data_dir = data_dir
         self.args = args
         self.live: list[str] = []
@@ -162,9 +165,12 @@ class Run:
         requests, in % of one core."""
         if self.proc is None:
             return None
-        before, t0 = self.proc.cpu_times(), time.monotonic()
-        await asyncio.sleep(seconds)
-        after, wall = self.proc.cpu_times(), time.monotonic() - t0
+        try:
+            before, t0 = self.proc.cpu_times(), time.monotonic()
+            await asyncio.sleep(seconds)
+            after, wall = self.proc.cpu_times(), time.monotonic() - t0
+        except psutil.Error:  # the hub is gone
+            return None
         used = (after.user - before.user) + (after.system - before.system)
         return round(100 * used / wall, 2)
 
@@ -172,12 +178,15 @@ class Run:
         """The hub's RSS (MiB), threads and open file descriptors, and its worker count."""
         if self.proc is None:
             return {}
-        with self.proc.oneshot():
-            stats = {
-                "rss_mib": round(self.proc.memory_info().rss / 2**20, 1),
-                "threads": self.proc.num_threads(),
-                "fds": self.proc.num_fds(),
-            }
+        try:
+            with self.proc.oneshot():
+                stats = {
+                    "rss_mib": round(self.proc.memory_info().rss / 2**20, 1),
+                    "threads": self.proc.num_threads(),
+                    "fds": self.proc.num_fds(),
+                }
+        except psutil.Error as e:  # the hub is gone
+            return {"hub_error": f"{type(e).__name__}: {e}"}
         stats["workers"] = len(self.workers())
         return stats
 
@@ -186,7 +195,11 @@ class Run:
         if self.proc is None:
             return []
         out = []
-        for p in self.proc.children(recursive=True):
+        try:
+            children = self.proc.children(recursive=True)
+        except psutil.Error:  # the hub is gone
+            return []
+        for p in children:
             try:
                 cmd = " ".join(p.cmdline())
                 template = "phoebe_kernel_worker.forkserver" in cmd and p.ppid() == self.proc.pid
