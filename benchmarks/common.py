@@ -150,11 +150,13 @@ def local_hub(
     pool: int = 0,
     max_sessions: int = 300,
     extra: Sequence[str] = (),
+    repo: str = REPO,
 ) -> Iterator[tuple[str, int]]:
     """Start ``phoebe-spawner`` (auth none, SQLite, a temporary data dir) as a subprocess;
     yields ``(url, pid)`` once it answers /health, and stops it (and its workers) after.
     ``spawner=None``: the hub exactly as the README's quick start runs it (only the port,
-    the data dir and the log level set; ``pool`` and ``max_sessions`` are not used)."""
+    the data dir and the log level set; ``pool`` and ``max_sessions`` are not used).
+    ``repo``: the source tree the hub runs from (another checkout, for before/after)."""
     data = tempfile.mkdtemp(prefix="phoebe-bench-")
     port = _free_port()
     argv = [sys.executable, "-m", "phoebe_spawner", f"--port={port}", f"--data-dir={data}"]
@@ -168,7 +170,7 @@ def local_hub(
             "--SessionManager.idle_timeout=0",
         ]
     argv += ["--log-level=WARN", *extra]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     log = open(os.path.join(data, "hub.log"), "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)
     url = f"http://127.0.0.1:{port}"

@@ -14,12 +14,17 @@
 - ``header_timeout``: seconds a new connection has to send its first request's headers,
   after which it gets 408 and is closed (between requests, tornado's
   ``idle_connection_timeout`` applies).
+- ``body_timeout``: seconds a request's body may take to arrive after its headers, after
+  which the connection is closed (the slow-body protection). One timer per request with
+  a body, cancelled when the body is in: tornado's own ``body_timeout`` wraps every body
+  read in a task, two event-loop turns more on every ``/send``.
 
 Everything is decided before a request reaches the application. Built by the app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 from collections import Counter
@@ -30,6 +35,7 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
+from tornado.log import gen_log
 from tornado.netutil import is_valid_ip
 
 
@@ -86,11 +92,14 @@ class _Conn:
     #: behind a trusted proxy: the client the request in progress is counted against
     client: str | None = None
     timer: Any = field(default=None, repr=False)
+    #: the body timeout of the request in progress (None: no body, or it is in)
+    body_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class CappedHTTPServer(HTTPServer):
-    """An HTTPServer with the global and per-address connection caps and the header
-    timeout described in the module docstring (0 turns a cap or the timeout off)."""
+    """An HTTPServer with the global and per-address connection caps, the header
+    timeout and the body timeout described in the module docstring (0 or None turns a
+    cap or a timeout off)."""
 
     def initialize(
         self,
@@ -98,12 +107,14 @@ class CappedHTTPServer(HTTPServer):
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
         header_timeout: float = 0.0,
+        body_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().initialize(*args, **kwargs)
+        super().initialize(*args, **kwargs)  # no body_timeout for tornado: ours, below
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout or 0.0
         self._open: dict[IOStream, _Conn] = {}
         #: the open connections waiting for a request's headers, longest-waiting first
         self._waiting: dict[IOStream, _Conn] = {}
@@ -115,6 +126,8 @@ class CappedHTTPServer(HTTPServer):
         self.refused_per_ip = 0
         self.evicted = 0
         self.timed_out = 0
+        #: connections closed for not sending a request body within ``body_timeout``
+        self.body_timed_out = 0
 
     # --- connections ----------------------------------------------------------------------
 
@@ -169,6 +182,7 @@ class CappedHTTPServer(HTTPServer):
         if self._per_key[conn.key] <= 0:
             del self._per_key[conn.key]
         self._release_client(conn)
+        self.body_done(conn)
         if conn.timer is not None:
             IOLoop.current().remove_timeout(conn.timer)
             conn.timer = None
@@ -199,6 +213,7 @@ class CappedHTTPServer(HTTPServer):
         if conn is None:
             return delegate
         self._release_client(conn)  # the previous request on it is done
+        self.body_done(conn)  # (its body too, even if the response came first)
         if not conn.first:  # (a first request waits, in order, since it was accepted)
             self._waiting.pop(conn.stream, None)
             self._waiting[conn.stream] = conn  # now the newest to wait
@@ -224,6 +239,31 @@ class CappedHTTPServer(HTTPServer):
         conn.client = client
         return True
 
+    def body_expected(self, conn: _Conn, headers: httputil.HTTPHeaders) -> None:
+        """The request on ``conn`` goes on with a body: start its body timeout."""
+        if not self.body_timeout:
+            return
+        length = headers.get("Content-Length")
+        if (length is None or length == "0") and "Transfer-Encoding" not in headers:
+            return  # no body: tornado reads none
+        loop = asyncio.get_running_loop()
+        conn.body_timer = loop.call_later(self.body_timeout, self._body_expired, conn)
+
+    def body_done(self, conn: _Conn) -> None:
+        """The body of the request on ``conn`` is in (or will never be): no timeout."""
+        if conn.body_timer is not None:
+            conn.body_timer.cancel()
+            conn.body_timer = None
+
+    def _body_expired(self, conn: _Conn) -> None:
+        """Body timeout: the connection goes, as tornado's own ``body_timeout`` did it."""
+        conn.body_timer = None
+        if conn.stream.closed():
+            return
+        gen_log.info("Timeout reading body from %s", conn.peer)
+        self.body_timed_out += 1
+        conn.stream.close()
+
 
 class _Tracked(httputil.HTTPMessageDelegate):
     """Wraps the application's delegate for one request: tells the server when the
@@ -248,6 +288,7 @@ class _Tracked(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Any:
         if self.server.request_started(self.conn, headers):
+            self.server.body_expected(self.conn, headers)
             return self.delegate.headers_received(start_line, headers)
         self.refused = True
         body = (
@@ -277,9 +318,11 @@ class _Tracked(httputil.HTTPMessageDelegate):
         return None
 
     def finish(self) -> None:
+        self.server.body_done(self.conn)  # the whole body is in
         if not self.refused:
             self.delegate.finish()
 
     def on_connection_close(self) -> None:
+        self.server.body_done(self.conn)
         if not self.refused:
             self.delegate.on_connection_close()

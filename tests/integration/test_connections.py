@@ -150,3 +150,29 @@ async def test_behind_a_trusted_proxy_the_cap_counts_real_clients(make_hub):
         lambda: not app.http_server._per_client, "every client's connections to close"
     )
     assert (await health(port, headers=forwarded)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_slow_body_is_cut_after_the_body_timeout_and_a_finished_one_is_not(make_hub):
+    app, _client = await make_hub(PhoebeSpawnerApp__body_timeout=1)
+    server, port = app.http_server, app.bound_port
+    # a keep-alive request whose body came whole: its timeout must not outlive the body
+    done_reader, done = await connect(
+        port,
+        "127.0.0.3",
+        b"POST /auth/logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+    )
+    first = await asyncio.wait_for(done_reader.readuntil(b"true}"), 10)
+    assert first.startswith(b"HTTP/1.1 200")
+    # started after the first request's body was in, so its timer fires after that one's
+    slow_reader, slow = await connect(port, "127.0.0.2", BUSY)
+    try:
+        await async_wait_for(lambda: server.body_timed_out == 1, "the slow body to be cut")
+        assert await asyncio.wait_for(slow_reader.read(), 10) == b""  # closed, no answer
+        done.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        again = await asyncio.wait_for(done_reader.readuntil(b'"ok"}'), 10)
+        assert again.startswith(b"HTTP/1.1 200") and server.body_timed_out == 1
+        assert all(c.body_timer is None for c in server._open.values())
+    finally:
+        slow.close()
+        done.close()
