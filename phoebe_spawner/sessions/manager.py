@@ -38,6 +38,7 @@ from ..store import DatabaseUnavailable
 from .bus import EventBus, SessionChanged
 from .capacity import HubCapacity
 from .cpu import CpuClasses
+from .culling import cull_pass
 from .endings import Endings
 from .limits import SessionLimits
 from .memory import MemorySampler
@@ -531,28 +532,8 @@ class SessionManager(LoggingConfigurable):
         return [s for s in self.sessions.values() if s.status == "running"]
 
     async def cull_idle(self) -> None:
-        """Cull loop: stop what :attr:`cull_policy` names, each after ``before_stop`` (a
-        checkpoint); if that fails, or the user came back meanwhile, it is left alone."""
-        now = time.time()
-        for s in list(self.sessions.values()):
-            if s.status == "running":
-                await s.persist_activity()
-            reason = self._cull_reason(s, now)
-            if reason is None:
-                continue
-            self.log.debug("culling session %s of %s (%s)", s.id, s.user.name, reason)
-            if self.before_stop is not None:
-                try:
-                    await self.before_stop(s, "cull")
-                except Exception as e:
-                    self.log.warning("not culling session %s: checkpoint failed: %s", s.id, e)
-                    continue
-                if self._cull_reason(s, time.time()) is None:
-                    continue  # the user came back while the checkpoint was written
-            try:
-                await s.stop("culled", reason)
-            except Unavailable as e:
-                self.log.warning("could not cull session %s: %s", s.id, e)
+        """Cull loop: :func:`.culling.cull_pass` with :attr:`cull_policy`'s reasons."""
+        await cull_pass(self.sessions.values(), self._cull_reason, self.before_stop, self.log)
 
     def _cull_reason(self, s: Session, now: float) -> str | None:
         return self.cull_policy.reason(s, now, watched=self.watchers[s.user.user_id] > 0)

@@ -236,7 +236,7 @@ class Session:
             spawner_state=self.spawner.get_state(),
             last_activity=now,
         )
-        self.last_activity = self.started_at = now
+        self.last_activity = self.started_at = self.persisted_activity = now
         self._announce("started")
 
     async def readopt(self, started_at: float) -> None:
