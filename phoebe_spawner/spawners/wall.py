@@ -23,6 +23,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -106,7 +107,7 @@ class UidPool:
 
     def allocate(self) -> int:
         """A free uid, now held by the caller; raises LookupError when none is left."""
-        running = _running_uids()
+        running = running_uids()
         with self._mutex:
             for uid in range(*self.range):
                 if uid in self.held or uid in running:
@@ -156,13 +157,34 @@ class UidPool:
         return fd
 
 
-def _running_uids() -> set[int]:
-    uids = set()
-    for proc in psutil.process_iter(["uids"]):
-        with contextlib.suppress(TypeError):
-            if proc.info["uids"]:
-                uids.update(proc.info["uids"])
-    return uids
+#: how long a scan of the process table answers "which uids run" for allocations
+UID_SCAN_TTL = 1.0
+_scan_lock = threading.Lock()
+_last_scan: tuple[float, frozenset[int]] = (-UID_SCAN_TTL, frozenset())
+
+
+def running_uids(max_age: float = UID_SCAN_TTL) -> frozenset[int]:
+    """The uids processes of this machine run as, from a scan at most ``max_age`` old.
+
+    Scanning costs ~30 µs a process, so with a thousand workers a scan per start was the
+    largest part of a start (and of a burst's). One scan serves every allocation for
+    :data:`UID_SCAN_TTL`: a uid cannot start running unseen meanwhile, because only a
+    worker takes a uid of the range, and it holds the uid's lock first (which
+    :meth:`UidPool.allocate` checks live); :meth:`UidPool.release` kills what still runs
+    as a uid before it unlocks it.
+    """
+    global _last_scan
+    with _scan_lock:
+        taken, uids = _last_scan
+        if time.monotonic() - taken > max_age:
+            found: set[int] = set()
+            for proc in psutil.process_iter(["uids"]):
+                with contextlib.suppress(TypeError):
+                    if proc.info["uids"]:
+                        found.update(proc.info["uids"])
+            uids = frozenset(found)
+            _last_scan = (time.monotonic(), uids)
+        return uids
 
 
 def read_paths(data_dir: str, extra: Iterable[str], factories: Iterable[str]) -> list[str]:

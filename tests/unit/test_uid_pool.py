@@ -8,12 +8,14 @@ with a private lock directory and uids no process runs as.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from phoebe_spawner.spawners import wall as wall_module
 from phoebe_spawner.spawners.wall import UidPool
 
 HOLDER = """
@@ -57,3 +59,33 @@ def test_two_hubs_in_one_process_share_the_registry(tmp_path: Path) -> None:
     assert uids == {70200, 70201}
     for uid in uids:
         first.release(uid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a process as another uid needs root")
+def test_a_uid_some_process_runs_as_is_skipped(tmp_path: Path) -> None:
+    """A uid nobody holds a lock on but a process runs as (something a worker left) is
+    never handed out, once a scan has seen the process."""
+    low, high = 70300, 70302
+    with subprocess.Popen(["sleep", "60"], user=low) as squatter:
+        try:
+            wall_module.running_uids(max_age=0)  # a scan after the process started
+            pool = UidPool(low, high, lock_dir=str(tmp_path))
+            assert pool.allocate() == low + 1
+            pool.release(low + 1)
+        finally:
+            squatter.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a process as another uid needs root")
+def test_one_scan_serves_the_allocations_of_its_ttl() -> None:
+    """A burst of starts scans the process table once, not once a start; ``max_age=0``
+    scans again and sees a process started after the last scan."""
+    uid = 70310
+    first = wall_module.running_uids(max_age=0)
+    assert uid not in first
+    with subprocess.Popen(["sleep", "60"], user=uid) as child:
+        try:
+            assert wall_module.running_uids(max_age=60) is first  # young enough: no new scan
+            assert uid in wall_module.running_uids(max_age=0)
+        finally:
+            child.kill()
