@@ -107,7 +107,7 @@ async def test_slow_headers_are_cut_after_the_header_timeout(make_hub):
     # a keep-alive connection that finished a request is under the idle timeout instead
     kept_reader, kept = await connect(port, "127.0.0.3", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
-        first = await asyncio.wait_for(kept_reader.readuntil(b'"ok"}'), 10)
+        first = await asyncio.wait_for(kept_reader.readuntil(b'["frames"]}'), 10)
         assert first.startswith(b"HTTP/1.1 200")
         reply = await asyncio.wait_for(slow_reader.read(), 10)  # up to the hub's close
         assert reply.startswith(b"HTTP/1.1 408")
@@ -115,7 +115,7 @@ async def test_slow_headers_are_cut_after_the_header_timeout(make_hub):
         assert app.http_server.timed_out == 1
         await asyncio.sleep(0.6)  # past the header timeout, well within the idle one
         kept.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        again = await asyncio.wait_for(kept_reader.readuntil(b'"ok"}'), 10)
+        again = await asyncio.wait_for(kept_reader.readuntil(b'["frames"]}'), 10)
         assert again.startswith(b"HTTP/1.1 200") and app.http_server.timed_out == 1
     finally:
         slow.close()
@@ -170,7 +170,7 @@ async def test_a_slow_body_is_cut_after_the_body_timeout_and_a_finished_one_is_n
         await async_wait_for(lambda: server.body_timed_out == 1, "the slow body to be cut")
         assert await asyncio.wait_for(slow_reader.read(), 10) == b""  # closed, no answer
         done.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        again = await asyncio.wait_for(done_reader.readuntil(b'"ok"}'), 10)
+        again = await asyncio.wait_for(done_reader.readuntil(b'["frames"]}'), 10)
         assert again.startswith(b"HTTP/1.1 200") and server.body_timed_out == 1
         assert all(c.body_timer is None for c in server._open.values())
     finally:
