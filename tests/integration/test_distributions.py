@@ -23,6 +23,8 @@ import pytest
 
 import phoebe_spawner
 
+from ..waiting import async_wait_for
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Libraries only the hub needs: none may come with the client or the worker.
 HUB_ONLY = {"tornado", "sqlalchemy", "traitlets", "pyjwt", "alembic", "argon2-cffi"}
@@ -112,7 +114,12 @@ async def test_client_distribution_drives_a_session_on_a_running_hub(
     assert version == phoebe_spawner.__version__  # the one version, from the metadata
     row = await app.store.get_session(sid)
     assert row is not None and row["project_name"] == "from the client distribution"
-    assert row["status"] == "stopped"
+
+    async def stopped() -> bool:  # end-session answers before the worker is gone
+        row = await app.store.get_session(sid)
+        return row is not None and row["status"] == "stopped"
+
+    await async_wait_for(stopped, "the ended session to be recorded stopped")
     assert row["user_agent"] == f"phoebe-spawner-client/{phoebe_spawner.__version__}"
 
 
