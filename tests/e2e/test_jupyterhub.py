@@ -205,10 +205,15 @@ async def test_the_client_library_runs_phoebe_with_the_notebook_token(jupyterhub
     assert np.all(np.isfinite(fluxes)) and fluxes.max() > fluxes.min()
     assert float(getattr(seen["incl"], "value", seen["incl"])) == 86.5
     assert events[:2] == ["queued", "started"] and events[-1] == "succeeded"
-    # leaving the `with` ended the session the client started
+    # leaving the `with` ended the session the client started (listed until its worker
+    # is gone: end-session answers before that)
     admin = await asyncio.to_thread(jupyterhub.token_for, "root")
-    _, listing = await acall(jupyterhub, "GET", "api/v1/admin/sessions", admin)
-    assert sid not in [s["session_id"] for s in listing["sessions"]]
+
+    async def ended() -> bool:
+        _, listing = await acall(jupyterhub, "GET", "api/v1/admin/sessions", admin)
+        return sid not in [s["session_id"] for s in listing["sessions"]]
+
+    await async_wait_for(ended, "the session the client ended to leave the admin list")
 
     narrow = await asyncio.to_thread(jupyterhub.token_for, "bob", ["read:users:name!user=bob"])
 
