@@ -7,6 +7,7 @@ share.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -154,6 +155,34 @@ async def test_sigint_interrupts_a_busy_worker_and_ends_an_idle_one(worker):
     assert reply.header["status"] == "interrupted"
     assert_alive(socks, signer)
     os.kill(spawner.pid, signal.SIGINT)
+    assert await spawner._wait_exit(5) == 0
+
+
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far (each one a
+    thread that went back to sleep after waking); /proc/PID/status counts only the
+    main thread, so each task's is read."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def test_an_idle_worker_sleeps_until_a_message_or_a_signal(worker):
+    """A thousand idle sessions must cost the machine nothing: between commands the
+    worker's threads sleep in polls with no timeout. Counted, not timed: over a second
+    a worker that polled every 100 ms on two threads would wake 20 times."""
+    spawner, socks, signer, _ = worker
+    assert_alive(socks, signer)
+    await asyncio.sleep(0.2)  # the reply's own wake-ups settle
+    before = _wakeups(spawner.pid)
+    await asyncio.sleep(1.0)
+    assert _wakeups(spawner.pid) - before <= 2
+    assert_alive(socks, signer)  # and a message still wakes it
+    os.kill(spawner.pid, signal.SIGINT)  # as does a signal, which ends an idle worker
     assert await spawner._wait_exit(5) == 0
 
 
