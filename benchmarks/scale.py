@@ -11,7 +11,8 @@ reports:
   from the live ones, and ping p50(N) / ping p50(1) (the first size's, whatever it is);
 * the hub's RSS, threads and open file descriptors, and its CPU over ``--idle-seconds``
   (30) with nothing asked of it, in % of one core (its own ``cpu_times``, not its
-  children's).
+  children's), and the idle workers' CPU over the same seconds, all together (what N
+  idle sessions cost the machine; the fork server's spares are not workers).
 
 At the end every session is ended one after another (end p50/p90), and after a grace of
 up to ``--settle`` seconds for the workers to exit it counts what is left: worker
@@ -42,6 +43,8 @@ import aiohttp
 import orjson
 import psutil
 from common import Hub, emit, local_hub, machine, parser, percentiles, summary
+
+from phoebe_kernel_worker.spares import SPARE_NAME
 
 PING = orjson.dumps({"command": "ping"})
 
@@ -160,19 +163,22 @@ class Run:
                 failed += 1
         return times, failed
 
-    async def idle_cpu(self, seconds: float) -> float | None:
-        """The hub's own CPU (user + system, children excluded) over ``seconds`` of no
-        requests, in % of one core."""
+    async def idle_cpu(self, seconds: float) -> tuple[float | None, float | None]:
+        """The hub's own CPU (user + system, children excluded) and its idle workers'
+        together, over ``seconds`` of no requests, in % of one core."""
         if self.proc is None:
-            return None
+            return None, None
+        workers = self.workers()
         try:
             before, t0 = self.proc.cpu_times(), time.monotonic()
+            workers_before = _cpu_of(workers)
             await asyncio.sleep(seconds)
             after, wall = self.proc.cpu_times(), time.monotonic() - t0
         except psutil.Error:  # the hub is gone
-            return None
+            return None, None
         used = (after.user - before.user) + (after.system - before.system)
-        return round(100 * used / wall, 2)
+        workers_used = _cpu_of(workers, workers_before)
+        return round(100 * used / wall, 2), round(100 * workers_used / wall, 2)
 
     def hub_stats(self) -> dict[str, Any]:
         """The hub's RSS (MiB), threads and open file descriptors, and its worker count."""
@@ -191,7 +197,9 @@ class Run:
         return stats
 
     def workers(self) -> list[psutil.Process]:
-        """The hub's worker processes: its descendants but the fork server's template."""
+        """The hub's worker processes: its descendants but the fork server's template and
+        its spares (children named ``phoebe-spare`` that wait for a session: the fork
+        server's, kept while the hub runs, so not leftovers)."""
         if self.proc is None:
             return []
         out = []
@@ -203,7 +211,8 @@ class Run:
             try:
                 cmd = " ".join(p.cmdline())
                 template = "phoebe_kernel_worker.forkserver" in cmd and p.ppid() == self.proc.pid
-                if "phoebe_kernel_worker" in cmd and not template:
+                spare = p.name() == SPARE_NAME
+                if "phoebe_kernel_worker" in cmd and not template and not spare:
                     out.append(p)
             except psutil.Error:
                 continue
@@ -236,7 +245,7 @@ class Run:
         """The measurements at ``n`` live sessions; returns this ping p50 (ms)."""
         stats = self.hub_stats()
         self.worker_ports |= self.listening_ports({p.pid for p in self.workers()})
-        cpu = await self.idle_cpu(self.args.idle_seconds)
+        cpu, workers_cpu = await self.idle_cpu(self.args.idle_seconds)
         ping_times, ping_failed = await self.pings(self.args.pings)
         seq = await self.sequential_starts(self.args.sequential) if not self.failure else []
         ping = percentiles(ping_times)
@@ -252,6 +261,7 @@ class Run:
             ping_failed=ping_failed,
             ping_p50_over_n1=ratio,
             idle_cpu_percent=cpu,
+            workers_idle_cpu_percent=workers_cpu,
             idle_seconds=self.args.idle_seconds,
             load=[round(x, 2) for x in os.getloadavg()],
             **stats,
@@ -310,6 +320,19 @@ class Run:
         return left
 
 
+def _cpu_of(procs: list[psutil.Process], before: dict[int, float] | None = None) -> Any:
+    """Without ``before``: each process's CPU seconds (user + system) by pid. With it: the
+    seconds all of them used since (a process gone meanwhile counts as none)."""
+    now: dict[int, float] = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            now[p.pid] = t.user + t.system
+    if before is None:
+        return now
+    return sum(now[pid] - before[pid] for pid in now if pid in before)
+
+
 def cgroup_leftovers(data_dir: str) -> int | None:
     """Session groups (``s-*``) left in the hub's cgroup trees (cpu and memory), or None
     when this machine has neither hierarchy. The trees sit under this process's own
@@ -327,11 +350,16 @@ def cgroup_leftovers(data_dir: str) -> int | None:
     return count
 
 
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def summary_lines(run: Run, end: dict[str, Any]) -> list[str]:
     """The summary table: one line per N, then the end, the leftovers and any failure."""
     lines = [
         f"{'N':>6} {'live':>5} {'start p50/p90 (grow)':>21} {'start p50/p90 (seq)':>20} "
-        f"{'ping p50/p99':>15} {'ratio':>6} {'RSS MiB':>8} {'thr':>4} {'fds':>6} {'idle CPU%':>9}"
+        f"{'ping p50/p99':>15} {'ratio':>6} {'RSS MiB':>8} {'thr':>4} {'fds':>6} {'idle CPU%':>9} "
+        f"{'workers CPU%':>12}"
     ]
 
     def pair(st: dict[str, Any]) -> str:
@@ -345,7 +373,8 @@ def summary_lines(run: Run, end: dict[str, Any]) -> list[str]:
             f"{pair(row['start_sequential']):>20} {pings:>15} "
             f"{row['ping_p50_over_n1'] or 0:>6.2f} {row.get('rss_mib', 0):>8.1f} "
             f"{row.get('threads', 0):>4} {row.get('fds', 0):>6} "
-            f"{row['idle_cpu_percent'] if row['idle_cpu_percent'] is not None else '-':>9}"
+            f"{row['idle_cpu_percent'] if row['idle_cpu_percent'] is not None else '-':>9} "
+            f"{_or_dash(row.get('workers_idle_cpu_percent')):>12}"
         )
     if run.rows:
         last = run.rows[-1]
@@ -430,8 +459,11 @@ async def main() -> None:
             lines = await scale(hub, args.hub_pid, args.data_dir, args)
     else:
         max_sessions = args.max_sessions or largest + 50
-        emit("scale", "config", spawner=args.spawner, max_sessions=max_sessions, extra=args.hub_arg)
-        with local_hub(spawner=args.spawner, max_sessions=max_sessions, extra=args.hub_arg) as (
+        extra = list(args.hub_arg)
+        if os.geteuid() == 0 and args.spawner.startswith("local"):  # a uid per worker
+            extra += ["--LocalProcessSpawner.worker_uids", "64000", str(64000 + max_sessions)]
+        emit("scale", "config", spawner=args.spawner, max_sessions=max_sessions, extra=extra)
+        with local_hub(spawner=args.spawner, max_sessions=max_sessions, extra=extra) as (
             url,
             pid,
         ):

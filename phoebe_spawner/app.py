@@ -455,8 +455,9 @@ class PhoebeSpawnerApp(Application):
                 debug=self.debug,
                 per_user_limits=self.authenticator.mode != "none",
             )
-            self.manager.port_range = list(spawner_class(parent=self.manager).port_range)
-            self.manager.fit_capacity(self.max_connections, check_capacity)  # or refuse
+            configured = spawner_class(parent=self.manager)  # its ports, its workers
+            self.manager.port_range = list(configured.port_range)
+            self.manager.fit_capacity(self.max_connections, check_capacity, configured.max_workers)
         except BaseException:  # refusing to start leaves nothing open
             for sock in socks:
                 sock.close()
@@ -564,8 +565,7 @@ class PhoebeSpawnerApp(Application):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            # set our own handlers: a service started from a non-interactive shell
-            # inherits an ignored SIGINT
+            # our own handlers: a service started by a non-interactive shell has SIGINT ignored
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         self.log.info("shutting down")

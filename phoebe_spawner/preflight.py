@@ -286,7 +286,14 @@ def check_capacity(plan: CapacityPlan) -> None:
     if plan.fits:
         return
     allowed = plan.allowed or 0
-    if plan.sessions_by_sockets(plan.socket_limit) <= allowed:  # ZMQ's own limit
+    if plan.sessions_by_workers is not None and plan.sessions_by_workers <= allowed:
+        why = (
+            f"{plan.max_sessions + plan.pool} workers but the spawner runs at most "
+            f"{plan.workers} (a root hub's local workers each hold a uid of "
+            "LocalProcessSpawner.worker_uids)"
+        )
+        fix = f"widen that range or lower --max-sessions to {allowed}"
+    elif plan.sessions_by_sockets(plan.socket_limit) <= allowed:  # ZMQ's own limit
         why = (
             f"{plan.max_sockets} ZMQ sockets ({plan.sockets_per_session} a session) but ZMQ "
             f"allows {plan.socket_limit}"

@@ -104,9 +104,12 @@ class HubCapacity:
 
     # --- start-up -----------------------------------------------------------------------
 
-    def plan(self, max_sessions: int, pool: int, connections: int) -> CapacityPlan:
+    def plan(
+        self, max_sessions: int, pool: int, connections: int, workers: int | None = None
+    ) -> CapacityPlan:
         """What ``max_sessions`` (and a warm pool of ``pool``) needs from this process's
-        hard limits and ZMQ's, with up to ``connections`` HTTP connections (0: uncapped)."""
+        hard limits and ZMQ's, with up to ``connections`` HTTP connections (0: uncapped),
+        on a backend that runs at most ``workers`` workers (None: no limit of its own)."""
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         return CapacityPlan(
             max_sessions=max_sessions,
@@ -116,6 +119,7 @@ class HubCapacity:
             connections=connections,
             hard_nofile=None if hard == resource.RLIM_INFINITY else hard,
             socket_limit=int(self.ctx.get(zmq.SOCKET_LIMIT)),
+            workers=workers,
         )
 
     def fit(
@@ -124,12 +128,13 @@ class HubCapacity:
         pool: int,
         connections: int,
         check: Callable[[CapacityPlan], None],
+        workers: int | None = None,
     ) -> None:
         """:meth:`plan`, ``check`` it (the app's refusal to start when the hard limits
         cannot hold it), then raise the soft open-files limit and the context's
         ``MAX_SOCKETS`` to fit (before the context made its first socket and before the
         fork server starts) and note what they then allow."""
-        plan = self.plan(max_sessions, pool, connections)
+        plan = self.plan(max_sessions, pool, connections, workers)
         check(plan)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = max(plan.nofile, GENEROUS_NOFILE)
@@ -145,7 +150,9 @@ class HubCapacity:
         self.ctx.set(zmq.MAX_SOCKETS, max_sockets)
         by_fds = plan.sessions_by_fds(None if soft == resource.RLIM_INFINITY else soft)
         by_sockets = plan.sessions_by_sockets(max_sockets)
-        self.allows = by_sockets if by_fds is None else min(by_fds, by_sockets)
+        self.allows = min(
+            n for n in (by_sockets, by_fds, plan.sessions_by_workers) if n is not None
+        )
         self.log.debug(
             "capacity: open files %s, ZMQ sockets %d: room for %d sessions",
             soft,

@@ -235,9 +235,15 @@ class SessionManager(LoggingConfigurable):
 
     # --- lifecycle of the manager --------------------------------------------------------
 
-    def fit_capacity(self, connections: int, check: Callable[[CapacityPlan], None]) -> None:
-        """:meth:`.capacity.HubCapacity.fit`; the app calls it before :meth:`start_backend`."""
-        self.os_capacity.fit(self.max_sessions, self.warm_pool_size, connections, check)
+    def fit_capacity(
+        self,
+        connections: int,
+        check: Callable[[CapacityPlan], None],
+        workers: int | None = None,
+    ) -> None:
+        """:meth:`.capacity.HubCapacity.fit`, for a backend that runs at most ``workers``
+        (the spawner's ``max_workers``); the app calls it before :meth:`start_backend`."""
+        self.os_capacity.fit(self.max_sessions, self.warm_pool_size, connections, check, workers)
 
     async def start_backend(self) -> None:
         """Start the spawner class's shared resource (e.g. the fork server) and stop the

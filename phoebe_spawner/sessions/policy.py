@@ -107,8 +107,10 @@ class CapacityPlan:
     the hub; every HTTP connection (``connections``: ``max_connections``, 0 when uncapped)
     one more file, and the hub :data:`HUB_FDS` for itself. ``hard_nofile`` is the
     process's hard open-files limit (None: unlimited), ``socket_limit`` the most sockets
-    a ZMQ context takes. Built by :meth:`.capacity.HubCapacity.plan`; the app refuses to
-    start when :attr:`fits` is False (:func:`phoebe_spawner.preflight.check_capacity`).
+    a ZMQ context takes, ``workers`` the most workers the backend runs at once (a root
+    hub's worker uids; None: no limit of its own). Built by
+    :meth:`.capacity.HubCapacity.plan`; the app refuses to start when :attr:`fits` is
+    False (:func:`phoebe_spawner.preflight.check_capacity`).
     """
 
     max_sessions: int
@@ -118,6 +120,7 @@ class CapacityPlan:
     connections: int
     hard_nofile: int | None
     socket_limit: int
+    workers: int | None = None
 
     @property
     def nofile(self) -> int:
@@ -142,11 +145,20 @@ class CapacityPlan:
         return max(0, (max_sockets - SPARE_SOCKETS) // self.sockets_per_session - self.pool)
 
     @property
+    def sessions_by_workers(self) -> int | None:
+        """Sessions the backend's workers hold (warm-pool workers hold some; None: no
+        limit)."""
+        return None if self.workers is None else max(0, self.workers - self.pool)
+
+    @property
     def allowed(self) -> int | None:
-        """The most sessions the hard limits allow (None: no limit of theirs)."""
-        by_sockets = self.sessions_by_sockets(self.socket_limit)
-        by_fds = self.sessions_by_fds(self.hard_nofile)
-        return by_sockets if by_fds is None else min(by_fds, by_sockets)
+        """The most sessions the hard limits and the backend allow (None: no limit)."""
+        limits = (
+            self.sessions_by_sockets(self.socket_limit),
+            self.sessions_by_fds(self.hard_nofile),
+            self.sessions_by_workers,
+        )
+        return min(n for n in limits if n is not None)
 
     @property
     def fits(self) -> bool:

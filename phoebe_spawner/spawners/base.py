@@ -342,6 +342,14 @@ class Spawner(LoggingConfigurable):
         maxlen=2,
     ).tag(config=True)
 
+    @property
+    def max_workers(self) -> int | None:
+        """Workers this backend, as configured, can run at once on this hub (None: no
+        limit of its own; ports are counted apart, from :attr:`port_range`). The app asks
+        a spawner built from the configuration, and the capacity arithmetic refuses a
+        ``max_sessions`` beyond it at start-up (:mod:`phoebe_spawner.sessions.capacity`)."""
+        return None
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._progress: list[dict[str, Any]] = []

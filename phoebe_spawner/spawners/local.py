@@ -204,6 +204,13 @@ class LocalProcessSpawner(Spawner):
         if os.geteuid() == 0 and self.uid is None:
             await asyncio.to_thread(self._take_uid)
 
+    @property
+    def max_workers(self) -> int | None:
+        """A root hub's workers each hold one of :attr:`worker_uids`: no more run at once."""
+        if os.geteuid() != 0 or len(self.worker_uids) != 2:
+            return None
+        return max(0, self.worker_uids[1] - self.worker_uids[0])
+
     def _uid_pool(self) -> wall.UidPool:
         low, high = self.worker_uids
         return wall.UidPool(low, high)

@@ -200,6 +200,32 @@ def test_a_max_sessions_the_open_files_limit_cannot_hold_is_refused_with_the_num
         assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="worker uids bound capacity only for a root hub")
+def test_a_max_sessions_beyond_the_worker_uids_is_refused_with_the_number(tmp_path):
+    """A root hub runs each worker as its own uid: asked for more sessions than its
+    ``worker_uids`` range holds it refuses in one line instead of answering the 1001st
+    start 429; with the range widened the same max_sessions starts."""
+    (tmp_path / "config.py").write_text(TEST_WORKERS)
+    argv = ["--config=config.py", "--spawner=local-forkserver", "--max-sessions=1100"]
+    argv += [f"--data-dir={tmp_path / 'data'}"]
+    message = refusal(run([*argv, "--port=0"], tmp_path))
+    assert "max_sessions 1100 needs 1100 workers but the spawner runs at most 1000" in message
+    assert "LocalProcessSpawner.worker_uids" in message
+    assert (
+        "this machine allows 1000 sessions; widen that range or lower --max-sessions to 1000"
+        in message
+    )
+
+    port = free_port()
+    wide = ["--LocalProcessSpawner.worker_uids", "64000", "65100"]
+    proc = subprocess.Popen([*EXE, *argv, *wide, f"--port={port}"], cwd=tmp_path)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 def test_a_database_url_that_does_not_parse_is_named(tmp_path):
     result = run(["--db=nonsense", "--port=0", f"--data-dir={tmp_path / 'data'}"], tmp_path)
     message = refusal(result)

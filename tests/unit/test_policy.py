@@ -117,6 +117,15 @@ def test_a_plan_fits_when_the_hard_limits_hold_max_sessions():
     assert not plan(max_sessions=254, hard_nofile=4096, pool=1).fits
 
 
+def test_the_backends_workers_bound_the_sessions_with_the_pool():
+    assert plan(hard_nofile=None, workers=1000).allowed == 1000
+    assert not plan(hard_nofile=None, workers=1000).fits  # 1,100 asked
+    assert plan(hard_nofile=None, workers=1000, pool=4).sessions_by_workers == 996
+    assert plan(max_sessions=1000, hard_nofile=None, workers=1000).fits
+    assert plan(workers=None).allowed == (20000 - HUB_FDS - 2000) // 8  # no limit of its own
+    assert plan(workers=5000).allowed == (20000 - HUB_FDS - 2000) // 8  # files bind first
+
+
 @dataclass
 class Facts:
     """A session as the cull policy reads it."""
