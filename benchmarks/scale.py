@@ -461,7 +461,7 @@ async def main() -> None:
         max_sessions = args.max_sessions or largest + 50
         extra = list(args.hub_arg)
         if os.geteuid() == 0 and args.spawner.startswith("local"):  # a uid per worker
-            extra += ["--LocalProcessSpawner.worker_uids", "64000", str(64000 + max_sessions)]
+            extra += [f"--LocalProcessSpawner.worker_uids=[64000,{64000 + max_sessions}]"]
         emit("scale", "config", spawner=args.spawner, max_sessions=max_sessions, extra=extra)
         with local_hub(spawner=args.spawner, max_sessions=max_sessions, extra=extra) as (
             url,

@@ -99,7 +99,9 @@ def known_classes(
 
 class CheckedArgLoader(KVArgParseConfigLoader):
     """The command-line loader of traitlets, which warns about ``--Class.trait`` names it
-    does not know, with ``check(config)`` run on its result before anything applies it."""
+    does not know and keeps words that follow no option as ``extra_args``, with both
+    refused: ``check(config)`` runs on its result before anything applies it, and no
+    command takes a positional argument (``--X.uids 1 2`` sets 1 and leaves 2 behind)."""
 
     def __init__(self, *args: Any, check: Callable[[Config], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,6 +109,12 @@ class CheckedArgLoader(KVArgParseConfigLoader):
 
     def load_config(self, *args: Any, **kwargs: Any) -> Config:
         config = super().load_config(*args, **kwargs)
+        if self.extra_args:
+            raise ConfigProblem(
+                f"unexpected argument {self.extra_args[0]!r} on the command line (a list "
+                "option takes one value a flag: --Class.trait=1 --Class.trait=2, or "
+                "--Class.trait=[1,2])"
+            )
         self._check(config)
         return config
 

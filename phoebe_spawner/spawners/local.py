@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 
 from phoebe_kernel_worker.protocol import ConnectionInfo, endpoints_from_json
 from phoebe_kernel_worker.protocol.exits import EXIT_NO_FREE_PORT
@@ -73,6 +73,16 @@ class LocalProcessSpawner(Spawner):
         way to it is bridged in a private mount namespace). Ignored when the hub is not
         root: workers then run as the hub's user, walled in by Landlock.""",
     ).tag(config=True)
+
+    @validate("worker_uids")
+    def _check_uid_range(self, proposal: Any) -> list[int]:
+        uids = list(proposal["value"])
+        if uids and (len(uids) != 2 or not 0 < uids[0] < uids[1]):
+            raise TraitError(
+                f"LocalProcessSpawner.worker_uids must be [low, high) with 0 < low < high "
+                f"(or empty), not {uids}"
+            )
+        return uids
 
     landlock = Enum(
         ["auto", "required", "off"],

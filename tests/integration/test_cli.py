@@ -387,6 +387,16 @@ def test_config_file_mistakes_stop_the_hub_with_one_line(tmp_path, text, line):
             "The 'max_sessions_per_user' trait of a SessionManager instance expected an "
             "int, not the str 'four'.",
         ),
+        (  # a list option's second value, without its flag, would be dropped
+            ["--LocalProcessSpawner.worker_uids", "64000", "65050", "--port=0"],
+            "unexpected argument '65050' on the command line (a list option takes one value "
+            "a flag: --Class.trait=1 --Class.trait=2, or --Class.trait=[1,2])",
+        ),
+        (
+            ["--LocalProcessSpawner.worker_uids=[65000,64000]", "--port=0"],
+            "LocalProcessSpawner.worker_uids must be [low, high) with 0 < low < high "
+            "(or empty), not [65000, 64000]",
+        ),
         (
             ["upgrade-db", "--PhoebeSpawnerApp.dat_dir=elsewhere"],
             "command line: unknown setting --PhoebeSpawnerApp.dat_dir; "

@@ -217,7 +217,7 @@ def test_a_max_sessions_beyond_the_worker_uids_is_refused_with_the_number(tmp_pa
     )
 
     port = free_port()
-    wide = ["--LocalProcessSpawner.worker_uids", "64000", "65100"]
+    wide = ["--LocalProcessSpawner.worker_uids=[64000,65100]"]
     proc = subprocess.Popen([*EXE, *argv, *wide, f"--port={port}"], cwd=tmp_path)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
