@@ -34,10 +34,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-import psutil
 import zmq
 
 from . import progress, protocol
+from .memory import process_tree_memory_mib
 from .progress import LineTee
 from .protocol import ConnectionInfo, Message, ProtocolError, Signer
 from .protocol.exits import out_of_memory
@@ -54,7 +54,6 @@ log = logging.getLogger("phoebe_kernel_worker")
 SUBSCRIPTION_CHECK = 0.05
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_LOGGED_REJECTIONS = 20
-MIB = 1024 * 1024
 
 
 class NoFreePort(Exception):
@@ -541,36 +540,3 @@ def _memory_message() -> str:
         out_of_memory(None if limit == resource.RLIM_INFINITY else limit)
         + ": the command needed more memory than this worker may use; the session goes on"
     )
-
-
-def process_tree_memory_mib(pid: int | None = None) -> dict[str, float]:
-    """Memory of a process and its descendants in MiB, three ways (the hub's status poll).
-
-    ``uss``: private memory, what ending the tree would give back; a session forked from
-    a fork-server template holds only the pages it changed (a few MiB when idle). ``pss``:
-    private memory plus an even share of each page shared with other processes (the
-    template's, libraries'): summed over every worker it is the machine's total. ``rss``:
-    every page mapped, shared ones counted in full, in each worker that maps them.
-    Where the kernel gives no USS/PSS (not Linux, or ``/proc`` unreadable) both fall
-    back to what it gives (RSS at worst).
-    """
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return {"uss": 0.0, "pss": 0.0, "rss": 0.0}
-    uss = pss = rss = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-        except psutil.AccessDenied:
-            try:
-                info = p.memory_info()
-            except psutil.Error:
-                continue
-        except psutil.Error:  # gone since it was listed
-            continue
-        rss += info.rss
-        uss += getattr(info, "uss", info.rss)
-        pss += getattr(info, "pss", getattr(info, "uss", info.rss))
-    return {"uss": uss / MIB, "pss": pss / MIB, "rss": rss / MIB}
