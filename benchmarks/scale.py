@@ -14,8 +14,9 @@ reports:
   children's), and the idle workers' CPU over the same seconds, all together (what N
   idle sessions cost the machine; the fork server's spares are not workers).
 
-At the end every session is ended one after another (end p50/p90), and after a grace of
-up to ``--settle`` seconds for the workers to exit it counts what is left: worker
+At the end every session is ended one after another (end p50/p90; the answer comes
+before the worker has exited), then it counts what is left, again every 0.2 s until
+nothing is or ``--settle`` seconds passed (and says how long that took): worker
 processes, session and runtime directories, cgroup groups of sessions under the hub's
 trees (cpu, memory), and listening ports the workers had. A start that fails (the
 status and body of the first failure are reported) ends the growth: the run measures
@@ -294,10 +295,22 @@ class Run:
         )
 
     async def leftovers(self, ports: set[int]) -> dict[str, Any]:
-        """What the ended sessions left, after up to ``--settle`` s for workers to exit."""
-        deadline = time.monotonic() + self.args.settle
-        while self.workers() and time.monotonic() < deadline:
+        """What the ended sessions left: counted until nothing is, for at most ``--settle``
+        seconds (end-session answers before the worker has exited, and the directories
+        and cgroups go after it); ``settled_s`` is how long that took."""
+        t0 = time.monotonic()
+        while True:
+            left = self.count_left(ports)
+            counted = [v for k, v in left.items() if k != "worker_ports_checked" and v]
+            if not any(counted) or time.monotonic() - t0 > self.args.settle:
+                break
             await asyncio.sleep(0.2)
+        left["settled_s"] = round(time.monotonic() - t0, 1)
+        return left
+
+    def count_left(self, ports: set[int]) -> dict[str, Any]:
+        """Worker processes, session and runtime directories, session cgroups and listening
+        worker ports there are now."""
         left: dict[str, Any] = {"worker_processes": len(self.workers()) if self.proc else None}
         if self.data_dir:
             data = Path(self.data_dir)
@@ -395,11 +408,13 @@ def summary_lines(run: Run, end: dict[str, Any]) -> list[str]:
         f"p90 {st.get('p90_ms', '-')} ms, failed {end['end_failed']}"
     )
     left = end["leftovers"]
-    total = sum(v for k, v in left.items() if isinstance(v, int) and k != "worker_ports_checked")
+    uncounted = ("worker_ports_checked", "settled_s")
+    total = sum(v for k, v in left.items() if isinstance(v, int) and k not in uncounted)
     lines.append(
         f"leftovers (target 0): {total} - "
-        + ", ".join(f"{k} {v}" for k, v in left.items() if k != "worker_ports_checked")
-        + f" (of {left['worker_ports_checked']} worker ports seen)"
+        + ", ".join(f"{k} {v}" for k, v in left.items() if k not in uncounted)
+        + f" (of {left['worker_ports_checked']} worker ports seen), after "
+        + f"{left['settled_s']} s"
     )
     if run.failure:
         f = run.failure

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import os
 import shutil
 import signal
@@ -226,14 +225,17 @@ class LocalProcessSpawner(Spawner):
         return wall.UidPool(low, high)
 
     def _release_uid(self) -> None:
-        """Give the worker's uid back (in a thread when a loop runs: it scans the
-        process table for what still runs as that uid)."""
+        """Give the worker's uid back: on the pool's release thread when a loop runs (it
+        scans the process table for what still runs as that uid, one scan for every
+        uid ended meanwhile), else here and now (shutdown, tests)."""
         if self.uid is not None and len(self.worker_uids) == 2:
-            release = functools.partial(self._uid_pool().release, self.uid)
+            pool = self._uid_pool()
             try:
-                asyncio.get_running_loop().run_in_executor(None, release)
-            except RuntimeError:  # no loop (shutdown, tests): here and now
-                release()
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pool.release(self.uid)
+            else:
+                pool.release_later(self.uid)
         self.uid = None
 
     # --- start ----------------------------------------------------------------------

@@ -5,7 +5,8 @@
   ``/proc/<pid>/environ`` or ``mem``, or ptrace it), creates everything with umask 077,
   and tightens an existing data directory (0700), database and secret file (0600).
 * :class:`UidPool`: the dedicated uids workers run as when the hub runs as root, one
-  per live worker, never shared, their left-over processes killed on release.
+  per live worker, never shared, their left-over processes killed on release (in
+  batches, on one thread: :data:`RELEASES`).
 * :func:`read_paths`: what a worker may read (system and Python paths), never the data
   directory; the policy itself is built by
   :meth:`~phoebe_spawner.spawners.local.LocalProcessSpawner.wall_policy` and enforced by
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -94,28 +96,44 @@ class UidPool:
     ``flock`` on its file in :data:`UID_LOCK_DIR`: the kernel keeps two hubs (or two
     hubs in one process) from holding the same uid, and drops the lock when a hub dies.
     Shared by all spawners of the process (class-level registry per range).
+
+    Giving a uid back kills what still runs as it (a worker's escaped grandchild), which
+    takes a scan of the process table: ~30 µs a process, so with a thousand workers a
+    scan per ended session made ending sessions back to back slow (and, in a thread,
+    held the GIL from the hub's loop). :meth:`release_later` queues the uid for
+    :data:`RELEASES`, one thread on which one scan serves every uid queued meanwhile;
+    the uid stays held (never handed out) until its scan is done.
     """
 
     _held: dict[tuple[int, int], dict[int, int]] = {}  # range -> {uid: lock fd}
+    _queued: dict[tuple[int, int], set[int]] = {}  # range -> uids waiting for a release scan
     _mutex = threading.Lock()  # allocations run in threads (they scan the process table)
+    _releasing = threading.Lock()  # one release scan at a time
 
     def __init__(self, low: int, high: int, lock_dir: str = UID_LOCK_DIR) -> None:
         self.range = (low, high)
         self.lock_dir = lock_dir
         with self._mutex:
             self.held = self._held.setdefault(self.range, {})
+            self.queued = self._queued.setdefault(self.range, set())
 
     def allocate(self) -> int:
-        """A free uid, now held by the caller; raises LookupError when none is left."""
-        running = running_uids()
-        with self._mutex:
-            for uid in range(*self.range):
-                if uid in self.held or uid in running:
-                    continue
-                fd = self._lock(uid)
-                if fd is not None:
-                    self.held[uid] = fd
-                    return uid
+        """A free uid, now held by the caller; raises LookupError when none is left
+        (after giving back the uids queued for release, if any are). Blocking."""
+        for attempt in range(2):
+            running = running_uids()
+            with self._mutex:
+                for uid in range(*self.range):
+                    if uid in self.held or uid in running:
+                        continue
+                    fd = self._lock(uid)
+                    if fd is not None:
+                        self.held[uid] = fd
+                        return uid
+                waiting = bool(self.queued)
+            if not waiting or attempt:
+                break
+            self.release_queued()  # ended sessions' uids, still held until their scan
         raise LookupError(f"all {self.range[1] - self.range[0]} worker uids are in use")
 
     def claim(self, uid: int) -> bool:
@@ -131,19 +149,43 @@ class UidPool:
 
     def release(self, uid: int) -> None:
         """Kill whatever still runs as ``uid`` (a worker's escaped grandchild), free it.
+        Blocking (a scan of the process table); only a uid this hub holds is touched:
+        another hub's worker never is."""
+        with self._mutex:
+            if uid not in self.held:
+                return
+            self.queued.add(uid)
+        self.release_queued()
 
-        Only a uid this hub holds is touched: another hub's worker never is."""
+    def release_later(self, uid: int) -> None:
+        """:meth:`release` on the :data:`RELEASES` thread, sharing its scan with every
+        uid queued before it starts; returns at once."""
         with self._mutex:
-            fd = self.held.get(uid)
-        if fd is None:
-            return
-        for proc in psutil.process_iter(["uids"]):
-            with contextlib.suppress(psutil.Error, TypeError):
-                if proc.info["uids"] and proc.info["uids"].real == uid:
-                    os.kill(proc.pid, signal.SIGKILL)
-        with self._mutex:
-            self.held.pop(uid, None)
-        os.close(fd)  # drops the lock
+            if uid not in self.held:
+                return
+            self.queued.add(uid)
+        RELEASES.submit(self.release_queued)
+
+    def release_queued(self) -> None:
+        """Give back every queued uid with one scan of the process table: kill what runs
+        as them, then unlock them. Blocking; called on the release thread (and by
+        :meth:`allocate` when only queued uids are left)."""
+        with self._releasing:
+            with self._mutex:
+                batch = set(self.queued)
+            if not batch:
+                return  # an earlier call's scan took them
+            for pid, uids in scan_processes().items():
+                if uids[0] in batch:  # the real uid
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            _killed_all_of(batch)
+            with self._mutex:
+                for uid in batch:
+                    self.queued.discard(uid)
+                    fd = self.held.pop(uid, None)
+                    if fd is not None:
+                        os.close(fd)  # drops the lock
 
     def _lock(self, uid: int) -> int | None:
         """An exclusive lock on ``uid``'s file (its descriptor), or None if held."""
@@ -157,10 +199,37 @@ class UidPool:
         return fd
 
 
+#: the thread uid releases run on (one at a time; its thread is joined at exit, so a
+#: hub that ends its sessions and exits still kills what they left)
+RELEASES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phoebe-uid-release")
+
 #: how long a scan of the process table answers "which uids run" for allocations
 UID_SCAN_TTL = 1.0
 _scan_lock = threading.Lock()
 _last_scan: tuple[float, frozenset[int]] = (-UID_SCAN_TTL, frozenset())
+
+
+def scan_processes() -> dict[int, tuple[int, ...]]:
+    """Every process of the machine and its uids (real, effective, saved). A fresh scan
+    (~30 µs a process) also serves :func:`running_uids` for its TTL."""
+    global _last_scan
+    found: dict[int, tuple[int, ...]] = {}
+    for proc in psutil.process_iter(["uids"]):
+        with contextlib.suppress(TypeError):
+            if proc.info["uids"]:
+                found[proc.pid] = tuple(proc.info["uids"])
+    with _scan_lock:
+        _last_scan = (time.monotonic(), frozenset(u for uids in found.values() for u in uids))
+    return found
+
+
+def _killed_all_of(uids: set[int]) -> None:
+    """``uids`` no longer run (what ran as them was just sent SIGKILL, which nothing can
+    survive): the cached scan stops saying they do, so they can be handed out now."""
+    global _last_scan
+    with _scan_lock:
+        taken, running = _last_scan
+        _last_scan = (taken, running - uids)
 
 
 def running_uids(max_age: float = UID_SCAN_TTL) -> frozenset[int]:
@@ -173,18 +242,13 @@ def running_uids(max_age: float = UID_SCAN_TTL) -> frozenset[int]:
     :meth:`UidPool.allocate` checks live); :meth:`UidPool.release` kills what still runs
     as a uid before it unlocks it.
     """
-    global _last_scan
     with _scan_lock:
         taken, uids = _last_scan
-        if time.monotonic() - taken > max_age:
-            found: set[int] = set()
-            for proc in psutil.process_iter(["uids"]):
-                with contextlib.suppress(TypeError):
-                    if proc.info["uids"]:
-                        found.update(proc.info["uids"])
-            uids = frozenset(found)
-            _last_scan = (time.monotonic(), uids)
-        return uids
+    if time.monotonic() - taken > max_age:
+        scan_processes()
+        with _scan_lock:
+            uids = _last_scan[1]
+    return uids
 
 
 def read_paths(data_dir: str, extra: Iterable[str], factories: Iterable[str]) -> list[str]:

@@ -89,3 +89,51 @@ def test_one_scan_serves_the_allocations_of_its_ttl() -> None:
             assert uid in wall_module.running_uids(max_age=0)
         finally:
             child.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a process as another uid needs root")
+def test_a_release_kills_what_runs_as_the_uid_and_one_scan_serves_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a worker left running as its uid (an escaped grandchild) is killed when the
+    uid is given back; uids released while a scan waits share the next one, and stay
+    held (never handed out) until it is done."""
+    low, high = 70400, 70403
+    pool = UidPool(low, high, lock_dir=str(tmp_path))
+    left = [subprocess.Popen(["sleep", "60"], user=uid) for uid in (low, low + 1)]
+    wall_module.running_uids(max_age=0)  # the allocation below uses this scan
+    scans = []
+    real_scan = wall_module.scan_processes
+    monkeypatch.setattr(wall_module, "scan_processes", lambda: scans.append(1) or real_scan())
+    try:
+        assert pool.claim(low) and pool.claim(low + 1)  # as for re-adopted workers
+        with UidPool._releasing:  # a scan is under way: what is queued now waits for it
+            pool.release_later(low)
+            pool.release_later(low + 1)
+            assert pool.allocate() == low + 2  # the queued uids are still held
+        wall_module.RELEASES.submit(lambda: None).result()  # the queue has run
+        assert [p.wait(timeout=10) for p in left] == [-9, -9]
+        assert scans == [1]  # one scan for both
+        assert pool.allocate() == low  # given back
+    finally:
+        for p in left:
+            p.kill()
+            p.wait()
+    for uid in (low, low + 2):
+        pool.release(uid)
+
+
+def test_with_no_uid_free_an_allocation_gives_back_the_queued_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At full capacity a start must not fail on a uid whose session has ended and
+    which only waits for its release scan: the allocation runs the queue itself."""
+    low, high = 70410, 70411
+    pool = UidPool(low, high, lock_dir=str(tmp_path))
+    assert pool.allocate() == low
+    monkeypatch.setattr(wall_module.RELEASES, "submit", lambda fn: None)  # thread busy
+    pool.release_later(low)
+    assert pool.queued == {low}
+    assert pool.allocate() == low
+    assert pool.queued == set()
+    pool.release(low)
