@@ -9,6 +9,8 @@ reports:
   ``--sequential`` (20) starts one after another at N, each ended again before the next;
 * ping p50/p99 of ``--pings`` (500) sequential pings, each to a session drawn at random
   from the live ones, and ping p50(N) / ping p50(1) (the first size's, whatever it is);
+  then as many to one session (``ping_one_session``): the hub's own per-command cost at
+  N, without the cost of waking a different, cache-cold worker each time;
 * the hub's RSS, threads and open file descriptors, and its CPU over ``--idle-seconds``
   (30) with nothing asked of it, in % of one core (its own ``cpu_times``, not its
   children's), and the idle workers' CPU over the same seconds, all together (what N
@@ -150,12 +152,14 @@ class Run:
             await request(self.hub, f"/dash/end-session/{sid}")
         return times
 
-    async def pings(self, count: int) -> tuple[list[float], int]:
-        """``count`` sequential pings, each to a random live session; (times, failures)."""
+    async def pings(self, count: int, same: bool = False) -> tuple[list[float], int]:
+        """``count`` sequential pings, each to a random live session (``same``: all to one
+        of them); (times, failures)."""
         rng = random.Random(count + len(self.live))
         times, failed = [], 0
+        one = rng.choice(self.live)
         for _ in range(count):
-            sid = rng.choice(self.live)
+            sid = one if same else rng.choice(self.live)
             t0 = time.perf_counter()
             status, _ = await request(self.hub, f"/send/{sid}", PING)
             if status == 200:
@@ -248,6 +252,7 @@ class Run:
         self.worker_ports |= self.listening_ports({p.pid for p in self.workers()})
         cpu, workers_cpu = await self.idle_cpu(self.args.idle_seconds)
         ping_times, ping_failed = await self.pings(self.args.pings)
+        same_times, _ = await self.pings(self.args.pings, same=True)
         seq = await self.sequential_starts(self.args.sequential) if not self.failure else []
         ping = percentiles(ping_times)
         base = ping1 if ping1 is not None else ping.get("p50_ms")
@@ -261,6 +266,7 @@ class Run:
             ping=ping,
             ping_failed=ping_failed,
             ping_p50_over_n1=ratio,
+            ping_one_session=percentiles(same_times),
             idle_cpu_percent=cpu,
             workers_idle_cpu_percent=workers_cpu,
             idle_seconds=self.args.idle_seconds,
@@ -371,8 +377,8 @@ def summary_lines(run: Run, end: dict[str, Any]) -> list[str]:
     """The summary table: one line per N, then the end, the leftovers and any failure."""
     lines = [
         f"{'N':>6} {'live':>5} {'start p50/p90 (grow)':>21} {'start p50/p90 (seq)':>20} "
-        f"{'ping p50/p99':>15} {'ratio':>6} {'RSS MiB':>8} {'thr':>4} {'fds':>6} {'idle CPU%':>9} "
-        f"{'workers CPU%':>12}"
+        f"{'ping p50/p99':>15} {'ratio':>6} {'one p50':>8} {'RSS MiB':>8} {'thr':>4} {'fds':>6} "
+        f"{'idle CPU%':>9} {'workers CPU%':>12}"
     ]
 
     def pair(st: dict[str, Any]) -> str:
@@ -384,7 +390,9 @@ def summary_lines(run: Run, end: dict[str, Any]) -> list[str]:
         lines.append(
             f"{row['case'][2:]:>6} {row['live']:>5} {pair(row['start_growth']):>21} "
             f"{pair(row['start_sequential']):>20} {pings:>15} "
-            f"{row['ping_p50_over_n1'] or 0:>6.2f} {row.get('rss_mib', 0):>8.1f} "
+            f"{row['ping_p50_over_n1'] or 0:>6.2f} "
+            f"{(row['ping_one_session'] or {}).get('p50_ms', 0):>8.2f} "
+            f"{row.get('rss_mib', 0):>8.1f} "
             f"{row.get('threads', 0):>4} {row.get('fds', 0):>6} "
             f"{row['idle_cpu_percent'] if row['idle_cpu_percent'] is not None else '-':>9} "
             f"{_or_dash(row.get('workers_idle_cpu_percent')):>12}"
