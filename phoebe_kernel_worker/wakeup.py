@@ -23,7 +23,10 @@ class WakePipe:
         self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def wake(self) -> None:
-        """Make :attr:`read_fd` readable (safe from any thread; a full pipe is awake)."""
+        """Make :attr:`read_fd` readable (safe from any thread; a full pipe is awake, a
+        closed one is not written to: its number may be another file's by then)."""
+        if self._write_fd < 0:
+            return
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write_fd, b"\0")
 
@@ -42,6 +45,8 @@ class WakePipe:
             return None
 
     def close(self) -> None:
-        for fd in (self.read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        fds, self.read_fd, self._write_fd = (self.read_fd, self._write_fd), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
