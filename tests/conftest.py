@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ from phoebe_spawner.sessions.cpu import cpu_hierarchy, tree_name
 from .waiting import WaitTimeout, wait_for
 
 os.environ.setdefault("PHOEBE_ENABLE_ONLINE_PASSBANDS", "FALSE")
+
+# Tests press Ctrl-C (a real SIGINT to this process, as a terminal sends). A suite started
+# in the background of a non-interactive shell (CI scripts, `nohup ... &`) inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: give it the one an
+# interactive start has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TEST_FACTORY = ["--session-factory", "phoebe_kernel_worker.testing:test_session"]
 JWT_SECRET = "x" * 24 + "-test-secret-0123456789"
