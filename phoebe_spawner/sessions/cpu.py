@@ -13,11 +13,15 @@ and sets ``cpu.idle`` on a session's group while it runs one of the
 group wants the CPU, so the hub and the other sessions preempt it at once. The
 command still gets every cycle nobody else wants; nothing is throttled.
 
-Weights: against the rest of the machine the tree weighs as much as its busy processes
-did as separate ones (the processes in ``hub``, forked workers waiting for their group
-among them, + the sessions in a background command): one group for a whole class would
-otherwise get one process's share on a machine that runs anything else (measured on a
-loaded machine: starts past their 60 s timeout, where separate processes took 6 s).
+Weights: against the rest of the machine the tree weighs as much as the processes in
+its ``hub`` group did as separate ones (the hub, the fork server, forked workers waiting
+for their group): one group for a burst of starts would otherwise get one process's
+share on a machine that runs anything else (measured on a loaded machine: starts past
+their 60 s timeout, where separate processes took 6 s). Sessions in a background
+command do not count: a class computing at once yields to the rest of the machine as
+it yields to the hub (when the tree weighed forty computes, every process outside it,
+the TA's browser or ssh among them, got 1/41 of the CPU and waited seconds: see
+docs/performance.md).
 The ``hub`` group keeps the default weight: a heavier one counts as load on the CPU the
 hub last ran on, and the kernel's load balancer then moves the idle computes (whose load
 counts almost nothing) off that CPU, leaving it half used and the class unevenly served
@@ -122,8 +126,6 @@ class CpuClasses:
         #: where the hub was before (it goes back there at :meth:`close`)
         self.home = home
         self.version = version
-        #: sessions running a background command (the tree's weight follows their number)
-        self._busy: set[str] = set()
         self._tree_weight = 0
         self._lock = threading.Lock()  # place() runs in threads, the rest on the loop
 
@@ -189,17 +191,11 @@ class CpuClasses:
         self._weigh_tree()  # the workers still starting in the hub's group count
 
     def background(self, session_id: str, on: bool) -> None:
-        """Mark the session's group idle (``on``) or back to normal, and weigh the tree."""
+        """Mark the session's group idle (``on``) or back to normal."""
         try:
             (self._group(session_id) / "cpu.idle").write_text("1" if on else "0")
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
-            return
-        if on:
-            self._busy.add(session_id)
-        else:
-            self._busy.discard(session_id)
-        self._weigh_tree()
 
     def on_session_changed(self, change: SessionChanged[Any]) -> None:
         """Bus subscriber (the manager subscribes it): an ended session's group goes."""
@@ -209,18 +205,14 @@ class CpuClasses:
     def release(self, session_id: str) -> None:
         """Remove the group of an ended session (it is empty once the worker is gone)."""
         remove_group(self._group(session_id), session_id)
-        if session_id in self._busy:
-            self._busy.discard(session_id)
-            self._weigh_tree()
 
     def _weigh_tree(self) -> None:
-        """Give the tree the weight its busy processes had as separate ones (those in the
-        hub's group: the hub, the fork server, workers still starting; and each worker
-        running a background command), so that gathering them in one group does not
-        shrink their share against the rest of the machine: a class starting or computing
-        on a shared machine gets what it got without isolation. Idle workers do not
-        count (a lone compute must not take the share of forty). Called by setup, by
-        :meth:`place` (in a thread) and on the event loop."""
+        """Give the tree the weight the processes of the hub's group had as separate
+        ones (the hub, the fork server, workers still starting), so that gathering them
+        in one group does not shrink their share against the rest of the machine: a
+        class starting on a shared machine gets what it got without isolation. Workers
+        in a background command do not count (they are the machine's idle work). Called
+        by setup, by :meth:`place` (in a thread) and on the event loop."""
         with self._lock:
             try:
                 # the hub, the fork server and the workers it forked that wait for
@@ -228,7 +220,7 @@ class CpuClasses:
                 starting = len((self.root / "hub" / "cgroup.procs").read_text().split())
             except OSError:
                 starting = 2
-            weight = max(starting, 2) + len(self._busy)
+            weight = max(starting, 2)
             if weight == self._tree_weight:
                 return
             try:
