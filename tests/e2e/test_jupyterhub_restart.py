@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from ..integration.test_distributions import REPO_ROOT, fresh_env, make_venv, pip
+from ..waiting import async_wait_for
 from .conftest import require_proxy
 from .jupyterhub import JupyterHubProcess
 
@@ -95,7 +96,10 @@ async def test_a_notebook_session_survives_a_jupyterhub_restart(
         )  # fmt: skip
         before = await read_line(student, hub)
         assert len(before["fluxes"]) == 21 and max(before["fluxes"]) > min(before["fluxes"])
-        [worker] = await asyncio.to_thread(hub.workers)  # the service runs it on the hub's env
+        # the service runs it on the hub's env (a spare just forked is unnamed for a moment)
+        [worker] = await async_wait_for(
+            lambda: one if len(one := hub.workers()) == 1 else None, "the one worker"
+        )
         assert worker.cmdline()[0].startswith(str(hub_python.parent))
 
         stopped = await asyncio.to_thread(hub.restart)
