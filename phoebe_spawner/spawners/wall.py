@@ -137,9 +137,12 @@ class UidPool:
         raise LookupError(f"all {self.range[1] - self.range[0]} worker uids are in use")
 
     def claim(self, uid: int) -> bool:
-        """Hold ``uid`` for a re-adopted worker; False if another hub holds it."""
+        """Hold ``uid`` for a re-adopted worker; False if another hub holds it. A uid
+        this process queued for release (a session of an earlier hub in the same
+        process) is taken off the queue: its worker lives, so nothing may kill it."""
         with self._mutex:
             if uid in self.held:
+                self.queued.discard(uid)
                 return True
             fd = self._lock(uid)
             if fd is None:
@@ -175,7 +178,10 @@ class UidPool:
                 batch = set(self.queued)
             if not batch:
                 return  # an earlier call's scan took them
-            for pid, uids in scan_processes().items():
+            found = scan_processes()
+            with self._mutex:
+                batch &= self.queued  # a uid claimed again meanwhile is not released
+            for pid, uids in found.items():
                 if uids[0] in batch:  # the real uid
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)

@@ -137,3 +137,22 @@ def test_with_no_uid_free_an_allocation_gives_back_the_queued_ones(
     assert pool.allocate() == low
     assert pool.queued == set()
     pool.release(low)
+
+
+def test_a_claim_takes_a_uid_off_the_release_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A uid queued for release and then claimed again (a worker re-adopted by a later
+    hub of the same process) stays held: the release must not kill its worker."""
+    low, high = 70420, 70421
+    pool = UidPool(low, high, lock_dir=str(tmp_path))
+    assert pool.allocate() == low
+    monkeypatch.setattr(wall_module.RELEASES, "submit", lambda fn: None)  # thread busy
+    pool.release_later(low)
+    assert pool.claim(low)
+    assert pool.queued == set()
+    pool.release_queued()  # the release thread's turn comes: nothing to give back
+    assert low in pool.held
+    with pytest.raises(LookupError):
+        pool.allocate()
+    pool.release(low)
