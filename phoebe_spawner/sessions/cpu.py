@@ -22,10 +22,16 @@ command do not count: a class computing at once yields to the rest of the machin
 it yields to the hub (when the tree weighed forty computes, every process outside it,
 the TA's browser or ssh among them, got 1/41 of the CPU and waited seconds: see
 docs/performance.md).
-The ``hub`` group keeps the default weight: a heavier one counts as load on the CPU the
-hub last ran on, and the kernel's load balancer then moves the idle computes (whose load
-counts almost nothing) off that CPU, leaving it half used and the class unevenly served
-(measured: computes 96-129 s with 100x, see docs/performance.md).
+The ``hub`` group keeps the default weight at rest: a heavier one counts as load on the
+CPU the hub last ran on, and the kernel's load balancer then moves the idle computes
+(whose load counts almost nothing) off that CPU, leaving it half used and the class
+unevenly served (measured: computes 96-129 s with 100x, see docs/performance.md). While
+workers start, it weighs ``START_WEIGHT`` sessions for each start in flight: a starting
+worker is forked into it and stays there until it is connected, so with the default
+weight a class's burst of starts shared one session's slice with every session already
+running its first command (measured: the last of 40 ready 6.5 s after the burst, against
+0.9 s for the same starts alone). A start is short and a person waits for it; the weight
+goes back once the last start in flight is done.
 
 ``<parent>`` is the hub's own cgroup unless configured, and must be writable by the
 hub (root, or a delegated subtree such as systemd's ``Delegate=yes``). A hub that
@@ -49,6 +55,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,8 @@ log = logging.getLogger(__name__)
 WEIGHT_FILE = {1: "cpu.shares", 2: "cpu.weight"}
 #: (default, maximum) of that file
 WEIGHTS = {1: (1024, 262144), 2: (100, 10000)}
+#: how many sessions the ``hub`` group weighs for each worker start in flight
+START_WEIGHT = 16
 
 
 def cpu_hierarchy() -> tuple[Path, str, int] | None:
@@ -115,7 +124,8 @@ class CpuClasses:
     """The hub's cgroup tree: one group for the hub, one per session's worker.
 
     Built by :meth:`setup` (the session manager, at start-up); the manager calls
-    :meth:`place` when a session's worker is connected, :meth:`background` around
+    :meth:`starting` around a worker's start, :meth:`place` when a session's worker is
+    connected, :meth:`background` around
     background commands, :meth:`release` when a session ends and :meth:`close` at
     shutdown (:meth:`release` through :meth:`on_session_changed`). Every method is a few
     small writes to the cgroup file system.
@@ -127,6 +137,8 @@ class CpuClasses:
         self.home = home
         self.version = version
         self._tree_weight = 0
+        self._hub_weight = 1  # in default weights; a new ``hub`` group has the default
+        self._starts = 0
         self._lock = threading.Lock()  # place() runs in threads, the rest on the loop
 
     @classmethod
@@ -196,6 +208,31 @@ class CpuClasses:
             (self._group(session_id) / "cpu.idle").write_text("1" if on else "0")
         except OSError as e:  # a session whose worker was never placed (not local)
             log.debug("session %s: cpu.idle not set: %s", session_id, e)
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around one worker's start, on the event loop (the manager's launch): the
+        ``hub`` group, where the worker is forked and waits until :meth:`place` moves it,
+        weighs ``START_WEIGHT`` sessions for each start in flight, and the default again
+        when none is left (one small write each time the weight changes)."""
+        self._starts += 1
+        self._weigh_hub()
+        try:
+            yield
+        finally:
+            self._starts -= 1
+            self._weigh_hub()
+
+    def _weigh_hub(self) -> None:
+        default, most = WEIGHTS[self.version]
+        times = min(1 + START_WEIGHT * self._starts, most // default)
+        if times == self._hub_weight:
+            return
+        try:
+            self._set_weight(self.root / "hub", times)
+            self._hub_weight = times
+        except OSError as e:
+            log.info("cpu isolation: weight of %s/hub not set: %s", self.root, e)
 
     def on_session_changed(self, change: SessionChanged[Any]) -> None:
         """Bus subscriber (the manager subscribes it): an ended session's group goes."""

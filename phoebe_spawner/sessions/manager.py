@@ -14,6 +14,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -475,10 +476,14 @@ class SessionManager(LoggingConfigurable):
 
     async def _launch(self, s: Session, pooled: PooledWorker | None) -> None:
         t0 = time.perf_counter()
+        starting = self.cpu.starting() if self.cpu is not None else contextlib.nullcontext()
         try:
-            endpoint = await self._start_worker(s, pooled)
-            channel = self.connect(s, endpoint)
-            status = await channel.control(protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout)
+            with starting:  # a burst of starts runs ahead of the sessions' commands
+                endpoint = await self._start_worker(s, pooled)
+                channel = self.connect(s, endpoint)
+                status = await channel.control(
+                    protocol.STATUS_REQUEST, timeout=s.spawner.start_timeout
+                )
         except asyncio.CancelledError:
             await s.fail("Start was cancelled")
             raise

@@ -9,13 +9,20 @@ this test process: it moves into the tree's ``hub`` group and back at cleanup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from phoebe_spawner.sessions.cpu import WEIGHT_FILE, WEIGHTS, CpuClasses, cpu_hierarchy
+from phoebe_spawner.sessions.cpu import (
+    START_WEIGHT,
+    WEIGHT_FILE,
+    WEIGHTS,
+    CpuClasses,
+    cpu_hierarchy,
+)
 
 from ..waiting import async_wait_for
 
@@ -104,6 +111,58 @@ async def test_workers_get_their_own_group_and_go_idle_in_background_commands(ma
     await app.cleanup()
     assert cgroup_of(os.getpid()) == home  # the hub went back
     assert not tree.root.exists()  # and left nothing behind
+
+
+@needs_cgroups
+async def test_the_hub_group_weighs_more_while_workers_start(make_hub, monkeypatch):
+    """A starting worker waits in the ``hub`` group until it is connected: while starts
+    are in flight that group weighs START_WEIGHT sessions for each, so a burst of starts
+    is not one session's share against every session already running; at rest it weighs
+    one again."""
+    app, client = await make_hub()
+    tree = app.manager.cpu
+    assert isinstance(tree, CpuClasses)
+    default, most = WEIGHTS[tree.version]
+
+    def hub_weight() -> int:
+        return int((tree.root / "hub" / WEIGHT_FILE[tree.version]).read_text())
+
+    assert hub_weight() == default
+    with tree.starting():
+        assert hub_weight() == (1 + START_WEIGHT) * default
+        with tree.starting():
+            assert hub_weight() == (1 + 2 * START_WEIGHT) * default
+        assert hub_weight() == (1 + START_WEIGHT) * default
+    assert hub_weight() == default
+    with contextlib.ExitStack() as burst:
+        for _ in range(most // default):
+            burst.enter_context(tree.starting())
+        assert hub_weight() == most  # the kernel's maximum, not an error
+    assert hub_weight() == default
+
+    # the manager's starts: seen from inside the spawner's start
+    seen: list[int] = []
+    make_spawner = app.manager.make_spawner
+
+    def observed(session_id, user):
+        spawner = make_spawner(session_id, user)
+        start = spawner.start
+
+        async def start_and_look():
+            seen.append(hub_weight())
+            return await start()
+
+        spawner.start = start_and_look
+        return spawner
+
+    monkeypatch.setattr(app.manager, "make_spawner", observed)
+    replies = await asyncio.gather(*(client.post("/dash/start-session", {}) for _ in range(2)))
+    assert [r.status for r in replies] == [200, 200]
+    assert len(seen) == 2
+    assert all(w >= (1 + START_WEIGHT) * default for w in seen), seen
+    assert hub_weight() == default  # both started: back to rest
+    for r in replies:
+        assert (await client.post(f"/dash/end-session/{r.json()['session_id']}")).status == 200
 
 
 @needs_cgroups
