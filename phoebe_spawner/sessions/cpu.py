@@ -125,10 +125,10 @@ class CpuClasses:
 
     Built by :meth:`setup` (the session manager, at start-up); the manager calls
     :meth:`starting` around a worker's start, :meth:`place` when a session's worker is
-    connected, :meth:`background` around
-    background commands, :meth:`release` when a session ends and :meth:`close` at
-    shutdown (:meth:`release` through :meth:`on_session_changed`). Every method is a few
-    small writes to the cgroup file system.
+    connected, :meth:`background` around background commands, :meth:`release` when a
+    session ends and :meth:`close` at shutdown (:meth:`release` through
+    :meth:`on_session_changed`). Every method is a few small writes to the cgroup file
+    system.
     """
 
     def __init__(self, root: Path, home: Path, version: int = 1) -> None:
